@@ -1,0 +1,76 @@
+"""``drwb``: the command line, a thin dispatcher (a face, like the apps).
+
+Subcommands import their layer lazily so that ``drwb --help`` answers instantly. Each handler only
+parses arguments, calls one function of ``workbench`` or ``training`` and prints the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import workbench  # noqa: F401  (sets the offline environment first)
+
+__all__ = ["main"]
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from training.prepare import PART_SIZES, prepare
+
+    for part in args.parts or list(PART_SIZES):
+        for split in args.splits:
+            folder = prepare(Path(args.data), Path(args.out), part, split, args.size, args.workers)
+            print(folder)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from workbench.bench import run_benchmarks
+
+    results = run_benchmarks(args.only, Path(args.image) if args.image else None, args.repeats)
+    print(json.dumps(results, indent=None if args.json else 2))
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drwb", description="DR Workbench command line")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prepare", help="decode, crop and resize an IDRiD folder into a training cache")
+    prep.add_argument("--data", required=True, help="IDRiD-layout folder")
+    prep.add_argument("--out", default="cache", help="cache folder (default: ./cache)")
+    prep.add_argument("--parts", nargs="*", choices=["grading", "localization", "segmentation"])
+    prep.add_argument("--splits", nargs="*", default=["train"], choices=["train", "test"])
+    prep.add_argument("--size", type=int, default=None, help="crop side in px (default: per part)")
+    prep.add_argument("--workers", type=int, default=2)
+    prep.set_defaults(handler=_cmd_prepare)
+
+    bench = sub.add_parser("bench", help="speed benchmarks; medians of repeats, as JSON")
+    bench.add_argument("--json", action="store_true", help="one JSON object on one line")
+    bench.add_argument("--only", nargs="*", help="benchmark names (default: all)")
+    bench.add_argument("--image", help="a JPEG to time instead of the synthetic 4288x2848 one")
+    bench.add_argument("--repeats", type=int, default=15)
+    bench.set_defaults(handler=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``drwb`` console script."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        return int(args.handler(args))
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        # Layout errors, bad images and unknown names carry a user-facing message: show it, no traceback.
+        print(f"drwb {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: synthetic fundi and IDRiD-layout folders, and the real-data location.
+
+No patient data ships with the tests; real IDRiD is read from ../shared when present, else skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import workbench  # noqa: F401  (offline environment before anything else)
+from workbench.synthetic import SyntheticFundus, make_fundus, write_idrid_folder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_IDRID = Path(os.environ.get("DRWB_IDRID", REPO_ROOT.parent / "shared" / "data" / "idrid-lite"))
+
+
+def _real_data_present() -> bool:
+    return (SHARED_IDRID / "B. Disease Grading").is_dir()
+
+
+requires_real_data = pytest.mark.skipif(
+    not _real_data_present(), reason=f"real IDRiD not found at {SHARED_IDRID} (set DRWB_IDRID)"
+)
+
+
+@pytest.fixture(scope="session")
+def real_idrid() -> Path:
+    if not _real_data_present():
+        pytest.skip(f"real IDRiD not found at {SHARED_IDRID}")
+    return SHARED_IDRID
+
+
+@pytest.fixture(scope="session")
+def synthetic_fundus() -> SyntheticFundus:
+    """A moderate NPDR, macular-risk synthetic fundus at IDRiD's reduced grading size."""
+    return make_fundus(seed=11, size=(712, 1072), dr_grade=3, dme_grade=2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_idrid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic IDRiD-layout training folder (4 segmentation, 10 grading images)."""
+    return write_idrid_folder(tmp_path_factory.mktemp("idrid"), n_segmentation=4, n_grading=10)

@@ -1,0 +1,82 @@
+"""Quality verdict: fundi pass; a holiday photo, a blank frame, blur, darkness and glare are flagged."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from workbench.fundus import prepare_fundus
+from workbench.idrid import IDRiD
+from workbench.image_io import LoadedImage, load_image
+
+
+def _verdict(rgb: np.ndarray):
+    loaded = LoadedImage(
+        rgb=rgb, original_size=rgb.shape[:2], source_format="PNG", source_mode="RGB", name="x"
+    )
+    return prepare_fundus(loaded, 512).quality
+
+
+def test_synthetic_fundus_is_gradeable(synthetic_fundus) -> None:
+    report = _verdict(synthetic_fundus.image)
+    assert report.gradeable, report.reasons
+
+
+def test_blank_image_has_no_fundus_field() -> None:
+    report = _verdict(np.zeros((400, 600, 3), np.uint8))
+    assert not report.gradeable
+    assert any("no fundus field" in reason for reason in report.reasons)
+
+
+def test_holiday_photo_is_not_a_fundus() -> None:
+    """Blue sky over green grass, bright to the corners."""
+    rng = np.random.default_rng(1)
+    photo = np.zeros((480, 640, 3), np.uint8)
+    photo[:240] = (110, 160, 235)
+    photo[240:] = (60, 150, 50)
+    photo = np.clip(photo + rng.normal(0, 12, photo.shape), 0, 255).astype(np.uint8)
+    report = _verdict(photo)
+    assert not report.gradeable
+    assert any("no fundus field" in r for r in report.reasons)
+    assert any("colours are not those of a colour fundus" in r for r in report.reasons)
+
+
+def test_blurred_fundus_is_out_of_focus(synthetic_fundus) -> None:
+    blurred = cv2.GaussianBlur(synthetic_fundus.image, (0, 0), 6)
+    report = _verdict(blurred)
+    assert any("out of focus" in r for r in report.reasons)
+
+
+def test_dark_fundus_is_too_dark(synthetic_fundus) -> None:
+    dark = (synthetic_fundus.image.astype(np.float32) * 0.15).astype(np.uint8)
+    report = _verdict(dark)
+    assert any("too dark" in r for r in report.reasons)
+
+
+def test_overexposed_fundus(synthetic_fundus) -> None:
+    bright = np.clip(synthetic_fundus.image.astype(np.float32) * 4 + 60, 0, 255).astype(np.uint8)
+    report = _verdict(bright)
+    assert any("overexposed" in r for r in report.reasons)
+
+
+def test_measures_are_reported(synthetic_fundus) -> None:
+    report = _verdict(synthetic_fundus.image)
+    assert set(report.measures) >= {"fov_area", "focus", "contrast", "mean_luminance", "red_dominance"}
+
+
+@pytest.mark.realdata
+def test_real_idrid_images_are_gradeable(real_idrid) -> None:
+    """Calibration guard: every 4th real IDRiD grading image passes; its 3-px blur fails on focus."""
+    records = IDRiD(real_idrid).grading("train")[::4]
+    failures, blurred_pass = [], 0
+    for record in records:
+        image = load_image(record.image_path, min_side=512)
+        prepared = prepare_fundus(image, 512)
+        if not prepared.quality.gradeable:
+            failures.append((record.name, prepared.quality.reasons))
+        soft = cv2.GaussianBlur(image.rgb, (0, 0), 3 * image.rgb.shape[1] / 640)
+        blurred = LoadedImage(soft, image.original_size, "JPEG", "RGB", record.name)
+        blurred_pass += prepare_fundus(blurred, 512).quality.gradeable
+    assert not failures, failures[:5]
+    assert blurred_pass <= 0.05 * len(records)

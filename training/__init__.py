@@ -1,0 +1,1 @@
+"""Training layer: prepared caches, augmentations and training loops. Imports workbench and models."""

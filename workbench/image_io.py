@@ -1,0 +1,194 @@
+"""Safe loading of user-supplied fundus images.
+
+Accepts JPEG, PNG, TIFF, BMP and WebP from a path or raw bytes and always returns RGB uint8, whatever the
+file held (grayscale, palette, RGBA, 16-bit, CMYK). Each way a file can be unusable gets its own
+exception with a message that names the file and the problem, so the apps can show it verbatim and keep
+serving. The file itself is only ever read.
+
+Large JPEGs are decoded at reduced size (libjpeg's DCT scaling through PIL ``draft``) when the caller
+says how many pixels it needs; ``LoadedImage.original_size`` still reports the full size, so every
+coordinate the analysis returns is in the original frame.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "EmptyImageError",
+    "ImageLoadError",
+    "ImageTooLargeError",
+    "LoadedImage",
+    "NotAnImageError",
+    "SUPPORTED_FORMATS",
+    "TruncatedImageError",
+    "UnsupportedImageError",
+    "load_image",
+]
+
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO")
+# 64 MP: twice the largest fundus cameras on the market; a decompression bomb is refused before decoding.
+DEFAULT_MAX_PIXELS: int = 64_000_000
+
+
+class ImageLoadError(ValueError):
+    """Base class: the file cannot be used as a fundus image. The message is meant for the user."""
+
+
+class EmptyImageError(ImageLoadError):
+    """The file has zero bytes."""
+
+
+class NotAnImageError(ImageLoadError):
+    """The bytes are not an image in any format we read."""
+
+
+class UnsupportedImageError(ImageLoadError):
+    """An image, but in a format or pixel mode we do not accept."""
+
+
+class TruncatedImageError(ImageLoadError):
+    """The image header is fine but the pixel data ends early or is corrupt."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """More pixels than ``max_pixels`` (a decompression-bomb guard)."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image and where it came from.
+
+    Attributes:
+        rgb: (h, w, 3) uint8 RGB pixels, possibly reduced from the original by ``decode_factor``.
+        original_size: (H, W) of the full image after EXIF orientation: the frame every result uses.
+        source_format: PIL's format name (``"JPEG"``...).
+        source_mode: PIL's pixel mode before conversion (``"L"``, ``"I;16"``, ``"RGBA"``...).
+        name: file name, or ``"<bytes>"``.
+    """
+
+    rgb: np.ndarray
+    original_size: tuple[int, int]
+    source_format: str
+    source_mode: str
+    name: str
+
+    @property
+    def decode_factor(self) -> float:
+        """Original pixels per decoded pixel (1.0 when decoded at full size)."""
+        return self.original_size[1] / self.rgb.shape[1]
+
+
+def _open(source: str | Path | bytes, name: str) -> Image.Image:
+    if isinstance(source, bytes | bytearray):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no such file")
+        data = path.read_bytes()
+    if not data:
+        raise EmptyImageError(f"{name}: the file is empty (0 bytes)")
+    try:
+        # Our own pixel limit (load_image) gives the clearer message; PIL's warning is redundant.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: rejected as a possible decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise NotAnImageError(
+            f"{name}: not a recognised image file; supported formats: {', '.join(SUPPORTED_FORMATS)}"
+        ) from exc
+    if image.format not in SUPPORTED_FORMATS:
+        raise UnsupportedImageError(
+            f"{name}: {image.format} images are not supported; use one of {', '.join(SUPPORTED_FORMATS)}"
+        )
+    return image
+
+
+def _to_rgb_uint8(image: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to RGB uint8. Alpha is composited over black, the fundus background."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def load_image(
+    source: str | Path | bytes,
+    min_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> LoadedImage:
+    """Load a user image as RGB uint8.
+
+    Args:
+        source: a file path or the file's bytes.
+        min_side: when given, a JPEG may be decoded at 1/2, 1/4 or 1/8 size as long as its shorter side
+            stays >= ``min_side`` (the field of view of a fundus is about as wide as the shorter side).
+            ``None`` decodes at full size.
+        max_pixels: refuse images with more pixels than this, before decoding them.
+        name: a label for error messages; defaults to the file name.
+
+    Raises:
+        EmptyImageError, NotAnImageError, UnsupportedImageError, TruncatedImageError,
+        ImageTooLargeError: each with a message naming the file and the problem.
+        FileNotFoundError: when ``source`` is a path that does not exist.
+    """
+    name = name or (Path(source).name if isinstance(source, str | Path) else "<bytes>")
+    image = _open(source, name)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise NotAnImageError(f"{name}: image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.0f} MP; downscale it first"
+        )
+    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    swapped = orientation in (5, 6, 7, 8)
+    original_size = (width, height) if swapped else (height, width)
+    source_format, source_mode = image.format or "?", image.mode
+    try:
+        if min_side and image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
+            scale = max(1, min(8, min(width, height) // min_side))
+            if scale >= 2:
+                image.draft(image.mode, (width // scale, height // scale))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+        image = ImageOps.exif_transpose(image)
+        rgb = _to_rgb_uint8(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise TruncatedImageError(
+            f"{name}: the {source_format} file is truncated or corrupt ({exc})"
+        ) from exc
+    except Image.DecompressionBombWarning as exc:
+        raise ImageTooLargeError(f"{name}: rejected as a possible decompression bomb ({exc})") from exc
+    return LoadedImage(
+        rgb=np.ascontiguousarray(rgb),
+        original_size=(int(original_size[0]), int(original_size[1])),
+        source_format=source_format,
+        source_mode=source_mode,
+        name=name,
+    )

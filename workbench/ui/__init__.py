@@ -1,0 +1,1 @@
+"""Gradio user interface (a face: widgets and wiring only, no tensor maths)."""
