@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench clean-venv models
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,12 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Reproduce every shipped model from IDRiD (CPU, about 70 minutes on 2 cores, sequentially).
+DATA ?= ../shared/data/idrid-lite
+TRAIN := $(BIN)/drwb train
+models: $(STAMP)
+	$(TRAIN) grader --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 384 --epochs 12 --lr 0.001 --ship --ship-name grader_lite0
+	$(TRAIN) localizer --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 256 --epochs 10 --lr 0.001 --ship --ship-name localizer_lite0
+	$(TRAIN) segmenter --backbone tf_efficientnet_lite0 --data $(DATA) --tile 384 --batch-size 4 --epochs 10 --lr 0.001 --ship --ship-name segmenter_lite0
+	$(TRAIN) grader --backbone convnext_atto --data $(DATA) --input-size 384 --epochs 15 --lr 0.002 --ship --ship-name grader_convnext_atto

@@ -27,6 +27,45 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, train
+
+    values: dict[str, object] = {}
+    if args.config:
+        import yaml
+
+        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
+    values.update(
+        {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    )
+    values["task"] = args.task
+    result = train(TrainConfig(**values), command="drwb " + " ".join(sys.argv[1:]))
+    print(
+        json.dumps(
+            {
+                "best_epoch": result.get("best_epoch"),
+                "best": result.get("best_metrics"),
+                "shipped": result.get("shipped"),
+            }
+        )
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    result = evaluate(Path(args.data), args.split, args.task, args.model)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from workbench.bench import run_benchmarks
 
@@ -48,6 +87,43 @@ def _build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--size", type=int, default=None, help="crop side in px (default: per part)")
     prep.add_argument("--workers", type=int, default=2)
     prep.set_defaults(handler=_cmd_prepare)
+
+    tr = sub.add_parser("train", help="train a model (grader, segmenter, localizer) on IDRiD")
+    tr.add_argument("task", choices=["grader", "segmenter", "localizer"])
+    tr.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
+    for flag, kind in (
+        ("data", str),
+        ("cache", str),
+        ("runs", str),
+        ("run-name", str),
+        ("backbone", str),
+        ("epochs", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("input-size", int),
+        ("tile", int),
+        ("tiles-per-image", int),
+        ("seed", int),
+        ("limit", int),
+        ("threads", int),
+        ("max-minutes", float),
+        ("ship-name", str),
+        ("val-fraction", float),
+    ):
+        tr.add_argument(f"--{flag}", type=kind, default=None)
+    tr.add_argument(
+        "--ship", action="store_true", default=None, help="export the best checkpoint to models/weights"
+    )
+    tr.add_argument("--no-pretrained", action="store_true", default=None, help="random init (no ImageNet)")
+    tr.set_defaults(handler=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="metrics of a shipped model on an IDRiD-layout folder")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", choices=["train", "val", "test"], default="val")
+    ev.add_argument("--task", choices=["grading", "segmentation", "localization"], required=True)
+    ev.add_argument("--model", help="shipped model name (default: best of its family)")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(handler=_cmd_evaluate)
 
     bench = sub.add_parser("bench", help="speed benchmarks; medians of repeats, as JSON")
     bench.add_argument("--json", action="store_true", help="one JSON object on one line")

@@ -17,7 +17,7 @@ import numpy as np
 
 from models.fov import FieldOfView, detect_fov
 
-__all__ = ["CropTransform", "crop_to_fov", "normalise", "to_chw_float"]
+__all__ = ["CropTransform", "crop_to_fov", "normalise", "resize_crop", "to_chw_float"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +172,12 @@ def normalise(crop: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...])
 def to_chw_float(crop: np.ndarray) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
     return np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square crop to ``size`` (area averaging when shrinking); pixel edges stay aligned, so a
+    point maps as ``u = (x + 0.5) * size / side - 0.5``. Training validation and inference both use it."""
+    if crop.shape[0] == size:
+        return crop.copy()
+    interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interpolation)

@@ -1,0 +1,141 @@
+"""Multi-task DR / DME grader with one spatial attention map per disease.
+
+Layout follows ``timm/models/convnext.py``: blocks first, then the module, then ``_create_grader``, then
+small registered builders. The network is a timm backbone (``forward_features``) and a head
+(``forward_head``) that pools the feature map twice, once per disease, each through its own learned
+spatial attention (in the spirit of CANet's disease-specific attention). Those attention maps are the
+grader's own explanation and are exposed by ``attention_maps``.
+
+``forward`` returns one (B, 8) tensor: DR logits in columns 0-4, DME logits in columns 5-7. A single
+tensor (rather than a tuple) lets Grad-CAM and captum select a target by column index.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from models.card import ModelCard
+from models.constants import DME_NAMES, DR_GRADE_NAMES
+from models.pretrained import LITE0_ENCODERS, load_lite0_into
+from models.registry import register_model
+
+__all__ = ["AttentionPool", "Grader", "NUM_DME", "NUM_DR", "grader_card"]
+
+NUM_DR = len(DR_GRADE_NAMES)
+NUM_DME = len(DME_NAMES)
+
+
+class AttentionPool(nn.Module):
+    """Softmax spatial attention pooling: (B, C, H, W) -> pooled (B, C) and attention (B, H, W).
+
+    The score convolution starts at zero, so training begins from plain global average pooling and
+    learns where to look; the attention sums to 1 over the map.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.score = nn.Conv2d(channels, 1, kernel_size=1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, _, height, width = features.shape
+        weights = torch.softmax(self.score(features).flatten(1).float(), dim=1).to(features.dtype)
+        attention = weights.view(batch, 1, height, width)
+        pooled = (features * attention).sum(dim=(2, 3))
+        return pooled, attention[:, 0]
+
+
+class Grader(nn.Module):
+    """timm backbone + DR head + DME head, each with its own attention pooling.
+
+    Args:
+        encoder: timm model name.
+        num_dr, num_dme: classes per head.
+        drop_rate: dropout before each linear head.
+    """
+
+    def __init__(
+        self, encoder: str, num_dr: int = NUM_DR, num_dme: int = NUM_DME, drop_rate: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.backbone = timm.create_model(encoder, pretrained=False, num_classes=0, global_pool="")
+        channels = self.backbone.num_features
+        self.dr_pool = AttentionPool(channels)
+        self.dme_pool = AttentionPool(channels)
+        self.dropout = nn.Dropout(drop_rate)
+        self.dr_head = nn.Linear(channels, num_dr)
+        self.dme_head = nn.Linear(channels, num_dme)
+        self.num_dr = num_dr
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised RGB -> (B, C, h, w) feature map."""
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, num_dr + num_dme) logits."""
+        dr, _ = self.dr_pool(features)
+        dme, _ = self.dme_pool(features)
+        return torch.cat([self.dr_head(self.dropout(dr)), self.dme_head(self.dropout(dme))], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-disease attention, {"dr": (B, h, w), "dme": (B, h, w)}, each summing to 1 over the map."""
+        features = self.forward_features(x)
+        return {"dr": self.dr_pool(features)[1], "dme": self.dme_pool(features)[1]}
+
+    def split_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits[:, : self.num_dr], logits[:, self.num_dr :]
+
+
+def _create_grader(card: ModelCard) -> Grader:
+    model = Grader(card.encoder, num_dr=card.num_classes, drop_rate=float(card.extra.get("drop_rate", 0.2)))
+    if card.extra.get("imagenet_init", False):
+        if card.encoder not in LITE0_ENCODERS:
+            raise ValueError(f"ImageNet init is only available offline for {', '.join(LITE0_ENCODERS)}")
+        load_lite0_into(model.backbone)
+    return model
+
+
+_TARGET_LAYERS = {
+    "tf_efficientnet_lite0": "backbone.bn2",
+    "convnext_atto": "backbone.stages.3",
+    "convnext_femto": "backbone.stages.3",
+    "test_convnext": "backbone.stages.3",
+}
+
+
+def grader_card(encoder: str, input_size: int = 384, name: str = "grader", **extra: object) -> ModelCard:
+    """A card for a grader on ``encoder`` with its normalisation and Grad-CAM layer filled in."""
+    lite = encoder.startswith("tf_efficientnet_lite")
+    return ModelCard(
+        name=name,
+        arch="grader",
+        encoder=encoder,
+        num_classes=NUM_DR,
+        input_size=input_size,
+        mean=(0.5, 0.5, 0.5) if lite else (0.485, 0.456, 0.406),
+        std=(0.5, 0.5, 0.5) if lite else (0.229, 0.224, 0.225),
+        label_names=DR_GRADE_NAMES + DME_NAMES,
+        target_layer=_TARGET_LAYERS.get(encoder, "backbone"),
+        task="DR grade (5 classes, columns 0-4) and DME risk (3 classes, columns 5-7), multi-task",
+        extra=dict(extra),
+    )
+
+
+@register_model("grader")
+def grader(card: ModelCard) -> Grader:
+    """Production grader: any timm backbone named in the card."""
+    return _create_grader(card)
+
+
+@register_model("test_tiny_cls")
+def test_tiny_cls(card: ModelCard) -> Grader:
+    """Tiny random-weight grader for tests (timm's ``test_convnext``, ~0.2 M parameters)."""
+    return _create_grader(
+        card.with_updates(encoder="test_convnext", extra={**card.extra, "imagenet_init": False})
+    )

@@ -1,0 +1,136 @@
+"""Name -> builder registry, plus loading of shipped weights with sha256 verification.
+
+``register_model`` raises on a duplicate name (timm only warns, which hides a shadowed builder).
+``build_model(card)`` builds an untrained module; ``load_model(name)`` reads ``models/weights/<name>.json``
+and ``<name>.safetensors``, verifies the hash and loads with safetensors (no unpickling, ever).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.card import ModelCard
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "WEIGHTS_DIR",
+    "WeightsError",
+    "build_model",
+    "default_model",
+    "file_sha256",
+    "list_shipped",
+    "load_model",
+    "register_model",
+    "save_model",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MODEL_REGISTRY: dict[str, Callable[[ModelCard], nn.Module]] = {}
+
+
+class WeightsError(RuntimeError):
+    """Shipped weights are missing, do not match their card's sha256, or do not fit the architecture."""
+
+
+def register_model(
+    name: str,
+) -> Callable[[Callable[[ModelCard], nn.Module]], Callable[[ModelCard], nn.Module]]:
+    """Decorator: register ``fn(card) -> nn.Module`` under ``name``; a duplicate name raises."""
+
+    def decorator(fn: Callable[[ModelCard], nn.Module]) -> Callable[[ModelCard], nn.Module]:
+        if name in MODEL_REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        MODEL_REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def _ensure_builders() -> None:
+    # Importing the family modules fills the registry (they import this module, not the reverse).
+    from models import classifier, localizer, segmenter  # noqa: F401
+
+
+def build_model(card: ModelCard) -> nn.Module:
+    """Build the architecture named by ``card.name`` with random (or ImageNet-initialised) weights."""
+    _ensure_builders()
+    if card.name not in MODEL_REGISTRY:
+        raise KeyError(f"unknown model {card.name!r}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
+    return MODEL_REGISTRY[card.name](card)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_shipped(folder: Path = WEIGHTS_DIR) -> list[ModelCard]:
+    """Cards of every shipped model (every ``*.json`` with weights beside it)."""
+    return [ModelCard.read(p) for p in sorted(Path(folder).glob("*.json"))]
+
+
+def save_model(model: nn.Module, card: ModelCard, folder: Path, half: bool = True) -> ModelCard:
+    """Write ``<card.name-or-stem>.safetensors`` (fp16 floats when ``half``) and its JSON card.
+
+    Returns the card with ``weights`` and ``sha256`` filled in.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = card.weights.removesuffix(".safetensors") if card.weights else card.name
+    weights_path = folder / f"{stem}.safetensors"
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    save_file(state, str(weights_path), metadata={"format": "pt", "model": card.name})
+    final = card.with_updates(weights=weights_path.name, sha256=file_sha256(weights_path))
+    (folder / f"{stem}.json").write_text(final.to_json() + "\n")
+    return final
+
+
+def load_model(name: str, folder: Path = WEIGHTS_DIR) -> tuple[nn.Module, ModelCard]:
+    """Load a shipped model by card stem, verify its hash and return ``(model.eval(), card)``."""
+    card_path = Path(folder) / f"{name}.json"
+    if not card_path.is_file():
+        available = ", ".join(p.stem for p in sorted(Path(folder).glob("*.json"))) or "none"
+        raise WeightsError(f"no model card {card_path}; shipped models: {available}")
+    card = ModelCard.read(card_path)
+    weights_path = Path(folder) / card.weights
+    if not card.weights or not weights_path.is_file():
+        raise WeightsError(f"{name}: weights file {weights_path} is missing")
+    actual = file_sha256(weights_path)
+    if actual != card.sha256:
+        raise WeightsError(f"{name}: sha256 of {weights_path.name} is {actual}, card says {card.sha256}")
+    model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{name}: weights do not fit {card.name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.eval(), card
+
+
+def default_model(arch: str, folder: Path = WEIGHTS_DIR) -> str:
+    """Stem of the shipped model of ``arch`` with the best validation score (the default in every face).
+
+    Raises:
+        WeightsError: when no model of that family is shipped.
+    """
+    best, best_score = None, float("-inf")
+    for path in sorted(Path(folder).glob("*.json")):
+        card = ModelCard.read(path)
+        score = card.training.get("validation", {}).get("score", float("-inf"))
+        if card.arch == arch and score > best_score:
+            best, best_score = path.stem, score
+    if best is None:
+        raise WeightsError(f"no shipped {arch} model in {folder}; train one with `drwb train`")
+    return best

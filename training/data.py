@@ -1,0 +1,150 @@
+"""Torch datasets over the prepared cache (``training.prepare``), one per task.
+
+Every item draws its randomness from ``default_rng([seed, epoch, position])``: the same epoch yields the
+same samples whatever the worker count, and a run resumed at an epoch boundary continues exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.card import ModelCard
+from models.constants import LESION_CODES
+from models.preprocess import normalise
+from training.augment import AugmentConfig, colour_jitter, random_affine, warp_sample
+from training.prepare import CacheEntry
+
+__all__ = ["GradingData", "LocalizationData", "SegmentationData", "gaussian_heatmaps"]
+
+
+def _read_rgb(folder: Path, entry: CacheEntry) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(folder / entry.file), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+class _CacheData(Dataset):
+    def __init__(
+        self,
+        folder: Path,
+        entries: list[CacheEntry],
+        card: ModelCard,
+        augment: AugmentConfig | None,
+        seed: int = 0,
+    ) -> None:
+        self.folder, self.entries, self.card, self.augment, self.seed = (
+            Path(folder),
+            entries,
+            card,
+            augment,
+            seed,
+        )
+        self.epoch = 0
+        self._images: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _image(self, index: int) -> np.ndarray:
+        # The whole cache (413 x 512 px) fits in ~320 MB; keeping it in memory avoids PNG decodes per epoch.
+        if index not in self._images:
+            self._images[index] = _read_rgb(self.folder, self.entries[index])
+        return self._images[index]
+
+    def _tensor(self, rgb: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        if self.augment is not None:
+            rgb = colour_jitter(rgb, rng, self.augment)
+        return torch.from_numpy(normalise(rgb, self.card.mean, self.card.std))
+
+
+class GradingData(_CacheData):
+    """Items: (image (3, S, S), DR grade, DME grade)."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        entry, rng = self.entries[index], self._rng(index)
+        image = self._image(index)
+        matrix = random_affine(rng, image.shape[0], self.card.input_size, self.augment)
+        warped, _, _ = warp_sample(image, matrix, self.card.input_size)
+        return self._tensor(warped, rng), int(entry.dr_grade), int(entry.dme_grade)
+
+
+def gaussian_heatmaps(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """(K, size, size) float32 Gaussians with peak 1 at each (x, y); all-zero for a point outside."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    maps = [np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)) for x, y in points]
+    return np.stack(maps).astype(np.float32)
+
+
+class LocalizationData(_CacheData):
+    """Items: (image, heatmaps (2, S, S), points (2, 2) in input px, px of a 4288-wide original per input px).
+
+    The last value turns an error in input pixels into the IDRiD challenge frame for validation.
+    """
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        entry, rng = self.entries[index], self._rng(index)
+        image = self._image(index)
+        size = self.card.input_size
+        matrix = random_affine(rng, image.shape[0], size, self.augment)
+        points = np.array([entry.od_xy, entry.fovea_xy], dtype=float)
+        warped, _, moved = warp_sample(image, matrix, size, points=points)
+        heat = gaussian_heatmaps(moved, size, float(self.card.extra.get("sigma_px", 4.0)))
+        original_per_input = (image.shape[0] / size) / entry.matrix[0][0]
+        challenge_px = original_per_input * 4288.0 / entry.original_size[1]
+        return (
+            self._tensor(warped, rng),
+            torch.from_numpy(heat),
+            torch.from_numpy(moved.astype(np.float32)),
+            challenge_px,
+        )
+
+
+class SegmentationData(_CacheData):
+    """Items: (tile image, soft masks (5, t, t) in [0, 1], annotated flags (5,)).
+
+    Training tiles are ``tile`` px windows of the cached crop at a random scale; half are centred on a
+    random lesion pixel so rare microaneurysms are seen every epoch. Validation items are whole crops.
+    """
+
+    def __init__(self, *args: object, tile: int = 384, lesion_bias: float = 0.5, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.tile, self.lesion_bias = tile, lesion_bias
+        self._masks: dict[int, np.ndarray] = {}
+
+    def _mask_stack(self, index: int) -> np.ndarray:
+        if index not in self._masks:
+            name = self.entries[index].file.removesuffix(".png")
+            with np.load(self.folder / f"{name}.masks.npz", allow_pickle=False) as data:
+                self._masks[index] = data["masks"].astype(np.float32) / 255.0
+        return self._masks[index]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        entry, rng = self.entries[index], self._rng(index)
+        image, masks = self._image(index), self._mask_stack(index)
+        annotated = torch.tensor([code in entry.annotated for code in LESION_CODES])
+        if self.augment is None:
+            return self._tensor(image, rng), torch.from_numpy(masks), annotated
+        side = image.shape[0]
+        lesions = masks[:4].max(axis=0)
+        if rng.random() < self.lesion_bias and lesions.max() > 0:
+            ys, xs = np.nonzero(lesions > 0)
+            pick = rng.integers(len(xs))
+            centre = np.array([xs[pick], ys[pick]], float) + rng.uniform(-self.tile / 4, self.tile / 4, 2)
+        else:
+            centre = rng.uniform(0.15 * side, 0.85 * side, 2)
+        angle, zoom = rng.uniform(-180, 180), rng.uniform(0.85, 1.15)
+        matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, zoom)
+        matrix[:, 2] += (self.tile - 1) / 2 - centre
+        if rng.random() < 0.5:
+            matrix = np.array([[-1, 0, self.tile - 1], [0, 1, 0]]) @ np.vstack([matrix, [0, 0, 1]])
+        warped, warped_masks, _ = warp_sample(image, matrix, self.tile, masks=masks)
+        return self._tensor(warped, rng), torch.from_numpy(np.clip(warped_masks, 0, 1)), annotated

@@ -1,0 +1,142 @@
+"""``drwb evaluate``: metrics of a shipped model on any IDRiD-layout folder, as the challenge defined them.
+
+Splits: ``val`` is the deterministic validation split of the training images (``workbench.splits``),
+``train`` the rest of the training images, ``test`` the official testing set. Segmentation is scored at
+the original resolution (probabilities warped back onto the full-size ground-truth masks); localization
+errors are reported in a 4288-px-wide frame. Images are read with the same loader and crops as the apps.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from models.constants import LESION_CODES
+from models.registry import default_model, load_model
+from workbench.idrid import IDRiD, load_mask
+from workbench.image_io import load_image
+from workbench.metrics import PixelCurve, confusion_matrix, grading_metrics, scaled_distances
+from workbench.predictors import (
+    GRADING_CROP,
+    GraderPredictor,
+    LocalizerPredictor,
+    SegmenterPredictor,
+    crop_for,
+)
+from workbench.splits import split_names, split_train_val
+
+__all__ = ["EVALUATORS", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+def _select(names: list[str], val: set[str], split: str) -> set[str]:
+    if split == "val":
+        return val
+    return set(names) - val if split == "train" else set(names)
+
+
+def _grading(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
+    records = dataset.grading("test" if split == "test" else "train")
+    if split != "test":
+        keep = _select([r.name for r in records], set(split_train_val(records, 0.2, seed).val), split)
+        records = [r for r in records if r.name in keep]
+    predictor = GraderPredictor(*load_model(model_name))
+    p_dr, p_dme = [], []
+    for start in tqdm(range(0, len(records), 16), desc="grading", leave=False):
+        crops = [
+            crop_for(load_image(r.image_path, min_side=GRADING_CROP), GRADING_CROP)[0]
+            for r in records[start : start + 16]
+        ]
+        dr, dme = predictor.predict(crops)
+        p_dr.append(dr)
+        p_dme.append(dme)
+    metrics = grading_metrics(
+        np.concatenate(p_dr),
+        np.concatenate(p_dme),
+        np.array([r.dr_grade for r in records]),
+        np.array([r.dme_grade for r in records]),
+    )
+    metrics["confusion_matrix"] = confusion_matrix(
+        [r.dr_grade for r in records], np.concatenate(p_dr).argmax(1), 5
+    ).tolist()
+    return metrics
+
+
+def _segmentation(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
+    records = dataset.segmentation("test" if split == "test" else "train")
+    if split != "test":
+        keep = _select(
+            [r.name for r in records], set(split_names([r.name for r in records], 0.2, seed).val), split
+        )
+        records = [r for r in records if r.name in keep]
+    predictor = SegmenterPredictor(*load_model(model_name))
+    curves = {code: PixelCurve() for code in LESION_CODES}
+    for record in tqdm(records, desc="segmentation", leave=False):
+        image = load_image(record.image_path, min_side=predictor.card.input_size)
+        maps = predictor.predict(image)
+        for channel, code in enumerate(LESION_CODES):
+            path = record.mask_paths[code]
+            if path is None:
+                continue  # not annotated: neither a hit nor a miss
+            truth = load_mask(path)
+            prob = maps.transform.warp_to_original(maps.probabilities[channel], cv2.INTER_LINEAR)
+            curves[code].add(prob, truth)
+    metrics: dict[str, Any] = {f"aupr_{c}": curves[c].aupr() for c in LESION_CODES}
+    metrics.update({f"dice_{c}": curves[c].best_dice()[0] for c in LESION_CODES})
+    metrics["jaccard_OD"] = curves["OD"].jaccard_at(0.5)
+    metrics["n"] = len(records)
+    metrics["score"] = float(np.nanmean([metrics[f"aupr_{c}"] for c in LESION_CODES[:4]]))
+    return metrics
+
+
+def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
+    records = dataset.localization("test" if split == "test" else "train")
+    if split != "test":
+        val = set(split_train_val(dataset.grading("train"), 0.2, seed).val)
+        keep = _select([r.name for r in records], val, split)
+        records = [r for r in records if r.name in keep]
+    predictor = LocalizerPredictor(*load_model(model_name))
+    od_d, fovea_d = [], []
+    for start in tqdm(range(0, len(records), 16), desc="localization", leave=False):
+        chunk = records[start : start + 16]
+        images = [load_image(r.image_path, min_side=GRADING_CROP) for r in chunk]
+        crops = [crop_for(image, GRADING_CROP) for image in images]
+        marks = predictor.predict_crops([c for c, _ in crops], [t for _, t in crops])
+        widths = np.array([image.original_size[1] for image in images])
+        od_d.append(scaled_distances([m.od_xy for m in marks], [r.od_xy for r in chunk], widths))
+        fovea_d.append(scaled_distances([m.fovea_xy for m in marks], [r.fovea_xy for r in chunk], widths))
+    od, fovea = np.concatenate(od_d), np.concatenate(fovea_d)
+    return {
+        "od_mean_px": float(od.mean()),
+        "od_median_px": float(np.median(od)),
+        "fovea_mean_px": float(fovea.mean()),
+        "fovea_median_px": float(np.median(fovea)),
+        "frame": "4288-px-wide original",
+        "n": len(od),
+        "score": -float(od.mean() + fovea.mean()) / 2,
+    }
+
+
+EVALUATORS = {
+    "grading": ("grader", _grading),
+    "segmentation": ("segmenter", _segmentation),
+    "localization": ("localizer", _localization),
+}
+
+
+def evaluate(data: Path, split: str, task: str, model: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """Metrics of ``model`` (default: the best shipped one of the task's family) on one split."""
+    if task not in EVALUATORS:
+        raise KeyError(f"unknown task {task!r}; valid tasks: {', '.join(EVALUATORS)}")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r}; valid splits: train, val, test")
+    arch, fn = EVALUATORS[task]
+    name = model or default_model(arch)
+    result = fn(IDRiD(data), split, name, seed)
+    return {"task": task, "split": split, "model": name, "data": str(data), **result}

@@ -1,0 +1,243 @@
+"""What differs between the three models: card, data, loss and validation metrics, one class per task.
+
+``TASKS`` maps the name used on the command line (``drwb train grader``) to its task class, so the
+training loop in ``training/train.py`` stays free of if-chains over model kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from models.card import ModelCard
+from models.classifier import NUM_DR, grader_card
+from models.constants import LESION_CODES
+from models.localizer import decode_heatmaps, localizer_card
+from models.segmenter import segmenter_card
+from training.augment import AugmentConfig
+from training.data import GradingData, LocalizationData, SegmentationData
+from training.prepare import load_index, prepare
+from workbench.idrid import IDRiD
+from workbench.metrics import PixelCurve, grading_metrics
+from workbench.splits import split_names, split_train_val
+
+__all__ = ["TASKS", "TrainTask", "register_task"]
+
+TASKS: dict[str, type[TrainTask]] = {}
+
+
+def register_task(name: str) -> Callable[[type[TrainTask]], type[TrainTask]]:
+    def decorator(cls: type[TrainTask]) -> type[TrainTask]:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        TASKS[name] = cls
+        return cls
+
+    return decorator
+
+
+@dataclass
+class TrainTask:
+    """Base: subclasses fill in the five hooks. ``cfg`` is the ``TrainConfig`` of the run."""
+
+    cfg: Any
+
+    def card(self) -> ModelCard:
+        raise NotImplementedError
+
+    def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
+        raise NotImplementedError
+
+    def epoch_indices(self, train: Dataset, rng: np.random.Generator) -> np.ndarray:
+        return rng.permutation(len(train))
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # shared helpers ---------------------------------------------------------------------------------
+    def _cache(self, part: str, size: int) -> Path:
+        return prepare(Path(self.cfg.data), Path(self.cfg.cache), part, "train", size, self.cfg.workers)
+
+    def _grading_split(self) -> tuple[set[str], set[str]]:
+        split = split_train_val(IDRiD(self.cfg.data).grading("train"), self.cfg.val_fraction, self.cfg.seed)
+        return set(split.train), set(split.val)
+
+    def _limit(self, entries: list) -> list:
+        return entries[: self.cfg.limit] if self.cfg.limit else entries
+
+
+@register_task("grader")
+class GraderTask(TrainTask):
+    def card(self) -> ModelCard:
+        lite = self.cfg.backbone.startswith("tf_efficientnet_lite")
+        return grader_card(
+            self.cfg.backbone,
+            self.cfg.input_size or 384,
+            name=self.cfg.model_name or "grader",
+            imagenet_init=lite and not self.cfg.no_pretrained,
+        )
+
+    def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
+        folder = self._cache("grading", 512)
+        train_names, val_names = self._grading_split()
+        entries = load_index(folder)
+        train = self._limit([e for e in entries if e.name in train_names])
+        val = self._limit([e for e in entries if e.name in val_names])
+        return (
+            GradingData(folder, train, card, AugmentConfig(), self.cfg.seed),
+            GradingData(folder, val, card, None, self.cfg.seed),
+        )
+
+    def epoch_indices(self, train: Dataset, rng: np.random.Generator) -> np.ndarray:
+        # Grade 1 (mild) is 5% of IDRiD: show each mild image three times per epoch.
+        grades = np.array([e.dr_grade for e in train.entries])
+        extra = np.repeat(np.nonzero(grades == 1)[0], 2)
+        return rng.permutation(np.concatenate([np.arange(len(train)), extra]))
+
+    def _weights(self) -> torch.Tensor:
+        # sqrt inverse frequency of IDRiD's grades (134/20/136/74/49): softens the rare-grade imbalance.
+        counts = torch.tensor([134.0, 20.0, 136.0, 74.0, 49.0])
+        weights = (counts.sum() / counts).sqrt()
+        return weights / weights.mean()
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        images, dr, dme = batch
+        logits = model(images).float()
+        dr_loss = F.cross_entropy(logits[:, :NUM_DR], dr, weight=self._weights(), label_smoothing=0.05)
+        dme_loss = F.cross_entropy(logits[:, NUM_DR:], dme, label_smoothing=0.05)
+        return dr_loss + dme_loss
+
+    def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+        probs_dr, probs_dme, true_dr, true_dme = [], [], [], []
+        for images, dr, dme in batches:
+            logits = model(images).float()
+            probs_dr.append(torch.softmax(logits[:, :NUM_DR], 1))
+            probs_dme.append(torch.softmax(logits[:, NUM_DR:], 1))
+            true_dr.append(dr)
+            true_dme.append(dme)
+        return grading_metrics(
+            torch.cat(probs_dr).numpy(),
+            torch.cat(probs_dme).numpy(),
+            torch.cat(true_dr).numpy(),
+            torch.cat(true_dme).numpy(),
+        )
+
+
+@register_task("localizer")
+class LocalizerTask(TrainTask):
+    def card(self) -> ModelCard:
+        return localizer_card(
+            self.cfg.backbone,
+            self.cfg.input_size or 256,
+            name=self.cfg.model_name or "localizer",
+            imagenet_init=not self.cfg.no_pretrained,
+        )
+
+    def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
+        folder = self._cache("localization", 512)
+        train_names, val_names = self._grading_split()  # same 413 images as grading: same split
+        entries = load_index(folder)
+        train = self._limit([e for e in entries if e.name in train_names])
+        val = self._limit([e for e in entries if e.name in val_names])
+        return (
+            LocalizationData(folder, train, card, AugmentConfig(scale_range=(0.9, 1.1)), self.cfg.seed),
+            LocalizationData(folder, val, card, None, self.cfg.seed),
+        )
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        images, heat, _, _ = batch
+        return centernet_focal_loss(model(images).float(), heat)
+
+    def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+        errors = []
+        for images, _, points, challenge_px in batches:
+            centres, _ = decode_heatmaps(model(images))
+            # input px -> px of a 4288-wide original, per image (IDRiD challenge frame)
+            errors.append((centres - points).norm(dim=-1) * challenge_px[:, None])
+        err = torch.cat(errors).numpy()
+        od, fovea = err[:, 0], err[:, 1]
+        return {
+            "od_mean_px": float(od.mean()),
+            "od_median_px": float(np.median(od)),
+            "fovea_mean_px": float(fovea.mean()),
+            "fovea_median_px": float(np.median(fovea)),
+            "frame": "4288-px-wide original",
+            "n": int(len(od)),
+            "score": -float(od.mean() + fovea.mean()) / 2,
+        }
+
+
+def centernet_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2, beta: float = 4
+) -> torch.Tensor:
+    """Penalty-reduced focal loss on Gaussian heatmaps (CenterNet, Zhou et al. 2019)."""
+    prob = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    positive = target.ge(0.99).float()
+    pos_loss = -torch.log(prob) * (1 - prob) ** alpha * positive
+    neg_loss = -torch.log(1 - prob) * prob**alpha * (1 - target) ** beta * (1 - positive)
+    return (pos_loss.sum() + neg_loss.sum()) / positive.sum().clamp_min(1)
+
+
+@register_task("segmenter")
+class SegmenterTask(TrainTask):
+    def card(self) -> ModelCard:
+        return segmenter_card(
+            self.cfg.backbone,
+            self.cfg.input_size or 1024,
+            name=self.cfg.model_name or "segmenter",
+            imagenet_init=not self.cfg.no_pretrained,
+        )
+
+    def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
+        folder = self._cache("segmentation", card.input_size)
+        entries = load_index(folder)
+        split = split_names([e.name for e in entries], self.cfg.val_fraction, self.cfg.seed)
+        train = self._limit([e for e in entries if e.name in set(split.train)])
+        val = self._limit([e for e in entries if e.name in set(split.val)])
+        tile = self.cfg.tile
+        return (
+            SegmentationData(folder, train, card, AugmentConfig(), self.cfg.seed, tile=tile),
+            SegmentationData(folder, val, card, None, self.cfg.seed, tile=tile),
+        )
+
+    def epoch_indices(self, train: Dataset, rng: np.random.Generator) -> np.ndarray:
+        return rng.permutation(np.tile(np.arange(len(train)), self.cfg.tiles_per_image))
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        images, masks, annotated = batch
+        logits = model(images).float()
+        valid = annotated[:, :, None, None].float()
+        bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
+        bce = (bce * valid).sum() / valid.expand_as(bce).sum().clamp_min(1)
+        prob = torch.sigmoid(logits)
+        inter = (prob * masks * valid).sum(dim=(0, 2, 3))
+        union = ((prob + masks) * valid).sum(dim=(0, 2, 3))
+        dice = 1 - (2 * inter + 1) / (union + 1)
+        return bce + dice.mean()
+
+    def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+        from workbench.inference import predict_tiles
+
+        curves = {code: PixelCurve() for code in LESION_CODES}
+        for images, masks, annotated in batches:
+            for image, mask, flags in zip(images, masks, annotated, strict=True):
+                prob = predict_tiles(model, image, self.cfg.tile, 64)
+                for c, code in enumerate(LESION_CODES):
+                    if flags[c]:
+                        curves[code].add(prob[c], mask[c].numpy() > 0)
+        metrics = {f"aupr_{code}": curves[code].aupr() for code in LESION_CODES}
+        metrics.update({f"dice_{code}": curves[code].best_dice()[0] for code in LESION_CODES})
+        metrics["jaccard_OD"] = curves["OD"].jaccard_at(0.5)
+        metrics["score"] = float(np.nanmean([metrics[f"aupr_{c}"] for c in LESION_CODES[:4]]))
+        return metrics

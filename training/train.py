@@ -1,0 +1,249 @@
+"""The training loop shared by every task: seeds, progress, validation, best checkpoint, resume.
+
+Run state lives in ``<runs>/<run name>/``:
+
+    state.safetensors   model and AdamW tensors after the last finished epoch (written atomically)
+    state.json          epoch, step, best score, history, config
+    best.safetensors    model weights of the best validation epoch, and best.json (its card + metrics)
+
+Killing a run and starting it again with the same command resumes after the last finished epoch and
+ends in the same state as an uninterrupted run: every epoch re-seeds torch and the data order from
+(seed, epoch), and the learning rate is a pure function of the step. ``--ship`` exports the best
+checkpoint to ``models/weights/`` as fp16 safetensors with its card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from models.card import ModelCard
+from models.registry import WEIGHTS_DIR, build_model, save_model
+from training.tasks import TASKS
+
+__all__ = ["TrainConfig", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run; filled from CLI flags and/or a YAML file (flags win)."""
+
+    task: str = "grader"
+    backbone: str = "tf_efficientnet_lite0"
+    data: str = "../shared/data/idrid-lite"
+    cache: str = "cache"
+    runs: str = "runs"
+    run_name: str = ""
+    model_name: str = ""
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    input_size: int = 0
+    tile: int = 384
+    tiles_per_image: int = 4
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: int = 2
+    threads: int = 0
+    limit: int = 0
+    no_pretrained: bool = False
+    max_minutes: float = 0.0
+    ship: bool = False
+    ship_name: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.task}_{self.backbone}"
+
+
+def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensor = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"opt.{index}.{key}"] = tensor.detach().contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path.with_suffix(".safetensors"))
+    meta_tmp = path.with_suffix(".json.tmp")
+    meta_tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(meta_tmp, path.with_suffix(".json"))
+
+
+def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    opt_state["state"] = state
+    optimizer.load_state_dict(opt_state)
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _collate(items: list[tuple]) -> tuple:
+    return tuple(
+        torch.stack(list(col)) if torch.is_tensor(col[0]) else torch.tensor(col)
+        for col in zip(*items, strict=True)
+    )
+
+
+def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
+    """Run (or resume) training; returns the final state dict (history, best metrics, card)."""
+    if cfg.task not in TASKS:
+        raise KeyError(f"unknown task {cfg.task!r}; valid tasks: {', '.join(TASKS)}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task = TASKS[cfg.task](cfg)
+    card = task.card()
+    torch.manual_seed(cfg.seed)
+    model = build_model(card)
+    train_set, val_set = task.datasets(card)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run_dir = Path(cfg.runs) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state"
+    steps_per_epoch = math.ceil(len(task.epoch_indices(train_set, np.random.default_rng(0))) / cfg.batch_size)
+    total_steps, warmup = steps_per_epoch * cfg.epochs, int(steps_per_epoch * cfg.warmup_epochs)
+    meta: dict[str, Any] = {
+        "epoch": 0,
+        "step": 0,
+        "best_score": -math.inf,
+        "history": [],
+        "config": asdict(cfg),
+    }
+    if state_path.with_suffix(".json").is_file():
+        meta = _load_state(state_path, model, optimizer)
+        log.info("resuming %s after epoch %d", cfg.name, meta["epoch"])
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
+    started = time.monotonic()
+    for epoch in range(meta["epoch"], cfg.epochs):
+        torch.manual_seed(cfg.seed * 10_000 + epoch)
+        train_set.set_epoch(epoch)
+        order = task.epoch_indices(train_set, np.random.default_rng([cfg.seed, epoch]))
+        loader = DataLoader(
+            Subset(train_set, order.tolist()),
+            batch_size=cfg.batch_size,
+            shuffle=False,
+            collate_fn=_collate,
+            drop_last=len(order) > cfg.batch_size,
+        )
+        model.train()
+        losses = []
+        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr)
+        for batch in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(meta["step"], total_steps, warmup, cfg.lr)
+            loss = task.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            meta["step"] += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        model.eval()
+        with torch.no_grad():
+            metrics = task.validate(model, list(val_loader))
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            **metrics,
+            "minutes": (time.monotonic() - started) / 60,
+        }
+        meta["history"].append(record)
+        meta["epoch"] = epoch + 1
+        improved = metrics["score"] > meta["best_score"]
+        if improved:
+            meta["best_score"] = metrics["score"]
+            meta["best_epoch"] = epoch + 1
+            meta["best_metrics"] = metrics
+            save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items()}, str(run_dir / "best.safetensors")
+            )
+        _save_state(state_path, model, optimizer, meta)
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        print(
+            f"{cfg.name} epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f} {shown}"
+            f"{' *best*' if improved else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if cfg.max_minutes and (time.monotonic() - started) / 60 > cfg.max_minutes and epoch + 1 < cfg.epochs:
+            log.warning("time budget of %.0f min reached after epoch %d", cfg.max_minutes, epoch + 1)
+            meta["stopped_early_at_epoch"] = epoch + 1
+            break
+    card = _final_card(card, cfg, meta, command)
+    (run_dir / "best.json").write_text(card.to_json())
+    if cfg.ship:
+        best = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+        best.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+        shipped = save_model(
+            best, card.with_updates(weights=f"{cfg.ship_name or cfg.name}.safetensors"), WEIGHTS_DIR
+        )
+        meta["shipped"] = shipped.weights
+    meta["card"] = json.loads(card.to_json())
+    return meta
+
+
+def _final_card(card: ModelCard, cfg: TrainConfig, meta: dict[str, Any], command: str) -> ModelCard:
+    extra = {k: v for k, v in card.extra.items() if k != "imagenet_init"}
+    return card.with_updates(
+        extra={
+            **extra,
+            "imagenet_init": False,
+            "initialised_from": "ImageNet (efficientnet-lite0 PyPI package)"
+            if card.extra.get("imagenet_init")
+            else "random (from scratch)",
+        },
+        training={
+            "data": f"IDRiD training images ({cfg.data}), deterministic split "
+            f"val_fraction={cfg.val_fraction} "
+            f"seed={cfg.seed} (workbench.splits)",
+            "command": command or "drwb train " + cfg.task,
+            "commit": _git_commit(),
+            "epochs_run": meta["epoch"],
+            "best_epoch": meta.get("best_epoch"),
+            "validation": meta.get("best_metrics", {}),
+            "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        },
+    )

@@ -1,0 +1,186 @@
+"""Metrics as the IDRiD challenge defined them, in numpy, checked against hand-computed values in tests.
+
+- Grading: accuracy, quadratic weighted kappa, per-grade recall, confusion matrix, referable-DR AUC /
+  sensitivity / specificity, DME accuracy, joint DR+DME accuracy (both right on the same image).
+- Segmentation: area under the precision-recall curve over pixels (AUPR), Dice at the best threshold,
+  Jaccard. Pixel scores are binned (1001 levels) so 12-megapixel masks cost milliseconds, not a sort.
+- Localization: Euclidean distances, reported in a 4288-px-wide frame so they compare with the challenge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from models.constants import DR_GRADE_NAMES, REFERABLE_MIN_GRADE
+
+__all__ = [
+    "ChallengeFrame",
+    "PixelCurve",
+    "accuracy",
+    "binary_auc",
+    "confusion_matrix",
+    "grading_metrics",
+    "per_class_recall",
+    "pixel_curve",
+    "quadratic_weighted_kappa",
+    "scaled_distances",
+    "sensitivity_specificity",
+]
+
+ChallengeFrame = 4288  # width of an original IDRiD image; distances are reported in this frame
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_classes, num_classes) counts, rows = truth, columns = prediction."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(truth, int), np.asarray(pred, int)), 1)
+    return matrix
+
+
+def accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    return float((truth == pred).mean()) if truth.size else float("nan")
+
+
+def quadratic_weighted_kappa(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    """Cohen's kappa with quadratic weights, ``1 - sum(W*O) / sum(W*E)``; 1 = perfect, 0 = chance."""
+    observed = confusion_matrix(truth, pred, num_classes).astype(float)
+    n = observed.sum()
+    if n == 0:
+        return float("nan")
+    idx = np.arange(num_classes)
+    weights = (idx[:, None] - idx[None, :]) ** 2 / (num_classes - 1) ** 2
+    expected = np.outer(observed.sum(1), observed.sum(0)) / n
+    denominator = (weights * expected).sum()
+    return float(1.0 - (weights * observed).sum() / denominator) if denominator > 0 else 1.0
+
+
+def per_class_recall(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> list[float | None]:
+    """Recall per class; None for a class absent from ``truth``."""
+    matrix = confusion_matrix(truth, pred, num_classes)
+    totals = matrix.sum(1)
+    return [float(matrix[c, c] / totals[c]) if totals[c] else None for c in range(num_classes)]
+
+
+def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties counted half."""
+    labels = np.asarray(labels, bool)
+    scores = np.asarray(scores, float)
+    positives, negatives = scores[labels], scores[~labels]
+    if positives.size == 0 or negatives.size == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([positives, negatives]), kind="mergesort")
+    ranks = np.empty(order.size)
+    combined = np.concatenate([positives, negatives])[order]
+    # average ranks for ties
+    _, first, counts = np.unique(combined, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    rank_sum = ranks[: positives.size].sum()
+    return float((rank_sum - positives.size * (positives.size + 1) / 2) / (positives.size * negatives.size))
+
+
+def sensitivity_specificity(labels: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    labels, predicted = np.asarray(labels, bool), np.asarray(predicted, bool)
+    tp, fn = (labels & predicted).sum(), (labels & ~predicted).sum()
+    tn, fp = (~labels & ~predicted).sum(), (~labels & predicted).sum()
+    sens = float(tp / (tp + fn)) if tp + fn else float("nan")
+    spec = float(tn / (tn + fp)) if tn + fp else float("nan")
+    return sens, spec
+
+
+class PixelCurve:
+    """Accumulated per-threshold pixel counts for one lesion over many images.
+
+    ``add`` bins probabilities into ``bins`` levels; AUPR, best Dice and Jaccard read off the counts.
+    """
+
+    def __init__(self, bins: int = 1001) -> None:
+        self.bins = bins
+        self.positive = np.zeros(bins, dtype=np.int64)
+        self.negative = np.zeros(bins, dtype=np.int64)
+
+    def add(self, probability: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> None:
+        index = np.clip(
+            np.rint(np.asarray(probability, np.float32) * (self.bins - 1)), 0, self.bins - 1
+        ).astype(np.int64)
+        truth = np.asarray(truth, bool)
+        if valid is not None:
+            index, truth = index[valid], truth[valid]
+        self.positive += np.bincount(index[truth].ravel(), minlength=self.bins)
+        self.negative += np.bincount(index[~truth].ravel(), minlength=self.bins)
+
+    def _counts(self) -> tuple[np.ndarray, np.ndarray, int]:
+        # Predicted positive at threshold t = bins >= t; cumulative from the top.
+        tp = np.cumsum(self.positive[::-1])[::-1]
+        fp = np.cumsum(self.negative[::-1])[::-1]
+        return tp, fp, int(self.positive.sum())
+
+    def aupr(self) -> float:
+        """Area under the precision-recall curve (step interpolation, as average precision)."""
+        tp, fp, total = self._counts()
+        if total == 0:
+            return float("nan")
+        recall = tp / total
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+        # thresholds from high to low: recall increases
+        recall_desc = recall[::-1]
+        precision_desc = precision[::-1]
+        previous = np.concatenate([[0.0], recall_desc[:-1]])
+        return float(np.sum((recall_desc - previous) * precision_desc))
+
+    def best_dice(self) -> tuple[float, float]:
+        """(best Dice over thresholds, that threshold in [0, 1])."""
+        tp, fp, total = self._counts()
+        if total == 0:
+            return float("nan"), float("nan")
+        dice = 2 * tp / np.maximum(2 * tp + fp + (total - tp), 1)
+        best = len(dice) - 1 - int(np.argmax(dice[::-1]))  # highest threshold among equal bests
+        return float(dice[best]), best / (self.bins - 1)
+
+    def jaccard_at(self, threshold: float = 0.5) -> float:
+        tp, fp, total = self._counts()
+        t = int(round(threshold * (self.bins - 1)))
+        return float(tp[t] / max(tp[t] + fp[t] + (total - tp[t]), 1)) if total else float("nan")
+
+
+def pixel_curve(probability: np.ndarray, truth: np.ndarray, bins: int = 1001) -> PixelCurve:
+    curve = PixelCurve(bins)
+    curve.add(probability, truth)
+    return curve
+
+
+def scaled_distances(pred_xy: np.ndarray, true_xy: np.ndarray, image_widths: np.ndarray) -> np.ndarray:
+    """Euclidean distances rescaled to a 4288-px-wide original (IDRiD challenge frame)."""
+    pred_xy, true_xy = np.asarray(pred_xy, float), np.asarray(true_xy, float)
+    factor = ChallengeFrame / np.asarray(image_widths, float)
+    return np.hypot(*(pred_xy - true_xy).T) * factor
+
+
+def grading_metrics(
+    p_dr: np.ndarray, p_dme: np.ndarray, t_dr: np.ndarray, t_dme: np.ndarray
+) -> dict[str, Any]:
+    """All grading metrics from class probabilities; ``score`` (QWK + DME accuracy) / 2 picks checkpoints."""
+    pred_dr, pred_dme = p_dr.argmax(1), p_dme.argmax(1)
+    referable_true = t_dr >= REFERABLE_MIN_GRADE
+    referable_score = p_dr[:, REFERABLE_MIN_GRADE:].sum(1)
+    referable_pred = referable_score >= 0.5
+    tp = (referable_true & referable_pred).sum()
+    metrics = {
+        "dr_accuracy": accuracy(t_dr, pred_dr),
+        "dr_qwk": quadratic_weighted_kappa(t_dr, pred_dr, len(DR_GRADE_NAMES)),
+        "dr_recall_per_grade": per_class_recall(t_dr, pred_dr, len(DR_GRADE_NAMES)),
+        "dme_accuracy": accuracy(t_dme, pred_dme),
+        "joint_accuracy": float(((t_dr == pred_dr) & (t_dme == pred_dme)).mean()),
+        "referable_auc": binary_auc(referable_true, referable_score),
+        "referable_sensitivity": float(tp / max(referable_true.sum(), 1)),
+        "referable_specificity": float(
+            (~referable_true & ~referable_pred).sum() / max((~referable_true).sum(), 1)
+        ),
+        "n": int(len(t_dr)),
+    }
+    metrics["score"] = (metrics["dr_qwk"] + metrics["dme_accuracy"]) / 2
+    return metrics

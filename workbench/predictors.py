@@ -1,0 +1,116 @@
+"""Run each shipped model on a loaded image and return results in the original image's pixel frame.
+
+One class per model family, each owning its crop size (from the card) and its post-processing:
+
+- ``GraderPredictor``: DR (5) and DME (3) probabilities; batches many images for throughput.
+- ``SegmenterPredictor``: five lesion probability maps on the card's crop (tiled), plus the transform.
+- ``LocalizerPredictor``: optic-disc and fovea centres with confidences, mapped to original pixels.
+
+All inference is fp32 under ``torch.inference_mode``: bf16 autocast was measured 10-100x *slower* on this
+project's CPUs (no AVX-512 BF16), see README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.card import ModelCard
+from models.localizer import decode_heatmaps
+from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
+from workbench.image_io import LoadedImage
+from workbench.inference import predict_tiles
+
+__all__ = [
+    "GraderPredictor",
+    "LesionMaps",
+    "Landmarks",
+    "LocalizerPredictor",
+    "SegmenterPredictor",
+    "crop_for",
+]
+
+# Grader and localizer read the same 512-px field-of-view crop the training cache holds, then resize.
+GRADING_CROP = 512
+
+
+def crop_for(image: LoadedImage, size: int) -> tuple[np.ndarray, CropTransform]:
+    crop, transform, _ = crop_to_fov(image.rgb, size, image.original_size)
+    return crop, transform
+
+
+def _batch(crops: list[np.ndarray], card: ModelCard) -> torch.Tensor:
+    return torch.from_numpy(
+        np.stack([normalise(resize_crop(c, card.input_size), card.mean, card.std) for c in crops])
+    )
+
+
+class GraderPredictor:
+    """DR / DME probabilities from 512-px field-of-view crops."""
+
+    def __init__(self, model: nn.Module, card: ModelCard) -> None:
+        self.model, self.card = model.eval(), card
+
+    def input_tensor(self, crop512: np.ndarray) -> torch.Tensor:
+        """(1, 3, S, S) normalised model input for one 512-px crop (used by explainers too)."""
+        return _batch([crop512], self.card)
+
+    @torch.inference_mode()
+    def predict(self, crops512: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 5) DR and (N, 3) DME probabilities."""
+        logits = self.model(_batch(crops512, self.card)).float()
+        num_dr = self.card.num_classes
+        return torch.softmax(logits[:, :num_dr], 1).numpy(), torch.softmax(logits[:, num_dr:], 1).numpy()
+
+
+@dataclass(frozen=True)
+class LesionMaps:
+    """(5, S, S) float32 probabilities on the segmenter's crop, and that crop's transform."""
+
+    probabilities: np.ndarray
+    transform: CropTransform
+
+
+class SegmenterPredictor:
+    def __init__(self, model: nn.Module, card: ModelCard) -> None:
+        self.model, self.card = model.eval(), card
+
+    @torch.inference_mode()
+    def predict(self, image: LoadedImage) -> LesionMaps:
+        crop, transform = crop_for(image, self.card.input_size)
+        tensor = torch.from_numpy(normalise(crop, self.card.mean, self.card.std))
+        probs = predict_tiles(
+            self.model, tensor, int(self.card.extra.get("tile", 512)), int(self.card.extra.get("overlap", 64))
+        )
+        return LesionMaps(probabilities=probs, transform=transform)
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """Centres (x, y) in original pixels, with peak-heatmap confidences in [0, 1]."""
+
+    od_xy: tuple[float, float]
+    fovea_xy: tuple[float, float]
+    od_confidence: float
+    fovea_confidence: float
+
+
+class LocalizerPredictor:
+    def __init__(self, model: nn.Module, card: ModelCard) -> None:
+        self.model, self.card = model.eval(), card
+
+    @torch.inference_mode()
+    def predict_crops(self, crops512: list[np.ndarray], transforms: list[CropTransform]) -> list[Landmarks]:
+        centres, peaks = decode_heatmaps(self.model(_batch(crops512, self.card)))
+        factor = GRADING_CROP / self.card.input_size
+        out = []
+        for centre, peak, transform in zip(centres.numpy(), peaks.numpy(), transforms, strict=True):
+            in_crop = (centre + 0.5) * factor - 0.5  # input px -> 512-crop px (edges aligned)
+            od, fovea = transform.to_original(in_crop)
+            out.append(
+                Landmarks(tuple(map(float, od)), tuple(map(float, fovea)), float(peak[0]), float(peak[1]))
+            )
+        return out
