@@ -66,6 +66,60 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from workbench.analysis import Workbench
+    from workbench.batch import analyze_files
+    from workbench.targets import parse_target
+
+    methods = [m for m in (args.explain or "").split(",") if m]
+    target = parse_target(args.target) if args.target else None
+    rows = analyze_files(Workbench(), args.images, Path(args.out), methods, target, score=not args.no_scores)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            shown = (
+                row["error"] or f"grade {row['dr_grade']} DME {row['dme_grade']} referable {row['referable']}"
+            )
+            print(f"{row['file']}: {shown if row['gradeable'] is not False else 'not gradeable'}")
+    return 1 if any(row["status"] == "error" for row in rows) else 0
+
+
+def _cmd_explain_bench(args: argparse.Namespace) -> int:
+    from workbench.analysis import Workbench
+    from workbench.explain_bench import explain_bench
+
+    methods = args.methods.split(",")
+    result = explain_bench(
+        Workbench(segment=False),
+        Path(args.data),
+        args.split,
+        methods,
+        args.limit,
+        args.sanity_images,
+        args.grader,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    keys = ("deletion_auc", "insertion_auc", "pointing_game", "relevance_mass", "relevance_rank", "seconds")
+    print(f"{'method':<22}" + "".join(f"{k:>22}" for k in keys) + f"{'random rho':>12}")
+    for method, stats in result["methods"].items():
+        cells = []
+        for key in keys:
+            cell = stats.get(key, {})
+            cells.append(
+                f"{cell['mean']:.3f} +- {cell['ci95']:.3f}" if cell.get("mean") is not None else "n/a"
+            )
+        rho = stats.get("randomisation_spearman", {}).get("mean")
+        print(
+            f"{method:<22}"
+            + "".join(f"{c:>22}" for c in cells)
+            + (f"{rho:>12.2f}" if rho is not None else "")
+        )
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from workbench.bench import run_benchmarks
 
@@ -124,6 +178,27 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="shipped model name (default: best of its family)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=_cmd_evaluate)
+
+    an = sub.add_parser("analyze", help="analyze images: report.json, overlays, report.html, summary.csv")
+    an.add_argument("images", nargs="+", help="files, folders or glob patterns")
+    an.add_argument(
+        "--explain", default="", help="comma-separated explainers, e.g. gradcam,integrated_gradients"
+    )
+    an.add_argument("--target", help="dr:N, referable, dme:N or lesion:CODE (default: predicted DR grade)")
+    an.add_argument("--out", default="drwb-reports")
+    an.add_argument("--json", action="store_true")
+    an.add_argument("--no-scores", action="store_true", help="skip faithfulness / localisation scores")
+    an.set_defaults(handler=_cmd_analyze)
+
+    eb = sub.add_parser("explain-bench", help="rank explanation methods on images with lesion ground truth")
+    eb.add_argument("--data", required=True)
+    eb.add_argument("--split", choices=["train", "val", "test"], default="val")
+    eb.add_argument("--methods", default="attention,gradcam,gradcam++,integrated_gradients")
+    eb.add_argument("--limit", type=int, default=0)
+    eb.add_argument("--sanity-images", type=int, default=2)
+    eb.add_argument("--grader", help="shipped grader name (default: best)")
+    eb.add_argument("--json", action="store_true")
+    eb.set_defaults(handler=_cmd_explain_bench)
 
     bench = sub.add_parser("bench", help="speed benchmarks; medians of repeats, as JSON")
     bench.add_argument("--json", action="store_true", help="one JSON object on one line")

@@ -46,7 +46,9 @@ def segmenter_card(
         num_classes=len(LESION_CODES),
         input_size=input_size,
         label_names=LESION_CODES,
-        target_layer="decoder",
+        # Deepest encoder stage (stride 32): where segmentation Grad-CAM is meaningful; the decoder output
+        # is full resolution and would only echo the prediction.
+        target_layer="encoder.model.blocks.6",
         task="per-pixel sigmoid probabilities of MA, HE, EX, SE, OD",
         extra={"tile": 512, "overlap": 64, **extra},
     )

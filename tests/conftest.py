@@ -43,3 +43,39 @@ def synthetic_fundus() -> SyntheticFundus:
 def synthetic_idrid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic IDRiD-layout training folder (4 segmentation, 10 grading images)."""
     return write_idrid_folder(tmp_path_factory.mktemp("idrid"), n_segmentation=4, n_grading=10)
+
+
+def write_tiny_weights(folder: Path) -> Path:
+    """Tiny random grader, segmenter and localizer saved as shipped models (cards + safetensors)."""
+    import torch
+
+    from models.classifier import grader_card
+    from models.localizer import localizer_card
+    from models.registry import build_model, save_model
+    from models.segmenter import segmenter_card
+
+    cards = {
+        "tiny_grader": grader_card("test_convnext", 64, name="test_tiny_cls"),
+        "tiny_segmenter": segmenter_card(
+            input_size=128, name="test_tiny_seg", tile=64, overlap=16
+        ).with_updates(target_layer="encoder.model.blocks.2"),
+        "tiny_localizer": localizer_card(input_size=64, name="test_tiny_loc"),
+    }
+    for stem, card in cards.items():
+        torch.manual_seed(0)
+        model = build_model(card)
+        card = card.with_updates(weights=f"{stem}.safetensors", training={"validation": {"score": 0.0}})
+        save_model(model, card, folder, half=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def tiny_workbench(tiny_weights: Path):
+    from workbench.analysis import Workbench
+
+    return Workbench(weights_dir=tiny_weights)

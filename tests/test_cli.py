@@ -34,3 +34,42 @@ def test_prepare_on_wrong_folder_fails_clearly(tmp_path: Path) -> None:
     )
     assert out.returncode != 0
     assert "is it the IDRiD root" in out.stderr
+
+
+def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) -> None:
+    import os
+
+    from PIL import Image
+
+    from workbench.synthetic import make_fundus
+
+    Image.fromarray(make_fundus(8, size=(356, 536)).image).save(tmp_path / "eye.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "reports"
+    env = {**os.environ, "DRWB_WEIGHTS": str(tiny_weights)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "drwb.py",
+            "analyze",
+            str(tmp_path),
+            "--explain",
+            "gradcam,attention",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr  # one file failed, the batch went on
+    report = json.loads((out / "eye" / "report.json").read_text())
+    assert report["graded"] and 0 <= report["dr_grade"] <= 4
+    assert set(report["explanations"]) == {"gradcam", "attention"}
+    assert "deletion_auc" in report["explanations"]["gradcam"]
+    html = (out / "eye" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "DR grade" in html
+    summary = (out / "summary.csv").read_text()
+    assert "broken.jpg,error," in summary and "truncated or corrupt" in summary

@@ -238,6 +238,8 @@ class SegmenterTask(TrainTask):
                         curves[code].add(prob[c], mask[c].numpy() > 0)
         metrics = {f"aupr_{code}": curves[code].aupr() for code in LESION_CODES}
         metrics.update({f"dice_{code}": curves[code].best_dice()[0] for code in LESION_CODES})
+        # Best-Dice thresholds travel in the card; the workbench binarises lesion maps with them.
+        metrics.update({f"threshold_{code}": curves[code].best_dice()[1] for code in LESION_CODES})
         metrics["jaccard_OD"] = curves["OD"].jaccard_at(0.5)
         metrics["score"] = float(np.nanmean([metrics[f"aupr_{c}"] for c in LESION_CODES[:4]]))
         return metrics

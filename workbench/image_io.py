@@ -107,6 +107,8 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
         raise NotAnImageError(
             f"{name}: not a recognised image file; supported formats: {', '.join(SUPPORTED_FORMATS)}"
         ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # the header itself is cut short or corrupt
+        raise TruncatedImageError(f"{name}: the image file is truncated or corrupt ({exc})") from exc
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedImageError(
             f"{name}: {image.format} images are not supported; use one of {', '.join(SUPPORTED_FORMATS)}"

@@ -103,6 +103,11 @@ def test_truncated_jpeg(rgb: np.ndarray) -> None:
         load_image(data[: len(data) // 2], name="cut.jpg")
 
 
+def test_truncated_header() -> None:
+    with pytest.raises(TruncatedImageError, match="cut.jpg: the image file is truncated or corrupt"):
+        load_image(b"\xff\xd8\xff\xe0 truncated", name="cut.jpg")
+
+
 def test_unsupported_format(rgb: np.ndarray) -> None:
     with pytest.raises(UnsupportedImageError, match="GIF images are not supported"):
         load_image(_encode(Image.fromarray(rgb), "GIF"))

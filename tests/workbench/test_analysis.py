@@ -1,0 +1,70 @@
+"""Workbench.analyze on the tiny registered models: structure, frames, ungradeable images, threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from models.constants import LESION_CODES
+from workbench.image_io import LoadedImage
+from workbench.render import curves_figure, landmarks_overlay, lesion_overlay, method_grid, probability_figure
+from workbench.synthetic import make_fundus
+from workbench.targets import ReferableTarget
+
+
+def _loaded(image: np.ndarray) -> LoadedImage:
+    return LoadedImage(image, image.shape[:2], "PNG", "RGB", "synthetic.png")
+
+
+def test_analysis_structure(tiny_workbench, synthetic_fundus) -> None:
+    analysis = tiny_workbench.analyze(_loaded(synthetic_fundus.image), explain=["gradcam", "attention"])
+    assert analysis.graded and analysis.quality.gradeable
+    assert analysis.dr_probabilities.shape == (5,) and np.isclose(
+        analysis.dr_probabilities.sum(), 1, atol=1e-5
+    )
+    assert analysis.dme_probabilities.shape == (3,)
+    assert analysis.referable == (analysis.referable_probability >= 0.5)
+    assert set(analysis.lesions) == set(LESION_CODES)
+    height, width = synthetic_fundus.image.shape[:2]
+    for x, y in (analysis.od_xy, analysis.fovea_xy):
+        assert -0.5 * width < x < 1.5 * width and -0.5 * height < y < 1.5 * height
+    assert analysis.etdrs is not None and analysis.dme_check is not None
+    assert set(analysis.heatmaps) == {"gradcam", "attention"}
+    assert {"load", "quality", "grading", "lesions", "landmarks", "explanations"} <= set(analysis.timings_ms)
+
+
+def test_ungradeable_image_is_not_graded(tiny_workbench) -> None:
+    analysis = tiny_workbench.analyze(_loaded(np.zeros((300, 400, 3), np.uint8)))
+    assert not analysis.graded and analysis.dr_probabilities is None
+    assert any("no fundus field" in reason for reason in analysis.quality.reasons)
+    forced = tiny_workbench.analyze(_loaded(np.zeros((300, 400, 3), np.uint8)), force=True)
+    assert forced.graded
+
+
+def test_concurrent_analyses(tiny_workbench) -> None:
+    images = [_loaded(make_fundus(seed, size=(356, 536)).image) for seed in range(4)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda im: tiny_workbench.analyze(im, explain=["gradcam"]), images))
+    sequential = [tiny_workbench.analyze(im) for im in images]
+    for a, b in zip(results, sequential, strict=True):
+        assert np.allclose(a.dr_probabilities, b.dr_probabilities, atol=1e-5)
+
+
+def test_render_functions(tiny_workbench, synthetic_fundus) -> None:
+    analysis = tiny_workbench.analyze(
+        _loaded(synthetic_fundus.image), explain=["gradcam", "saliency"], target=ReferableTarget()
+    )
+    for image in (
+        lesion_overlay(analysis),
+        landmarks_overlay(analysis),
+        method_grid(analysis.crop, analysis.heatmaps),
+    ):
+        assert image.dtype == np.uint8 and image.ndim == 3
+    assert len(probability_figure(analysis).data) == 2
+    from workbench.batch import score_analysis
+
+    scores = score_analysis(tiny_workbench, analysis, ReferableTarget())
+    assert set(scores) == {"gradcam", "saliency"}
+    assert 0 <= scores["gradcam"].deletion_auc <= 1
+    assert len(curves_figure({k: s.curves for k, s in scores.items()}).data) == 4

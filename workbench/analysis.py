@@ -1,0 +1,278 @@
+"""``Workbench.analyze(image) -> Analysis``: the one call the apps and the command line make.
+
+A ``Workbench`` loads the shipped grader, segmenter and localizer once. ``analyze`` runs, in order:
+load (reduced JPEG decoding) -> field-of-view crop -> quality verdict -> grading -> lesions -> landmarks
+-> anatomy (ETDRS grid, DME rule) -> the requested explanations, timing each stage. Ungradeable images
+stop after the quality verdict unless ``force=True``: a screening tool must not silently grade what it
+cannot see. Everything spatial in the result is in the original image's pixel frame (or carries the
+transform to it).
+
+Thread safety: inference runs under ``torch.inference_mode`` and is safe to call concurrently;
+explainers add hooks to the shared modules, so explanations are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from models.constants import LESION_CODES, REFERABLE_MIN_GRADE
+from models.fov import FieldOfView
+from models.preprocess import CropTransform, normalise, resize_crop
+from models.registry import WEIGHTS_DIR, default_model, load_model
+from workbench.anatomy import DmeRuleCheck, EtdrsGrid, dme_rule, etdrs_grid, region_of_points
+from workbench.explainers import ExplainableModel, Heatmap, get_explainer
+from workbench.fundus import prepare_fundus
+from workbench.image_io import LoadedImage, load_image
+from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, SegmenterPredictor
+from workbench.quality import QualityReport
+from workbench.targets import GradeTarget, Target
+
+__all__ = ["Analysis", "LesionSummary", "Workbench"]
+
+_OD_DIAMETER_PER_FOV = 0.125  # disc diameter / field diameter on 45-degree IDRiD images (fallback)
+
+
+@dataclass(frozen=True)
+class LesionSummary:
+    """One lesion type: binary mask on the segmenter crop, probability map, count and area (original px)."""
+
+    code: str
+    count: int
+    area_px: float
+    mask: np.ndarray
+    probability: np.ndarray
+    centroids_xy: np.ndarray  # (N, 2) component centroids in original pixels
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything known about one image. Arrays are crop-frame with their transform, points original."""
+
+    name: str
+    original_size: tuple[int, int]
+    quality: QualityReport
+    fov: FieldOfView
+    graded: bool
+    crop: np.ndarray
+    crop_transform: CropTransform
+    dr_probabilities: np.ndarray | None = None
+    dme_probabilities: np.ndarray | None = None
+    lesions: dict[str, LesionSummary] = field(default_factory=dict)
+    lesion_transform: CropTransform | None = None
+    od_xy: tuple[float, float] | None = None
+    od_radius_px: float | None = None
+    od_confidence: float | None = None
+    fovea_xy: tuple[float, float] | None = None
+    fovea_confidence: float | None = None
+    etdrs: EtdrsGrid | None = None
+    dme_check: DmeRuleCheck | None = None
+    lesions_by_region: dict[str, dict[str, int]] = field(default_factory=dict)
+    heatmaps: dict[str, Heatmap] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dr_grade(self) -> int | None:
+        return None if self.dr_probabilities is None else int(np.argmax(self.dr_probabilities))
+
+    @property
+    def dme_grade(self) -> int | None:
+        return None if self.dme_probabilities is None else int(np.argmax(self.dme_probabilities))
+
+    @property
+    def referable_probability(self) -> float | None:
+        if self.dr_probabilities is None:
+            return None
+        return float(self.dr_probabilities[REFERABLE_MIN_GRADE:].sum())
+
+    @property
+    def referable(self) -> bool | None:
+        p = self.referable_probability
+        return None if p is None else p >= 0.5
+
+
+class Workbench:
+    """Holds the models; ``analyze`` and ``explain`` are what the faces call.
+
+    Args:
+        grader, segmenter, localizer: shipped model names; the best of each family when None.
+        weights_dir: where the cards and weights live.
+        segment: run the lesion segmenter (the slowest stage) in ``analyze``.
+    """
+
+    def __init__(
+        self,
+        grader: str | None = None,
+        segmenter: str | None = None,
+        localizer: str | None = None,
+        weights_dir: Path = WEIGHTS_DIR,
+        segment: bool = True,
+    ) -> None:
+        self.weights_dir = Path(weights_dir)
+        names = {
+            "grader": grader or default_model("grader", self.weights_dir),
+            "segmenter": segmenter or default_model("segmenter", self.weights_dir),
+            "localizer": localizer or default_model("localizer", self.weights_dir),
+        }
+        self.model_names = names
+        self._graders: dict[str, GraderPredictor] = {}
+        self.grader = self.grader_predictor(names["grader"])
+        self.segmenter = SegmenterPredictor(*load_model(names["segmenter"], self.weights_dir))
+        self.localizer = LocalizerPredictor(*load_model(names["localizer"], self.weights_dir))
+        self.segment = segment
+        self._explain_lock = threading.Lock()
+
+    def grader_predictor(self, name: str) -> GraderPredictor:
+        """A (cached) predictor for any shipped grader, so two backbones can be compared."""
+        if name not in self._graders:
+            self._graders[name] = GraderPredictor(*load_model(name, self.weights_dir))
+        return self._graders[name]
+
+    # -- analysis ------------------------------------------------------------------------------------
+    def analyze(
+        self,
+        source: str | Path | bytes | LoadedImage,
+        explain: Sequence[str] = (),
+        target: Target | None = None,
+        force: bool = False,
+        name: str | None = None,
+    ) -> Analysis:
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = (now - clock) * 1000
+            clock = now
+
+        side = self.segmenter.card.input_size if self.segment else GRADING_CROP
+        image = source if isinstance(source, LoadedImage) else load_image(source, min_side=side, name=name)
+        lap("load")
+        prepared = prepare_fundus(image, GRADING_CROP)
+        lap("quality")
+        base = {
+            "name": image.name,
+            "original_size": image.original_size,
+            "quality": prepared.quality,
+            "fov": prepared.fov,
+            "crop": prepared.crop,
+            "crop_transform": prepared.transform,
+            "models": dict(self.model_names),
+        }
+        if not prepared.quality.gradeable and not force:
+            return Analysis(graded=False, timings_ms=timings, **base)
+        dr, dme = self.grader.predict([prepared.crop])
+        lap("grading")
+        lesions, lesion_transform = {}, None
+        if self.segment:
+            maps = self.segmenter.predict(image)
+            lesion_transform = maps.transform
+            lesions = self._summaries(maps.probabilities, maps.transform)
+            lap("lesions")
+        marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
+        lap("landmarks")
+        od_radius = self._od_radius(lesions, prepared.fov)
+        grid = etdrs_grid(marks.fovea_xy, marks.od_xy, od_radius)
+        check, by_region = None, {}
+        if "EX" in lesions:
+            ys, xs = np.nonzero(lesions["EX"].mask)
+            exudates = lesion_transform.to_original(np.stack([xs, ys], 1)) if xs.size else np.zeros((0, 2))
+            check = dme_rule(exudates, marks.fovea_xy, od_radius, int(np.argmax(dme[0])))
+            by_region = self._by_region(grid, lesions)
+        lap("anatomy")
+        heatmaps = {}
+        if explain:
+            chosen = target or GradeTarget(int(np.argmax(dr[0])))
+            heatmaps = self.explain(prepared.crop, explain, chosen)
+            lap("explanations")
+        return Analysis(
+            graded=True,
+            dr_probabilities=dr[0],
+            dme_probabilities=dme[0],
+            lesions=lesions,
+            lesion_transform=lesion_transform,
+            od_xy=marks.od_xy,
+            od_radius_px=od_radius,
+            od_confidence=marks.od_confidence,
+            fovea_xy=marks.fovea_xy,
+            fovea_confidence=marks.fovea_confidence,
+            etdrs=grid,
+            dme_check=check,
+            lesions_by_region=by_region,
+            heatmaps=heatmaps,
+            timings_ms=timings,
+            **base,
+        )
+
+    def explain(
+        self, crop512: np.ndarray, methods: Sequence[str], target: Target, grader: str | None = None
+    ) -> dict[str, Heatmap]:
+        """Heatmaps (model-input frame) of each method for ``target`` on the grader or the segmenter."""
+        if target.arch == "segmenter":
+            card = self.segmenter.card
+            model = ExplainableModel(self.segmenter.model, card)
+            tensor = torch.from_numpy(normalise(resize_crop(crop512, GRADING_CROP), card.mean, card.std))[
+                None
+            ]
+        else:
+            predictor = self.grader_predictor(grader) if grader else self.grader
+            model = ExplainableModel(predictor.model, predictor.card)
+            tensor = predictor.input_tensor(crop512)
+        out = {}
+        with self._explain_lock:
+            for method in methods:
+                out[method] = get_explainer(method).explain(model, tensor, target)
+        return out
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _thresholds(self) -> dict[str, float]:
+        validation = self.segmenter.card.training.get("validation", {})
+        return {code: float(validation.get(f"threshold_{code}", 0.5)) for code in LESION_CODES}
+
+    def _summaries(self, probabilities: np.ndarray, transform: CropTransform) -> dict[str, LesionSummary]:
+        thresholds = self._thresholds()
+        area_scale = 1.0 / transform.scale**2
+        out = {}
+        for channel, code in enumerate(LESION_CODES):
+            mask = probabilities[channel] >= thresholds[code]
+            count, _, stats, centroids = cv2.connectedComponentsWithStats(
+                mask.astype(np.uint8), connectivity=8
+            )
+            centres = transform.to_original(centroids[1:]) if count > 1 else np.zeros((0, 2))
+            out[code] = LesionSummary(
+                code,
+                count - 1,
+                float(mask.sum() * area_scale),
+                mask,
+                probabilities[channel].astype(np.float16),
+                centres,
+            )
+        return out
+
+    @staticmethod
+    def _od_radius(lesions: dict[str, LesionSummary], fov: FieldOfView) -> float:
+        disc = lesions.get("OD")
+        if disc is not None and disc.area_px > 0:
+            return float(np.sqrt(disc.area_px / np.pi))
+        return fov.radius * _OD_DIAMETER_PER_FOV
+
+    @staticmethod
+    def _by_region(grid: EtdrsGrid, lesions: dict[str, LesionSummary]) -> dict[str, dict[str, int]]:
+        table: dict[str, dict[str, int]] = {}
+        for code, summary in lesions.items():
+            if code == "OD" or not len(summary.centroids_xy):
+                continue
+            for region in region_of_points(grid, summary.centroids_xy):
+                if region is not None:
+                    table.setdefault(region, {}).setdefault(code, 0)
+                    table[region][code] += 1
+        return table

@@ -1,0 +1,117 @@
+"""Batch analysis behind ``drwb analyze``: many files in, one report folder each, a summary CSV.
+
+Inputs may be files, folders (searched for images, not recursively) or glob patterns. A file that fails
+(corrupt, not an image, too large) gets an error row in the summary and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from workbench.analysis import Workbench
+from workbench.explainers import ExplainableModel
+from workbench.image_io import ImageLoadError
+from workbench.report import write_report
+from workbench.scoring import ExplanationScore, lesion_union_in_input, score_heatmap
+from workbench.targets import GradeTarget, Target
+
+__all__ = ["IMAGE_SUFFIXES", "analyze_files", "expand_inputs", "score_analysis"]
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+SUMMARY_FIELDS = (
+    "file",
+    "status",
+    "error",
+    "gradeable",
+    "dr_grade",
+    "referable",
+    "referable_probability",
+    "dme_grade",
+    "MA",
+    "HE",
+    "EX",
+    "SE",
+    "dme_rule_grade",
+    "dme_rule_agrees",
+    "report",
+)
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Files, folders and globs -> sorted unique paths. A folder contributes its image files."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in item for ch in "*?["):
+            found.extend(Path(p) for p in sorted(glob.glob(item)))
+        else:
+            found.append(path)
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise FileNotFoundError(f"no images found in {list(inputs)}")
+    return unique
+
+
+def score_analysis(workbench: Workbench, analysis, target: Target) -> dict[str, ExplanationScore]:
+    """Faithfulness and localisation (on the segmenter's lesions) of every heatmap of ``analysis``."""
+    predictor = workbench.grader
+    model = ExplainableModel(predictor.model, predictor.card)
+    tensor = predictor.input_tensor(analysis.crop)
+    lesions = {code: s.mask for code, s in analysis.lesions.items()}
+    mask = lesion_union_in_input(lesions, predictor.card.input_size)
+    return {
+        name: score_heatmap(model, tensor, heat, target, mask) for name, heat in analysis.heatmaps.items()
+    }
+
+
+def _row(path: Path, data: dict[str, Any] | None, error: str = "", report: str = "") -> dict[str, Any]:
+    row: dict[str, Any] = {key: "" for key in SUMMARY_FIELDS}
+    row.update({"file": str(path), "status": "error" if error else "ok", "error": error, "report": report})
+    if data:
+        row["gradeable"] = data["gradeable"]
+        for key in ("dr_grade", "referable", "referable_probability", "dme_grade"):
+            row[key] = data.get(key, "")
+        for code in ("MA", "HE", "EX", "SE"):
+            row[code] = data.get("lesions", {}).get(code, {}).get("count", "")
+        check = data.get("dme_rule_check", {})
+        row["dme_rule_grade"], row["dme_rule_agrees"] = check.get("rule_grade", ""), check.get("agrees", "")
+    return row
+
+
+def analyze_files(
+    workbench: Workbench,
+    inputs: Sequence[str],
+    out: Path,
+    explain: Sequence[str] = (),
+    target: Target | None = None,
+    score: bool = True,
+) -> list[dict[str, Any]]:
+    """Analyze every input into ``out/<stem>/`` and write ``out/summary.csv``; returns the summary rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in tqdm(expand_inputs(inputs), desc="analyze", unit="image"):
+        try:
+            analysis = workbench.analyze(path, explain=explain, target=target)
+            chosen = target or (GradeTarget(analysis.dr_grade) if analysis.graded else None)
+            scores = score_analysis(workbench, analysis, chosen) if score and analysis.heatmaps else None
+            folder = out / path.stem
+            data = write_report(analysis, folder, scores)
+            rows.append(_row(path, data, report=str(folder / "report.html")))
+        except (ImageLoadError, FileNotFoundError) as exc:
+            log.warning("%s: %s", path, exc)
+            rows.append(_row(path, None, error=str(exc)))
+    with (out / "summary.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows

@@ -1,0 +1,39 @@
+"""The grader's own explanation: its per-disease spatial attention (``models.classifier.AttentionPool``).
+
+The DR head's attention answers DR targets (a grade, referable), the DME head's answers DME targets. The
+maps are distributions over the feature grid (sum 1, unsigned), upsampled to input size. Segmenter
+targets have no attention head and are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from workbench.explainers import register_explainer
+from workbench.explainers.base import ExplainableModel, Heatmap, to_input_size
+from workbench.targets import DMETarget, Target
+
+__all__ = ["AttentionExplainer"]
+
+
+@dataclass
+class AttentionExplainer:
+    name: str = "attention"
+
+    def explain(self, model: ExplainableModel, image: torch.Tensor, target: Target) -> Heatmap:
+        start = time.perf_counter()
+        if target.arch != "grader" or not hasattr(model.module, "attention_maps"):
+            raise ValueError(f"attention maps exist only for grader targets, not {target.label}")
+        with torch.inference_mode():
+            maps = model.module.attention_maps(image)
+        head = "dme" if isinstance(target, DMETarget) else "dr"
+        values = to_input_size(maps[head][0].float(), image.shape[-1])
+        return Heatmap(
+            values, False, f"attention ({head.upper()} head)", target.label, time.perf_counter() - start
+        )
+
+
+register_explainer("attention")(AttentionExplainer)

@@ -1,0 +1,74 @@
+"""The explainer contract.
+
+Libraries disagree on what a saliency map is: captum's ``LayerGradCam`` returns *signed* values at the
+*layer's* resolution, pytorch-grad-cam returns maps that are ReLU'd, min-max scaled and resized to the
+input. Every adapter here owns those quirks and returns one ``Heatmap``:
+
+- ``values``: float32 (S, S) at the model's input size, finite;
+- ``signed``: True when negative values carry meaning (evidence *against* the target); unsigned maps
+  are >= 0; neither is rescaled by the adapter, so magnitudes can be compared within one method;
+- ``method``, ``target`` (label) and ``seconds`` for the UI captions.
+
+``Explainer.explain(model, image, target)`` takes an ``ExplainableModel`` (the module with its card, so
+the target layer is resolved from ``card.target_layer`` with ``get_submodule``), a (1, 3, S, S) input and
+a ``workbench.targets`` target. Adapters must release every hook they set, also after an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.card import ModelCard
+from workbench.targets import Target
+
+__all__ = ["ExplainableModel", "Explainer", "Heatmap", "to_input_size"]
+
+
+@dataclass(frozen=True)
+class ExplainableModel:
+    module: nn.Module
+    card: ModelCard
+
+    @property
+    def target_layer(self) -> nn.Module:
+        return self.module.get_submodule(self.card.target_layer)
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    values: np.ndarray
+    signed: bool
+    method: str
+    target: str
+    seconds: float
+
+    def positive(self) -> np.ndarray:
+        """Evidence *for* the target, >= 0 (negative parts of signed maps dropped)."""
+        return np.clip(self.values, 0, None)
+
+    def normalised(self) -> np.ndarray:
+        """Positive evidence scaled to [0, 1] for display."""
+        pos = self.positive()
+        top = float(pos.max())
+        return pos / top if top > 0 else pos
+
+
+class Explainer(Protocol):
+    name: str
+
+    def explain(self, model: ExplainableModel, image: torch.Tensor, target: Target) -> Heatmap: ...
+
+
+def to_input_size(values: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
+    """Bilinear resize of an (h, w) map to (size, size) float32, finite."""
+    tensor = torch.as_tensor(values, dtype=torch.float32)
+    if tuple(tensor.shape[-2:]) != (size, size):
+        tensor = torch.nn.functional.interpolate(
+            tensor.reshape(1, 1, *tensor.shape[-2:]), size=(size, size), mode="bilinear", align_corners=False
+        )
+    return np.nan_to_num(tensor.reshape(size, size).numpy().astype(np.float32))

@@ -1,0 +1,110 @@
+"""captum adapters: Integrated Gradients, Saliency, SmoothGrad, GradientShap, Occlusion.
+
+Quirks owned here: captum wants ``forward_func(x) -> (B,)``, so the target is folded into the forward;
+attributions come per input channel at input size and are reduced to one map: summed over channels for
+the signed methods (IG, GradientShap, Occlusion), max of absolute values for the gradient magnitudes
+(Saliency, SmoothGrad). Baselines are in the model's normalised space: "black" is a black image after
+normalisation, "blur" a strongly blurred copy of the input (keeps colour, removes lesions).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from captum.attr import GradientShap, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+
+from workbench.explainers import register_explainer
+from workbench.explainers.base import ExplainableModel, Heatmap, to_input_size
+from workbench.targets import Target
+
+__all__ = ["CaptumExplainer", "make_baseline"]
+
+
+def make_baseline(model: ExplainableModel, image: torch.Tensor, kind: str) -> torch.Tensor:
+    """The reference input: ``black`` (zero pixels, normalised) or ``blur`` (Gaussian sigma = S/20)."""
+    if kind == "black":
+        mean = torch.tensor(model.card.mean).view(1, 3, 1, 1)
+        std = torch.tensor(model.card.std).view(1, 3, 1, 1)
+        return ((torch.zeros_like(image) - mean) / std).to(image.dtype)
+    if kind == "blur":
+        sigma = image.shape[-1] / 20
+        radius = int(3 * sigma)
+        xs = torch.arange(-radius, radius + 1, dtype=image.dtype)
+        kernel = torch.exp(-(xs**2) / (2 * sigma**2))
+        kernel = (kernel / kernel.sum()).to(image.dtype)
+        padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+        horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
+        return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
+    raise ValueError(f"unknown baseline {kind!r}; valid: black, blur")
+
+
+@dataclass
+class CaptumExplainer:
+    """One captum method. ``steps`` / ``internal_batch_size`` apply to IG; ``samples`` to SmoothGrad/SHAP."""
+
+    name: str
+    baseline: str = "blur"
+    steps: int = 32
+    internal_batch_size: int = 16
+    samples: int = 16
+    occlusion_window: int = 64
+    occlusion_stride: int = 48
+
+    def explain(self, model: ExplainableModel, image: torch.Tensor, target: Target) -> Heatmap:
+        start = time.perf_counter()
+        module = model.module.eval()
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return target(module(x).float())
+
+        image = image.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            attribution, signed = self._attribute(forward, model, image)
+        reduced = attribution.sum(dim=1)[0] if signed else attribution.abs().amax(dim=1)[0]
+        values = to_input_size(reduced.detach(), image.shape[-1])
+        return Heatmap(values, signed, self.name, target.label, time.perf_counter() - start)
+
+    def _attribute(self, forward, model: ExplainableModel, image: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        if self.name == "integrated_gradients":
+            baseline = make_baseline(model, image.detach(), self.baseline)
+            ig = IntegratedGradients(forward)
+            return ig.attribute(
+                image, baselines=baseline, n_steps=self.steps, internal_batch_size=self.internal_batch_size
+            ), True
+        if self.name == "saliency":
+            return Saliency(forward).attribute(image, abs=True), False
+        if self.name == "smoothgrad":
+            tunnel = NoiseTunnel(Saliency(forward))
+            return tunnel.attribute(
+                image,
+                nt_type="smoothgrad",
+                nt_samples=self.samples,
+                nt_samples_batch_size=8,
+                stdevs=0.15,
+                abs=True,
+            ), False
+        if self.name == "gradient_shap":
+            baselines = torch.cat(
+                [make_baseline(model, image.detach(), "black"), make_baseline(model, image.detach(), "blur")]
+            )
+            return GradientShap(forward).attribute(
+                image, baselines=baselines, n_samples=self.samples, stdevs=0.1
+            ), True
+        if self.name == "occlusion":
+            window, stride = self.occlusion_window, self.occlusion_stride
+            baseline = make_baseline(model, image.detach(), self.baseline)
+            return Occlusion(forward).attribute(
+                image,
+                sliding_window_shapes=(3, window, window),
+                strides=(3, stride, stride),
+                baselines=baseline,
+                perturbations_per_eval=16,
+            ), True
+        raise KeyError(self.name)
+
+
+for _name in ("integrated_gradients", "saliency", "smoothgrad", "gradient_shap", "occlusion"):
+    register_explainer(_name)(lambda name=_name: CaptumExplainer(name))

@@ -1,0 +1,154 @@
+"""How good is an explanation? Faithfulness, localisation on lesions, and a sanity check.
+
+- Deletion / insertion (Petsiuk et al., RISE, 2018): replace the most salient pixels first by a blurred
+  copy of the image (deletion) or reveal them first on the blurred copy (insertion), in ``steps`` equal
+  fractions, and follow the target's probability. A faithful map makes deletion fall fast (low AUC) and
+  insertion rise fast (high AUC). The blurred baseline avoids the out-of-distribution black holes a zero
+  baseline punches into a fundus.
+- Pointing game (Zhang et al., 2016): is the map's maximum on a lesion (within a tolerance)?
+- Relevance mass / rank (Arras et al., 2022): share of positive relevance inside the lesion mask, and
+  share of the top-|mask| pixels that are lesion pixels.
+- Model randomisation (Adebayo et al., 2018): Spearman rank correlation between the map of the trained
+  model and of a weight-randomised copy; a method whose map barely changes is flagged as not depending
+  on what the model learnt.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from workbench.explainers.base import ExplainableModel, Explainer
+from workbench.explainers.captum_methods import make_baseline
+from workbench.targets import Target
+
+__all__ = [
+    "Curves",
+    "deletion_insertion",
+    "pointing_game",
+    "randomisation_correlation",
+    "randomised_copy",
+    "relevance_mass",
+    "relevance_rank",
+    "spearman",
+]
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Deletion and insertion curves: the target score after each fraction in ``fractions``."""
+
+    fractions: np.ndarray
+    deletion: np.ndarray
+    insertion: np.ndarray
+
+    @property
+    def deletion_auc(self) -> float:
+        return float(np.trapezoid(self.deletion, self.fractions))
+
+    @property
+    def insertion_auc(self) -> float:
+        return float(np.trapezoid(self.insertion, self.fractions))
+
+
+def _target_probability(output: torch.Tensor, target: Target) -> torch.Tensor:
+    """Target probability per image: softmax over the relevant head, or for lesions the mean sigmoid."""
+    name = target.__class__.__name__
+    if name == "GradeTarget":
+        return torch.softmax(output[:, :5], 1)[:, target.grade]
+    if name == "ReferableTarget":
+        return torch.exp(target(output))
+    if name == "DMETarget":
+        return torch.softmax(output[:, 5:], 1)[:, target.grade]
+    mean_logit = target(output) / (output.shape[-1] * output.shape[-2])
+    return torch.sigmoid(mean_logit)
+
+
+@torch.inference_mode()
+def deletion_insertion(
+    model: ExplainableModel, image: torch.Tensor, heat: np.ndarray, target: Target, steps: int = 16
+) -> Curves:
+    """Deletion and insertion curves for one (1, 3, S, S) input and an (S, S) map, batched in one pass."""
+    order = np.argsort(-heat.ravel(), kind="stable")
+    size = heat.size
+    baseline = make_baseline(model, image, "blur")
+    fractions = np.linspace(0, 1, steps + 1)
+    delete, insert = [], []
+    flat_image, flat_base = image.reshape(1, 3, -1), baseline.reshape(1, 3, -1)
+    for fraction in fractions:
+        chosen = torch.zeros(size, dtype=torch.bool)
+        chosen[torch.from_numpy(order[: int(round(fraction * size))])] = True
+        delete.append(torch.where(chosen, flat_base, flat_image).reshape_as(image))
+        insert.append(torch.where(chosen, flat_image, flat_base).reshape_as(image))
+    scores = []
+    batch = torch.cat(delete + insert)
+    for chunk in batch.split(17):
+        scores.append(_target_probability(model.module(chunk).float(), target))
+    values = torch.cat(scores).numpy()
+    return Curves(fractions, values[: steps + 1], values[steps + 1 :])
+
+
+def pointing_game(heat: np.ndarray, lesion_mask: np.ndarray, tolerance: int = 3) -> bool | None:
+    """True when the map's maximum lies on (or within ``tolerance`` px of) a lesion; None without lesions."""
+    if not lesion_mask.any():
+        return None
+    grown = cv2.dilate(lesion_mask.astype(np.uint8), np.ones((2 * tolerance + 1,) * 2, np.uint8)) > 0
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return bool(grown[y, x])
+
+
+def relevance_mass(heat: np.ndarray, lesion_mask: np.ndarray) -> float | None:
+    """Share of positive relevance inside the lesion mask, in [0, 1]."""
+    positive = np.clip(heat, 0, None)
+    total = positive.sum()
+    if not lesion_mask.any() or total <= 0:
+        return None
+    return float(positive[lesion_mask].sum() / total)
+
+
+def relevance_rank(heat: np.ndarray, lesion_mask: np.ndarray) -> float | None:
+    """Share of the top-K pixels (K = lesion pixels) that are lesion pixels, in [0, 1]."""
+    k = int(lesion_mask.sum())
+    if k == 0:
+        return None
+    top = np.argpartition(-heat.ravel(), k - 1)[:k]
+    return float(lesion_mask.ravel()[top].mean())
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (ties broken by position)."""
+    ra = np.argsort(np.argsort(a.ravel(), kind="stable"), kind="stable").astype(np.float64)
+    rb = np.argsort(np.argsort(b.ravel(), kind="stable"), kind="stable").astype(np.float64)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denominator = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
+
+
+def randomised_copy(model: ExplainableModel, seed: int = 0) -> ExplainableModel:
+    """A deep copy with every parameter re-drawn (normal, same std as the original tensor)."""
+    clone = copy.deepcopy(model.module)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in clone.parameters():
+            std = float(parameter.std()) if parameter.numel() > 1 else 0.02
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * max(std, 1e-3))
+    return ExplainableModel(clone.eval(), model.card)
+
+
+def randomisation_correlation(
+    explainer: Explainer,
+    model: ExplainableModel,
+    image: torch.Tensor,
+    target: Target,
+    trained_map: np.ndarray,
+    randomised: ExplainableModel | None = None,
+) -> float:
+    """Spearman correlation between the trained model's map and a randomised model's map (low is good)."""
+    other = randomised or randomised_copy(model)
+    random_map = explainer.explain(other, image, target).values
+    return spearman(np.abs(trained_map), np.abs(random_map))

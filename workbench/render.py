@@ -1,0 +1,154 @@
+"""Pure rendering: an ``Analysis`` in, numpy RGB images and Plotly figures out; nothing is shown here.
+
+As captum keeps ``visualization.py`` apart from attribution code, these functions only draw. Lesion
+colours come from ``models.constants.LESIONS`` so every view uses the same colour per lesion type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+
+from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
+from workbench.analysis import Analysis
+from workbench.explainers import Heatmap
+from workbench.explanation_quality import Curves
+
+__all__ = [
+    "curves_figure",
+    "heatmap_overlay",
+    "landmarks_overlay",
+    "lesion_overlay",
+    "method_grid",
+    "probability_figure",
+]
+
+
+def heatmap_overlay(
+    crop: np.ndarray, heatmap: Heatmap, opacity: float = 0.5, colormap: int = cv2.COLORMAP_JET
+) -> np.ndarray:
+    """Blend the positive part of ``heatmap`` (scaled to [0, 1]) over ``crop``; RGB uint8 at crop size."""
+    heat = cv2.resize(heatmap.normalised(), (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+    coloured = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * heat), colormap), cv2.COLOR_BGR2RGB)
+    alpha = (opacity * np.clip(heat * 1.5, 0, 1))[..., None]
+    return (crop * (1 - alpha) + coloured * alpha).astype(np.uint8)
+
+
+def lesion_overlay(
+    analysis: Analysis, codes: Sequence[str] | None = None, opacity: float = 0.6
+) -> np.ndarray:
+    """Lesion masks, one fixed colour per type, over the segmenter's crop resized to the grading crop."""
+    base = analysis.crop.copy()
+    size = base.shape[0]
+    wanted = set(codes) if codes is not None else {lesion.code for lesion in LESIONS}
+    for lesion in LESIONS:
+        summary = analysis.lesions.get(lesion.code)
+        if summary is None or lesion.code not in wanted:
+            continue
+        mask = cv2.resize(summary.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+        if lesion.code == "OD":
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(base, contours, -1, lesion.colour, 2)
+            continue
+        # Small lesions are dilated for visibility; the mask itself is not changed.
+        visible = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        base[visible] = (base[visible] * (1 - opacity) + np.array(lesion.colour) * opacity).astype(np.uint8)
+    return base
+
+
+def landmarks_overlay(analysis: Analysis, image: np.ndarray | None = None) -> np.ndarray:
+    """Optic-disc and fovea markers and the ETDRS grid drawn on the grading crop."""
+    canvas = (analysis.crop if image is None else image).copy()
+    if analysis.od_xy is None or analysis.etdrs is None:
+        return canvas
+    transform = analysis.crop_transform
+    scale = transform.scale
+    od, fovea = transform.to_crop(np.array([analysis.od_xy, analysis.fovea_xy]))
+    cv2.drawMarker(canvas, tuple(int(round(v)) for v in od), (60, 255, 60), cv2.MARKER_CROSS, 18, 2)
+    centre = tuple(int(round(v)) for v in fovea)
+    cv2.drawMarker(canvas, centre, (255, 255, 255), cv2.MARKER_TILTED_CROSS, 14, 2)
+    radii = [int(round(r * scale)) for r in analysis.etdrs.radii_px]
+    for radius in radii:
+        cv2.circle(canvas, centre, max(1, radius), (255, 255, 255), 1, cv2.LINE_AA)
+    for angle in (45, 135, 225, 315):
+        direction = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
+        p0 = np.array(centre) + direction * radii[0]
+        p1 = np.array(centre) + direction * radii[2]
+        cv2.line(
+            canvas, tuple(int(v) for v in p0), tuple(int(v) for v in p1), (255, 255, 255), 1, cv2.LINE_AA
+        )
+    return canvas
+
+
+def method_grid(
+    crop: np.ndarray, heatmaps: dict[str, Heatmap], columns: int = 3, tile: int = 256
+) -> np.ndarray:
+    """Side-by-side overlays of several methods, each captioned with its name and seconds."""
+    tiles = []
+    for name, heat in heatmaps.items():
+        overlay = cv2.resize(heatmap_overlay(crop, heat), (tile, tile), interpolation=cv2.INTER_AREA)
+        cv2.putText(
+            overlay,
+            f"{name} {heat.seconds:.2f}s",
+            (6, 18),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+        tiles.append(overlay)
+    while len(tiles) % columns:
+        tiles.append(np.zeros((tile, tile, 3), np.uint8))
+    rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
+    return np.vstack(rows) if rows else np.zeros((tile, tile, 3), np.uint8)
+
+
+def probability_figure(analysis: Analysis) -> go.Figure:
+    """Two horizontal bar charts: DR grade and DME risk probabilities."""
+    figure = go.Figure()
+    if analysis.dr_probabilities is not None:
+        figure.add_bar(
+            y=list(DR_GRADE_NAMES), x=analysis.dr_probabilities.tolist(), orientation="h", name="DR grade"
+        )
+        figure.add_bar(
+            y=list(DME_NAMES), x=analysis.dme_probabilities.tolist(), orientation="h", name="DME risk"
+        )
+    figure.update_layout(
+        xaxis={"range": [0, 1], "title": "probability"},
+        height=360,
+        barmode="group",
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title="Grader probabilities",
+    )
+    return figure
+
+
+def curves_figure(curves: dict[str, Curves]) -> go.Figure:
+    """Deletion (dashed) and insertion (solid) curves of several methods in one chart."""
+    figure = go.Figure()
+    for name, curve in curves.items():
+        figure.add_scatter(
+            x=curve.fractions,
+            y=curve.deletion,
+            mode="lines",
+            line={"dash": "dash"},
+            name=f"{name} deletion (AUC {curve.deletion_auc:.2f})",
+        )
+        figure.add_scatter(
+            x=curve.fractions,
+            y=curve.insertion,
+            mode="lines",
+            name=f"{name} insertion (AUC {curve.insertion_auc:.2f})",
+        )
+    figure.update_layout(
+        xaxis_title="fraction of pixels removed / revealed",
+        yaxis_title="target probability",
+        yaxis={"range": [0, 1]},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    )
+    return figure

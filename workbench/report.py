@@ -1,0 +1,162 @@
+"""Reports: an ``Analysis`` as JSON (every number), overlay PNGs and one self-contained HTML page.
+
+The HTML embeds its images as base64 PNG so it opens offline and can be mailed as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from models.constants import DME_NAMES, DR_GRADE_NAMES
+from workbench.analysis import Analysis
+from workbench.render import heatmap_overlay, landmarks_overlay, lesion_overlay, method_grid
+from workbench.scoring import ExplanationScore
+
+__all__ = ["analysis_to_dict", "write_report"]
+
+
+def _num(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_num(v) for v in value.tolist()]
+    if isinstance(value, np.floating | float):
+        return None if not np.isfinite(value) else round(float(value), 5)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, tuple | list):
+        return [_num(v) for v in value]
+    return value
+
+
+def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | None = None) -> dict[str, Any]:
+    """Every number of the analysis (and explanation scores) as plain JSON types."""
+    out: dict[str, Any] = {
+        "file": analysis.name,
+        "original_size_hw": list(analysis.original_size),
+        "gradeable": analysis.quality.gradeable,
+        "quality_reasons": list(analysis.quality.reasons),
+        "quality_measures": {k: _num(v) for k, v in analysis.quality.measures.items()},
+        "field_of_view": {
+            "cx": _num(analysis.fov.cx),
+            "cy": _num(analysis.fov.cy),
+            "radius": _num(analysis.fov.radius),
+        },
+        "graded": analysis.graded,
+        "models": analysis.models,
+        "timings_ms": {k: _num(v) for k, v in analysis.timings_ms.items()},
+    }
+    if analysis.graded:
+        out.update(
+            {
+                "dr_grade": analysis.dr_grade,
+                "dr_grade_name": DR_GRADE_NAMES[analysis.dr_grade],
+                "dr_probabilities": _num(analysis.dr_probabilities),
+                "referable": analysis.referable,
+                "referable_probability": _num(analysis.referable_probability),
+                "dme_grade": analysis.dme_grade,
+                "dme_grade_name": DME_NAMES[analysis.dme_grade],
+                "dme_probabilities": _num(analysis.dme_probabilities),
+                "optic_disc": {
+                    "xy": _num(analysis.od_xy),
+                    "radius_px": _num(analysis.od_radius_px),
+                    "confidence": _num(analysis.od_confidence),
+                },
+                "fovea": {"xy": _num(analysis.fovea_xy), "confidence": _num(analysis.fovea_confidence)},
+                "lesions": {
+                    code: {"count": s.count, "area_px": _num(s.area_px)}
+                    for code, s in analysis.lesions.items()
+                },
+                "lesions_by_etdrs_region": analysis.lesions_by_region,
+            }
+        )
+        if analysis.etdrs is not None:
+            out["etdrs_grid"] = {
+                "centre_xy": _num(analysis.etdrs.centre_xy),
+                "radii_px": _num(analysis.etdrs.radii_px),
+                "px_per_mm": _num(analysis.etdrs.px_per_mm),
+            }
+        if analysis.dme_check is not None:
+            check = analysis.dme_check
+            out["dme_rule_check"] = {
+                "rule_grade": check.grade,
+                "grader_grade": check.grader_grade,
+                "agrees": check.agrees,
+                "nearest_exudate_disc_diameters": _num(check.nearest_exudate_dd),
+            }
+    if analysis.heatmaps:
+        out["explanations"] = {
+            name: {
+                "method": h.method,
+                "target": h.target,
+                "signed": h.signed,
+                "seconds": _num(h.seconds),
+                **(
+                    {k: _num(v) for k, v in scores[name].as_dict().items() if k != "method"}
+                    if scores and name in scores
+                    else {}
+                ),
+            }
+            for name, h in analysis.heatmaps.items()
+        }
+    return out
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return data.tobytes()
+
+
+def write_report(
+    analysis: Analysis, folder: Path, scores: dict[str, ExplanationScore] | None = None
+) -> dict[str, Any]:
+    """Write report.json, overlay PNGs and report.html into ``folder``; returns the JSON dict."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = analysis_to_dict(analysis, scores)
+    (folder / "report.json").write_text(json.dumps(data, indent=2))
+    images = {"crop": analysis.crop}
+    if analysis.graded:
+        images["lesions"] = lesion_overlay(analysis)
+        images["landmarks"] = landmarks_overlay(analysis, lesion_overlay(analysis))
+    for name, heat in analysis.heatmaps.items():
+        images[f"explain_{name}"] = heatmap_overlay(analysis.crop, heat)
+    if analysis.heatmaps:
+        images["explain_grid"] = method_grid(analysis.crop, analysis.heatmaps)
+    encoded = {}
+    for name, rgb in images.items():
+        png = _png(rgb)
+        (folder / f"{name}.png").write_bytes(png)
+        encoded[name] = base64.b64encode(png).decode("ascii")
+    (folder / "report.html").write_text(_html(data, encoded))
+    return data
+
+
+def _html(data: dict[str, Any], images: dict[str, str]) -> str:
+    title = html.escape(str(data["file"]))
+    if data.get("graded"):
+        headline = (
+            f"DR grade {data['dr_grade']} ({html.escape(data['dr_grade_name'])}), "
+            f"{'REFERABLE' if data['referable'] else 'not referable'}; DME risk {data['dme_grade']}"
+        )
+    else:
+        headline = "NOT GRADEABLE: " + html.escape("; ".join(data["quality_reasons"]))
+    figures = "".join(
+        f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{b}">'
+        f"<figcaption>{html.escape(n)}</figcaption></figure>"
+        for n, b in images.items()
+    )
+    body = html.escape(json.dumps(data, indent=2))
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>DR Workbench: {title}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px}"
+        "img{max-width:384px}pre{background:#f4f4f4;padding:1em}</style></head><body>"
+        f"<h1>{title}</h1><h2 id='headline'>{headline}</h2>{figures}<h3>All numbers</h3><pre>{body}</pre>"
+        "<p>DR Workbench: research and audit tool, not a medical device.</p></body></html>"
+    )
