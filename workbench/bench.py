@@ -75,9 +75,90 @@ def bench_quality(image_path: Path, repeats: int = 15) -> dict[str, float]:
     return time_call(lambda: assess_quality(crop, fov, inside), repeats)
 
 
-BENCHMARKS: dict[str, Callable[[Path, int], dict[str, float]]] = {
+def _workbench():
+    from workbench.analysis import Workbench
+
+    return Workbench()
+
+
+def bench_analyze(image_path: Path, repeats: int) -> dict[str, float]:
+    """Full ``analyze`` (grade + DME + lesions + landmarks + attention) of one JPEG; target <= 1.0 s."""
+    workbench = _workbench()
+    result = time_call(
+        lambda: workbench.analyze(image_path, explain=["attention"], force=True), max(3, repeats // 3)
+    )
+    stages = workbench.analyze(image_path, explain=["attention"], force=True).timings_ms
+    result.update({"target_ms": 1000.0, "stages_ms": {k: round(v, 1) for k, v in stages.items()}})
+    return result
+
+
+def bench_explainers(image_path: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Grad-CAM (target <= 150 ms) and Integrated Gradients, 32 steps (target <= 1.5 s) on the grader."""
+    from workbench.explainers import ExplainableModel, get_explainer
+    from workbench.fundus import prepare_fundus
+    from workbench.targets import GradeTarget
+
+    workbench = _workbench()
+    prepared = prepare_fundus(load_image(image_path, min_side=512), 512)
+    predictor = workbench.grader
+    model = ExplainableModel(predictor.model, predictor.card)
+    tensor = predictor.input_tensor(prepared.crop)
+    out = {}
+    for name, target_ms in (("gradcam", 150.0), ("integrated_gradients", 1500.0), ("attention", None)):
+        explainer = get_explainer(name)
+        out[name] = time_call(
+            lambda e=explainer: e.explain(model, tensor, GradeTarget(2)), max(3, repeats // 3)
+        )
+        out[name]["target_ms"] = target_ms
+    return out
+
+
+def bench_throughput(image_path: Path, repeats: int, n_images: int = 32, batch: int = 16) -> dict[str, float]:
+    """Grading-only images per second from JPEG files (reduced decoding, batches of 16); target >= 10."""
+    import time as _time
+
+    from workbench.predictors import GRADING_CROP, crop_for
+
+    workbench = _workbench()
+    paths = [image_path] * n_images
+    rates = []
+    for _ in range(max(1, repeats // 5)):
+        start = _time.perf_counter()
+        for i in range(0, n_images, batch):
+            crops = [
+                crop_for(load_image(p, min_side=GRADING_CROP), GRADING_CROP)[0] for p in paths[i : i + batch]
+            ]
+            workbench.grader.predict(crops)
+        rates.append(n_images / (_time.perf_counter() - start))
+    return {"median_images_per_s": statistics.median(rates), "target_images_per_s": 10.0, "batch": batch}
+
+
+def _server_peak_rss_mb(image_path: str) -> float:
+    import resource
+
+    workbench = _workbench()
+    for _ in range(2):
+        workbench.analyze(Path(image_path), explain=["attention", "gradcam"], force=True)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_memory(image_path: Path, repeats: int) -> dict[str, float]:
+    """Peak RSS of a fresh process that loads all models and analyzes twice (a server); target <= 2 GB."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        peak = pool.submit(_server_peak_rss_mb, str(image_path)).result()
+    return {"peak_rss_mb": peak, "target_mb": 2048.0}
+
+
+BENCHMARKS: dict[str, Callable[[Path, int], dict]] = {
     "preprocess_4288_to_512": lambda path, repeats: bench_preprocess(path, 512, repeats),
     "quality_verdict_512": lambda path, repeats: bench_quality(path, repeats),
+    "analyze_4288": bench_analyze,
+    "explainers_grader": bench_explainers,
+    "grading_throughput": bench_throughput,
+    "peak_memory": bench_memory,
 }
 
 

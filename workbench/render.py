@@ -21,6 +21,7 @@ __all__ = [
     "curves_figure",
     "heatmap_overlay",
     "landmarks_overlay",
+    "lesion_annotations",
     "lesion_overlay",
     "method_grid",
     "probability_figure",
@@ -57,6 +58,18 @@ def lesion_overlay(
         visible = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         base[visible] = (base[visible] * (1 - opacity) + np.array(lesion.colour) * opacity).astype(np.uint8)
     return base
+
+
+def lesion_annotations(analysis: Analysis) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
+    """(crop, [(mask at crop size, "name (count)")]) for ``gr.AnnotatedImage``-style viewers."""
+    size = analysis.crop.shape[0]
+    out = []
+    for lesion in LESIONS:
+        summary = analysis.lesions.get(lesion.code)
+        if summary is not None and summary.mask.any():
+            mask = cv2.resize(summary.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+            out.append((mask.astype(np.float32), f"{lesion.name} ({summary.count})"))
+    return analysis.crop, out
 
 
 def landmarks_overlay(analysis: Analysis, image: np.ndarray | None = None) -> np.ndarray:

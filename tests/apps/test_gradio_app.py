@@ -1,4 +1,4 @@
-"""The Gradio face launched on 127.0.0.1 and driven through gradio_client."""
+"""The Gradio workbench launched on 127.0.0.1 (tiny models) and driven through gradio_client."""
 
 from __future__ import annotations
 
@@ -9,35 +9,75 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from workbench.synthetic import make_fundus
+from workbench.synthetic import make_fundus, write_idrid_folder
 from workbench.ui.gradio_app import build_demo
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    demo = build_demo(str(tmp_path_factory.mktemp("examples")))
-    demo.queue(max_size=8).launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_workbench) -> Iterator[tuple[Client, str]]:
+    data = write_idrid_folder(tmp_path_factory.mktemp("idrid-app"), n_segmentation=2, n_grading=3)
+    demo = build_demo(tiny_workbench, str(tmp_path_factory.mktemp("examples")), data)
+    demo.queue(max_size=8).launch(
+        server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True
+    )
     try:
-        yield Client(demo.local_url, verbose=False)
+        yield Client(demo.local_url, verbose=False), demo.local_url
     finally:
         demo.close()
 
 
-def test_inspect_endpoint_returns_crop_and_verdict(client: Client, tmp_path: Path) -> None:
+@pytest.fixture()
+def fundus_file(tmp_path: Path) -> str:
     path = tmp_path / "fundus.png"
-    Image.fromarray(make_fundus(4, size=(356, 536)).image).save(path)
-    crop_path, report = client.predict(handle_file(str(path)), "clahe", api_name="/inspect")
-    with Image.open(crop_path) as crop:
-        assert crop.size == (512, 512)
-    assert "Gradeable" in report and "NOT" not in report
+    Image.fromarray(make_fundus(4, size=(356, 536), dr_grade=3, dme_grade=2).image).save(path)
+    return str(path)
 
 
-def test_corrupt_upload_errors_and_app_keeps_serving(client: Client, tmp_path: Path) -> None:
+def test_analyze_endpoint_structure(served, fundus_file: str) -> None:
+    client, _ = served
+    summary, plot, lesions, landmarks, table, report = client.predict(
+        handle_file(fundus_file), False, api_name="/analyze"
+    )
+    assert "DR grade" in summary
+    assert report["graded"]
+    assert set(report) >= {"dr_probabilities", "dme_grade", "lesions", "fovea", "etdrs_grid"}
+    assert len(report["dr_probabilities"]) == 5
+    assert Path(landmarks).is_file()
+    assert [row[0] for row in table["data"]] == ["MA", "HE", "EX", "SE", "OD"]
+
+
+def test_compare_endpoint_structure(served, fundus_file: str) -> None:
+    client, _ = served
+    gallery, slider, curves, scores, target = client.predict(
+        handle_file(fundus_file), "referable", ["gradcam", "attention"], "tiny_grader", api_name="/compare"
+    )
+    assert len(gallery) == 2 and "deletion" in gallery[0]["caption"]
+    assert len(slider) == 2
+    assert [row[0] for row in scores["data"]] == ["gradcam", "attention"]
+    assert target.startswith("referable")
+
+
+def test_corrupt_upload_errors_and_app_keeps_serving(served, tmp_path: Path, fundus_file: str) -> None:
+    client, _ = served
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(Exception, match="truncated or corrupt|not a recognised image"):
-        client.predict(handle_file(str(bad)), "none", api_name="/inspect")
-    good = tmp_path / "ok.png"
-    Image.fromarray(make_fundus(5, size=(356, 536)).image).save(good)
-    _, report = client.predict(handle_file(str(good)), "none", api_name="/inspect")
-    assert "Quality" in report
+        client.predict(handle_file(str(bad)), False, api_name="/analyze")
+    summary, *_ = client.predict(handle_file(fundus_file), False, api_name="/analyze")
+    assert "DR grade" in summary
+
+
+def test_non_fundus_is_reported_not_graded(served, tmp_path: Path) -> None:
+    client, _ = served
+    photo = tmp_path / "holiday.png"
+    Image.new("RGB", (400, 300), (120, 170, 230)).save(photo)
+    summary, *_, report = client.predict(handle_file(str(photo)), False, api_name="/analyze")
+    assert "Not gradeable" in summary and report["graded"] is False
+
+
+def test_browse_and_inspect(served) -> None:
+    client, _ = served
+    truth, predicted, text = client.predict("IDRiD_01", api_name="/browse")
+    assert Path(truth).is_file() and "Annotated:" in text
+    with pytest.raises(Exception, match="not in the list of choices|not an image of"):
+        client.predict("nope", api_name="/browse")

@@ -1,25 +1,35 @@
-"""Gradio workbench: layout and event wiring only (STYLE.md section 4).
+"""Gradio analyst workbench: layout and event wiring only (STYLE.md section 4).
 
-This first face exposes the foundation: image loading with its clear errors, the quality verdict and the
-field-of-view crop with the optional enhancements. Model-based analysis tabs join it as they land.
+Tabs: Analyze, Compare explanations, Dataset browser (when an IDRiD folder is configured), Batch, Models,
+Inspect (quality and field of view only). Every event has an ``api_name`` so ``gradio_client`` can call it:
+``/analyze``, ``/compare``, ``/slide``, ``/browse``, ``/batch``, ``/inspect``. Menus come from the registries
+(``EXPLAINERS``, shipped model cards), never from hard-coded lists.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
+from models.constants import LESIONS
 from models.enhance import ENHANCEMENTS
+from models.registry import list_shipped
+from workbench.analysis import Workbench
+from workbench.explainers import EXPLAINERS
 from workbench.fundus import prepare_fundus
 from workbench.image_io import ImageLoadError, load_image
 from workbench.synthetic import make_fundus
+from workbench.ui.handlers import TARGET_CHOICES, Handlers
 
-__all__ = ["build_demo", "inspect_fundus"]
+__all__ = ["MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD = "60mb"
+DEFAULT_METHODS = ["attention", "gradcam", "integrated_gradients"]
 
 
 def inspect_fundus(path: str | None, enhancement: str) -> tuple[np.ndarray, str]:
@@ -46,39 +56,158 @@ def inspect_fundus(path: str | None, enhancement: str) -> tuple[np.ndarray, str]
     return ENHANCEMENTS[enhancement](prepared.crop), "\n\n".join(lines)
 
 
-def _example_files(folder: str) -> list[str]:
-    """Write a few synthetic fundi as examples (no patient image ships with the app)."""
-    from pathlib import Path
-
-    from PIL import Image
-
+def write_examples(folder: str | Path) -> list[str]:
+    """Synthetic example fundi (no real patient image ships with the app)."""
     paths = []
-    for seed, grade in ((1, 0), (2, 2), (3, 4)):
-        path = Path(folder) / f"synthetic_grade{grade}.png"
+    for seed, grade, dme in ((1, 0, 0), (2, 2, 1), (3, 3, 2), (4, 4, 2)):
+        path = Path(folder) / f"synthetic_grade{grade}_dme{dme}.png"
         if not path.exists():
-            Image.fromarray(make_fundus(seed, size=(712, 1072), dr_grade=grade).image).save(path)
+            Image.fromarray(make_fundus(seed, size=(712, 1072), dr_grade=grade, dme_grade=dme).image).save(
+                path
+            )
         paths.append(str(path))
     return paths
 
 
-def build_demo(example_dir: str) -> gr.Blocks:
-    """Build the workbench layout; ``example_dir`` receives the synthetic example images."""
+def _upload(label: str = "Fundus photograph") -> gr.File:
+    # gr.File, not gr.Image: gr.Image decodes the upload itself and turns a corrupt file into a generic
+    # error; our loader names the problem (truncated, not an image, too large...).
+    return gr.File(label=label, type="filepath", file_types=["image"])
+
+
+def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = None) -> gr.Blocks:
+    """The whole workbench UI; ``workbench`` is shared by every session (read-only)."""
+    handlers = Handlers(workbench, data_dir)
+    examples = write_examples(example_dir)
+    graders = [
+        p.weights.removesuffix(".safetensors")
+        for p in list_shipped(workbench.weights_dir)
+        if p.arch == "grader"
+    ]
     with gr.Blocks(title="DR Workbench") as demo:
         gr.Markdown(
-            "# DR Workbench\nDiabetic retinopathy fundus analysis: quality, field of view, enhancement."
+            "# DR Workbench\nDiabetic retinopathy grading, lesions and explanations. Research and audit "
+            "tool, not a medical device."
         )
-        with gr.Row():
-            with gr.Column():
-                # gr.File, not gr.Image: gr.Image decodes the upload itself and turns a corrupt file into a
-                # generic error; our loader names the problem (truncated, not an image, too large...).
-                upload = gr.File(label="Fundus photograph", type="filepath", file_types=["image"])
-                enhancement = gr.Radio(list(ENHANCEMENTS), value="none", label="Enhancement")
-                run = gr.Button("Inspect", variant="primary")
-                gr.Examples(_example_files(example_dir), inputs=upload)
-            with gr.Column():
-                crop = gr.Image(label="Field-of-view crop (512 px)", type="numpy")
-                report = gr.Markdown(elem_id="quality-report")
-        run.click(
-            inspect_fundus, [upload, enhancement], [crop, report], api_name="inspect", concurrency_limit=2
-        )
+        with gr.Tab("Analyze"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    upload = _upload()
+                    force = gr.Checkbox(label="Grade even if the quality check fails", value=False)
+                    run = gr.Button("Analyze", variant="primary")
+                    gr.Examples(examples, inputs=upload)
+                with gr.Column(scale=2):
+                    summary = gr.Markdown(elem_id="analysis-summary")
+                    probabilities = gr.Plot(label="Probabilities")
+            with gr.Row():
+                lesions = gr.AnnotatedImage(
+                    label="Lesions",
+                    color_map={
+                        lesion.name: "#{:02x}{:02x}{:02x}".format(*lesion.colour) for lesion in LESIONS
+                    },
+                )
+                landmarks = gr.Image(label="Optic disc, fovea and ETDRS grid", type="numpy")
+            lesion_table = gr.Dataframe(headers=["lesion", "count", "area (px)"], label="Lesion counts")
+            report = gr.JSON(label="All numbers")
+            run.click(
+                handlers.analyze,
+                [upload, force],
+                [summary, probabilities, lesions, landmarks, lesion_table, report],
+                api_name="analyze",
+                concurrency_limit=2,
+            )
+        with gr.Tab("Compare explanations"):
+            overlays = gr.State()
+            with gr.Row():
+                with gr.Column(scale=1):
+                    compare_upload = _upload()
+                    target = gr.Dropdown(TARGET_CHOICES, value="predicted", label="Explain")
+                    methods = gr.CheckboxGroup(list(EXPLAINERS), value=DEFAULT_METHODS, label="Methods (1-6)")
+                    grader = gr.Dropdown(
+                        graders, value=workbench.model_names["grader"], label="Grader backbone"
+                    )
+                    compare = gr.Button("Compare", variant="primary")
+                    gr.Examples(examples, inputs=compare_upload)
+                with gr.Column(scale=2):
+                    target_label = gr.Textbox(label="Target", interactive=False)
+                    gallery = gr.Gallery(label="Methods side by side", columns=3, height="auto")
+            with gr.Row():
+                slider = gr.ImageSlider(label="Slide between two views", type="numpy")
+                with gr.Column():
+                    left = gr.Dropdown(["image", "lesions"] + list(EXPLAINERS), value="image", label="Left")
+                    right = gr.Dropdown(
+                        ["image", "lesions"] + list(EXPLAINERS), value="lesions", label="Right"
+                    )
+                    slide = gr.Button("Show pair")
+            curves = gr.Plot(label="Deletion (dashed) and insertion (solid) curves")
+            scores = gr.Dataframe(
+                headers=[
+                    "method",
+                    "seconds",
+                    "deletion AUC",
+                    "insertion AUC",
+                    "pointing game",
+                    "relevance mass",
+                    "relevance rank",
+                ],
+                label="Explanation scores",
+            )
+            compare.click(
+                handlers.compare,
+                [compare_upload, target, methods, grader],
+                [gallery, slider, curves, scores, overlays, target_label],
+                api_name="compare",
+                concurrency_limit=1,
+            )
+            slide.click(handlers.slide, [overlays, left, right], slider, api_name="slide")
+        if data_dir is not None:
+            with gr.Tab("Dataset browser"):
+                names = handlers.dataset_names()
+                choice = gr.Dropdown(
+                    names, value=names[0] if names else None, label=f"IDRiD image ({data_dir})"
+                )
+                browse = gr.Button("Show")
+                with gr.Row():
+                    truth = gr.Image(label="Ground-truth lesions", type="numpy")
+                    predicted = gr.Image(label="Predicted lesions", type="numpy")
+                browse_text = gr.Markdown()
+                browse.click(
+                    handlers.browse,
+                    choice,
+                    [truth, predicted, browse_text],
+                    api_name="browse",
+                    concurrency_limit=1,
+                )
+        with gr.Tab("Batch"):
+            files = gr.File(
+                label="Fundus photographs", file_count="multiple", type="filepath", file_types=["image"]
+            )
+            run_batch = gr.Button("Analyze all", variant="primary")
+            table = gr.Dataframe(
+                headers=["file", "status", "gradeable", "dr_grade", "referable", "dme_grade", "error"],
+                label="Grades",
+            )
+            csv_out = gr.File(label="summary.csv")
+            zip_out = gr.File(label="HTML reports (zip)")
+            run_batch.click(
+                handlers.batch, files, [table, csv_out, zip_out], api_name="batch", concurrency_limit=1
+            )
+        with gr.Tab("Models"):
+            gr.Markdown(handlers.models_markdown(workbench.weights_dir))
+        with gr.Tab("Inspect"):
+            with gr.Row():
+                with gr.Column():
+                    inspect_upload = _upload()
+                    enhancement = gr.Radio(list(ENHANCEMENTS), value="none", label="Enhancement")
+                    run_inspect = gr.Button("Inspect")
+                with gr.Column():
+                    crop = gr.Image(label="Field-of-view crop (512 px)", type="numpy")
+                    quality = gr.Markdown(elem_id="quality-report")
+            run_inspect.click(
+                inspect_fundus,
+                [inspect_upload, enhancement],
+                [crop, quality],
+                api_name="inspect",
+                concurrency_limit=2,
+            )
     return demo

@@ -1,0 +1,256 @@
+"""Gradio event handlers: validate the widget values, call the workbench, render, return widget values.
+
+No tensor maths here (a face): everything numeric comes from ``Workbench`` and ``workbench.render``.
+User errors become ``gr.Error`` with the loader's message, so the app answers and keeps serving.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
+from models.registry import WEIGHTS_DIR, list_shipped
+from workbench.analysis import Analysis, Workbench
+from workbench.batch import score_analysis
+from workbench.idrid import IDRiD, load_mask
+from workbench.image_io import ImageLoadError
+from workbench.render import (
+    curves_figure,
+    heatmap_overlay,
+    landmarks_overlay,
+    lesion_annotations,
+    lesion_overlay,
+    probability_figure,
+)
+from workbench.report import analysis_to_dict, write_report
+from workbench.scoring import original_masks_to_crop
+from workbench.targets import GradeTarget, parse_target
+
+__all__ = ["Handlers", "TARGET_CHOICES"]
+
+TARGET_CHOICES: list[tuple[str, str]] = (
+    [("predicted DR grade", "predicted")]
+    + [(f"DR {g}: {name}", f"dr:{g}") for g, name in enumerate(DR_GRADE_NAMES)]
+    + [("referable DR (>= 2)", "referable")]
+    + [(f"DME {g}: {name}", f"dme:{g}") for g, name in enumerate(DME_NAMES)]
+    + [(f"lesion: {lesion.name}", f"lesion:{lesion.code}") for lesion in LESIONS[:4]]
+)
+
+
+def _summary_markdown(analysis: Analysis) -> str:
+    if not analysis.graded:
+        return "## Not gradeable\n" + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
+    referable = "**REFERABLE**" if analysis.referable else "not referable"
+    lines = [
+        f"## DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} ({referable}, "
+        f"p = {analysis.referable_probability:.2f})",
+        f"**DME risk {analysis.dme_grade}**: {DME_NAMES[analysis.dme_grade]}",
+        f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
+    ]
+    if analysis.dme_check is not None:
+        check = analysis.dme_check
+        where = (
+            "no exudates found"
+            if check.nearest_exudate_dd is None
+            else f"nearest exudate {check.nearest_exudate_dd:.2f} disc diameters from the fovea"
+        )
+        verdict = "agrees" if check.agrees else "**DISAGREES**"
+        lines.append(
+            f"**DME rule check (IDRiD definition):** rule says {check.grade} ({where}); grader says "
+            f"{check.grader_grade}: {verdict}"
+        )
+    lines.append(
+        f"**Optic disc** ({analysis.od_xy[0]:.0f}, {analysis.od_xy[1]:.0f}) confidence "
+        f"{analysis.od_confidence:.2f}; **fovea** ({analysis.fovea_xy[0]:.0f}, {analysis.fovea_xy[1]:.0f}) "
+        f"confidence {analysis.fovea_confidence:.2f}"
+    )
+    timing = ", ".join(f"{k} {v:.0f} ms" for k, v in analysis.timings_ms.items())
+    lines.append(f"<small>Timings: {timing}</small>")
+    return "\n\n".join(lines)
+
+
+class Handlers:
+    """Bound to one shared ``Workbench`` (module scope in ``app.py``) and an optional IDRiD folder."""
+
+    def __init__(self, workbench: Workbench, data_dir: Path | None = None) -> None:
+        self.workbench = workbench
+        self.data_dir = data_dir
+
+    def _load(
+        self, path: str | None, force: bool = False, explain: list[str] | None = None, target=None
+    ) -> Analysis:
+        if not path:
+            raise gr.Error("No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP).")
+        try:
+            return self.workbench.analyze(
+                path, explain=explain or [], target=target, force=force, name=Path(path).name
+            )
+        except (ImageLoadError, FileNotFoundError) as exc:
+            raise gr.Error(str(exc)) from exc
+
+    # /analyze ---------------------------------------------------------------------------------------
+    def analyze(self, path: str | None, force: bool) -> tuple[Any, ...]:
+        analysis = self._load(path, force)
+        data = analysis_to_dict(analysis)
+        if not analysis.graded:
+            return _summary_markdown(analysis), None, None, None, [], data
+        rows = [[code, s.count, round(s.area_px)] for code, s in analysis.lesions.items()]
+        annotated = lesion_annotations(analysis)
+        grid = landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"]))
+        return _summary_markdown(analysis), probability_figure(analysis), annotated, grid, rows, data
+
+    # /compare ---------------------------------------------------------------------------------------
+    def compare(
+        self, path: str | None, target_key: str, methods: list[str], grader: str | None
+    ) -> tuple[Any, ...]:
+        if not methods or not 1 <= len(methods) <= 6:
+            raise gr.Error("Pick one to six explanation methods.")
+        analysis = self._load(path, force=True)
+        target = GradeTarget(analysis.dr_grade) if target_key == "predicted" else parse_target(target_key)
+        try:
+            heatmaps = self.workbench.explain(analysis.crop, methods, target, grader=grader or None)
+        except ValueError as exc:  # e.g. attention asked for a lesion target
+            raise gr.Error(str(exc)) from exc
+        scored = analysis.__class__(**{**analysis.__dict__, "heatmaps": heatmaps})
+        scores = score_analysis(self.workbench, scored, target) if target.arch == "grader" else {}
+        gallery, table, overlays = [], [], {"image": analysis.crop, "lesions": lesion_overlay(analysis)}
+        for name, heat in heatmaps.items():
+            overlays[name] = heatmap_overlay(analysis.crop, heat)
+            score = scores.get(name)
+            caption = f"{name}: {heat.seconds:.2f} s"
+            if score is not None:
+                caption += (
+                    f" | deletion {score.deletion_auc:.2f} insertion {score.insertion_auc:.2f} | "
+                    f"pointing {score.pointing_game} mass {_fmt(score.relevance_mass)}"
+                )
+            gallery.append((overlays[name], caption))
+            table.append(
+                [name, round(heat.seconds, 3)]
+                + (
+                    [
+                        round(score.deletion_auc, 3),
+                        round(score.insertion_auc, 3),
+                        score.pointing_game,
+                        _fmt(score.relevance_mass),
+                        _fmt(score.relevance_rank),
+                    ]
+                    if score
+                    else [None] * 5
+                )
+            )
+        curves = curves_figure({k: s.curves for k, s in scores.items()}) if scores else None
+        first = methods[0]
+        return gallery, (overlays[first], overlays["lesions"]), curves, table, overlays, target.label
+
+    @staticmethod
+    def slide(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> tuple[np.ndarray, np.ndarray]:
+        if not overlays or left not in overlays or right not in overlays:
+            raise gr.Error("Run a comparison first, then pick two of its images.")
+        return overlays[left], overlays[right]
+
+    # /browse ----------------------------------------------------------------------------------------
+    def dataset_names(self) -> list[str]:
+        if self.data_dir is None:
+            return []
+        return [r.name for r in IDRiD(self.data_dir).segmentation("train")]
+
+    def browse(self, name: str) -> tuple[Any, ...]:
+        if self.data_dir is None:
+            raise gr.Error("No IDRiD folder configured (start the app with --data or DRWB_DATA).")
+        records = {r.name: r for r in IDRiD(self.data_dir).segmentation("train")}
+        if name not in records:
+            raise gr.Error(f"{name!r} is not an image of {self.data_dir}")
+        record = records[name]
+        analysis = self._load(str(record.image_path), force=True)
+        masks = {c: load_mask(p) for c, p in record.mask_paths.items() if p is not None}
+        in_crop = original_masks_to_crop(masks, analysis.crop_transform)
+        truth = analysis.__class__(
+            **{
+                **analysis.__dict__,
+                "lesions": {
+                    c: analysis.lesions[c].__class__(c, 0, 0.0, m, m.astype(np.float16), np.zeros((0, 2)))
+                    for c, m in in_crop.items()
+                },
+            }
+        )
+        annotated = (
+            "Annotated: "
+            + ", ".join(record.annotated)
+            + "; not annotated: "
+            + (", ".join(c for c in record.mask_paths if c not in record.annotated) or "none")
+        )
+        return (
+            lesion_overlay(truth),
+            lesion_overlay(analysis),
+            _summary_markdown(analysis) + "\n\n" + annotated,
+        )
+
+    # /batch -----------------------------------------------------------------------------------------
+    def batch(
+        self,
+        paths: list[str] | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom for a progress bar)
+    ) -> tuple[Any, ...]:
+        if not paths:
+            raise gr.Error("Upload one or more fundus photographs.")
+        rows, out = [], Path(tempfile.mkdtemp(prefix="drwb-batch-"))
+        for path in progress.tqdm(paths, desc="analyzing"):
+            name = Path(path).name
+            try:
+                analysis = self.workbench.analyze(path, name=name)
+                data = write_report(analysis, out / Path(name).stem)
+                rows.append(
+                    [
+                        name,
+                        "ok",
+                        data["gradeable"],
+                        data.get("dr_grade"),
+                        data.get("referable"),
+                        data.get("dme_grade"),
+                        "",
+                    ]
+                )
+            except (ImageLoadError, FileNotFoundError) as exc:
+                rows.append([name, "error", None, None, None, None, str(exc)])
+        header = ["file", "status", "gradeable", "dr_grade", "referable", "dme_grade", "error"]
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([header] + rows)
+        (out / "summary.csv").write_text(buffer.getvalue())
+        archive = out / "reports.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            for file in out.rglob("*"):
+                if file.is_file() and file != archive:
+                    zf.write(file, file.relative_to(out))
+        return rows, str(out / "summary.csv"), str(archive)
+
+    # models -----------------------------------------------------------------------------------------
+    @staticmethod
+    def models_markdown(folder: Path = WEIGHTS_DIR) -> str:
+        lines = [
+            "| model | family | backbone | input | validation | reproduce |",
+            "|---|---|---|---|---|---|",
+        ]
+        for card in list_shipped(folder):
+            validation = card.training.get("validation", {})
+            shown = ", ".join(
+                f"{k} {v:.3f}"
+                for k, v in validation.items()
+                if isinstance(v, float) and not k.startswith("threshold")
+            )
+            lines.append(
+                f"| {card.weights} | {card.arch} | {card.encoder} | {card.input_size} | {shown} | "
+                f"`{card.training.get('command', '')}` |"
+            )
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
