@@ -94,7 +94,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 with gr.Column(scale=1):
                     upload = _upload()
                     force = gr.Checkbox(label="Grade even if the quality check fails", value=False)
-                    run = gr.Button("Analyze", variant="primary")
+                    run = gr.Button("Analyze", variant="primary", elem_id="analyze-button")
                     gr.Examples(examples, inputs=upload)
                 with gr.Column(scale=2):
                     summary = gr.Markdown(elem_id="analysis-summary")

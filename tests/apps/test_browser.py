@@ -1,0 +1,104 @@
+"""A real browser (headless Debian chromium via Selenium) uploads a synthetic fundus and sees the grade.
+
+The fixture installs the apt packages ``chromium`` and ``chromium-driver`` when they are missing (CI runs
+as root with Debian's registry); where that is impossible the test is skipped with the reason.
+The screenshot is saved to ``artifacts/browser_analyze.png`` as a test artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from workbench.synthetic import make_fundus
+from workbench.ui.gradio_app import build_demo
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--window-size=1400,2400",
+)
+
+
+def _ensure_chromium() -> None:
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    if os.geteuid() != 0:
+        pytest.skip("chromium/chromedriver missing and not root to apt-get install them")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        if result.returncode != 0:
+            pytest.skip(f"could not install chromium: {result.stderr[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    _ensure_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='drwb-chromium-')}")
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory, tiny_workbench) -> Iterator[str]:
+    demo = build_demo(tiny_workbench, str(tmp_path_factory.mktemp("examples")))
+    demo.queue(max_size=8).launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+def test_upload_analyze_and_see_grade(browser, app_url: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = tmp_path / "synthetic_fundus.png"
+    Image.fromarray(make_fundus(9, size=(712, 1072), dr_grade=3, dme_grade=2).image).save(image)
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "browser_analyze.png"
+    browser.get(app_url)
+    wait = WebDriverWait(browser, 60)
+    try:
+        file_input = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+        file_input.send_keys(str(image))
+        wait.until(
+            ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'synthetic_fundus.png')]"))
+        )
+        button = wait.until(ec.element_to_be_clickable((By.ID, "analyze-button")))
+        browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", button)
+        grade = (By.XPATH, "//*[@id='analysis-summary']//*[contains(text(), 'DR grade')]")
+        summary = wait.until(ec.presence_of_element_located(grade))
+    finally:
+        browser.save_screenshot(str(screenshot))
+    assert "DR grade" in summary.text
+    assert screenshot.stat().st_size > 10_000
