@@ -19,7 +19,21 @@ from workbench.analysis import Analysis
 from workbench.render import heatmap_overlay, landmarks_overlay, lesion_overlay, method_grid
 from workbench.scoring import ExplanationScore
 
-__all__ = ["analysis_to_dict", "write_report"]
+__all__ = ["SUMMARY_COLUMNS", "analysis_to_dict", "summary_row", "write_report"]
+
+SUMMARY_COLUMNS = (
+    "file",
+    "quality",
+    "dr_grade",
+    "dr_probability",
+    "dme_grade",
+    "referable",
+    "MA",
+    "HE",
+    "EX",
+    "SE",
+    "error",
+)
 
 
 def _num(value: Any) -> Any:
@@ -105,6 +119,33 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
             for name, h in analysis.heatmaps.items()
         }
     return out
+
+
+def summary_row(analysis: Analysis | None, name: str, error: str = "") -> dict[str, Any]:
+    """One table row (the viewer's and the batch's): grades, top probability, lesion counts, or the error."""
+    row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
+    row.update({"file": name, "error": error or None})
+    if analysis is None:
+        row["quality"] = "error"
+        return row
+    row["quality"] = "gradeable" if analysis.quality.gradeable else "ungradeable"
+    if analysis.graded:
+        row.update(
+            {
+                "dr_grade": analysis.dr_grade,
+                "dr_probability": round(float(analysis.dr_probabilities[analysis.dr_grade]), 3),
+                "dme_grade": analysis.dme_grade,
+                "referable": bool(analysis.referable),
+            }
+        )
+        row.update(
+            {
+                code: analysis.lesions[code].count
+                for code in ("MA", "HE", "EX", "SE")
+                if code in analysis.lesions
+            }
+        )
+    return row
 
 
 def _png(rgb: np.ndarray) -> bytes:

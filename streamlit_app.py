@@ -1,0 +1,131 @@
+"""Streamlit grade viewer: grades for a set of fundus images, and a closer look at any one of them.
+
+``streamlit run streamlit_app.py``. A thin face over ``workbench``: models load once per process
+(``st.cache_resource``, shared and read-only), each user's analyses live in ``st.session_state`` keyed by
+the sha256 of the file's bytes, so re-uploading a file never re-analyses it. A bad file shows an error
+in its row and the rest of the batch goes on. ``DRWB_DATA`` (or the sidebar) points it at a folder; an
+IDRiD-layout folder also shows the ground-truth grades.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import workbench  # noqa: F401  (offline environment first)
+from workbench.analysis import Workbench
+from workbench.batch import expand_inputs
+from workbench.idrid import IDRiD, IDRiDLayoutError
+from workbench.image_io import ImageLoadError
+from workbench.render import heatmap_overlay, landmarks_overlay, lesion_overlay, probability_figure
+from workbench.report import summary_row
+from workbench.targets import GradeTarget
+
+
+@st.cache_resource
+def get_workbench() -> Workbench:
+    return Workbench()
+
+
+def _ground_truth(folder: Path) -> tuple[list[Path], dict[str, tuple[int, int]]]:
+    """Images of a folder; for an IDRiD root, its grading images with their (DR, DME) labels."""
+    try:
+        records = IDRiD(folder).grading("train")
+        return [r.image_path for r in records], {
+            r.image_path.name: (r.dr_grade, r.dme_grade) for r in records
+        }
+    except (IDRiDLayoutError, FileNotFoundError):
+        return expand_inputs([str(folder)]), {}
+
+
+def _analyze(name: str, data: bytes) -> None:
+    key = hashlib.sha256(data).hexdigest()
+    cache = st.session_state.setdefault("analyses", {})
+    if key not in cache:
+        try:
+            cache[key] = (get_workbench().analyze(data, name=name), "")
+        except ImageLoadError as exc:
+            cache[key] = (None, str(exc))
+    st.session_state.setdefault("order", {})[name] = key
+
+
+st.set_page_config(page_title="DR Workbench viewer", layout="wide")
+st.title("DR Workbench: grade viewer")
+st.caption("Research and audit tool, not a medical device.")
+
+with st.sidebar:
+    uploads = st.file_uploader(
+        "Fundus images", type=["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp"], accept_multiple_files=True
+    )
+    folder_text = st.text_input(
+        "...or a folder (IDRiD layout shows ground truth)", os.environ.get("DRWB_DATA", "")
+    )
+    limit = st.number_input("Images from the folder", 1, 500, 20)
+    referable_only = st.checkbox("Referable only")
+    ungradeable_only = st.checkbox("Ungradeable only")
+    grade_range = st.slider("DR grade range", 0, 4, (0, 4))
+
+files: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
+truth: dict[str, tuple[int, int]] = {}
+if folder_text.strip():
+    folder = Path(folder_text.strip())
+    if folder.is_dir():
+        paths, truth = _ground_truth(folder)
+        files += [(p.name, p.read_bytes()) for p in paths[: int(limit)]]
+    else:
+        st.sidebar.error(f"{folder} is not a folder")
+
+if not files:
+    st.info("Upload fundus photographs or point the sidebar at a folder.")
+    st.stop()
+
+progress = st.progress(0.0, text="analyzing")
+for index, (name, data) in enumerate(files):
+    _analyze(name, data)
+    progress.progress((index + 1) / len(files), text=f"analyzed {index + 1}/{len(files)}")
+progress.empty()
+
+analyses = st.session_state["analyses"]
+rows = []
+for name, _ in files:
+    analysis, error = analyses[st.session_state["order"][name]]
+    row = summary_row(analysis, name, error)
+    if name in truth:
+        row["true_dr"], row["true_dme"] = truth[name]
+    rows.append(row)
+table = pd.DataFrame(rows)
+shown = table
+if referable_only:
+    shown = shown[shown["referable"] == True]  # noqa: E712 (pandas element-wise comparison)
+if ungradeable_only:
+    shown = shown[shown["quality"] != "gradeable"]
+graded = shown["dr_grade"].notna()
+shown = shown[~graded | shown["dr_grade"].between(*grade_range)]
+st.dataframe(shown, hide_index=True, use_container_width=True)
+st.download_button("Download CSV", shown.to_csv(index=False), "drwb_grades.csv", "text/csv")
+for _, row in shown[shown["error"].notna()].iterrows():
+    st.error(f"{row['file']}: {row['error']}")
+
+choices = [name for name in shown["file"] if analyses[st.session_state["order"][name]][0] is not None]
+if choices:
+    picked = st.selectbox("Look at one image", choices)
+    analysis = analyses[st.session_state["order"][picked]][0]
+    if not analysis.graded:
+        st.warning("Not gradeable: " + "; ".join(analysis.quality.reasons))
+        st.image(analysis.crop, caption="field of view")
+    else:
+        left, right = st.columns(2)
+        left.image(
+            landmarks_overlay(analysis, lesion_overlay(analysis)), caption="lesions, disc, fovea, ETDRS grid"
+        )
+        right.plotly_chart(probability_figure(analysis), use_container_width=True)
+        heatmaps = get_workbench().explain(
+            analysis.crop, ["attention", "gradcam"], GradeTarget(analysis.dr_grade)
+        )
+        columns = st.columns(len(heatmaps))
+        for column, (name, heat) in zip(columns, heatmaps.items(), strict=True):
+            column.image(heatmap_overlay(analysis.crop, heat), caption=f"{name} ({heat.seconds:.2f} s)")

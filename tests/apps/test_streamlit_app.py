@@ -1,0 +1,110 @@
+"""Streamlit viewer: AppTest with uploads (tiny models), and a real `streamlit run` health check."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from workbench.synthetic import make_fundus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _png(seed: int, grade: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(make_fundus(seed, size=(356, 536), dr_grade=grade).image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def weights_env(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))
+    monkeypatch.delenv("DRWB_DATA", raising=False)
+    import models.registry
+
+    monkeypatch.setattr(models.registry, "WEIGHTS_DIR", tiny_weights)
+    return tiny_weights
+
+
+def test_upload_table_selection_and_bad_file(weights_env: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert any("Upload fundus photographs" in info.value for info in at.info)
+    at.file_uploader[0].set_value(
+        [
+            ("eye_a.png", _png(1, 2), "image/png"),
+            ("eye_b.png", _png(2, 0), "image/png"),
+            ("broken.jpg", b"\xff\xd8\xff\xe0 not a jpeg", "image/jpeg"),
+        ]
+    )
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["file"]) == ["eye_a.png", "eye_b.png", "broken.jpg"]
+    assert table.loc[table["file"] == "broken.jpg", "quality"].item() == "error"
+    assert any("broken.jpg" in error.value for error in at.error)
+    assert at.selectbox[0].options == ["eye_a.png", "eye_b.png"]
+    at.selectbox[0].select("eye_b.png")
+    at.run()
+    assert not at.exception
+    assert len(at.image) >= 1
+    if at.warning:  # not gradeable: the crop is shown with the reasons
+        assert "Not gradeable" in at.warning[0].value
+    else:
+        assert len(at.get("plotly_chart")) == 1 and len(at.image) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_real_streamlit_run_health(tiny_weights: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "DRWB_WEIGHTS": str(tiny_weights)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "streamlit_app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, body = time.monotonic() + 60, b""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+                    body = response.read()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert body == b"ok"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert process.returncode is not None
