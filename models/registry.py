@@ -19,7 +19,7 @@ from models.card import ModelCard
 
 __all__ = [
     "MODEL_REGISTRY",
-    "WEIGHTS_DIR",
+    "SHIPPED_WEIGHTS_DIR",
     "WeightsError",
     "build_model",
     "default_model",
@@ -28,10 +28,18 @@ __all__ = [
     "load_model",
     "register_model",
     "save_model",
+    "weights_dir",
 ]
 
-# DRWB_WEIGHTS points every face at another weights folder (the tests use tiny random models this way).
-WEIGHTS_DIR = Path(os.environ.get("DRWB_WEIGHTS", Path(__file__).resolve().parent / "weights"))
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def weights_dir() -> Path:
+    """Where faces read models from: ``$DRWB_WEIGHTS`` when set (tests point it at tiny random models),
+    else the shipped folder. Read at call time, so a process can be pointed elsewhere after import."""
+    return Path(os.environ.get("DRWB_WEIGHTS") or SHIPPED_WEIGHTS_DIR)
+
+
 MODEL_REGISTRY: dict[str, Callable[[ModelCard], nn.Module]] = {}
 
 
@@ -74,8 +82,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def list_shipped(folder: Path = WEIGHTS_DIR) -> list[ModelCard]:
+def list_shipped(folder: Path | None = None) -> list[ModelCard]:
     """Cards of every shipped model (every ``*.json`` with weights beside it)."""
+    folder = Path(folder) if folder else weights_dir()
     return [ModelCard.read(p) for p in sorted(Path(folder).glob("*.json"))]
 
 
@@ -98,8 +107,9 @@ def save_model(model: nn.Module, card: ModelCard, folder: Path, half: bool = Tru
     return final
 
 
-def load_model(name: str, folder: Path = WEIGHTS_DIR) -> tuple[nn.Module, ModelCard]:
+def load_model(name: str, folder: Path | None = None) -> tuple[nn.Module, ModelCard]:
     """Load a shipped model by card stem, verify its hash and return ``(model.eval(), card)``."""
+    folder = Path(folder) if folder else weights_dir()
     card_path = Path(folder) / f"{name}.json"
     if not card_path.is_file():
         available = ", ".join(p.stem for p in sorted(Path(folder).glob("*.json"))) or "none"
@@ -121,12 +131,13 @@ def load_model(name: str, folder: Path = WEIGHTS_DIR) -> tuple[nn.Module, ModelC
     return model.eval(), card
 
 
-def default_model(arch: str, folder: Path = WEIGHTS_DIR) -> str:
+def default_model(arch: str, folder: Path | None = None) -> str:
     """Stem of the shipped model of ``arch`` with the best validation score (the default in every face).
 
     Raises:
         WeightsError: when no model of that family is shipped.
     """
+    folder = Path(folder) if folder else weights_dir()
     best, best_score = None, float("-inf")
     for path in sorted(Path(folder).glob("*.json")):
         card = ModelCard.read(path)

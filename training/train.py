@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from models.card import ModelCard
-from models.registry import WEIGHTS_DIR, build_model, save_model
+from models.registry import SHIPPED_WEIGHTS_DIR, build_model, save_model
 from training.tasks import TASKS
 
 __all__ = ["TrainConfig", "train"]
@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         best = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
         best.load_state_dict(load_file(str(run_dir / "best.safetensors")))
         shipped = save_model(
-            best, card.with_updates(weights=f"{cfg.ship_name or cfg.name}.safetensors"), WEIGHTS_DIR
+            best, card.with_updates(weights=f"{cfg.ship_name or cfg.name}.safetensors"), SHIPPED_WEIGHTS_DIR
         )
         meta["shipped"] = shipped.weights
     meta["card"] = json.loads(card.to_json())

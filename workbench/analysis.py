@@ -26,7 +26,8 @@ import torch
 from models.constants import LESION_CODES, REFERABLE_MIN_GRADE
 from models.fov import FieldOfView
 from models.preprocess import CropTransform, normalise, resize_crop
-from models.registry import WEIGHTS_DIR, default_model, load_model
+from models.registry import default_model, load_model
+from models.registry import weights_dir as configured_weights_dir
 from workbench.anatomy import DmeRuleCheck, EtdrsGrid, dme_rule, etdrs_grid, region_of_points
 from workbench.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.fundus import prepare_fundus
@@ -113,10 +114,10 @@ class Workbench:
         grader: str | None = None,
         segmenter: str | None = None,
         localizer: str | None = None,
-        weights_dir: Path = WEIGHTS_DIR,
+        weights_dir: Path | None = None,
         segment: bool = True,
     ) -> None:
-        self.weights_dir = Path(weights_dir)
+        self.weights_dir = Path(weights_dir) if weights_dir else configured_weights_dir()
         names = {
             "grader": grader or default_model("grader", self.weights_dir),
             "segmenter": segmenter or default_model("segmenter", self.weights_dir),

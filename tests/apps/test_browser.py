@@ -87,7 +87,7 @@ def test_upload_analyze_and_see_grade(browser, app_url: str, tmp_path: Path) -> 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "browser_analyze.png"
     browser.get(app_url)
-    wait = WebDriverWait(browser, 60)
+    wait = WebDriverWait(browser, 180)  # generous: CI shares 2 cores with other tests
     try:
         file_input = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
         file_input.send_keys(str(image))

@@ -29,9 +29,6 @@ def _png(seed: int, grade: int) -> bytes:
 def weights_env(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))
     monkeypatch.delenv("DRWB_DATA", raising=False)
-    import models.registry
-
-    monkeypatch.setattr(models.registry, "WEIGHTS_DIR", tiny_weights)
     return tiny_weights
 
 

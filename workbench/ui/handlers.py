@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
-from models.registry import WEIGHTS_DIR, list_shipped
+from models.registry import list_shipped
 from workbench.analysis import Analysis, Workbench
 from workbench.batch import score_analysis
 from workbench.idrid import IDRiD, load_mask
@@ -233,7 +233,7 @@ class Handlers:
 
     # models -----------------------------------------------------------------------------------------
     @staticmethod
-    def models_markdown(folder: Path = WEIGHTS_DIR) -> str:
+    def models_markdown(folder: Path | None = None) -> str:
         lines = [
             "| model | family | backbone | input | validation | reproduce |",
             "|---|---|---|---|---|---|",

@@ -1,0 +1,107 @@
+"""Shipped weights: every card loads with a matching sha256; on real IDRiD images they beat trivial baselines.
+
+The real-data checks use a handful of validation images (never seen in training) and compare against the
+baseline a model must beat to be worth shipping: the majority grade, an empty mask, the image centre.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.registry import SHIPPED_WEIGHTS_DIR, default_model, file_sha256, list_shipped, load_model
+from workbench.idrid import IDRiD, load_mask
+from workbench.image_io import load_image
+from workbench.metrics import PixelCurve, scaled_distances
+from workbench.predictors import (
+    GRADING_CROP,
+    GraderPredictor,
+    LocalizerPredictor,
+    SegmenterPredictor,
+    crop_for,
+)
+from workbench.splits import split_names, split_train_val
+
+SHIPPED = list_shipped(SHIPPED_WEIGHTS_DIR)
+pytestmark = pytest.mark.skipif(not SHIPPED, reason="no shipped weights in models/weights")
+
+
+@pytest.mark.parametrize("card", SHIPPED, ids=lambda c: c.weights)
+def test_card_is_complete_and_hash_matches(card) -> None:
+    assert card.weights.endswith(".safetensors")
+    assert file_sha256(SHIPPED_WEIGHTS_DIR / card.weights) == card.sha256
+    assert card.training["command"].startswith("drwb train") and card.training["validation"]
+    assert card.label_names and card.input_size > 0
+    model, loaded = load_model(card.weights.removesuffix(".safetensors"), SHIPPED_WEIGHTS_DIR)
+    assert loaded == card and not model.training
+
+
+def test_total_size_within_budget() -> None:
+    total = sum((SHIPPED_WEIGHTS_DIR / c.weights).stat().st_size for c in SHIPPED)
+    assert total <= 80 * 1024 * 1024
+
+
+def _val_grading(real_idrid: Path, n: int):
+    records = IDRiD(real_idrid).grading("train")
+    val = set(split_train_val(records, 0.2, 0).val)
+    return [r for r in records if r.name in val][:n]
+
+
+@pytest.mark.realdata
+def test_grader_beats_majority_class(real_idrid: Path) -> None:
+    records = _val_grading(real_idrid, 24)
+    predictor = GraderPredictor(
+        *load_model(default_model("grader", SHIPPED_WEIGHTS_DIR), SHIPPED_WEIGHTS_DIR)
+    )
+    crops = [crop_for(load_image(r.image_path, min_side=GRADING_CROP), GRADING_CROP)[0] for r in records]
+    dr, dme = predictor.predict(crops)
+    truth = np.array([r.dr_grade for r in records])
+    majority = np.bincount(truth).max() / len(truth)
+    assert (dr.argmax(1) == truth).mean() >= majority + 0.15
+    referable = truth >= 2
+    assert ((dr[:, 2:].sum(1) >= 0.5) == referable).mean() >= 0.8
+
+
+@pytest.mark.realdata
+def test_localizer_beats_image_centre(real_idrid: Path) -> None:
+    records = IDRiD(real_idrid).localization("train")
+    val = set(split_train_val(IDRiD(real_idrid).grading("train"), 0.2, 0).val)
+    records = [r for r in records if r.name in val][:16]
+    predictor = LocalizerPredictor(
+        *load_model(default_model("localizer", SHIPPED_WEIGHTS_DIR), SHIPPED_WEIGHTS_DIR)
+    )
+    images = [load_image(r.image_path, min_side=GRADING_CROP) for r in records]
+    crops = [crop_for(image, GRADING_CROP) for image in images]
+    marks = predictor.predict_crops([c for c, _ in crops], [t for _, t in crops])
+    widths = np.array([image.original_size[1] for image in images])
+    centres = np.array([[image.original_size[1] / 2, image.original_size[0] / 2] for image in images])
+    od = scaled_distances([m.od_xy for m in marks], [r.od_xy for r in records], widths)
+    od_baseline = scaled_distances(centres, [r.od_xy for r in records], widths)
+    fovea = scaled_distances([m.fovea_xy for m in marks], [r.fovea_xy for r in records], widths)
+    fovea_baseline = scaled_distances(centres, [r.fovea_xy for r in records], widths)
+    assert np.median(od) < np.median(od_baseline) / 4
+    assert np.median(fovea) < np.median(fovea_baseline) / 2
+
+
+@pytest.mark.realdata
+def test_segmenter_beats_empty_mask(real_idrid: Path) -> None:
+    records = IDRiD(real_idrid).segmentation("train")
+    val = set(split_names([r.name for r in records], 0.2, 0).val)
+    records = [r for r in records if r.name in val][:2]
+    predictor = SegmenterPredictor(
+        *load_model(default_model("segmenter", SHIPPED_WEIGHTS_DIR), SHIPPED_WEIGHTS_DIR)
+    )
+    curves = {code: PixelCurve() for code in ("EX", "OD")}
+    prevalence = {code: [] for code in curves}
+    for record in records:
+        maps = predictor.predict(load_image(record.image_path, min_side=predictor.card.input_size))
+        for code in curves:
+            channel = ("MA", "HE", "EX", "SE", "OD").index(code)
+            truth = maps.transform.warp_to_crop(load_mask(record.mask_paths[code])) > 0.5
+            curves[code].add(maps.probabilities[channel], truth)
+            prevalence[code].append(truth.mean())
+    # An empty / constant mask has AUPR equal to the prevalence; demand a clear margin above it.
+    assert curves["EX"].aupr() > 5 * np.mean(prevalence["EX"])
+    assert curves["OD"].aupr() > 0.5
