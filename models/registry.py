@@ -7,7 +7,6 @@ and ``<name>.safetensors``, verifies the hash and loads with safetensors (no unp
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.card import ModelCard
+from models.hashing import file_sha256
 
 __all__ = [
     "MODEL_REGISTRY",
@@ -72,14 +72,6 @@ def build_model(card: ModelCard) -> nn.Module:
     if card.name not in MODEL_REGISTRY:
         raise KeyError(f"unknown model {card.name!r}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
     return MODEL_REGISTRY[card.name](card)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def list_shipped(folder: Path | None = None) -> list[ModelCard]:

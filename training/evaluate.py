@@ -20,7 +20,14 @@ from models.constants import LESION_CODES
 from models.registry import default_model, load_model
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import load_image
-from workbench.metrics import PixelCurve, confusion_matrix, grading_metrics, scaled_distances
+from workbench.metrics import (
+    PixelCurve,
+    confusion_matrix,
+    grading_metrics,
+    localization_metrics,
+    scaled_distances,
+    segmentation_metrics,
+)
 from workbench.predictors import (
     GRADING_CROP,
     GraderPredictor,
@@ -87,12 +94,7 @@ def _segmentation(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
             truth = load_mask(path)
             prob = maps.transform.warp_to_original(maps.probabilities[channel], cv2.INTER_LINEAR)
             curves[code].add(prob, truth)
-    metrics: dict[str, Any] = {f"aupr_{c}": curves[c].aupr() for c in LESION_CODES}
-    metrics.update({f"dice_{c}": curves[c].best_dice()[0] for c in LESION_CODES})
-    metrics["jaccard_OD"] = curves["OD"].jaccard_at(0.5)
-    metrics["n"] = len(records)
-    metrics["score"] = float(np.nanmean([metrics[f"aupr_{c}"] for c in LESION_CODES[:4]]))
-    return metrics
+    return {**segmentation_metrics(curves), "n": len(records)}
 
 
 def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
@@ -111,16 +113,7 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
         widths = np.array([image.original_size[1] for image in images])
         od_d.append(scaled_distances([m.od_xy for m in marks], [r.od_xy for r in chunk], widths))
         fovea_d.append(scaled_distances([m.fovea_xy for m in marks], [r.fovea_xy for r in chunk], widths))
-    od, fovea = np.concatenate(od_d), np.concatenate(fovea_d)
-    return {
-        "od_mean_px": float(od.mean()),
-        "od_median_px": float(np.median(od)),
-        "fovea_mean_px": float(fovea.mean()),
-        "fovea_median_px": float(np.median(fovea)),
-        "frame": "4288-px-wide original",
-        "n": len(od),
-        "score": -float(od.mean() + fovea.mean()) / 2,
-    }
+    return localization_metrics(np.concatenate(od_d), np.concatenate(fovea_d))
 
 
 EVALUATORS = {

@@ -26,7 +26,7 @@ from training.augment import AugmentConfig
 from training.data import GradingData, LocalizationData, SegmentationData
 from training.prepare import load_index, prepare
 from workbench.idrid import IDRiD
-from workbench.metrics import PixelCurve, grading_metrics
+from workbench.metrics import PixelCurve, grading_metrics, localization_metrics, segmentation_metrics
 from workbench.splits import split_names, split_train_val
 
 __all__ = ["TASKS", "TrainTask", "register_task"]
@@ -166,16 +166,7 @@ class LocalizerTask(TrainTask):
             # input px -> px of a 4288-wide original, per image (IDRiD challenge frame)
             errors.append((centres - points).norm(dim=-1) * challenge_px[:, None])
         err = torch.cat(errors).numpy()
-        od, fovea = err[:, 0], err[:, 1]
-        return {
-            "od_mean_px": float(od.mean()),
-            "od_median_px": float(np.median(od)),
-            "fovea_mean_px": float(fovea.mean()),
-            "fovea_median_px": float(np.median(fovea)),
-            "frame": "4288-px-wide original",
-            "n": int(len(od)),
-            "score": -float(od.mean() + fovea.mean()) / 2,
-        }
+        return localization_metrics(err[:, 0], err[:, 1])
 
 
 def centernet_focal_loss(
@@ -236,10 +227,5 @@ class SegmenterTask(TrainTask):
                 for c, code in enumerate(LESION_CODES):
                     if flags[c]:
                         curves[code].add(prob[c], mask[c].numpy() > 0)
-        metrics = {f"aupr_{code}": curves[code].aupr() for code in LESION_CODES}
-        metrics.update({f"dice_{code}": curves[code].best_dice()[0] for code in LESION_CODES})
         # Best-Dice thresholds travel in the card; the workbench binarises lesion maps with them.
-        metrics.update({f"threshold_{code}": curves[code].best_dice()[1] for code in LESION_CODES})
-        metrics["jaccard_OD"] = curves["OD"].jaccard_at(0.5)
-        metrics["score"] = float(np.nanmean([metrics[f"aupr_{c}"] for c in LESION_CODES[:4]]))
-        return metrics
+        return segmentation_metrics(curves)

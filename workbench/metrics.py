@@ -22,6 +22,8 @@ __all__ = [
     "binary_auc",
     "confusion_matrix",
     "grading_metrics",
+    "localization_metrics",
+    "segmentation_metrics",
     "per_class_recall",
     "pixel_curve",
     "quadratic_weighted_kappa",
@@ -184,3 +186,29 @@ def grading_metrics(
     }
     metrics["score"] = (metrics["dr_qwk"] + metrics["dme_accuracy"]) / 2
     return metrics
+
+
+def segmentation_metrics(curves: dict[str, PixelCurve]) -> dict[str, Any]:
+    """Per-lesion AUPR, best Dice and its threshold, optic-disc Jaccard at 0.5; score = mean lesion AUPR."""
+    metrics: dict[str, Any] = {f"aupr_{code}": curve.aupr() for code, curve in curves.items()}
+    for code, curve in curves.items():
+        metrics[f"dice_{code}"], metrics[f"threshold_{code}"] = curve.best_dice()
+    if "OD" in curves:
+        metrics["jaccard_OD"] = curves["OD"].jaccard_at(0.5)
+    lesions = [metrics[f"aupr_{c}"] for c in curves if c != "OD"]
+    metrics["score"] = float(np.nanmean(lesions)) if lesions else float("nan")
+    return metrics
+
+
+def localization_metrics(od_px: np.ndarray, fovea_px: np.ndarray) -> dict[str, Any]:
+    """Mean / median centre errors (already in the 4288-px challenge frame); ``score`` = -mean of both."""
+    od, fovea = np.asarray(od_px, float), np.asarray(fovea_px, float)
+    return {
+        "od_mean_px": float(od.mean()),
+        "od_median_px": float(np.median(od)),
+        "fovea_mean_px": float(fovea.mean()),
+        "fovea_median_px": float(np.median(fovea)),
+        "frame": "4288-px-wide original",
+        "n": int(len(od)),
+        "score": -float(od.mean() + fovea.mean()) / 2,
+    }

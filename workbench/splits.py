@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.hashing import file_sha256
 from workbench.idrid import GradingRecord
 
 __all__ = ["Split", "content_hash", "duplicate_groups", "split_names", "split_train_val"]
@@ -29,12 +30,8 @@ class Split:
 
 
 def content_hash(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 of a file's bytes (``models.hashing.file_sha256``)."""
+    return file_sha256(path)
 
 
 def duplicate_groups(records: Sequence[GradingRecord]) -> list[tuple[str, ...]]:
