@@ -86,19 +86,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain_bench(args: argparse.Namespace) -> int:
-    from workbench.analysis import Workbench
+    from models.registry import default_model, load_model
     from workbench.explain_bench import explain_bench
+    from workbench.predictors import GraderPredictor
 
+    predictor = GraderPredictor(*load_model(args.grader or default_model("grader")))
     methods = args.methods.split(",")
-    result = explain_bench(
-        Workbench(segment=False),
-        Path(args.data),
-        args.split,
-        methods,
-        args.limit,
-        args.sanity_images,
-        args.grader,
-    )
+    result = explain_bench(predictor, Path(args.data), args.split, methods, args.limit, args.sanity_images)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -17,13 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from models.constants import LESION_CODES
-from workbench.analysis import Workbench
 from workbench.explainers import ExplainableModel, get_explainer
 from workbench.explanation_quality import randomisation_correlation, randomised_copy
 from workbench.fundus import prepare_fundus
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import load_image
-from workbench.predictors import GRADING_CROP
+from workbench.predictors import GRADING_CROP, GraderPredictor
 from workbench.scoring import lesion_union_in_input, original_masks_to_crop, score_heatmap
 from workbench.splits import split_names
 from workbench.targets import GradeTarget
@@ -40,20 +39,19 @@ def mean_ci(values: Sequence[float]) -> dict[str, float | int | None]:
 
 
 def explain_bench(
-    workbench: Workbench,
+    predictor: GraderPredictor,
     data: Path,
     split: str,
     methods: Sequence[str],
     limit: int = 0,
     sanity_images: int = 2,
-    grader: str | None = None,
 ) -> dict[str, Any]:
+    """Score ``methods`` on the grader of ``predictor`` over one split's segmentation images."""
     records = IDRiD(data).segmentation("test" if split == "test" else "train")
     if split != "test":
         val = set(split_names([r.name for r in records], 0.2, 0).val)
         records = [r for r in records if (r.name in val) == (split == "val")]
     records = records[:limit] if limit else records
-    predictor = workbench.grader_predictor(grader) if grader else workbench.grader
     model = ExplainableModel(predictor.model, predictor.card)
     random_model = randomised_copy(model) if sanity_images else None
     per_method: dict[str, dict[str, list]] = {m: {} for m in methods}
@@ -88,6 +86,6 @@ def explain_bench(
         "data": str(data),
         "split": split,
         "images": len(records),
-        "grader": grader or workbench.model_names["grader"],
+        "grader": predictor.card.weights.removesuffix(".safetensors"),
         "methods": table,
     }
