@@ -69,6 +69,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     ship: bool = False
     ship_name: str = ""
+    ship_dir: str = ""  # default: models/weights (SHIPPED_WEIGHTS_DIR)
 
     @property
     def name(self) -> str:
@@ -215,14 +216,40 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     card = _final_card(card, cfg, meta, command)
     (run_dir / "best.json").write_text(card.to_json())
     if cfg.ship:
-        best = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
-        best.load_state_dict(load_file(str(run_dir / "best.safetensors")))
-        shipped = save_model(
-            best, card.with_updates(weights=f"{cfg.ship_name or cfg.name}.safetensors"), SHIPPED_WEIGHTS_DIR
-        )
-        meta["shipped"] = shipped.weights
+        meta["shipped"] = _ship(card, cfg, task, run_dir, val_loader)
     meta["card"] = json.loads(card.to_json())
     return meta
+
+
+def _ship(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader: DataLoader) -> str:
+    """Export the best checkpoint: fp16 when its validation score equals fp32's, else fp32."""
+    best = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+    best.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+    best.eval()
+    half = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+    half.load_state_dict(
+        {k: v.half().float() if v.is_floating_point() else v for k, v in best.state_dict().items()}
+    )
+    half.eval()
+    with torch.no_grad():
+        batches = list(val_loader)
+        score32, score16 = task.validate(best, batches)["score"], task.validate(half, batches)["score"]
+    use_half = score16 >= score32 - 1e-9
+    log.info(
+        "fp32 score %.5f, fp16 score %.5f: shipping %s", score32, score16, "fp16" if use_half else "fp32"
+    )
+    training = {
+        **card.training,
+        "storage": "fp16" if use_half else "fp32",
+        "fp16_check": {"fp32_score": score32, "fp16_score": score16},
+    }
+    name = f"{cfg.ship_name or cfg.name}.safetensors"
+    return save_model(
+        best,
+        card.with_updates(weights=name, training=training),
+        Path(cfg.ship_dir or SHIPPED_WEIGHTS_DIR),
+        half=use_half,
+    ).weights
 
 
 def _final_card(card: ModelCard, cfg: TrainConfig, meta: dict[str, Any], command: str) -> ModelCard:

@@ -75,3 +75,16 @@ def test_localizer_and_segmenter_tasks_run(synthetic_idrid: Path, tmp_path: Path
     assert loc["best_metrics"]["od_mean_px"] > 0
     seg = train(_config(synthetic_idrid, tmp_path / "seg", 1, "segmenter"))
     assert 0 <= seg["best_metrics"]["aupr_OD"] <= 1
+
+
+def test_ship_writes_card_with_storage_check(synthetic_idrid: Path, tmp_path: Path) -> None:
+    import json
+
+    cfg = _config(synthetic_idrid, tmp_path, 1)
+    cfg.ship, cfg.ship_name, cfg.ship_dir = True, "tiny_shipped", str(tmp_path / "weights")
+    result = train(cfg, command="drwb train grader --test")
+    assert result["shipped"] == "tiny_shipped.safetensors"
+    card = json.loads((tmp_path / "weights" / "tiny_shipped.json").read_text())
+    assert card["training"]["storage"] in ("fp16", "fp32")
+    assert set(card["training"]["fp16_check"]) == {"fp32_score", "fp16_score"}
+    assert card["training"]["command"] == "drwb train grader --test" and len(card["sha256"]) == 64

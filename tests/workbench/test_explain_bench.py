@@ -20,7 +20,9 @@ def test_mean_ci_known_values() -> None:
 
 def test_explain_bench_table(synthetic_idrid: Path, tiny_weights: Path) -> None:
     predictor = GraderPredictor(*load_model("tiny_grader", tiny_weights))
-    result = explain_bench(predictor, synthetic_idrid, "train", ["gradcam", "attention"], limit=2, sanity_images=1)
+    result = explain_bench(
+        predictor, synthetic_idrid, "train", ["gradcam", "attention"], limit=2, sanity_images=1
+    )
     assert result["images"] == 2 and result["grader"] == "tiny_grader"
     for method in ("gradcam", "attention"):
         stats = result["methods"][method]
