@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The IDRiD folder the dataset browser and training read (never copied into the repository).
+DATA ?= ../shared/data/idrid-lite
 
-.PHONY: demo test lint bench clean-venv models
+.PHONY: demo test bench clean-venv models
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python app.py
+	$(BIN)/python app.py --data $(DATA)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -30,7 +32,6 @@ clean-venv:
 	rm -rf $(VENV)
 
 # Reproduce every shipped model from IDRiD (CPU, about 70 minutes on 2 cores, sequentially).
-DATA ?= ../shared/data/idrid-lite
 TRAIN := $(BIN)/drwb train
 models: $(STAMP)
 	$(TRAIN) grader --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 384 --epochs 12 --lr 0.001 --ship --ship-name grader_lite0

@@ -56,6 +56,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     result = evaluate(Path(args.data), args.split, args.task, args.model)
+    if args.write_card:
+        from training.evaluate import record_in_card
+
+        record_in_card(result, "drwb " + " ".join(sys.argv[1:]))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -171,6 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=["grading", "segmentation", "localization"], required=True)
     ev.add_argument("--model", help="shipped model name (default: best of its family)")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--write-card", action="store_true", help="store the metrics in the model's JSON card")
     ev.set_defaults(handler=_cmd_evaluate)
 
     an = sub.add_parser("analyze", help="analyze images: report.json, overlays, report.html, summary.csv")

@@ -30,6 +30,8 @@ def _create_localizer(card: ModelCard, decoder: tuple[int, ...]) -> nn.Module:
         classes=len(LANDMARKS),
         activation=None,
     )
+    # CenterNet's prior: start every pixel at probability 0.1, so the focal loss does not begin huge.
+    nn.init.constant_(model.segmentation_head[0].bias, -2.19)
     if card.extra.get("imagenet_init", False):
         load_lite0_into(model.encoder.model)
     return model

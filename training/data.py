@@ -78,9 +78,14 @@ class GradingData(_CacheData):
 
 
 def gaussian_heatmaps(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
-    """(K, size, size) float32 Gaussians with peak 1 at each (x, y); all-zero for a point outside."""
+    """(K, size, size) float32 Gaussians peaking at exactly 1 on the pixel nearest each (x, y).
+
+    CenterNet's focal loss treats pixels equal to 1 as the positives, so the peak must sit on a pixel:
+    a Gaussian centred between pixels would have no positive at all and teach "nothing anywhere".
+    """
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    maps = [np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)) for x, y in points]
+    nearest = np.clip(np.floor(np.asarray(points, float) + 0.5), 0, size - 1)
+    maps = [np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)) for x, y in nearest]
     return np.stack(maps).astype(np.float32)
 
 

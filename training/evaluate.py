@@ -37,7 +37,7 @@ from workbench.predictors import (
 )
 from workbench.splits import split_names, split_train_val
 
-__all__ = ["EVALUATORS", "evaluate"]
+__all__ = ["EVALUATORS", "evaluate", "record_in_card"]
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +133,18 @@ def evaluate(data: Path, split: str, task: str, model: str | None = None, seed: 
     name = model or default_model(arch)
     result = fn(IDRiD(data), split, name, seed)
     return {"task": task, "split": split, "model": name, "data": str(data), **result}
+
+
+def record_in_card(result: dict[str, Any], command: str, folder: Path | None = None) -> Path:
+    """Store ``result`` under ``training.evaluation.<split>`` of the evaluated model's card (JSON only;
+    the weights and their sha256 are untouched), so the README table and the card cite one measurement."""
+    import json
+
+    from models.registry import weights_dir
+
+    path = Path(folder or weights_dir()) / f"{result['model']}.json"
+    card = json.loads(path.read_text())
+    metrics = {k: v for k, v in result.items() if k not in ("model", "data")}
+    card["training"].setdefault("evaluation", {})[result["split"]] = {"command": command, **metrics}
+    path.write_text(json.dumps(card, indent=2) + "\n")
+    return path

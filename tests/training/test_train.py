@@ -88,3 +88,13 @@ def test_ship_writes_card_with_storage_check(synthetic_idrid: Path, tmp_path: Pa
     assert card["training"]["storage"] in ("fp16", "fp32")
     assert set(card["training"]["fp16_check"]) == {"fp32_score", "fp16_score"}
     assert card["training"]["command"] == "drwb train grader --test" and len(card["sha256"]) == 64
+
+
+def test_heatmap_target_has_one_positive_pixel_per_landmark() -> None:
+    import numpy as np
+
+    from training.data import gaussian_heatmaps
+
+    maps = gaussian_heatmaps(np.array([[10.4, 20.6], [63.5, 0.2]]), 64, 4.0)
+    assert ((maps >= 0.99).sum(axis=(1, 2)) == 1).all()
+    assert maps[0, 21, 10] == 1.0
