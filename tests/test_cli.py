@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,3 +75,30 @@ def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) 
     assert "data:image/png;base64," in html and "DR grade" in html
     summary = (out / "summary.csv").read_text()
     assert "broken.jpg,error," in summary and "truncated or corrupt" in summary
+
+
+def test_analyze_real_image_with_shipped_models(tmp_path: Path, real_idrid: Path) -> None:
+    """End to end on one real IDRiD photograph with the shipped models (skipped without either)."""
+    import os
+
+    from models.registry import SHIPPED_WEIGHTS_DIR, list_shipped
+
+    if {c.arch for c in list_shipped(SHIPPED_WEIGHTS_DIR)} != {"grader", "segmenter", "localizer"}:
+        pytest.skip("shipped grader, segmenter and localizer are not all present")
+    image = real_idrid / "A. Segmentation/1. Original Images/a. Training Set/IDRiD_01.jpg"
+    env = {k: v for k, v in os.environ.items() if k != "DRWB_WEIGHTS"}
+    result = subprocess.run(
+        [sys.executable, "drwb.py", "analyze", str(image), "--explain", "attention", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "IDRiD_01" / "report.json").read_text())
+    assert report["gradeable"] and report["graded"]
+    assert (
+        report["referable"] is True
+    )  # IDRiD_01 has exudates and haemorrhages (= IDRiD_102: DR grade 2, DME 2)
+    assert report["lesions"]["EX"]["count"] > 0

@@ -35,6 +35,29 @@ def test_contract(tiny: ExplainableModel, name: str, target) -> None:
     assert torch.equal(image, before)  # the input is never modified
 
 
+def _backbone_cases() -> list:
+    cases = []
+    for encoder in ("tf_efficientnet_lite0", "convnext_atto"):
+        for name in sorted(EXPLAINERS):
+            # ScoreCAM masks the input once per channel: 1280 on lite0's last layer, about a minute here.
+            slow = encoder == "tf_efficientnet_lite0" and name == "scorecam"
+            cases.append(pytest.param(encoder, name, marks=[pytest.mark.slow] if slow else []))
+    return cases
+
+
+_BACKBONES: dict[str, ExplainableModel] = {}
+
+
+@pytest.mark.parametrize(("encoder", "name"), _backbone_cases())
+def test_every_method_on_both_shipped_backbones(encoder: str, name: str) -> None:
+    """Target layers resolve from the card and every method runs on both production architectures."""
+    if encoder not in _BACKBONES:
+        card = grader_card(encoder, 64)
+        _BACKBONES[encoder] = ExplainableModel(build_model(card).eval(), card)
+    heat = get_explainer(name).explain(_BACKBONES[encoder], torch.randn(1, 3, 64, 64), ReferableTarget())
+    assert heat.values.shape == (64, 64) and np.isfinite(heat.values).all()
+
+
 class OneConv(nn.Module):
     """logits[:, k] = spatial mean of conv channel k; conv copies input channel 0 into every channel."""
 

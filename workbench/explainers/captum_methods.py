@@ -108,3 +108,7 @@ class CaptumExplainer:
 
 for _name in ("integrated_gradients", "saliency", "smoothgrad", "gradient_shap", "occlusion"):
     register_explainer(_name)(lambda name=_name: CaptumExplainer(name))
+# IG's answer depends on its reference image: offer the black baseline beside the default blurred one.
+register_explainer("integrated_gradients_black")(
+    lambda: CaptumExplainer("integrated_gradients", baseline="black")
+)
