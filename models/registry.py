@@ -133,7 +133,9 @@ def default_model(arch: str, folder: Path | None = None) -> str:
     best, best_score = None, float("-inf")
     for path in sorted(Path(folder).glob("*.json")):
         card = ModelCard.read(path)
-        score = card.training.get("validation", {}).get("score", float("-inf"))
+        # Prefer the product-pipeline measurement (drwb evaluate --write-card) over the training loop's.
+        measured = card.training.get("evaluation", {}).get("val") or card.training.get("validation", {})
+        score = measured.get("score", float("-inf"))
         if card.arch == arch and score > best_score:
             best, best_score = path.stem, score
     if best is None:
