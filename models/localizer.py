@@ -16,7 +16,7 @@ from models.card import ModelCard
 from models.pretrained import load_lite0_into
 from models.registry import register_model
 
-__all__ = ["LANDMARKS", "decode_heatmaps", "localizer_card"]
+__all__ = ["LANDMARKS", "decode_heatmaps", "decode_landmarks", "fovea_search_mask", "localizer_card"]
 
 LANDMARKS: tuple[str, ...] = ("optic_disc", "fovea")
 
@@ -56,6 +56,36 @@ def decode_heatmaps(logits: torch.Tensor, window: int = 5) -> tuple[torch.Tensor
     cx = (weights * xs).sum(dim=(2, 3)) / total
     cy = (weights * ys).sum(dim=(2, 3)) / total
     return torch.stack([cx, cy], dim=-1), peak
+
+
+def fovea_search_mask(
+    od_xy: torch.Tensor, size: int, inner: float = 0.22, outer: float = 0.55
+) -> torch.Tensor:
+    """(B, 1, size, size) annulus around each optic disc where the fovea may lie.
+
+    Anatomy: the fovea sits about 2.5 disc diameters (4.5 mm) from the disc centre, and a 45-degree
+    field of view is about 12 mm across, so on a field-of-view crop the distance is roughly 0.3-0.45 of
+    the side; [0.22, 0.55] leaves room for other fields of view and framings.
+    """
+    coords = torch.arange(size, dtype=torch.float32, device=od_xy.device)
+    dx = coords.view(1, 1, 1, size) - od_xy[:, 0].view(-1, 1, 1, 1)
+    dy = coords.view(1, 1, size, 1) - od_xy[:, 1].view(-1, 1, 1, 1)
+    distance = torch.sqrt(dx**2 + dy**2) / size
+    return ((distance >= inner) & (distance <= outer)).float()
+
+
+def decode_landmarks(
+    logits: torch.Tensor, anatomical_prior: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode (B, 2, H, W) optic-disc / fovea heatmaps; with the prior, the fovea is searched only in the
+    annulus around the detected disc, which removes far-off false peaks (the disc is the easy one)."""
+    centres, peaks = decode_heatmaps(logits)
+    if not anatomical_prior:
+        return centres, peaks
+    mask = fovea_search_mask(centres[:, 0], logits.shape[-1])
+    masked = logits[:, 1:2].float().masked_fill(mask == 0, -1e4)
+    fovea, fovea_peak = decode_heatmaps(masked)
+    return torch.cat([centres[:, :1], fovea], dim=1), torch.cat([peaks[:, :1], fovea_peak], dim=1)
 
 
 def localizer_card(

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from models.card import ModelCard
-from models.localizer import decode_heatmaps
+from models.localizer import decode_landmarks
 from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
 from workbench.image_io import LoadedImage
 from workbench.inference import predict_tiles
@@ -99,12 +99,17 @@ class Landmarks:
 
 
 class LocalizerPredictor:
-    def __init__(self, model: nn.Module, card: ModelCard) -> None:
+    """Optic disc and fovea; ``anatomical_prior`` searches the fovea only at a plausible distance from
+    the disc (``models.localizer.decode_landmarks``); the card's ``extra.anatomical_prior`` sets it."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, anatomical_prior: bool | None = None) -> None:
         self.model, self.card = model.eval(), card
+        prior = card.extra.get("anatomical_prior", True) if anatomical_prior is None else anatomical_prior
+        self.anatomical_prior = bool(prior)
 
     @torch.inference_mode()
     def predict_crops(self, crops512: list[np.ndarray], transforms: list[CropTransform]) -> list[Landmarks]:
-        centres, peaks = decode_heatmaps(self.model(_batch(crops512, self.card)))
+        centres, peaks = decode_landmarks(self.model(_batch(crops512, self.card)), self.anatomical_prior)
         factor = GRADING_CROP / self.card.input_size
         out = []
         for centre, peak, transform in zip(centres.numpy(), peaks.numpy(), transforms, strict=True):

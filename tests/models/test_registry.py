@@ -138,3 +138,19 @@ def test_card_rejects_unknown_fields(tmp_path: Path) -> None:
         ModelCard.from_dict(
             {"name": "x", "arch": "grader", "encoder": "e", "num_classes": 5, "input_size": 8, "z": 1}
         )
+
+
+def test_anatomical_prior_ignores_a_far_false_fovea() -> None:
+    from models.localizer import decode_landmarks
+
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+
+    def blob(x: float, y: float, height: float) -> torch.Tensor:
+        return height * torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 8) - 6
+
+    logits = torch.stack([blob(10, 30, 10), torch.maximum(blob(35, 30, 8), blob(60, 60, 10))])[None]
+    plain, _ = decode_landmarks(logits, anatomical_prior=False)
+    guided, _ = decode_landmarks(logits, anatomical_prior=True)
+    assert plain[0, 1].tolist() == pytest.approx([60, 60], abs=0.5)  # the false, stronger peak
+    assert guided[0, 1].tolist() == pytest.approx([35, 30], abs=0.5)
+    assert guided[0, 0].tolist() == pytest.approx([10, 30], abs=0.5)
