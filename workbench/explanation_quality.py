@@ -55,19 +55,6 @@ class Curves:
         return float(np.trapezoid(self.insertion, self.fractions))
 
 
-def _target_probability(output: torch.Tensor, target: Target) -> torch.Tensor:
-    """Target probability per image: softmax over the relevant head, or for lesions the mean sigmoid."""
-    name = target.__class__.__name__
-    if name == "GradeTarget":
-        return torch.softmax(output[:, :5], 1)[:, target.grade]
-    if name == "ReferableTarget":
-        return torch.exp(target(output))
-    if name == "DMETarget":
-        return torch.softmax(output[:, 5:], 1)[:, target.grade]
-    mean_logit = target(output) / (output.shape[-1] * output.shape[-2])
-    return torch.sigmoid(mean_logit)
-
-
 @torch.inference_mode()
 def deletion_insertion(
     model: ExplainableModel, image: torch.Tensor, heat: np.ndarray, target: Target, steps: int = 16
@@ -87,7 +74,7 @@ def deletion_insertion(
     scores = []
     batch = torch.cat(delete + insert)
     for chunk in batch.split(17):
-        scores.append(_target_probability(model.module(chunk).float(), target))
+        scores.append(target.probability(model.module(chunk).float()))
     values = torch.cat(scores).numpy()
     return Curves(fractions, values[: steps + 1], values[steps + 1 :])
 

@@ -1,5 +1,8 @@
 """What to explain: small callables from a batch of model outputs to one score per image.
 
+Each target also has ``probability(output)``, the same evidence on a [0, 1] scale, which the
+faithfulness curves follow so their AUCs compare across targets.
+
 Like pytorch-grad-cam's ``utils/model_targets.py``, a target turns the model output into the scalar whose
 evidence we want. Ours take the *batched* output, (B, 8) grader logits or (B, 5, H, W) segmenter logits,
 and return (B,); ``per_sample`` adapts one to grad-cam's per-sample calling convention.
@@ -43,6 +46,9 @@ class GradeTarget:
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return output[:, self.grade]
 
+    def probability(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(output[:, :NUM_DR], 1)[:, self.grade]
+
     @property
     def label(self) -> str:
         return f"DR grade {self.grade} ({DR_GRADE_NAMES[self.grade]})"
@@ -56,6 +62,9 @@ class ReferableTarget:
         log_probs = torch.log_softmax(output[:, :NUM_DR], dim=1)
         return torch.logsumexp(log_probs[:, REFERABLE_MIN_GRADE:], dim=1)
 
+    def probability(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self(output))
+
     @property
     def label(self) -> str:
         return "referable DR (grade >= 2)"
@@ -68,6 +77,9 @@ class DMETarget:
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return output[:, NUM_DR + self.grade]
+
+    def probability(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(output[:, NUM_DR:], 1)[:, self.grade]
 
     @property
     def label(self) -> str:
@@ -86,6 +98,11 @@ class LesionTarget:
             return channel.sum(dim=(1, 2))
         mask = torch.as_tensor(self.mask, dtype=channel.dtype, device=channel.device)
         return (channel * mask).sum(dim=(1, 2))
+
+    def probability(self, output: torch.Tensor) -> torch.Tensor:
+        """Sigmoid of the mean logit over the region: a [0, 1] score for deletion / insertion curves."""
+        area = output.shape[-1] * output.shape[-2] if self.mask is None else max(1.0, float(self.mask.sum()))
+        return torch.sigmoid(self(output) / area)
 
     @property
     def label(self) -> str:
