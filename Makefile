@@ -38,7 +38,7 @@ models: $(STAMP)
 	$(TRAIN) grader --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 384 --epochs 12 --lr 0.001 --ship --ship-name grader_lite0
 	$(TRAIN) localizer --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 256 --epochs 10 --lr 0.001 --ship --ship-name localizer_lite0
 	$(TRAIN) segmenter --backbone tf_efficientnet_lite0 --data $(DATA) --tile 384 --batch-size 4 --epochs 10 --lr 0.001 --ship --ship-name segmenter_lite0
-	$(TRAIN) grader --backbone convnext_atto --data $(DATA) --input-size 384 --epochs 15 --lr 0.002 --ship --ship-name grader_convnext_atto
+	$(TRAIN) grader --backbone convnext_atto --data $(DATA) --input-size 384 --epochs 10 --lr 0.002 --ship --ship-name grader_convnext_atto
 	$(BIN)/drwb evaluate --data $(DATA) --split val --task grading --model grader_lite0 --write-card
 	$(BIN)/drwb evaluate --data $(DATA) --split val --task grading --model grader_convnext_atto --write-card
 	$(BIN)/drwb evaluate --data $(DATA) --split val --task localization --model localizer_lite0 --write-card
