@@ -51,11 +51,18 @@ class Heatmap:
         """Evidence *for* the target, >= 0 (negative parts of signed maps dropped)."""
         return np.clip(self.values, 0, None)
 
-    def normalised(self) -> np.ndarray:
-        """Positive evidence scaled to [0, 1] for display."""
+    def normalised(self, percentile: float = 99.5) -> np.ndarray:
+        """Positive evidence scaled to [0, 1] for display, saturating at the ``percentile``-th value.
+
+        Pixel attributions (IG, saliency) are sparse with a few extreme pixels; scaling by the maximum
+        would leave the rest invisible, so, as captum's visualisation does, outliers are clipped.
+        """
         pos = self.positive()
-        top = float(pos.max())
-        return pos / top if top > 0 else pos
+        nonzero = pos[pos > 0]
+        if nonzero.size == 0:
+            return pos
+        top = float(np.percentile(nonzero, percentile)) or float(nonzero.max())
+        return np.clip(pos / top, 0.0, 1.0)
 
 
 class Explainer(Protocol):
