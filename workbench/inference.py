@@ -31,9 +31,13 @@ def blend_window(tile: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict_tiles(
-    model: nn.Module, image: torch.Tensor, tile: int, overlap: int, batch: int = 4
+    model: nn.Module, image: torch.Tensor, tile: int, overlap: int, batch: int = 1
 ) -> np.ndarray:
-    """Sigmoid probabilities (C, H, W) for a normalised (3, H, W) image, by blended overlapping tiles."""
+    """Sigmoid probabilities (C, H, W) for a normalised (3, H, W) image, by blended overlapping tiles.
+
+    One tile per forward by default: on a CPU batching tiles gains nothing and multiplies the peak memory
+    of the UNet++ decoder (a server with all models loaded must stay under 2 GB).
+    """
     _, height, width = image.shape
     tile = min(tile, height, width)
     window = blend_window(tile)
