@@ -31,7 +31,7 @@ bench: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Reproduce every shipped model from IDRiD (CPU, 70-90 minutes on 2 cores, sequentially), then
+# Reproduce every shipped model from IDRiD (CPU, about 1.5 hours on 2 cores, sequentially), then
 # measure each on the validation split with the product pipeline and record it in its card.
 TRAIN := $(BIN)/drwb train
 models: $(STAMP)
