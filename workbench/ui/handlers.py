@@ -10,6 +10,7 @@ import csv
 import io
 import tempfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from models.registry import list_shipped
-from workbench.analysis import Analysis, Workbench
+from workbench.analysis import Analysis, LesionSummary, Workbench
 from workbench.batch import score_analysis
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import ImageLoadError
@@ -119,7 +120,7 @@ class Handlers:
             heatmaps = self.workbench.explain(analysis.crop, methods, target, grader=grader or None)
         except ValueError as exc:  # e.g. attention asked for a lesion target
             raise gr.Error(str(exc)) from exc
-        scored = analysis.__class__(**{**analysis.__dict__, "heatmaps": heatmaps})
+        scored = replace(analysis, heatmaps=heatmaps)
         scores = score_analysis(self.workbench, scored, target) if target.arch == "grader" else {}
         gallery, table, overlays = [], [], {"image": analysis.crop, "lesions": lesion_overlay(analysis)}
         for name, heat in heatmaps.items():
@@ -172,14 +173,13 @@ class Handlers:
         analysis = self._load(str(record.image_path), force=True)
         masks = {c: load_mask(p) for c, p in record.mask_paths.items() if p is not None}
         in_crop = original_masks_to_crop(masks, analysis.crop_transform)
-        truth = analysis.__class__(
-            **{
-                **analysis.__dict__,
-                "lesions": {
-                    c: analysis.lesions[c].__class__(c, 0, 0.0, m, m.astype(np.float16), np.zeros((0, 2)))
-                    for c, m in in_crop.items()
-                },
-            }
+        # The ground truth drawn by the same renderer: an Analysis whose lesions are the annotated masks.
+        truth = replace(
+            analysis,
+            lesions={
+                c: LesionSummary(c, 0, 0.0, m, m.astype(np.float16), np.zeros((0, 2)))
+                for c, m in in_crop.items()
+            },
         )
         annotated = (
             "Annotated: "
