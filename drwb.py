@@ -39,7 +39,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     )
     values["task"] = args.task
-    result = train(TrainConfig(**values), command="drwb " + " ".join(sys.argv[1:]))
+    cfg, command = TrainConfig(**values), "drwb " + " ".join(sys.argv[1:])
+    if cfg.folds:
+        from training.cv import train_folds
+
+        summary = train_folds(cfg, command)
+        print(json.dumps({k: summary[k] for k in ("folds", "n", "fold_sizes")}))
+        return 0
+    result = train(cfg, command=command)
     print(
         json.dumps(
             {
@@ -65,7 +72,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in result)
     for key, value in result.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else value
+        shown = f"{value:.4f}" if isinstance(value, float) else ("n/a" if value is None else value)
         print(f"{key:<{width}}  {shown}")
     return 0
 
@@ -161,6 +168,11 @@ def _build_parser() -> argparse.ArgumentParser:
         ("max-minutes", float),
         ("ship-name", str),
         ("val-fraction", float),
+        ("folds", int),
+        ("select", str),
+        ("freeze-blocks", int),
+        ("ordinal-weight", float),
+        ("sampling", str),
     ):
         tr.add_argument(f"--{flag}", type=kind, default=None)
     tr.add_argument(

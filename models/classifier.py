@@ -58,9 +58,17 @@ class Grader(nn.Module):
     """
 
     def __init__(
-        self, encoder: str, num_dr: int = NUM_DR, num_dme: int = NUM_DME, drop_rate: float = 0.2
+        self,
+        encoder: str,
+        num_dr: int = NUM_DR,
+        num_dme: int = NUM_DME,
+        drop_rate: float = 0.2,
+        temperature: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         super().__init__()
+        # Temperature scaling of the DR and DME logits (fitted after training on out-of-fold logits,
+        # stored in the card). Not persistent: weights files stay the same with or without it.
+        self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float32), persistent=False)
         self.backbone = timm.create_model(encoder, pretrained=False, num_classes=0, global_pool="")
         channels = self.backbone.num_features
         self.dr_pool = AttentionPool(channels)
@@ -78,7 +86,9 @@ class Grader(nn.Module):
         """(B, C, h, w) -> (B, num_dr + num_dme) logits."""
         dr, _ = self.dr_pool(features)
         dme, _ = self.dme_pool(features)
-        return torch.cat([self.dr_head(self.dropout(dr)), self.dme_head(self.dropout(dme))], dim=1)
+        dr_logits = self.dr_head(self.dropout(dr)) / self.temperature[0]
+        dme_logits = self.dme_head(self.dropout(dme)) / self.temperature[1]
+        return torch.cat([dr_logits, dme_logits], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -93,7 +103,13 @@ class Grader(nn.Module):
 
 
 def _create_grader(card: ModelCard) -> Grader:
-    model = Grader(card.encoder, num_dr=card.num_classes, drop_rate=float(card.extra.get("drop_rate", 0.2)))
+    temperature = card.extra.get("temperature") or {}
+    model = Grader(
+        card.encoder,
+        num_dr=card.num_classes,
+        drop_rate=float(card.extra.get("drop_rate", 0.2)),
+        temperature=(float(temperature.get("dr", 1.0)), float(temperature.get("dme", 1.0))),
+    )
     if card.extra.get("imagenet_init", False):
         if card.encoder not in LITE0_ENCODERS:
             raise ValueError(f"ImageNet init is only available offline for {', '.join(LITE0_ENCODERS)}")

@@ -124,20 +124,25 @@ def load_model(name: str, folder: Path | None = None) -> tuple[nn.Module, ModelC
 
 
 def default_model(arch: str, folder: Path | None = None) -> str:
-    """Stem of the shipped model of ``arch`` with the best validation score (the default in every face).
+    """Stem of the shipped model of ``arch`` with the best held-out score (the default in every face).
+
+    Out-of-fold (cross-validated) figures outrank single-split validation figures: a validation score
+    that also chose the best epoch is optimistic, so a model that has OOF figures is preferred over one
+    that has only a validation score, and OOF scores are compared with each other.
 
     Raises:
         WeightsError: when no model of that family is shipped.
     """
     folder = Path(folder) if folder else weights_dir()
-    best, best_score = None, float("-inf")
+    best, best_key = None, (False, float("-inf"))
     for path in sorted(Path(folder).glob("*.json")):
         card = ModelCard.read(path)
+        evaluation = card.training.get("evaluation", {})
         # Prefer the product-pipeline measurement (drwb evaluate --write-card) over the training loop's.
-        measured = card.training.get("evaluation", {}).get("val") or card.training.get("validation", {})
-        score = measured.get("score", float("-inf"))
-        if card.arch == arch and score > best_score:
-            best, best_score = path.stem, score
+        measured = evaluation.get("oof") or evaluation.get("val") or card.training.get("validation", {})
+        key = ("oof" in evaluation, measured.get("score") or float("-inf"))
+        if card.arch == arch and key > best_key:
+            best, best_key = path.stem, key
     if best is None:
         raise WeightsError(f"no shipped {arch} model in {folder}; train one with `drwb train`")
     return best

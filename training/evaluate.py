@@ -24,6 +24,7 @@ from workbench.metrics import (
     PixelCurve,
     confusion_matrix,
     grading_metrics,
+    json_safe,
     localization_metrics,
     scaled_distances,
     segmentation_metrics,
@@ -132,7 +133,8 @@ def evaluate(data: Path, split: str, task: str, model: str | None = None, seed: 
     arch, fn = EVALUATORS[task]
     name = model or default_model(arch)
     result = fn(IDRiD(data), split, name, seed)
-    return {"task": task, "split": split, "model": name, "data": str(data), **result}
+    # undefined figures (NaN) become None: null in JSON, "n/a" in tables
+    return json_safe({"task": task, "split": split, "model": name, "data": str(data), **result})
 
 
 def record_in_card(result: dict[str, Any], command: str, folder: Path | None = None) -> Path:

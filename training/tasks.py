@@ -20,14 +20,14 @@ from torch.utils.data import Dataset
 from models.card import ModelCard
 from models.classifier import NUM_DR, grader_card
 from models.constants import LESION_CODES
-from models.localizer import decode_heatmaps, localizer_card
+from models.localizer import decode_landmarks, localizer_card
 from models.segmenter import segmenter_card
 from training.augment import AugmentConfig
 from training.data import GradingData, LocalizationData, SegmentationData
 from training.prepare import load_index, prepare
 from workbench.idrid import IDRiD
 from workbench.metrics import PixelCurve, grading_metrics, localization_metrics, segmentation_metrics
-from workbench.splits import split_names, split_train_val
+from workbench.splits import assign_folds, split_names, split_train_val
 
 __all__ = ["TASKS", "TrainTask", "register_task"]
 
@@ -59,6 +59,13 @@ class TrainTask:
     def epoch_indices(self, train: Dataset, rng: np.random.Generator) -> np.ndarray:
         return rng.permutation(len(train))
 
+    def prepare_model(self, model: nn.Module) -> None:
+        """Called once after the model is built (before the optimiser sees its parameters)."""
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Put the model in training mode at the start of each epoch."""
+        model.train()
+
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -70,7 +77,15 @@ class TrainTask:
         return prepare(Path(self.cfg.data), Path(self.cfg.cache), part, "train", size, self.cfg.workers)
 
     def _grading_split(self) -> tuple[set[str], set[str]]:
-        split = split_train_val(IDRiD(self.cfg.data).grading("train"), self.cfg.val_fraction, self.cfg.seed)
+        """(train names, held-out names): the refit (all, none), fold ``cfg.fold``, or the val split."""
+        records = IDRiD(self.cfg.data).grading("train")
+        if self.cfg.refit:
+            return {r.name for r in records}, set()
+        if self.cfg.fold >= 0:
+            folds = assign_folds(records, self.cfg.folds, self.cfg.seed)
+            held = {name for name, fold in folds.items() if fold == self.cfg.fold}
+            return set(folds) - held, held
+        split = split_train_val(records, self.cfg.val_fraction, self.cfg.seed)
         return set(split.train), set(split.val)
 
     def _limit(self, entries: list) -> list:
@@ -100,23 +115,45 @@ class GraderTask(TrainTask):
         )
 
     def epoch_indices(self, train: Dataset, rng: np.random.Generator) -> np.ndarray:
-        # Grade 1 (mild) is 5% of IDRiD: show each mild image three times per epoch.
         grades = np.array([e.dr_grade for e in train.entries])
+        if self.cfg.sampling == "sqrt":
+            # Class-balanced by 1/sqrt(n): grade 1 (5% of IDRiD) is drawn about twice as often as its
+            # share, without the over-fitting of full balancing on 16 mild images. Epoch length = images.
+            counts = np.bincount(grades, minlength=NUM_DR).astype(float)
+            weights = 1.0 / np.sqrt(np.maximum(counts[grades], 1))
+            return rng.choice(len(train), size=len(train), replace=True, p=weights / weights.sum())
+        if self.cfg.sampling != "mild3":
+            raise ValueError(f"sampling must be 'mild3' or 'sqrt', got {self.cfg.sampling!r}")
+        # Grade 1 (mild) is 5% of IDRiD: show each mild image three times per epoch.
         extra = np.repeat(np.nonzero(grades == 1)[0], 2)
         return rng.permutation(np.concatenate([np.arange(len(train)), extra]))
 
+    def prepare_model(self, model: nn.Module) -> None:
+        for module in _frozen_modules(model, self.cfg.freeze_blocks):
+            module.requires_grad_(False)
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+        for module in _frozen_modules(model, self.cfg.freeze_blocks):
+            module.eval()  # frozen batch norms keep their ImageNet statistics
+
     def _weights(self) -> torch.Tensor:
-        # sqrt inverse frequency of IDRiD's grades (134/20/136/74/49): softens the rare-grade imbalance.
-        counts = torch.tensor([134.0, 20.0, 136.0, 74.0, 49.0])
-        weights = (counts.sum() / counts).sqrt()
+        counts = torch.tensor([134.0, 20.0, 136.0, 74.0, 49.0])  # IDRiD's grades
+        if self.cfg.sampling == "sqrt":
+            # the sampler already balances by 1/sqrt(n); a 1/n^0.25 weight completes a gentle balance
+            weights = (counts.sum() / counts) ** 0.25
+        else:
+            # sqrt inverse frequency: softens the rare-grade imbalance
+            weights = (counts.sum() / counts).sqrt()
         return weights / weights.mean()
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         images, dr, dme = batch
         logits = model(images).float()
-        dr_loss = F.cross_entropy(logits[:, :NUM_DR], dr, weight=self._weights(), label_smoothing=0.05)
+        dr_logits = logits[:, :NUM_DR]
+        dr_loss = F.cross_entropy(dr_logits, dr, weight=self._weights(), label_smoothing=0.05)
         dme_loss = F.cross_entropy(logits[:, NUM_DR:], dme, label_smoothing=0.05)
-        return dr_loss + dme_loss
+        return dr_loss + dme_loss + self.cfg.ordinal_weight * ordinal_loss(dr_logits, dr)
 
     def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
         probs_dr, probs_dme, true_dr, true_dme = [], [], [], []
@@ -161,12 +198,35 @@ class LocalizerTask(TrainTask):
 
     def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
         errors = []
+        prior = bool(self.card().extra.get("anatomical_prior", True))
         for images, _, points, challenge_px in batches:
-            centres, _ = decode_heatmaps(model(images))
+            # the same decoder as inference and `drwb evaluate` (anatomical prior for the fovea)
+            centres, _ = decode_landmarks(model(images), prior)
             # input px -> px of a 4288-wide original, per image (IDRiD challenge frame)
             errors.append((centres - points).norm(dim=-1) * challenge_px[:, None])
         err = torch.cat(errors).numpy()
         return localization_metrics(err[:, 0], err[:, 1])
+
+
+def ordinal_loss(dr_logits: torch.Tensor, grade: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 between the expected grade under the softmax and the true grade.
+
+    Cross-entropy treats "predicted 4 for a 0" and "predicted 1 for a 0" alike; this term charges by
+    distance, the same ordering QWK rewards.
+    """
+    levels = torch.arange(dr_logits.shape[1], dtype=dr_logits.dtype, device=dr_logits.device)
+    expected = (torch.softmax(dr_logits, dim=1) * levels).sum(dim=1)
+    return F.smooth_l1_loss(expected, grade.to(dr_logits.dtype))
+
+
+def _frozen_modules(model: nn.Module, blocks: int) -> list[nn.Module]:
+    """Stem and first ``blocks`` stages of an EfficientNet-style backbone (none when ``blocks`` is 0)."""
+    if blocks <= 0:
+        return []
+    backbone = model.backbone
+    if not hasattr(backbone, "blocks") or not hasattr(backbone, "conv_stem"):
+        raise ValueError(f"freeze_blocks needs an EfficientNet-style backbone, not {type(backbone).__name__}")
+    return [backbone.conv_stem, backbone.bn1, *list(backbone.blocks)[:blocks]]
 
 
 def centernet_focal_loss(
@@ -226,6 +286,7 @@ class SegmenterTask(TrainTask):
                 prob = predict_tiles(model, image, self.cfg.tile, 64)
                 for c, code in enumerate(LESION_CODES):
                     if flags[c]:
-                        curves[code].add(prob[c], mask[c].numpy() > 0)
+                        # soft masks hold area fractions: half a pixel or more is lesion (area-preserving)
+                        curves[code].add(prob[c], mask[c].numpy() >= 0.5)
         # Best-Dice thresholds travel in the card; the workbench binarises lesion maps with them.
         return segmentation_metrics(curves)

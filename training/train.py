@@ -61,6 +61,13 @@ class TrainConfig:
     tile: int = 384
     tiles_per_image: int = 4
     val_fraction: float = 0.2
+    folds: int = 0  # > 1: k-fold cross-validation (training.cv), one run per fold plus a refit on all
+    fold: int = -1  # set by training.cv: the held-out fold of this run (-1: the val_fraction split)
+    refit: bool = False  # set by training.cv: train on every image, no validation
+    select: str = "best"  # "best" validation epoch, or "last" (fixed schedule: never peeks at held-out data)
+    freeze_blocks: int = 0  # grader: keep the stem and the first N block stages at their ImageNet values
+    ordinal_weight: float = 0.0  # grader: weight of the expected-grade regression term (ordinal-aware)
+    sampling: str = "mild3"  # grader: "mild3" (grade 1 shown 3x) or "sqrt" (class-balanced by 1/sqrt(n))
     seed: int = 0
     workers: int = 2
     threads: int = 0
@@ -137,9 +144,13 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     task = TASKS[cfg.task](cfg)
     card = task.card()
     torch.manual_seed(cfg.seed)
+    if cfg.select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', got {cfg.select!r}")
     model = build_model(card)
+    task.prepare_model(model)
     train_set, val_set = task.datasets(card)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run_dir = Path(cfg.runs) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state"
@@ -168,7 +179,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             collate_fn=_collate,
             drop_last=len(order) > cfg.batch_size,
         )
-        model.train()
+        task.train_mode(model)
         losses = []
         bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr)
         for batch in bar:
@@ -177,14 +188,16 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             loss = task.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            nn.utils.clip_grad_norm_(trainable, 5.0)
             optimizer.step()
             meta["step"] += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         model.eval()
-        with torch.no_grad():
-            metrics = task.validate(model, list(val_loader))
+        metrics: dict[str, Any] = {"score": float("nan")}
+        if len(val_set):
+            with torch.no_grad():
+                metrics = task.validate(model, list(val_loader))
         record = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),
@@ -193,7 +206,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         }
         meta["history"].append(record)
         meta["epoch"] = epoch + 1
-        improved = metrics["score"] > meta["best_score"]
+        improved = cfg.select == "last" or metrics["score"] > meta["best_score"]
         if improved:
             meta["best_score"] = metrics["score"]
             meta["best_epoch"] = epoch + 1

@@ -236,8 +236,11 @@ class Workbench:
 
     # -- helpers -------------------------------------------------------------------------------------
     def _thresholds(self) -> dict[str, float]:
-        validation = self.segmenter.card.training.get("validation", {})
-        return {code: float(validation.get(f"threshold_{code}", 0.5)) for code in LESION_CODES}
+        # Best-Dice thresholds measured at the original resolution on exact masks (`drwb evaluate
+        # --write-card`) when the card has them; the training loop's (soft 1024-px masks) otherwise.
+        training = self.segmenter.card.training
+        measured = training.get("evaluation", {}).get("val") or training.get("validation", {})
+        return {code: float(measured.get(f"threshold_{code}") or 0.5) for code in LESION_CODES}
 
     def _summaries(self, probabilities: np.ndarray, transform: CropTransform) -> dict[str, LesionSummary]:
         thresholds = self._thresholds()

@@ -19,7 +19,7 @@ from workbench.analysis import Workbench
 from workbench.explainers import ExplainableModel
 from workbench.image_io import ImageLoadError
 from workbench.report import write_report
-from workbench.scoring import ExplanationScore, lesion_union_in_input, score_heatmap
+from workbench.scoring import ExplanationScore, lesion_union_in_input, pointing_tolerance, score_heatmap
 from workbench.targets import GradeTarget, Target
 
 __all__ = ["IMAGE_SUFFIXES", "analyze_files", "expand_inputs", "score_analysis"]
@@ -62,15 +62,24 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     return unique
 
 
-def score_analysis(workbench: Workbench, analysis, target: Target) -> dict[str, ExplanationScore]:
-    """Faithfulness and localisation (on the segmenter's lesions) of every heatmap of ``analysis``."""
-    predictor = workbench.grader
+def score_analysis(
+    workbench: Workbench, analysis, target: Target, grader: str | None = None
+) -> dict[str, ExplanationScore]:
+    """Faithfulness and localisation (on the segmenter's lesions) of every heatmap of ``analysis``.
+
+    ``grader`` must name the grader the heatmaps were computed on (None: the workbench's default):
+    deletion and insertion are measured on that same model.
+    """
+    predictor = workbench.grader_predictor(grader) if grader else workbench.grader
     model = ExplainableModel(predictor.model, predictor.card)
     tensor = predictor.input_tensor(analysis.crop)
     lesions = {code: s.mask for code, s in analysis.lesions.items()}
-    mask = lesion_union_in_input(lesions, predictor.card.input_size)
+    size = predictor.card.input_size
+    mask = lesion_union_in_input(lesions, size)
+    tolerance = pointing_tolerance(analysis.crop_transform, size)
     return {
-        name: score_heatmap(model, tensor, heat, target, mask) for name, heat in analysis.heatmaps.items()
+        name: score_heatmap(model, tensor, heat, target, mask, tolerance=tolerance)
+        for name, heat in analysis.heatmaps.items()
     }
 
 

@@ -2,9 +2,15 @@
 
 For every image of an IDRiD segmentation split, every method explains the grader's predicted grade; we
 record deletion / insertion AUC, pointing game, relevance mass and rank against the *ground-truth*
-lesion masks, and seconds per image. The table gives mean +- 95% CI (normal approximation,
-1.96 * sd / sqrt(n)). The model-randomisation sanity check is run on the first ``sanity_images``
-images (it doubles the cost) and reported as the mean Spearman correlation.
+lesion masks, and seconds per image.
+
+``val`` means the training segmentation images that the grader never trained on: every segmentation
+image that is the same photograph (matched by content, ``workbench.provenance``) as one of the grader's
+training images is excluded, and the result lists how many remain and which were excluded. The segmenter
+plays no part here (ground-truth masks, grader targets), so its training images need no exclusion.
+The table gives mean +- 95% CI (normal approximation, 1.96 * sd / sqrt(n)). The model-randomisation
+sanity check is run on the first ``sanity_images`` images (it doubles the cost) and reported as the
+mean Spearman correlation.
 """
 
 from __future__ import annotations
@@ -23,8 +29,14 @@ from workbench.fundus import prepare_fundus
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import load_image
 from workbench.predictors import GRADING_CROP, GraderPredictor
-from workbench.scoring import lesion_union_in_input, original_masks_to_crop, score_heatmap
-from workbench.splits import split_names
+from workbench.provenance import matching_names, trained_grading_names
+from workbench.scoring import (
+    POINTING_TOLERANCE_PX,
+    lesion_union_in_input,
+    original_masks_to_crop,
+    pointing_tolerance,
+    score_heatmap,
+)
 from workbench.targets import GradeTarget
 
 __all__ = ["explain_bench", "mean_ci"]
@@ -38,6 +50,14 @@ def mean_ci(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"mean": float(clean.mean()), "ci95": float(ci), "n": int(clean.size)}
 
 
+def _seen_by_grader(dataset: IDRiD, predictor: GraderPredictor, records: list) -> set[str]:
+    """Segmentation names whose photograph is one of the grader's training images (by content)."""
+    trained = trained_grading_names(predictor.card, dataset)
+    references = {r.name: r.image_path for r in dataset.grading("train") if r.name in trained}
+    matches = matching_names([r.image_path for r in records], references)
+    return {records[i].name for i, names in matches.items() if names}
+
+
 def explain_bench(
     predictor: GraderPredictor,
     data: Path,
@@ -47,10 +67,13 @@ def explain_bench(
     sanity_images: int = 2,
 ) -> dict[str, Any]:
     """Score ``methods`` on the grader of ``predictor`` over one split's segmentation images."""
-    records = IDRiD(data).segmentation("test" if split == "test" else "train")
+    dataset = IDRiD(data)
+    records = dataset.segmentation("test" if split == "test" else "train")
+    excluded: list[str] = []
     if split != "test":
-        val = set(split_names([r.name for r in records], 0.2, 0).val)
-        records = [r for r in records if (r.name in val) == (split == "val")]
+        seen = _seen_by_grader(dataset, predictor, records)
+        excluded = sorted(r.name for r in records if r.name in seen)
+        records = [r for r in records if (r.name in seen) == (split == "train")]
     records = records[:limit] if limit else records
     model = ExplainableModel(predictor.model, predictor.card)
     random_model = randomised_copy(model) if sanity_images else None
@@ -58,19 +81,20 @@ def explain_bench(
     for index, record in enumerate(tqdm(records, desc="explain-bench", unit="image")):
         image = load_image(record.image_path, min_side=GRADING_CROP)
         prepared = prepare_fundus(image, GRADING_CROP)
-        masks = {
-            c: load_mask(record.mask_paths[c]) for c in LESION_CODES[:4] if record.mask_paths[c] is not None
-        }
-        truth = lesion_union_in_input(
-            original_masks_to_crop(masks, prepared.transform), predictor.card.input_size
-        )
+        masks = [
+            load_mask(record.mask_paths[c]) for c in LESION_CODES[:4] if record.mask_paths[c] is not None
+        ]
+        union = np.logical_or.reduce(masks) if masks else np.zeros(image.original_size, bool)
+        size = predictor.card.input_size
+        truth = lesion_union_in_input(original_masks_to_crop({"MA": union}, prepared.transform), size)
+        tolerance = pointing_tolerance(prepared.transform, size)
         tensor = predictor.input_tensor(prepared.crop)
         dr, _ = predictor.predict([prepared.crop])
         target = GradeTarget(int(np.argmax(dr[0])))
         for method in methods:
             explainer = get_explainer(method)
             heat = explainer.explain(model, tensor, target)
-            score = score_heatmap(model, tensor, heat, target, truth)
+            score = score_heatmap(model, tensor, heat, target, truth, tolerance=tolerance)
             bucket = per_method[method]
             for key, value in score.as_dict().items():
                 if key != "method":
@@ -86,6 +110,9 @@ def explain_bench(
         "data": str(data),
         "split": split,
         "images": len(records),
+        "image_names": [r.name for r in records],
+        "excluded_seen_by_grader": excluded if split == "val" else [],
+        "pointing_tolerance_px_4288": POINTING_TOLERANCE_PX,
         "grader": predictor.card.weights.removesuffix(".safetensors"),
         "methods": table,
     }

@@ -5,9 +5,15 @@
   fractions, and follow the target's probability. A faithful map makes deletion fall fast (low AUC) and
   insertion rise fast (high AUC). The blurred baseline avoids the out-of-distribution black holes a zero
   baseline punches into a fundus.
-- Pointing game (Zhang et al., 2016): is the map's maximum on a lesion (within a tolerance)?
+- Pointing game (Zhang et al., 2016): is the map's maximum on a lesion, or within a disc of radius
+  ``tolerance`` px around one? The caller states the tolerance in original-image pixels and converts it
+  to the map's frame (``workbench.scoring``). When several pixels share the maximum, the answer is the
+  share of them that hit (the expected result of picking one at random).
 - Relevance mass / rank (Arras et al., 2022): share of positive relevance inside the lesion mask, and
-  share of the top-|mask| pixels that are lesion pixels.
+  share of the top-|mask| pixels that are lesion pixels (pixels tied at the cut count fractionally, so
+  the score never depends on pixel order).
+- A map with no positive value carries no evidence: pointing game, mass and rank are all None for it
+  (``has_evidence``), and the apps show "no evidence" rather than a number.
 - Model randomisation (Adebayo et al., 2018): Spearman rank correlation between the map of the trained
   model and of a weight-randomised copy; a method whose map barely changes is flagged as not depending
   on what the model learnt.
@@ -29,6 +35,7 @@ from workbench.targets import Target
 __all__ = [
     "Curves",
     "deletion_insertion",
+    "has_evidence",
     "pointing_game",
     "randomisation_correlation",
     "randomised_copy",
@@ -60,7 +67,10 @@ def deletion_insertion(
     model: ExplainableModel, image: torch.Tensor, heat: np.ndarray, target: Target, steps: int = 16
 ) -> Curves:
     """Deletion and insertion curves for one (1, 3, S, S) input and an (S, S) map, batched in one pass."""
-    order = np.argsort(-heat.ravel(), kind="stable")
+    # Ties (e.g. the zeros of a sparse map) are removed in a seeded random order, not raster order, which
+    # would delete the top rows of the image first.
+    tie_break = np.random.default_rng(0).permutation(heat.size)
+    order = np.lexsort((tie_break, -heat.ravel()))
     size = heat.size
     baseline = make_baseline(model, image, "blur")
     fractions = np.linspace(0, 1, steps + 1)
@@ -79,17 +89,34 @@ def deletion_insertion(
     return Curves(fractions, values[: steps + 1], values[steps + 1 :])
 
 
-def pointing_game(heat: np.ndarray, lesion_mask: np.ndarray, tolerance: int = 3) -> bool | None:
-    """True when the map's maximum lies on (or within ``tolerance`` px of) a lesion; None without lesions."""
-    if not lesion_mask.any():
+def has_evidence(heat: np.ndarray) -> bool:
+    """True when the map has at least one positive value (anything for the localisation scores to use)."""
+    return bool(np.nanmax(heat) > 0) if heat.size else False
+
+
+def _disc(radius: float) -> np.ndarray:
+    r = int(np.floor(radius))
+    ys, xs = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xs**2 + ys**2 <= radius**2).astype(np.uint8)
+
+
+def pointing_game(heat: np.ndarray, lesion_mask: np.ndarray, tolerance: float = 0.0) -> float | None:
+    """Does the map's maximum hit a lesion (or lie within a disc of ``tolerance`` px of one)?
+
+    Returns 1.0 / 0.0, or the share of hitting pixels when several tie at the maximum; None without
+    lesions or without evidence (no positive value).
+    """
+    if not lesion_mask.any() or not has_evidence(heat):
         return None
-    grown = cv2.dilate(lesion_mask.astype(np.uint8), np.ones((2 * tolerance + 1,) * 2, np.uint8)) > 0
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return bool(grown[y, x])
+    grown = lesion_mask.astype(bool)
+    if tolerance > 0:
+        grown = cv2.dilate(lesion_mask.astype(np.uint8), _disc(tolerance)) > 0
+    peaks = heat == np.nanmax(heat)
+    return float(grown[peaks].mean())
 
 
 def relevance_mass(heat: np.ndarray, lesion_mask: np.ndarray) -> float | None:
-    """Share of positive relevance inside the lesion mask, in [0, 1]."""
+    """Share of positive relevance inside the lesion mask, in [0, 1]; None without lesions or evidence."""
     positive = np.clip(heat, 0, None)
     total = positive.sum()
     if not lesion_mask.any() or total <= 0:
@@ -98,12 +125,21 @@ def relevance_mass(heat: np.ndarray, lesion_mask: np.ndarray) -> float | None:
 
 
 def relevance_rank(heat: np.ndarray, lesion_mask: np.ndarray) -> float | None:
-    """Share of the top-K pixels (K = lesion pixels) that are lesion pixels, in [0, 1]."""
+    """Share of the top-K pixels (K = lesion pixels) that are lesion pixels, in [0, 1].
+
+    Pixels tied with the K-th value are taken fractionally (the expectation over random tie-breaking),
+    so the answer does not depend on where the lesion sits in raster order. None without lesions or
+    without evidence.
+    """
     k = int(lesion_mask.sum())
-    if k == 0:
+    if k == 0 or not has_evidence(heat):
         return None
-    top = np.argpartition(-heat.ravel(), k - 1)[:k]
-    return float(lesion_mask.ravel()[top].mean())
+    values, inside = heat.ravel(), lesion_mask.ravel().astype(bool)
+    cut = np.partition(values, values.size - k)[values.size - k]  # the K-th largest value
+    above, tied = values > cut, values == cut
+    n_above = int(above.sum())
+    from_ties = (k - n_above) * inside[tied].mean()
+    return float((inside[above].sum() + from_ties) / k)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -3,7 +3,11 @@
 - Grading: accuracy, quadratic weighted kappa, per-grade recall, confusion matrix, referable-DR AUC /
   sensitivity / specificity, DME accuracy, joint DR+DME accuracy (both right on the same image).
 - Segmentation: area under the precision-recall curve over pixels (AUPR), Dice at the best threshold,
-  Jaccard. Pixel scores are binned (1001 levels) so 12-megapixel masks cost milliseconds, not a sort.
+  Jaccard. Pixel scores are binned into 65536 levels (a histogram, so 12-megapixel masks cost
+  milliseconds, not a sort); the average precision differs from the exact one (scikit-learn's) by less
+  than 1e-4 (tested). The old 1001 levels lowered it by up to 2% relative.
+- Undefined figures are NaN here (QWK when truth and prediction are one and the same class, sensitivity
+  without positives, specificity without negatives, AUC without both) and null in JSON (``json_safe``).
 - Localization: Euclidean distances, reported in a 4288-px-wide frame so they compare with the challenge.
 """
 
@@ -22,6 +26,7 @@ __all__ = [
     "binary_auc",
     "confusion_matrix",
     "grading_metrics",
+    "json_safe",
     "localization_metrics",
     "segmentation_metrics",
     "per_class_recall",
@@ -56,7 +61,8 @@ def quadratic_weighted_kappa(truth: np.ndarray, pred: np.ndarray, num_classes: i
     weights = (idx[:, None] - idx[None, :]) ** 2 / (num_classes - 1) ** 2
     expected = np.outer(observed.sum(1), observed.sum(0)) / n
     denominator = (weights * expected).sum()
-    return float(1.0 - (weights * observed).sum() / denominator) if denominator > 0 else 1.0
+    # A zero denominator means truth and prediction are one and the same class: kappa is undefined.
+    return float(1.0 - (weights * observed).sum() / denominator) if denominator > 0 else float("nan")
 
 
 def per_class_recall(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> list[float | None]:
@@ -99,7 +105,7 @@ class PixelCurve:
     ``add`` bins probabilities into ``bins`` levels; AUPR, best Dice and Jaccard read off the counts.
     """
 
-    def __init__(self, bins: int = 1001) -> None:
+    def __init__(self, bins: int = 65536) -> None:
         self.bins = bins
         self.positive = np.zeros(bins, dtype=np.int64)
         self.negative = np.zeros(bins, dtype=np.int64)
@@ -149,15 +155,19 @@ class PixelCurve:
         return float(tp[t] / max(tp[t] + fp[t] + (total - tp[t]), 1)) if total else float("nan")
 
 
-def pixel_curve(probability: np.ndarray, truth: np.ndarray, bins: int = 1001) -> PixelCurve:
+def pixel_curve(probability: np.ndarray, truth: np.ndarray, bins: int = 65536) -> PixelCurve:
     curve = PixelCurve(bins)
     curve.add(probability, truth)
     return curve
 
 
-def scaled_distances(pred_xy: np.ndarray, true_xy: np.ndarray, image_widths: np.ndarray) -> np.ndarray:
-    """Euclidean distances rescaled to a 4288-px-wide original (IDRiD challenge frame)."""
-    pred_xy, true_xy = np.asarray(pred_xy, float), np.asarray(true_xy, float)
+def scaled_distances(pred_xy: np.ndarray, true_xy: list, image_widths: np.ndarray) -> np.ndarray:
+    """Euclidean distances rescaled to a 4288-px-wide original (IDRiD challenge frame).
+
+    A missing ground-truth point (None) gives NaN for that image.
+    """
+    pred_xy = np.asarray(pred_xy, float)
+    true_xy = np.array([(np.nan, np.nan) if t is None else t for t in true_xy], float).reshape(-1, 2)
     factor = ChallengeFrame / np.asarray(image_widths, float)
     return np.hypot(*(pred_xy - true_xy).T) * factor
 
@@ -170,7 +180,7 @@ def grading_metrics(
     referable_true = t_dr >= REFERABLE_MIN_GRADE
     referable_score = p_dr[:, REFERABLE_MIN_GRADE:].sum(1)
     referable_pred = referable_score >= 0.5
-    tp = (referable_true & referable_pred).sum()
+    sensitivity, specificity = sensitivity_specificity(referable_true, referable_pred)
     metrics = {
         "dr_accuracy": accuracy(t_dr, pred_dr),
         "dr_qwk": quadratic_weighted_kappa(t_dr, pred_dr, len(DR_GRADE_NAMES)),
@@ -178,10 +188,8 @@ def grading_metrics(
         "dme_accuracy": accuracy(t_dme, pred_dme),
         "joint_accuracy": float(((t_dr == pred_dr) & (t_dme == pred_dme)).mean()),
         "referable_auc": binary_auc(referable_true, referable_score),
-        "referable_sensitivity": float(tp / max(referable_true.sum(), 1)),
-        "referable_specificity": float(
-            (~referable_true & ~referable_pred).sum() / max((~referable_true).sum(), 1)
-        ),
+        "referable_sensitivity": sensitivity,
+        "referable_specificity": specificity,
         "n": int(len(t_dr)),
     }
     metrics["score"] = (metrics["dr_qwk"] + metrics["dme_accuracy"]) / 2
@@ -201,14 +209,37 @@ def segmentation_metrics(curves: dict[str, PixelCurve]) -> dict[str, Any]:
 
 
 def localization_metrics(od_px: np.ndarray, fovea_px: np.ndarray) -> dict[str, Any]:
-    """Mean / median centre errors (already in the 4288-px challenge frame); ``score`` = -mean of both."""
+    """Mean / median centre errors (already in the 4288-px challenge frame); ``score`` = -mean of both.
+
+    NaN entries (no ground truth for that landmark) are left out and counted in ``*_missing``.
+    """
     od, fovea = np.asarray(od_px, float), np.asarray(fovea_px, float)
+    od_ok, fovea_ok = od[np.isfinite(od)], fovea[np.isfinite(fovea)]
+
+    def _stat(fn, values: np.ndarray) -> float:
+        return float(fn(values)) if values.size else float("nan")
+
     return {
-        "od_mean_px": float(od.mean()),
-        "od_median_px": float(np.median(od)),
-        "fovea_mean_px": float(fovea.mean()),
-        "fovea_median_px": float(np.median(fovea)),
+        "od_mean_px": _stat(np.mean, od_ok),
+        "od_median_px": _stat(np.median, od_ok),
+        "fovea_mean_px": _stat(np.mean, fovea_ok),
+        "fovea_median_px": _stat(np.median, fovea_ok),
         "frame": "4288-px-wide original",
         "n": int(len(od)),
-        "score": -float(od.mean() + fovea.mean()) / 2,
+        "od_missing": int(len(od) - od_ok.size),
+        "fovea_missing": int(len(fovea) - fovea_ok.size),
+        "score": -(_stat(np.mean, od_ok) + _stat(np.mean, fovea_ok)) / 2,
     }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN / inf float (undefined figure) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -18,7 +18,7 @@ from pathlib import Path
 from models.hashing import file_sha256
 from workbench.idrid import GradingRecord
 
-__all__ = ["Split", "content_hash", "duplicate_groups", "split_names", "split_train_val"]
+__all__ = ["Split", "assign_folds", "content_hash", "duplicate_groups", "split_names", "split_train_val"]
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,7 @@ def split_train_val(records: Sequence[GradingRecord], val_fraction: float = 0.2,
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     grade = {record.name: record.dr_grade for record in records}
-    grouped: set[str] = set()
-    groups: list[tuple[str, ...]] = []
-    for group in duplicate_groups(records):
-        groups.append(group)
-        grouped.update(group)
-    groups.extend((record.name,) for record in records if record.name not in grouped)
+    groups = _groups(records)
     strata: dict[int, list[tuple[str, ...]]] = defaultdict(list)
     for group in groups:
         strata[grade[group[0]]].append(group)
@@ -85,6 +80,43 @@ def split_train_val(records: Sequence[GradingRecord], val_fraction: float = 0.2,
     val_set = set(val)
     train = tuple(sorted(r.name for r in records if r.name not in val_set))
     return Split(train=train, val=tuple(sorted(val_set)))
+
+
+def _groups(records: Sequence[GradingRecord]) -> list[tuple[str, ...]]:
+    grouped: set[str] = set()
+    groups: list[tuple[str, ...]] = []
+    for group in duplicate_groups(records):
+        groups.append(group)
+        grouped.update(group)
+    groups.extend((record.name,) for record in records if record.name not in grouped)
+    return groups
+
+
+def assign_folds(records: Sequence[GradingRecord], folds: int = 5, seed: int = 0) -> dict[str, int]:
+    """Name -> fold in ``range(folds)`` for k-fold cross-validation.
+
+    Stratified by DR grade and duplicate-safe, like ``split_train_val``: byte-identical images form one
+    group that lands in one fold; within each grade, groups (ordered by a seeded hash of their first name)
+    go to the fold that holds the fewest images of that grade so far (ties: the fold with fewest images
+    overall, then the lowest index). Every record gets exactly one fold.
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    grade = {record.name: record.dr_grade for record in records}
+    strata: dict[int, list[tuple[str, ...]]] = defaultdict(list)
+    for group in _groups(records):
+        strata[grade[group[0]]].append(group)
+    assigned: dict[str, int] = {}
+    totals = [0] * folds
+    for stratum in sorted(strata):
+        per_fold = [0] * folds
+        for group in sorted(strata[stratum], key=lambda g: _order_key(seed, g[0])):
+            fold = min(range(folds), key=lambda f: (per_fold[f], totals[f], f))
+            for name in group:
+                assigned[name] = fold
+            per_fold[fold] += len(group)
+            totals[fold] += len(group)
+    return assigned
 
 
 def split_names(names: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> Split:

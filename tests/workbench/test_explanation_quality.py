@@ -50,11 +50,12 @@ def test_pointing_game_and_relevance_known_values() -> None:
     mask[2:4, 2:4] = True  # 4 lesion pixels
     heat = np.zeros((10, 10))
     heat[3, 3], heat[8, 8], heat[2, 2] = 3.0, 1.0, 0.5
-    assert pointing_game(heat, mask, tolerance=0) is True
+    assert pointing_game(heat, mask, tolerance=0) == 1.0
     assert relevance_mass(heat, mask) == pytest.approx(3.5 / 4.5)
-    assert relevance_rank(heat, mask) == pytest.approx(0.5)  # top-4: (3,3), (8,8), (2,2), one zero
+    # top-4: (3,3) hit, (8,8) miss, (2,2) hit, then one of 97 tied zeros of which 2 are lesion pixels
+    assert relevance_rank(heat, mask) == pytest.approx((2 + 2 / 97) / 4)
     heat[3, 3] = 0
-    assert pointing_game(heat, mask, tolerance=0) is False
+    assert pointing_game(heat, mask, tolerance=0) == 0.0
     assert pointing_game(heat, np.zeros_like(mask)) is None
 
 

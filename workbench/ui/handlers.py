@@ -121,7 +121,11 @@ class Handlers:
         except ValueError as exc:  # e.g. attention asked for a lesion target
             raise gr.Error(str(exc)) from exc
         scored = replace(analysis, heatmaps=heatmaps)
-        scores = score_analysis(self.workbench, scored, target) if target.arch == "grader" else {}
+        scores = (
+            score_analysis(self.workbench, scored, target, grader=grader or None)
+            if target.arch == "grader"
+            else {}
+        )
         gallery, table, overlays = [], [], {"image": analysis.crop, "lesions": lesion_overlay(analysis)}
         for name, heat in heatmaps.items():
             overlays[name] = heatmap_overlay(analysis.crop, heat)
@@ -130,7 +134,8 @@ class Handlers:
             if score is not None:
                 caption += (
                     f" | deletion {score.deletion_auc:.2f} insertion {score.insertion_auc:.2f} | "
-                    f"pointing {score.pointing_game} mass {_fmt(score.relevance_mass)}"
+                    f"pointing {_local(score, score.pointing_game)} "
+                    f"mass {_local(score, score.relevance_mass)}"
                 )
             gallery.append((overlays[name], caption))
             table.append(
@@ -139,9 +144,9 @@ class Handlers:
                     [
                         round(score.deletion_auc, 3),
                         round(score.insertion_auc, 3),
-                        score.pointing_game,
-                        _fmt(score.relevance_mass),
-                        _fmt(score.relevance_rank),
+                        _local(score, score.pointing_game),
+                        _local(score, score.relevance_mass),
+                        _local(score, score.relevance_rank),
                     ]
                     if score
                     else [None] * 5
@@ -252,5 +257,8 @@ class Handlers:
         return "\n".join(lines)
 
 
-def _fmt(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+def _local(score, value: float | None) -> float | str | None:
+    """A localisation score for display: "no evidence" for an empty map, "no lesions" without lesions."""
+    if not score.evidence:
+        return "no evidence"
+    return "no lesions" if value is None else round(value, 3)

@@ -1,0 +1,90 @@
+"""k-fold cross-validation: fold assignment, OOF coverage, calibration output, and the refit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from training.train import TrainConfig
+from workbench.idrid import IDRiD
+from workbench.splits import assign_folds, duplicate_groups
+
+
+def test_folds_keep_duplicates_together_and_cover_every_image(real_idrid: Path) -> None:
+    records = IDRiD(real_idrid).grading("train")
+    folds = assign_folds(records, 5, seed=0)
+    assert set(folds) == {r.name for r in records}  # every image exactly once (a dict: one fold each)
+    groups = duplicate_groups(records)
+    assert len(groups) == 5
+    for group in groups:
+        assert len({folds[name] for name in group}) == 1, group
+    sizes = np.bincount(list(folds.values()), minlength=5)
+    assert sizes.max() - sizes.min() <= 2
+    grade = {r.name: r.dr_grade for r in records}
+    for g in range(5):
+        per_fold = np.bincount([folds[n] for n in folds if grade[n] == g], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 2, (g, per_fold)  # stratified (pairs may add one)
+
+
+def test_cv_run_scores_every_image_once_and_refits(synthetic_idrid: Path, tmp_path: Path) -> None:
+    from training.cv import train_folds
+
+    cfg = TrainConfig(
+        task="grader",
+        backbone="test_convnext",
+        data=str(synthetic_idrid),
+        cache=str(tmp_path / "cache"),
+        runs=str(tmp_path / "runs"),
+        run_name="cv",
+        model_name="test_tiny_cls",
+        epochs=1,
+        batch_size=4,
+        input_size=64,
+        workers=1,
+        folds=2,
+        ordinal_weight=0.5,
+        sampling="sqrt",
+        no_pretrained=True,
+        ship=True,
+        ship_name="tiny_cv_grader",
+        ship_dir=str(tmp_path / "shipped"),
+    )
+    summary = train_folds(cfg)
+    n = len(IDRiD(synthetic_idrid).grading("train"))
+    oof = np.load(tmp_path / "runs" / "cv" / "oof.npz")
+    assert sorted(oof["names"].tolist()) == sorted(r.name for r in IDRiD(synthetic_idrid).grading("train"))
+    assert summary["n"] == n and sum(summary["fold_sizes"]) == n
+    written = json.loads((tmp_path / "runs" / "cv" / "oof.json").read_text())
+    for key in ("plain", "hflip_tta"):
+        metrics = written[key]
+        assert metrics["temperature"]["dr"] > 0
+        low, high = metrics["ci95"]["dr_accuracy"]
+        assert low <= metrics["dr_accuracy"] <= high
+    assert (tmp_path / "runs" / "cv" / "refit" / "best.safetensors").is_file()
+    refit_state = json.loads((tmp_path / "runs" / "cv" / "refit" / "state.json").read_text())
+    assert refit_state["config"]["refit"] and refit_state["epoch"] == 1
+
+    # the shipped refit: card round trip, OOF figures, temperatures applied at inference, sha256 checked
+    import pytest
+    import torch
+
+    from models.registry import WeightsError, default_model, load_model
+
+    shipped = tmp_path / "shipped"
+    model, card = load_model("tiny_cv_grader", shipped)
+    oof = card.training["evaluation"]["oof"]
+    assert oof["n"] == n and oof["temperature"] == card.extra["temperature"]
+    assert model.temperature.tolist() == pytest.approx([oof["temperature"]["dr"], oof["temperature"]["dme"]])
+    assert default_model("grader", shipped) == "tiny_cv_grader"
+    raw = load_model("tiny_cv_grader", shipped)[0]
+    raw.temperature.fill_(1.0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        scaled, unscaled = model(x), raw(x)
+    assert torch.allclose(scaled[:, :5], unscaled[:, :5] / oof["temperature"]["dr"], atol=1e-5)
+    weights = shipped / card.weights
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(WeightsError, match="sha256"):
+        load_model("tiny_cv_grader", shipped)
