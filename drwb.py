@@ -62,6 +62,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
+    if args.oof:
+        from training.cv import evaluate_oof
+
+        print(json.dumps(evaluate_oof(Path(args.oof), Path(args.data)), indent=None if args.json else 1))
+        return 0
     result = evaluate(Path(args.data), args.split, args.task, args.model)
     if args.write_card:
         from training.evaluate import record_in_card
@@ -187,6 +192,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=["grading", "segmentation", "localization"], required=True)
     ev.add_argument("--model", help="shipped model name (default: best of its family)")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument(
+        "--oof", help="score out-of-fold predictions: a `drwb train --folds` run folder or a *.oof.csv file"
+    )
     ev.add_argument("--write-card", action="store_true", help="store the metrics in the model's JSON card")
     ev.set_defaults(handler=_cmd_evaluate)
 

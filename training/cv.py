@@ -45,7 +45,7 @@ from workbench.intervals import bootstrap_intervals
 from workbench.metrics import confusion_matrix, grading_metrics, json_safe
 from workbench.splits import assign_folds
 
-__all__ = ["oof_metrics", "predict_oof", "train_folds"]
+__all__ = ["evaluate_oof", "oof_metrics", "predict_oof", "read_oof_csv", "train_folds", "write_oof_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,60 @@ def predict_oof(cfg: TrainConfig) -> dict[str, np.ndarray]:
         "logits": np.concatenate(plain),
         "logits_flip": np.concatenate(flipped),
     }
+
+
+_HEADS = [f"dr{i}" for i in range(NUM_DR)] + [f"dme{i}" for i in range(3)]
+
+
+def write_oof_csv(oof: dict[str, np.ndarray], path: Path) -> None:
+    """OOF logits (plain and mirrored) per image as CSV: small, diffable, no pickles. Labels are not
+    stored: whoever re-scores the file reads them from the dataset."""
+    header = ["image", "fold"] + [f"logit_{h}" for h in _HEADS] + [f"flip_logit_{h}" for h in _HEADS]
+    lines = [",".join(header)]
+    for i, name in enumerate(oof["names"]):
+        values = np.concatenate([oof["logits"][i], oof["logits_flip"][i]])
+        lines.append(",".join([str(name), str(int(oof["fold"][i]))] + [f"{v:.6g}" for v in values]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_oof_csv(path: Path) -> dict[str, np.ndarray]:
+    """The arrays ``write_oof_csv`` wrote (without labels)."""
+    import csv
+
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "image" not in rows[0]:
+        raise ValueError(f"{path}: not an OOF predictions file (expected columns image, fold, logit_dr0...)")
+    return {
+        "names": np.array([r["image"] for r in rows]),
+        "fold": np.array([int(r["fold"]) for r in rows]),
+        "logits": np.array([[float(r[f"logit_{h}"]) for h in _HEADS] for r in rows]),
+        "logits_flip": np.array([[float(r[f"flip_logit_{h}"]) for h in _HEADS] for r in rows]),
+    }
+
+
+def evaluate_oof(source: Path, data: Path) -> dict[str, Any]:
+    """OOF metrics of a ``--folds`` run folder (its ``oof.npz``) or an OOF CSV, labels from ``data``."""
+    source = Path(source)
+    if source.is_dir():
+        with np.load(source / "oof.npz", allow_pickle=False) as arrays:
+            oof = {k: arrays[k] for k in ("names", "fold", "logits", "logits_flip")}
+    else:
+        oof = read_oof_csv(source)
+    labels = {r.name: r for r in IDRiD(data).grading("train")}
+    missing = [str(n) for n in oof["names"] if str(n) not in labels]
+    if missing:
+        raise ValueError(f"{len(missing)} OOF images have no label in {data}: {', '.join(missing[:5])}")
+    oof["dr_true"] = np.array([labels[str(n)].dr_grade for n in oof["names"]])
+    oof["dme_true"] = np.array([labels[str(n)].dme_grade for n in oof["names"]])
+    return json_safe(
+        {
+            "source": str(source),
+            "n": len(oof["names"]),
+            "plain": oof_metrics(oof, False),
+            "hflip_tta": oof_metrics(oof, True),
+        }
+    )
 
 
 def _with_intervals(p_dr: np.ndarray, p_dme: np.ndarray, t_dr: np.ndarray, t_dme: np.ndarray) -> dict:
@@ -184,6 +238,7 @@ def ship_refit(cfg: TrainConfig, summary: dict[str, Any], command: str) -> str:
     """
     from dataclasses import fields
 
+    from models.hashing import file_sha256
     from models.registry import SHIPPED_WEIGHTS_DIR, save_model
     from training.train import _git_commit
 
@@ -243,7 +298,16 @@ def ship_refit(cfg: TrainConfig, summary: dict[str, Any], command: str) -> str:
         "storage": "fp16" if use_half else "fp32",
         "fp16_check": {"same_grades": same, "max_probability_change": max_diff},
     }
-    final = card.with_updates(
-        name=card.name, weights=f"{cfg.ship_name or cfg.name}.safetensors", training=json_safe(training)
-    )
-    return save_model(model, final, Path(cfg.ship_dir or SHIPPED_WEIGHTS_DIR), half=use_half).weights
+    stem = cfg.ship_name or cfg.name
+    folder = Path(cfg.ship_dir or SHIPPED_WEIGHTS_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    # the OOF predictions travel with the model, so anyone can re-score them (`drwb evaluate --oof`)
+    with np.load(Path(cfg.runs) / cfg.name / "oof.npz", allow_pickle=False) as arrays:
+        write_oof_csv({k: arrays[k] for k in arrays.files}, folder / f"{stem}.oof.csv")
+    training["evaluation"]["oof"]["predictions"] = {
+        "file": f"{stem}.oof.csv",
+        "sha256": file_sha256(folder / f"{stem}.oof.csv"),
+        "rescore": f"drwb evaluate --task grading --data {cfg.data} --oof models/weights/{stem}.oof.csv",
+    }
+    final = card.with_updates(name=card.name, weights=f"{stem}.safetensors", training=json_safe(training))
+    return save_model(model, final, folder, half=use_half).weights

@@ -22,6 +22,7 @@ from workbench.analysis import Workbench
 from workbench.explainers import EXPLAINERS
 from workbench.fundus import prepare_fundus
 from workbench.image_io import ImageLoadError, load_image
+from workbench.model_table import grader_label
 from workbench.synthetic import make_fundus
 from workbench.ui.handlers import TARGET_CHOICES, Handlers
 
@@ -79,8 +80,9 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
     """The whole workbench UI; ``workbench`` is shared by every session (read-only)."""
     handlers = Handlers(workbench, data_dir)
     examples = write_examples(example_dir)
+    # (label, value): a weak grader is marked as such where it can be chosen
     graders = [
-        p.weights.removesuffix(".safetensors")
+        (grader_label(p), p.weights.removesuffix(".safetensors"))
         for p in list_shipped(workbench.weights_dir)
         if p.arch == "grader"
     ]

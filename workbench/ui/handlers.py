@@ -18,11 +18,11 @@ import gradio as gr
 import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
-from models.registry import list_shipped
 from workbench.analysis import Analysis, LesionSummary, Workbench
 from workbench.batch import score_analysis
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import ImageLoadError
+from workbench.model_table import models_markdown
 from workbench.render import (
     curves_figure,
     heatmap_overlay,
@@ -239,22 +239,7 @@ class Handlers:
     # models -----------------------------------------------------------------------------------------
     @staticmethod
     def models_markdown(folder: Path | None = None) -> str:
-        lines = [
-            "| model | family | backbone | input | validation | reproduce |",
-            "|---|---|---|---|---|---|",
-        ]
-        for card in list_shipped(folder):
-            validation = card.training.get("validation", {})
-            shown = ", ".join(
-                f"{k} {v:.3f}"
-                for k, v in validation.items()
-                if isinstance(v, float) and not k.startswith("threshold")
-            )
-            lines.append(
-                f"| {card.weights} | {card.arch} | {card.encoder} | {card.input_size} | {shown} | "
-                f"`{card.training.get('command', '')}` |"
-            )
-        return "\n".join(lines)
+        return models_markdown(folder)
 
 
 def _local(score, value: float | None) -> float | str | None:

@@ -1,0 +1,101 @@
+"""The shipped models as readable tables (Models tab, README): one metric per column, with intervals.
+
+Figures come from the cards only. Graders show out-of-fold (cross-validated) figures when the card has
+them, else the single validation split (marked as such: it also chose the best epoch, so it flatters).
+A grader whose held-out QWK is below ``WEAK_QWK`` is marked weak wherever it can be chosen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from models.card import ModelCard
+from models.registry import default_model, list_shipped
+
+__all__ = ["WEAK_QWK", "grader_label", "held_out", "models_markdown"]
+
+WEAK_QWK = 0.6
+
+
+def held_out(card: ModelCard) -> tuple[str, dict[str, Any]]:
+    """(where the figures come from, the figures) for a card: OOF, else validation, else training."""
+    evaluation = card.training.get("evaluation", {})
+    if evaluation.get("oof"):
+        oof = evaluation["oof"]
+        return f"{oof.get('folds', '?')}-fold out-of-fold, n={oof.get('n')}", oof
+    if evaluation.get("val"):
+        return f"validation split, n={evaluation['val'].get('n', '?')}", evaluation["val"]
+    return "training-loop validation", card.training.get("validation", {})
+
+
+def _cell(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    interval = (metrics.get("ci95") or {}).get(key)
+    return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text
+
+
+def _stem(card: ModelCard) -> str:
+    return card.weights.removesuffix(".safetensors")
+
+
+def grader_label(card: ModelCard) -> str:
+    """A grader's name for menus: "(default)" or "(weak: QWK 0.34)" appended where it applies."""
+    _, metrics = held_out(card)
+    qwk = metrics.get("dr_qwk")
+    return f"{_stem(card)} (weak: QWK {qwk:.2f})" if qwk is not None and qwk < WEAK_QWK else _stem(card)
+
+
+def models_markdown(folder: Path | None = None) -> str:
+    """Markdown: one table per model family (graders, segmenters, localizers)."""
+    cards = list_shipped(folder)
+    defaults = {}
+    for arch in ("grader", "segmenter", "localizer"):
+        try:
+            defaults[arch] = default_model(arch, folder)
+        except ValueError:
+            defaults[arch] = None
+    out = ["**Graders** (held-out figures; [95% bootstrap interval] where measured)", ""]
+    out += [
+        "| model | backbone | input px | figures from | DR accuracy | DR QWK | DME accuracy | joint DR+DME |"
+        " referable AUC | sensitivity / specificity | ECE (DR) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for card in (c for c in cards if c.arch == "grader"):
+        source, m = held_out(card)
+        note = "default" if _stem(card) == defaults["grader"] else ""
+        if m.get("dr_qwk") is not None and m["dr_qwk"] < WEAK_QWK:
+            note = f"**weak** (QWK below {WEAK_QWK})"
+        ece = (m.get("ece") or {}).get("dr_after")
+        out.append(
+            f"| {_stem(card)} | {card.encoder} | {card.input_size} | {source} | {_cell(m, 'dr_accuracy')} | "
+            f"{_cell(m, 'dr_qwk')} | {_cell(m, 'dme_accuracy')} | {_cell(m, 'joint_accuracy')} | "
+            f"{_cell(m, 'referable_auc')} | {_cell(m, 'referable_sensitivity', 2)} / "
+            f"{_cell(m, 'referable_specificity', 2)} | {'n/a' if ece is None else f'{ece:.3f}'} | {note} |"
+        )
+    out += ["", "**Lesion segmenters** (AUPR at the original resolution)", ""]
+    out += [
+        "| model | figures from | MA | HE | EX | SE | OD | OD Jaccard | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for card in (c for c in cards if c.arch == "segmenter"):
+        source, m = held_out(card)
+        cells = " | ".join(_cell(m, f"aupr_{code}") for code in ("MA", "HE", "EX", "SE", "OD"))
+        note = "default" if _stem(card) == defaults["segmenter"] else ""
+        out.append(f"| {_stem(card)} | {source} | {cells} | {_cell(m, 'jaccard_OD')} | {note} |")
+    out += ["", "**Landmark localizers** (centre error, px in a 4288-px-wide photograph)", ""]
+    out += [
+        "| model | figures from | disc mean | disc median | fovea mean | fovea median |",
+        "|---|---|---|---|---|---|",
+    ]
+    for card in (c for c in cards if c.arch == "localizer"):
+        source, m = held_out(card)
+        cells = " | ".join(
+            _cell(m, k, 1) for k in ("od_mean_px", "od_median_px", "fovea_mean_px", "fovea_median_px")
+        )
+        out.append(f"| {_stem(card)} | {source} | {cells} |")
+    out += ["", "Reproduce each model with the command in its card (`training.command`); see the README."]
+    return "\n".join(out)
