@@ -62,6 +62,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
+    if args.labels:
+        return _audit(args)
     if args.oof:
         from training.cv import evaluate_oof
 
@@ -79,6 +81,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for key, value in result.items():
         shown = f"{value:.4f}" if isinstance(value, float) else ("n/a" if value is None else value)
         print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """``drwb evaluate --labels``: audit the grader on any labelled folder (exit 2: unusable labels)."""
+    from workbench.analysis import Workbench
+    from workbench.audit import LabelsError, read_labels, run_audit, write_audit_report
+
+    if args.task != "grading":
+        print("error: --labels audits grading only (use --task grading)", file=sys.stderr)
+        return 2
+    try:
+        labels = read_labels(Path(args.labels), Path(args.data))
+    except (LabelsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bench = Workbench(grader=args.model, segment=False)
+    figures, graded, overlays = run_audit(bench, labels)
+    out = Path(args.out or (Path(args.report).parent if args.report else "drwb-audit"))
+    written = write_audit_report(figures, graded, overlays, out, Path(args.report) if args.report else None)
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    g = figures.get("grading", {})
+    print(
+        f"{figures['n']} images: {figures['n_graded']} graded, {figures['n_ungradeable']} ungradeable, "
+        f"{figures['n_unreadable']} unreadable"
+    )
+    for key in ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc"):
+        value, ci = g.get(key), g.get("ci95", {}).get(key)
+        shown = "n/a" if value is None else f"{value:.4f}" + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+        print(f"{key:<16}{shown}")
+    for name, path in written.items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -192,6 +228,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=["grading", "segmentation", "localization"], required=True)
     ev.add_argument("--model", help="shipped model name (default: best of its family)")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--labels", help="labels CSV for a plain image folder --data (audit; any grader)")
+    ev.add_argument("--report", help="with --labels: write the self-contained HTML audit report here")
+    ev.add_argument(
+        "--out", help="with --labels: folder for audit.json and per_image.csv (default: beside --report)"
+    )
     ev.add_argument(
         "--oof", help="score out-of-fold predictions: a `drwb train --folds` run folder or a *.oof.csv file"
     )

@@ -4,7 +4,8 @@
 (``st.cache_resource``, shared and read-only), each user's analyses live in ``st.session_state`` keyed by
 the sha256 of the file's bytes, so re-uploading a file never re-analyses it. A bad file shows an error
 in its row and the rest of the batch goes on. ``DRWB_DATA`` (or the sidebar) points it at a folder; an
-IDRiD-layout folder also shows the ground-truth grades.
+IDRiD-layout folder, or a folder with a labels CSV (``labels.csv`` inside it, or a path in the sidebar;
+the audit's formats: ours, APTOS, EyePACS), also shows the ground-truth grades and whether they agree.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import streamlit as st
 
 import workbench  # noqa: F401  (offline environment first)
 from workbench.analysis import Workbench
+from workbench.audit import LabelsError, read_labels
 from workbench.batch import expand_inputs
 from workbench.idrid import IDRiD, IDRiDLayoutError
 from workbench.image_io import ImageLoadError
@@ -31,8 +33,12 @@ def get_workbench() -> Workbench:
     return Workbench()
 
 
-def _ground_truth(folder: Path) -> tuple[list[Path], dict[str, tuple[int, int]]]:
-    """Images of a folder; for an IDRiD root, its grading images with their (DR, DME) labels."""
+def _ground_truth(folder: Path, labels: Path | None) -> tuple[list[Path], dict[str, tuple[int, int | None]]]:
+    """Images of a folder with their (DR, DME) labels: from a labels CSV, or from an IDRiD root."""
+    labels = labels or (folder / "labels.csv" if (folder / "labels.csv").is_file() else None)
+    if labels is not None:
+        read = read_labels(labels, folder)  # LabelsError names the offending rows
+        return [i.path for i in read.images], {i.path.name: (i.dr_grade, i.dme_grade) for i in read.images}
     try:
         records = IDRiD(folder).grading("train")
         return [r.image_path for r in records], {
@@ -64,6 +70,7 @@ with st.sidebar:
     folder_text = st.text_input(
         "...or a folder (IDRiD layout shows ground truth)", os.environ.get("DRWB_DATA", "")
     )
+    labels_text = st.text_input("Labels CSV for that folder (optional; labels.csv inside it is found)", "")
     limit = st.number_input("Images from the folder", 1, 500, 20)
     referable_only = st.checkbox("Referable only")
     ungradeable_only = st.checkbox("Ungradeable only")
@@ -74,7 +81,11 @@ truth: dict[str, tuple[int, int]] = {}
 if folder_text.strip():
     folder = Path(folder_text.strip())
     if folder.is_dir():
-        paths, truth = _ground_truth(folder)
+        try:
+            paths, truth = _ground_truth(folder, Path(labels_text.strip()) if labels_text.strip() else None)
+        except (LabelsError, FileNotFoundError) as exc:
+            st.sidebar.error(str(exc))
+            paths, truth = expand_inputs([str(folder)]), {}
         files += [(p.name, p.read_bytes()) for p in paths[: int(limit)]]
     else:
         st.sidebar.error(f"{folder} is not a folder")
@@ -96,6 +107,9 @@ for name, _ in files:
     row = summary_row(analysis, name, error)
     if name in truth:
         row["true_dr"], row["true_dme"] = truth[name]
+        if analysis is not None and analysis.graded:
+            row["dr_agrees"] = analysis.dr_grade == truth[name][0]
+            row["referable_agrees"] = analysis.referable == (truth[name][0] >= 2)
     rows.append(row)
 table = pd.DataFrame(rows)
 shown = table

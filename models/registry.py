@@ -134,15 +134,16 @@ def default_model(arch: str, folder: Path | None = None) -> str:
         WeightsError: when no model of that family is shipped.
     """
     folder = Path(folder) if folder else weights_dir()
-    best, best_key = None, (False, float("-inf"))
+    ranked = []
     for path in sorted(Path(folder).glob("*.json")):
         card = ModelCard.read(path)
+        if card.arch != arch:
+            continue
         evaluation = card.training.get("evaluation", {})
         # Prefer the product-pipeline measurement (drwb evaluate --write-card) over the training loop's.
         measured = evaluation.get("oof") or evaluation.get("val") or card.training.get("validation", {})
-        key = ("oof" in evaluation, measured.get("score") or float("-inf"))
-        if card.arch == arch and key > best_key:
-            best, best_key = path.stem, key
-    if best is None:
+        score = measured.get("score")
+        ranked.append(("oof" in evaluation, float("-inf") if score is None else float(score), path.stem))
+    if not ranked:
         raise WeightsError(f"no shipped {arch} model in {folder}; train one with `drwb train`")
-    return best
+    return max(ranked, key=lambda r: (r[0], r[1]))[2]  # max() keeps the first (alphabetical) of equals

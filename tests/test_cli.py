@@ -73,6 +73,9 @@ def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) 
     assert "deletion_auc" in report["explanations"]["gradcam"]
     html = (out / "eye" / "report.html").read_text()
     assert "data:image/png;base64," in html and "DR grade" in html
+    # readable tables in place of a raw JSON dump (the JSON stays beside the HTML)
+    assert "<caption>DR grade probabilities</caption>" in html and "<caption>Explanations" in html
+    assert "<pre>" not in html and "grade probability" in html and "referable probability" in html
     summary = (out / "summary.csv").read_text()
     assert "broken.jpg,error," in summary and "truncated or corrupt" in summary
 

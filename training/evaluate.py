@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from models.constants import LESION_CODES
 from models.registry import default_model, load_model
+from workbench.audit import LabelledImage, grade_images
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import load_image
 from workbench.metrics import (
@@ -55,24 +56,17 @@ def _grading(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str
         keep = _select([r.name for r in records], set(split_train_val(records, 0.2, seed).val), split)
         records = [r for r in records if r.name in keep]
     predictor = GraderPredictor(*load_model(model_name))
-    p_dr, p_dme = [], []
-    for start in tqdm(range(0, len(records), 16), desc="grading", leave=False):
-        crops = [
-            crop_for(load_image(r.image_path, min_side=GRADING_CROP), GRADING_CROP)[0]
-            for r in records[start : start + 16]
-        ]
-        dr, dme = predictor.predict(crops)
-        p_dr.append(dr)
-        p_dme.append(dme)
+    # the same grading pass as `drwb evaluate --labels` (workbench.audit): same figures for same images
+    labelled = [LabelledImage(r.name, r.image_path, r.dr_grade, r.dme_grade, 0) for r in records]
+    bar = tqdm(total=len(labelled), desc="grading", leave=False)
+    graded = grade_images(predictor, labelled, progress=lambda done, _: bar.update(done - bar.n))
+    bar.close()
+    p_dr, p_dme = np.stack([g.p_dr for g in graded]), np.stack([g.p_dme for g in graded])
     metrics = grading_metrics(
-        np.concatenate(p_dr),
-        np.concatenate(p_dme),
-        np.array([r.dr_grade for r in records]),
-        np.array([r.dme_grade for r in records]),
+        p_dr, p_dme, np.array([r.dr_grade for r in records]), np.array([r.dme_grade for r in records])
     )
-    metrics["confusion_matrix"] = confusion_matrix(
-        [r.dr_grade for r in records], np.concatenate(p_dr).argmax(1), 5
-    ).tolist()
+    metrics["confusion_matrix"] = confusion_matrix([r.dr_grade for r in records], p_dr.argmax(1), 5).tolist()
+    metrics["gradeable"] = int(sum(g.gradeable for g in graded))
     return metrics
 
 

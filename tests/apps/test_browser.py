@@ -111,3 +111,30 @@ def test_upload_analyze_and_see_grade(browser, app_url: str, tmp_path: Path) -> 
         browser.save_screenshot(str(screenshot))
     assert "DR grade" in summary.text
     assert screenshot.stat().st_size > 10_000
+
+
+def test_audit_report_opens_offline_with_its_plots(browser, tiny_workbench, tmp_path: Path) -> None:
+    """The self-contained audit HTML renders its Plotly charts from the file alone (no network)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from workbench.audit import read_labels, run_audit, write_audit_report
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        fundus = make_fundus(20 + i, size=(356, 536), dr_grade=i % 5, dme_grade=0)
+        Image.fromarray(fundus.image).save(folder / f"p{i}.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,level\n" + "".join(f"p{i},{(i + 1) % 5}\n" for i in range(5)))
+    figures, graded, overlays = run_audit(tiny_workbench, read_labels(labels, folder))
+    html = write_audit_report(figures, graded, overlays, tmp_path / "out", tmp_path / "out" / "audit.html")[
+        "html"
+    ]
+    browser.get(html.as_uri())
+    WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 4)
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser_audit_report.png"))
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Referable DR operating points" in body and "Worst errors" in body
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".main-svg")) >= 4  # the charts really drew

@@ -81,3 +81,32 @@ def test_browse_and_inspect(served) -> None:
     assert Path(truth).is_file() and "Annotated:" in text
     with pytest.raises(Exception, match="not in the list of choices|not an image of"):
         client.predict("nope", api_name="/browse")
+
+
+def test_audit_tab_through_the_client(served, tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    client, _ = served
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(5):
+            image = tmp_path / f"p{i}.png"
+            Image.fromarray(make_fundus(10 + i, size=(356, 536), dr_grade=i % 5, dme_grade=0).image).save(
+                image
+            )
+            zf.write(image, f"nested/../p{i}.png")  # a hostile path is flattened, not followed
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id_code,diagnosis\n" + "".join(f"p{i},{i % 5}\n" for i in range(5)))
+    summary, roc, reliability, confusion, recall, html, per_image, figures = client.predict(
+        handle_file(str(archive)), handle_file(str(labels)), "", api_name="/audit"
+    )
+    assert "5 labelled images" in summary and "aptos" in summary
+    assert figures["n"] == 5 and figures["labels_format"] == "aptos"
+    assert Path(html).read_text().count("plotly") > 0
+    assert Path(per_image).read_text().splitlines()[0].startswith("image,dr_true")
+    assert roc is not None and json.loads(roc["plot"])["data"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,grade\np0,1\n")
+    with pytest.raises(Exception, match="no recognised label columns"):
+        client.predict(handle_file(str(archive)), handle_file(str(bad)), "", api_name="/audit")

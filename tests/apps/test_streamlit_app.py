@@ -63,6 +63,29 @@ def test_upload_table_selection_and_bad_file(weights_env: Path) -> None:
         assert len(at.get("plotly_chart")) == 1 and len(at.image) == 3
 
 
+def test_folder_with_labels_csv_adds_truth_and_agreement(
+    weights_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    for i in range(3):
+        (tmp_path / f"eye{i}.png").write_bytes(_png(30 + i, i))
+    (tmp_path / "labels.csv").write_text("image,level\neye0,0\neye1.png,1\neye2,2\n")  # EyePACS style
+    monkeypatch.setenv("DRWB_DATA", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["true_dr"]) == [0, 1, 2]
+    graded = table[table["dr_grade"].notna()]
+    assert {"dr_agrees", "referable_agrees"} <= set(table.columns) or graded.empty
+    (tmp_path / "labels.csv").write_text("image,level\neye0,9\n")
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert any("not 0-4" in error.value for error in at.error)  # a bad CSV is named, the app goes on
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

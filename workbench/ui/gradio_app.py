@@ -24,6 +24,7 @@ from workbench.fundus import prepare_fundus
 from workbench.image_io import ImageLoadError, load_image
 from workbench.model_table import grader_label
 from workbench.synthetic import make_fundus
+from workbench.ui.audit_tab import build_audit_tab
 from workbench.ui.handlers import TARGET_CHOICES, Handlers
 
 __all__ = ["MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
@@ -194,6 +195,8 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
             run_batch.click(
                 handlers.batch, files, [table, csv_out, zip_out], api_name="batch", concurrency_limit=1
             )
+        with gr.Tab("Audit"):
+            build_audit_tab(workbench, data_dir)
         with gr.Tab("Models"):
             gr.Markdown(handlers.models_markdown(workbench.weights_dir))
         with gr.Tab("Inspect"):

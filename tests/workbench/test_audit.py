@@ -1,0 +1,163 @@
+"""Audit of a grader on any labelled folder: label formats, bad CSVs, identity with the IDRiD-layout
+evaluation, unreadable images, operating points and the report files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workbench.audit import LabelsError, read_labels
+from workbench.audit.figures import binary_reliability, operating_points
+from workbench.synthetic import make_fundus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("audit")
+    for i in range(6):
+        fundus = make_fundus(i, size=(356, 536), dr_grade=i % 5, dme_grade=0)
+        Image.fromarray(fundus.image).save(out / f"img{i}.jpg")
+    (out / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return out
+
+
+def _csv(folder: Path, text: str, name: str = "labels.csv") -> Path:
+    path = folder.parent / f"{folder.name}-{name}"
+    path.write_text(text)
+    return path
+
+
+def test_three_label_formats(folder: Path) -> None:
+    ours = read_labels(_csv(folder, "image,dr_grade,dme_grade\nimg0.jpg,0,0\nimg1,1,\n"), folder)
+    assert ours.format == "drwb" and [i.dr_grade for i in ours.images] == [0, 1]
+    assert ours.images[1].dme_grade is None and "img2.jpg" in ours.unlabelled
+    aptos = read_labels(_csv(folder, "id_code,diagnosis\nimg2,2\nimg3,3\n", "a.csv"), folder)
+    assert aptos.format == "aptos" and [i.name for i in aptos.images] == ["img2", "img3"]
+    eyepacs = read_labels(_csv(folder, "image,level\nimg4,4\n", "e.csv"), folder)
+    assert eyepacs.format == "eyepacs" and eyepacs.images[0].dr_grade == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,grade\nimg0,1\n", "no recognised label columns"),
+        ("image,dr_grade\nimg0,7\nimg1,x\n", "2 row(s) with invalid grades"),
+        ("image,dr_grade,dme_grade\nimg0,1,3\n", "DME grade '3' is not 0-2"),
+        ("image,dr_grade\nimg0,1\nimg0.jpg,2\n", "duplicate row"),
+        ("image,dr_grade\n" + "".join(f"gone{i},1\n" for i in range(8)), "8 row(s) name files not in"),
+    ],
+)
+def test_bad_labels_name_the_rows(folder: Path, text: str, message: str) -> None:
+    with pytest.raises(LabelsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_labels(_csv(folder, text, "bad.csv"), folder)
+
+
+def test_many_offending_rows_are_summarised(folder: Path) -> None:
+    text = "image,dr_grade\n" + "".join(f"gone{i},1\n" for i in range(8))
+    with pytest.raises(LabelsError) as info:
+        read_labels(_csv(folder, text, "many.csv"), folder)
+    assert "and 3 more" in str(info.value) and "gone7" not in str(info.value)
+
+
+def _drwb(*args: str, weights: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DRWB_WEIGHTS": str(weights)}
+    return subprocess.run(
+        [sys.executable, "drwb.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_cli_malformed_csv_exits_2_without_traceback(folder: Path, tiny_weights: Path) -> None:
+    bad = _csv(folder, "file,grade\nimg0,1\n", "cli.csv")
+    out = _drwb(
+        "evaluate", "--task", "grading", "--data", str(folder), "--labels", str(bad), weights=tiny_weights
+    )
+    assert out.returncode == 2
+    assert "no recognised label columns" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_audit_reports_unreadable_image_and_writes_report(
+    folder: Path, tiny_weights: Path, tmp_path: Path
+) -> None:
+    labels = _csv(
+        folder,
+        "image,dr_grade,dme_grade\n" + "".join(f"img{i},{i % 5},0\n" for i in range(6)) + "broken,2,1\n",
+        "ok.csv",
+    )
+    report = tmp_path / "audit.html"
+    out = _drwb(
+        "evaluate",
+        "--task",
+        "grading",
+        "--data",
+        str(folder),
+        "--labels",
+        str(labels),
+        "--report",
+        str(report),
+        "--json",
+        weights=tiny_weights,
+    )
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert figures["n"] == 7 and figures["n_unreadable"] == 1
+    assert figures["unreadable"][0]["image"] == "broken"
+    assert figures["n_graded"] + figures["n_ungradeable"] == 6
+    html = report.read_text()
+    assert "plotly" in html and "Referable DR operating points" in html
+    assert (tmp_path / "per_image.csv").read_text().count("\n") == 8  # header + 7 rows
+
+
+def test_same_figures_as_idrid_layout_evaluation(tmp_path: Path, tiny_weights: Path, monkeypatch) -> None:
+    """The IDRiD-layout evaluation and the any-folder audit grade identically, to the last digit."""
+    from training.evaluate import evaluate
+    from workbench.analysis import Workbench
+    from workbench.audit import run_audit
+    from workbench.idrid import IDRiD
+    from workbench.splits import split_train_val
+    from workbench.synthetic import write_idrid_folder
+
+    monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))
+    data = write_idrid_folder(tmp_path / "idrid", n_segmentation=1, n_grading=12)
+    records = IDRiD(data).grading("train")
+    val = set(split_train_val(records, 0.2, 0).val)
+    chosen = [r for r in records if r.name in val]
+    lines = ["image,dr_grade,dme_grade"] + [f"{r.image_path.name},{r.dr_grade},{r.dme_grade}" for r in chosen]
+    labels_path = tmp_path / "labels.csv"
+    labels_path.write_text("\n".join(lines) + "\n")
+    reference = evaluate(data, "val", "grading", "tiny_grader")
+    figures, _, _ = run_audit(
+        Workbench(weights_dir=tiny_weights, segment=False),
+        read_labels(labels_path, chosen[0].image_path.parent),
+    )
+    assert figures["n_graded"] == reference["n"] == len(chosen)
+    for key in ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc"):
+        assert figures["grading"][key] == reference[key], key
+    assert figures["grading"]["confusion_matrix"] == reference["confusion_matrix"]
+
+
+def test_operating_points_reach_their_sensitivity() -> None:
+    labels = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    scores = np.array([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.55, 0.45, 0.3, 0.2, 0.5, 0.4, 0.25, 0.1, 0.05])
+    points = {p["name"]: p for p in operating_points(labels, scores)}
+    assert points["operating (p >= 0.5)"]["sensitivity"] == pytest.approx(0.7)
+    assert points["operating (p >= 0.5)"]["specificity"] == pytest.approx(0.8)
+    ninety = points["90% sensitivity"]
+    assert ninety["threshold"] == pytest.approx(0.3) and ninety["sensitivity"] == pytest.approx(0.9)
+    assert ninety["specificity"] == pytest.approx(0.6)  # 0.25, 0.1, 0.05 below 0.3
+
+
+def test_binary_reliability_hand_computed() -> None:
+    # bin (0.1, 0.2]: p 0.15, 0.15 -> observed 0/2; bin (0.8, 0.9]: p 0.85 x2 -> observed 1/2
+    result = binary_reliability(np.array([0.15, 0.15, 0.85, 0.85]), np.array([0, 0, 1, 0]))
+    # ECE = 2/4 * |0 - 0.15| + 2/4 * |0.5 - 0.85| = 0.075 + 0.175
+    assert result["ece"] == pytest.approx(0.25)
+    assert result["counts"][1] == 2 and result["counts"][8] == 2

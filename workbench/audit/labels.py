@@ -1,0 +1,154 @@
+"""Labels CSV for an audit: which image has which ground truth, checked before any image is read.
+
+Three formats are recognised by their header:
+
+    ours      image, dr_grade[, dme_grade]
+    APTOS     id_code, diagnosis
+    EyePACS   image, level
+
+``image`` names a file in the folder, with or without its suffix. Problems that make the labels
+unusable (missing columns, a grade out of range or not a number, duplicate rows, rows naming files that
+do not exist) raise ``LabelsError`` listing the offending rows (a few, then a count). Images in the
+folder without a row are not an error: they are returned as ``unlabelled`` so the report can say so.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["FORMATS", "LabelledImage", "Labels", "LabelsError", "read_labels"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# format name -> (image column, DR column, DME column or None)
+FORMATS: dict[str, tuple[str, str, str | None]] = {
+    "drwb": ("image", "dr_grade", "dme_grade"),
+    "aptos": ("id_code", "diagnosis", None),
+    "eyepacs": ("image", "level", None),
+}
+_SHOWN = 5
+
+
+class LabelsError(ValueError):
+    """The labels CSV cannot be used; the message names the offending rows."""
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    name: str
+    path: Path
+    dr_grade: int
+    dme_grade: int | None
+    row: int  # 1-based line number in the CSV (header = line 1)
+
+
+@dataclass(frozen=True)
+class Labels:
+    images: tuple[LabelledImage, ...]
+    format: str
+    unlabelled: tuple[str, ...]  # image files in the folder without a row
+
+
+def _listing(problems: list[str]) -> str:
+    shown = "; ".join(problems[:_SHOWN])
+    more = len(problems) - _SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def _detect(header: list[str], path: Path) -> str:
+    columns = {c.strip().lower() for c in header}
+    if {"image", "dr_grade"} <= columns:
+        return "drwb"
+    if {"id_code", "diagnosis"} <= columns:
+        return "aptos"
+    if {"image", "level"} <= columns:
+        return "eyepacs"
+    raise LabelsError(
+        f"{path.name}: no recognised label columns in header {header}. Expected one of: "
+        "image,dr_grade[,dme_grade] (ours); id_code,diagnosis (APTOS); image,level (EyePACS)"
+    )
+
+
+def _grade(text: str, low: int, high: int) -> int | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and low <= value <= high else None
+
+
+def _index_folder(folder: Path) -> dict[str, Path]:
+    """name and stem -> file, for every image file in ``folder`` (not recursive)."""
+    index: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+            index.setdefault(file.name, file)
+            index.setdefault(file.stem, file)
+    return index
+
+
+def read_labels(csv_path: Path, folder: Path) -> Labels:
+    """Read and check ``csv_path`` against the images in ``folder``.
+
+    Raises:
+        LabelsError: unusable labels (see module docstring); FileNotFoundError for a missing CSV/folder.
+    """
+    csv_path, folder = Path(csv_path), Path(folder)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"labels file {csv_path} does not exist")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise LabelsError(f"{csv_path.name} is empty")
+    header = [c.strip() for c in rows[0]]
+    kind = _detect(header, csv_path)
+    lower = [c.lower() for c in header]
+    image_col, dr_col, dme_col = FORMATS[kind]
+    i_image, i_dr = lower.index(image_col), lower.index(dr_col)
+    i_dme = lower.index(dme_col) if dme_col and dme_col in lower else None
+    files = _index_folder(folder)
+    bad, missing, seen, images = [], [], {}, []
+    duplicates = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        cells = row + [""] * (len(header) - len(row))
+        name = cells[i_image].strip()
+        dr = _grade(cells[i_dr].strip(), 0, 4)
+        dme_text = cells[i_dme].strip() if i_dme is not None else ""
+        dme = _grade(dme_text, 0, 2) if dme_text else None
+        if not name:
+            bad.append(f"line {line}: no image name")
+            continue
+        if dr is None:
+            bad.append(f"line {line} ({name}): DR grade {cells[i_dr].strip()!r} is not 0-4")
+            continue
+        if dme_text and dme is None:
+            bad.append(f"line {line} ({name}): DME grade {dme_text!r} is not 0-2")
+            continue
+        path = files.get(name) or files.get(Path(name).stem)
+        if path is None:
+            missing.append(f"line {line}: {name}")
+            continue
+        if path in seen:
+            duplicates.append(f"line {line}: {name} (also line {seen[path]})")
+            continue
+        seen[path] = line
+        images.append(LabelledImage(Path(path).stem, path, dr, dme, line))
+    problems = []
+    if bad:
+        problems.append(f"{len(bad)} row(s) with invalid grades: {_listing(bad)}")
+    if duplicates:
+        problems.append(f"{len(duplicates)} duplicate row(s): {_listing(duplicates)}")
+    if missing:
+        problems.append(f"{len(missing)} row(s) name files not in {folder}: {_listing(missing)}")
+    if problems:
+        raise LabelsError(f"{csv_path.name}: " + " | ".join(problems))
+    if not images:
+        raise LabelsError(f"{csv_path.name}: no labelled rows")
+    labelled = {im.path for im in images}
+    unlabelled = tuple(sorted({p.name for p in files.values() if p not in labelled}))
+    return Labels(tuple(images), kind, unlabelled)

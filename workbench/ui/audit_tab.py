@@ -1,0 +1,148 @@
+"""The Gradio "Audit" tab: a zip of photographs plus a labels CSV (or a folder under the data root) in,
+the audit report out: figures, plots, the self-contained HTML and the per-image CSV to download.
+
+A face: it unpacks and validates the upload and calls ``workbench.audit``; nothing numeric happens here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from workbench.analysis import Workbench
+from workbench.audit import LabelsError, read_labels, run_audit, write_audit_report
+from workbench.audit.labels import IMAGE_SUFFIXES
+from workbench.audit.report import audit_plots
+
+__all__ = ["MAX_ZIP_MEMBERS", "audit", "build_audit_tab"]
+
+MAX_ZIP_MEMBERS = 5000
+MAX_UNPACKED_BYTES = 4 * 1024**3
+
+
+def _unpack(archive: str, into: Path) -> Path:
+    """Extract the image files of ``archive`` flat into ``into`` (no paths from the zip are trusted)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [
+                m
+                for m in zf.infolist()
+                if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if not members:
+                raise gr.Error("The zip holds no image files (JPEG, PNG, TIFF, BMP or WebP).")
+            if len(members) > MAX_ZIP_MEMBERS or sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
+                raise gr.Error(f"The zip is too large: at most {MAX_ZIP_MEMBERS} images and 4 GB unpacked.")
+            for member in members:
+                target = into / Path(member.filename).name  # flat: a name like ../../x cannot escape
+                with zf.open(member) as src:
+                    target.write_bytes(src.read())
+    except zipfile.BadZipFile as exc:
+        raise gr.Error(f"The images upload is not a readable zip file ({exc}).") from exc
+    return into
+
+
+def audit(
+    workbench: Workbench,
+    data_dir: Path | None,
+    archive: str | None,
+    labels_csv: str | None,
+    folder: str | None,
+    progress: gr.Progress | None = None,
+) -> tuple[Any, ...]:
+    """Run an audit: (summary markdown, ROC, reliability, confusion, recall, HTML path, CSV path, JSON)."""
+    if not labels_csv:
+        raise gr.Error(
+            "Upload the labels CSV (columns image,dr_grade[,dme_grade]; or APTOS / EyePACS style)."
+        )
+    work = Path(tempfile.mkdtemp(prefix="drwb-audit-"))
+    if archive:
+        (work / "images").mkdir()
+        images = _unpack(archive, work / "images")
+    elif folder and data_dir is not None:
+        images = (Path(data_dir) / folder).resolve()
+        if Path(data_dir).resolve() not in images.parents and images != Path(data_dir).resolve():
+            raise gr.Error("The folder must lie under the data root.")
+    else:
+        raise gr.Error("Upload a zip of the photographs (or choose a folder under the data root).")
+    try:
+        labels = read_labels(Path(labels_csv), images)
+    except (LabelsError, FileNotFoundError) as exc:
+        raise gr.Error(str(exc)) from exc
+    total = len(labels.images)
+
+    def report(done: int, _: int) -> None:
+        if progress is not None:
+            progress(done / total, desc=f"graded {done} of {total} images")
+
+    figures, graded, overlays = run_audit(workbench, labels, progress=report)
+    written = write_audit_report(figures, graded, overlays, work / "report", work / "report" / "audit.html")
+    plots = audit_plots(figures)
+    g = figures.get("grading", {})
+
+    def _v(key: str) -> str:
+        value, ci = g.get(key), (g.get("ci95") or {}).get(key)
+        return "n/a" if value is None else f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    summary = (
+        f"**{figures['n']} labelled images** ({labels.format} format): {figures['n_graded']} graded, "
+        f"{figures['n_ungradeable']} ungradeable, {figures['n_unreadable']} unreadable; "
+        f"{len(labels.unlabelled)} image(s) without a label row.\n\n"
+        f"| DR accuracy | DR QWK | DME accuracy | referable AUC |\n|---|---|---|---|\n"
+        f"| {_v('dr_accuracy')} | {_v('dr_qwk')} | {_v('dme_accuracy')} | {_v('referable_auc')} |\n\n"
+        "[95% bootstrap intervals]"
+    )
+    return (
+        summary,
+        plots.get("roc"),
+        plots.get("reliability"),
+        plots.get("confusion"),
+        plots.get("recall"),
+        str(written["html"]),
+        str(written["csv"]),
+        figures,
+    )
+
+
+def build_audit_tab(workbench: Workbench, data_dir: Path | None) -> None:
+    """Lay out the tab inside an open ``gr.Blocks`` / ``gr.Tab`` context and wire its event."""
+    gr.Markdown(
+        "Hold the default grader against your own labelled photographs. Upload a **zip of images** and a "
+        "**labels CSV**: `image,dr_grade[,dme_grade]` (image = file name with or without suffix), or "
+        "APTOS `id_code,diagnosis`, or EyePACS `image,level`."
+    )
+    with gr.Row():
+        archive = gr.File(label="Photographs (zip)", file_types=[".zip"], type="filepath")
+        labels = gr.File(label="Labels (CSV)", file_types=[".csv"], type="filepath")
+        folder = gr.Textbox(
+            label="...or a folder under the data root" if data_dir else "Folder (needs --data)",
+            interactive=data_dir is not None,
+        )
+    run = gr.Button("Run audit", variant="primary")
+    summary = gr.Markdown()
+    with gr.Row():
+        roc = gr.Plot(label="ROC")
+        reliability = gr.Plot(label="Reliability")
+    with gr.Row():
+        confusion = gr.Plot(label="Confusion matrix")
+        recall = gr.Plot(label="Recall per grade")
+    with gr.Row():
+        html_out = gr.File(label="Audit report (HTML, opens offline)")
+        csv_out = gr.File(label="Per-image results (CSV)")
+    figures = gr.JSON(label="All figures", visible=False)
+
+    # Gradio finds progress tracking by this default value: the call in the default is its documented API.
+    def _run(a: str | None, c: str | None, f: str | None, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+        return audit(workbench, data_dir, a, c, f, progress)
+
+    run.click(
+        _run,
+        [archive, labels, folder],
+        [summary, roc, reliability, confusion, recall, html_out, csv_out, figures],
+        api_name="audit",
+        concurrency_limit=1,
+    )
