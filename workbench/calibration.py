@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Reliability", "expected_calibration_error", "fit_temperature", "reliability", "softmax"]
+__all__ = [
+    "Reliability",
+    "binned_reliability",
+    "expected_calibration_error",
+    "fit_temperature",
+    "reliability",
+    "softmax",
+]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -66,8 +73,16 @@ class Reliability:
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> Reliability:
     """Top-label reliability diagram data for (N, K) probabilities and (N,) integer labels."""
     probs, labels = np.asarray(probs, float), np.asarray(labels, int)
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(float)
+    return binned_reliability(probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(float), bins)
+
+
+def binned_reliability(confidence: np.ndarray, outcome: np.ndarray, bins: int = 10) -> Reliability:
+    """Reliability of any probability: per bin, its mean and the observed rate of ``outcome`` (0/1).
+
+    ``accuracy`` holds the observed rate (the share correct for top-label use, the share positive for a
+    binary probability such as referable DR).
+    """
+    confidence, correct = np.asarray(confidence, float), np.asarray(outcome, float)
     edges = np.linspace(0.0, 1.0, bins + 1)
     # bin b holds confidences in (edges[b], edges[b + 1]]; a confidence of exactly 0 goes to bin 0
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
@@ -75,7 +90,7 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> Reliab
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(index, weights=confidence, minlength=bins) / counts
         mean_acc = np.bincount(index, weights=correct, minlength=bins) / counts
-    n = max(len(labels), 1)
+    n = max(len(correct), 1)
     filled = counts > 0
     ece = float(np.sum(counts[filled] / n * np.abs(mean_acc[filled] - mean_conf[filled])))
     return Reliability(edges, counts, mean_conf, mean_acc, ece)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from models.constants import REFERABLE_MIN_GRADE
-from workbench.calibration import reliability
+from workbench.calibration import binned_reliability, reliability
 from workbench.intervals import bootstrap_intervals
 from workbench.metrics import confusion_matrix, grading_metrics, json_safe, sensitivity_specificity
 
@@ -81,21 +81,13 @@ def operating_points(labels: np.ndarray, scores: np.ndarray) -> list[dict[str, A
 
 def binary_reliability(probability: np.ndarray, outcome: np.ndarray, bins: int = 10) -> dict[str, Any]:
     """Reliability of a binary probability: per bin, mean predicted vs observed share; and its ECE."""
-    probability, outcome = np.asarray(probability, float), np.asarray(outcome, float)
-    edges = np.linspace(0, 1, bins + 1)
-    index = np.clip(np.searchsorted(edges, probability, side="left") - 1, 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        predicted = np.bincount(index, weights=probability, minlength=bins) / counts
-        observed = np.bincount(index, weights=outcome, minlength=bins) / counts
-    filled = counts > 0
-    ece = float(np.sum(counts[filled] / max(len(outcome), 1) * np.abs(observed[filled] - predicted[filled])))
+    result = binned_reliability(probability, outcome, bins)
     return {
-        "edges": edges.tolist(),
-        "counts": counts.tolist(),
-        "predicted": predicted.tolist(),
-        "observed": observed.tolist(),
-        "ece": ece,
+        "edges": result.edges.tolist(),
+        "counts": result.counts.tolist(),
+        "predicted": result.confidence.tolist(),
+        "observed": result.accuracy.tolist(),
+        "ece": result.ece,
     }
 
 
