@@ -96,8 +96,10 @@ if not files:
 
 progress = st.progress(0.0, text="analyzing")
 for index, (name, data) in enumerate(files):
+    progress.progress(
+        index / len(files), text=f"{name}: quality, grades, lesions, landmarks ({index + 1} of {len(files)})"
+    )
     _analyze(name, data)
-    progress.progress((index + 1) / len(files), text=f"analyzed {index + 1}/{len(files)}")
 progress.empty()
 
 analyses = st.session_state["analyses"]
@@ -137,9 +139,11 @@ if choices:
             landmarks_overlay(analysis, lesion_overlay(analysis)), caption="lesions, disc, fovea, ETDRS grid"
         )
         right.plotly_chart(probability_figure(analysis), use_container_width=True)
-        heatmaps = get_workbench().explain(
-            analysis.crop, ["attention", "gradcam"], GradeTarget(analysis.dr_grade)
-        )
-        columns = st.columns(len(heatmaps))
-        for column, (name, heat) in zip(columns, heatmaps.items(), strict=True):
-            column.image(heatmap_overlay(analysis.crop, heat), caption=f"{name} ({heat.seconds:.2f} s)")
+        methods = ["attention", "gradcam"]
+        columns = st.columns(len(methods))
+        for column, method in zip(columns, methods, strict=True):
+            with st.spinner(f"Explaining the grade with {method}"):  # each map shows as soon as it is ready
+                heat = get_workbench().explain(analysis.crop, [method], GradeTarget(analysis.dr_grade))[
+                    method
+                ]
+            column.image(heatmap_overlay(analysis.crop, heat), caption=f"{method} ({heat.seconds:.2f} s)")

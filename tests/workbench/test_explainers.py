@@ -39,8 +39,8 @@ def _backbone_cases() -> list:
     cases = []
     for encoder in ("tf_efficientnet_lite0", "convnext_atto"):
         for name in sorted(EXPLAINERS):
-            # ScoreCAM masks the input once per channel: 1280 on lite0's last layer, about a minute here.
-            slow = encoder == "tf_efficientnet_lite0" and name == "scorecam"
+            # Full ScoreCAM masks the input once per channel: 1280 on lite0's last layer (minutes here).
+            slow = encoder == "tf_efficientnet_lite0" and name == "scorecam_full"
             cases.append(pytest.param(encoder, name, marks=[pytest.mark.slow] if slow else []))
     return cases
 

@@ -10,6 +10,7 @@ import csv
 import io
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -110,51 +111,36 @@ class Handlers:
 
     # /compare ---------------------------------------------------------------------------------------
     def compare(
-        self, path: str | None, target_key: str, methods: list[str], grader: str | None
-    ) -> tuple[Any, ...]:
+        self,
+        path: str | None,
+        target_key: str,
+        methods: list[str],
+        grader: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio finds progress tracking by this default)
+    ) -> Iterator[tuple[Any, ...]]:
+        """Explain with each method in turn and yield the outputs after each one, so the first maps
+        appear while the slow methods still run (a generator endpoint; the client sees the last)."""
         if not methods or not 1 <= len(methods) <= 6:
             raise gr.Error("Pick one to six explanation methods.")
         analysis = self._load(path, force=True)
         target = GradeTarget(analysis.dr_grade) if target_key == "predicted" else parse_target(target_key)
-        try:
-            heatmaps = self.workbench.explain(analysis.crop, methods, target, grader=grader or None)
-        except ValueError as exc:  # e.g. attention asked for a lesion target
-            raise gr.Error(str(exc)) from exc
-        scored = replace(analysis, heatmaps=heatmaps)
-        scores = (
-            score_analysis(self.workbench, scored, target, grader=grader or None)
-            if target.arch == "grader"
-            else {}
-        )
         gallery, table, overlays = [], [], {"image": analysis.crop, "lesions": lesion_overlay(analysis)}
-        for name, heat in heatmaps.items():
-            overlays[name] = heatmap_overlay(analysis.crop, heat)
-            score = scores.get(name)
-            caption = f"{name}: {heat.seconds:.2f} s"
-            if score is not None:
-                caption += (
-                    f" | deletion {score.deletion_auc:.2f} insertion {score.insertion_auc:.2f} | "
-                    f"pointing {_local(score, score.pointing_game)} "
-                    f"mass {_local(score, score.relevance_mass)}"
-                )
-            gallery.append((overlays[name], caption))
-            table.append(
-                [name, round(heat.seconds, 3)]
-                + (
-                    [
-                        round(score.deletion_auc, 3),
-                        round(score.insertion_auc, 3),
-                        _local(score, score.pointing_game),
-                        _local(score, score.relevance_mass),
-                        _local(score, score.relevance_rank),
-                    ]
-                    if score
-                    else [None] * 5
-                )
-            )
-        curves = curves_figure({k: s.curves for k, s in scores.items()}) if scores else None
-        first = methods[0]
-        return gallery, (overlays[first], overlays["lesions"]), curves, table, overlays, target.label
+        scores: dict[str, Any] = {}
+        for index, method in enumerate(methods):
+            progress(index / len(methods), desc=f"{method} ({index + 1} of {len(methods)})")
+            try:
+                heat = self.workbench.explain(analysis.crop, [method], target, grader=grader or None)[method]
+            except ValueError as exc:  # e.g. attention asked for a lesion target
+                raise gr.Error(str(exc)) from exc
+            if target.arch == "grader":
+                one = replace(analysis, heatmaps={method: heat})
+                scores.update(score_analysis(self.workbench, one, target, grader=grader or None))
+            overlays[method] = heatmap_overlay(analysis.crop, heat)
+            gallery.append((overlays[method], _caption(method, heat.seconds, scores.get(method))))
+            table.append(_score_row(method, heat.seconds, scores.get(method)))
+            curves = curves_figure({k: s.curves for k, s in scores.items()}) if scores else None
+            first = methods[0]
+            yield gallery, (overlays[first], overlays["lesions"]), curves, table, overlays, target.label
 
     @staticmethod
     def slide(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> tuple[np.ndarray, np.ndarray]:
@@ -240,6 +226,30 @@ class Handlers:
     @staticmethod
     def models_markdown(folder: Path | None = None) -> str:
         return models_markdown(folder)
+
+
+def _caption(name: str, seconds: float, score) -> str:
+    caption = f"{name}: {seconds:.2f} s"
+    if score is not None:
+        caption += (
+            f" | deletion {score.deletion_auc:.2f} insertion {score.insertion_auc:.2f} | "
+            f"pointing {_local(score, score.pointing_game)} mass {_local(score, score.relevance_mass)}"
+        )
+    return caption
+
+
+def _score_row(name: str, seconds: float, score) -> list[Any]:
+    if score is None:
+        return [name, round(seconds, 3)] + [None] * 5
+    return [
+        name,
+        round(seconds, 3),
+        round(score.deletion_auc, 3),
+        round(score.insertion_auc, 3),
+        _local(score, score.pointing_game),
+        _local(score, score.relevance_mass),
+        _local(score, score.relevance_rank),
+    ]
 
 
 def _local(score, value: float | None) -> float | str | None:
