@@ -214,6 +214,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("freeze-blocks", int),
         ("ordinal-weight", float),
         ("sampling", str),
+        ("ship-fold", int),
     ):
         tr.add_argument(f"--{flag}", type=kind, default=None)
     tr.add_argument(

@@ -64,6 +64,7 @@ class TrainConfig:
     folds: int = 0  # > 1: k-fold cross-validation (training.cv), one run per fold plus a refit on all
     fold: int = -1  # set by training.cv: the held-out fold of this run (-1: the val_fraction split)
     refit: bool = False  # set by training.cv: train on every image, no validation
+    ship_fold: int = -1  # with --folds: ship this fold's model instead of training a refit on all images
     select: str = "best"  # "best" validation epoch, or "last" (fixed schedule: never peeks at held-out data)
     freeze_blocks: int = 0  # grader: keep the stem and the first N block stages at their ImageNet values
     ordinal_weight: float = 0.0  # grader: weight of the expected-grade regression term (ordinal-aware)

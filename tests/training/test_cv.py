@@ -94,3 +94,36 @@ def test_cv_run_scores_every_image_once_and_refits(synthetic_idrid: Path, tmp_pa
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(WeightsError, match="sha256"):
         load_model("tiny_cv_grader", shipped)
+
+
+def test_cv_can_ship_one_fold_model_without_a_refit(synthetic_idrid: Path, tmp_path: Path) -> None:
+    from models.registry import load_model
+    from training.cv import train_folds
+    from workbench.provenance import trained_grading_names
+
+    cfg = TrainConfig(
+        task="grader",
+        backbone="test_convnext",
+        data=str(synthetic_idrid),
+        cache=str(tmp_path / "cache"),
+        runs=str(tmp_path / "runs"),
+        run_name="cv",
+        model_name="test_tiny_cls",
+        epochs=1,
+        batch_size=4,
+        input_size=64,
+        workers=1,
+        folds=2,
+        no_pretrained=True,
+        ship=True,
+        ship_fold=1,
+        ship_name="fold_grader",
+        ship_dir=str(tmp_path / "shipped"),
+    )
+    train_folds(cfg)
+    assert not (tmp_path / "runs" / "cv" / "refit").exists()
+    _, card = load_model("fold_grader", tmp_path / "shipped")
+    assert card.training["config"]["fold"] == 1 and "held_out_fold_1" in card.training["evaluation"]
+    records = IDRiD(synthetic_idrid).grading("train")
+    folds = assign_folds(records, 2, 0)
+    assert trained_grading_names(card, IDRiD(synthetic_idrid)) == {n for n, f in folds.items() if f == 0}
