@@ -196,6 +196,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("cache", str),
         ("runs", str),
         ("run-name", str),
+        ("model-name", str),
         ("backbone", str),
         ("epochs", int),
         ("batch-size", int),

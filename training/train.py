@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from models.card import ModelCard
 from models.registry import SHIPPED_WEIGHTS_DIR, build_model, save_model
+from training.distributed import setup, shard
 from training.tasks import TASKS
 
 __all__ = ["TrainConfig", "train"]
@@ -137,9 +138,15 @@ def _collate(items: list[tuple]) -> tuple:
 
 
 def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
-    """Run (or resume) training; returns the final state dict (history, best metrics, card)."""
+    """Run (or resume) training; returns the final state dict (history, best metrics, card).
+
+    Under ``torchrun`` the same call runs DistributedDataParallel (``training.distributed``).
+    """
     if cfg.task not in TASKS:
         raise KeyError(f"unknown task {cfg.task!r}; valid tasks: {', '.join(TASKS)}")
+    ranks = setup()
+    if cfg.batch_size % ranks.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the {ranks.world} processes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = TASKS[cfg.task](cfg)
@@ -149,12 +156,19 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         raise ValueError(f"select must be 'best' or 'last', got {cfg.select!r}")
     model = build_model(card)
     task.prepare_model(model)
-    train_set, val_set = task.datasets(card)
+    if ranks.is_main:  # builds the training cache once; the other ranks read it when it is complete
+        train_set, val_set = task.datasets(card)
+    ranks.barrier()
+    if not ranks.is_main:
+        train_set, val_set = task.datasets(card)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run_dir = Path(cfg.runs) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    ranks.barrier()
     state_path = run_dir / "state"
+    stepper = ranks.wrap(model)  # DDP when distributed; ``model`` itself is saved and validated
     steps_per_epoch = math.ceil(len(task.epoch_indices(train_set, np.random.default_rng(0))) / cfg.batch_size)
     total_steps, warmup = steps_per_epoch * cfg.epochs, int(steps_per_epoch * cfg.warmup_epochs)
     meta: dict[str, Any] = {
@@ -173,20 +187,28 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         torch.manual_seed(cfg.seed * 10_000 + epoch)
         train_set.set_epoch(epoch)
         order = task.epoch_indices(train_set, np.random.default_rng([cfg.seed, epoch]))
+        order = shard(order, cfg.batch_size, ranks)
+        per_rank = cfg.batch_size // ranks.world
         loader = DataLoader(
             Subset(train_set, order.tolist()),
-            batch_size=cfg.batch_size,
+            batch_size=per_rank,
             shuffle=False,
             collate_fn=_collate,
-            drop_last=len(order) > cfg.batch_size,
+            drop_last=len(order) > per_rank,
         )
         task.train_mode(model)
         losses = []
-        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr)
+        bar = tqdm(
+            loader,
+            desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            file=sys.stderr,
+            disable=not ranks.is_main,
+        )
         for batch in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(meta["step"], total_steps, warmup, cfg.lr)
-            loss = task.loss(model, batch)
+            loss = task.loss(stepper, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(trainable, 5.0)
@@ -212,25 +234,30 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             meta["best_score"] = metrics["score"]
             meta["best_epoch"] = epoch + 1
             meta["best_metrics"] = metrics
-            save_file(
-                {k: v.contiguous() for k, v in model.state_dict().items()}, str(run_dir / "best.safetensors")
+        if ranks.is_main:  # one writer; the other ranks hold the same tensors (DDP keeps them in sync)
+            if improved:
+                weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+                save_file(weights, str(run_dir / "best.safetensors"))
+            _save_state(state_path, model, optimizer, meta)
+            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+            print(
+                f"{cfg.name} epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f} {shown}"
+                f"{' *best*' if improved else ''}",
+                file=sys.stderr,
+                flush=True,
             )
-        _save_state(state_path, model, optimizer, meta)
-        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-        print(
-            f"{cfg.name} epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f} {shown}"
-            f"{' *best*' if improved else ''}",
-            file=sys.stderr,
-            flush=True,
-        )
-        if cfg.max_minutes and (time.monotonic() - started) / 60 > cfg.max_minutes and epoch + 1 < cfg.epochs:
+        ranks.barrier()
+        over_budget = bool(cfg.max_minutes) and (time.monotonic() - started) / 60 > cfg.max_minutes
+        if ranks.any(over_budget) and epoch + 1 < cfg.epochs:
             log.warning("time budget of %.0f min reached after epoch %d", cfg.max_minutes, epoch + 1)
             meta["stopped_early_at_epoch"] = epoch + 1
             break
     card = _final_card(card, cfg, meta, command)
-    (run_dir / "best.json").write_text(card.to_json())
-    if cfg.ship:
-        meta["shipped"] = _ship(card, cfg, task, run_dir, val_loader)
+    if ranks.is_main:
+        (run_dir / "best.json").write_text(card.to_json())
+        if cfg.ship:
+            meta["shipped"] = _ship(card, cfg, task, run_dir, val_loader)
+    ranks.barrier()
     meta["card"] = json.loads(card.to_json())
     return meta
 
