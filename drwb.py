@@ -125,7 +125,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     methods = [m for m in (args.explain or "").split(",") if m]
     target = parse_target(args.target) if args.target else None
-    rows = analyze_files(Workbench(), args.images, Path(args.out), methods, target, score=not args.no_scores)
+    if args.engine == "ray":
+        from workbench.engines.ray_engine import analyze_with_ray
+
+        rows = analyze_with_ray(
+            args.images, Path(args.out), methods, target, not args.no_scores, args.address
+        )
+    else:
+        rows = analyze_files(
+            Workbench(), args.images, Path(args.out), methods, target, score=not args.no_scores
+        )
     if args.json:
         print(json.dumps(rows))
     else:
@@ -133,7 +142,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             shown = (
                 row["error"] or f"grade {row['dr_grade']} DME {row['dme_grade']} referable {row['referable']}"
             )
-            print(f"{row['file']}: {shown if row['gradeable'] is not False else 'not gradeable'}")
+            print(f"{row['file']}: {shown if str(row['gradeable']) != 'False' else 'not gradeable'}")
     return 1 if any(row["status"] == "error" for row in rows) else 0
 
 
@@ -250,6 +259,8 @@ def _build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", default="drwb-reports")
     an.add_argument("--json", action="store_true")
     an.add_argument("--no-scores", action="store_true", help="skip faithfulness / localisation scores")
+    an.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: actor pool, resumable")
+    an.add_argument("--address", help="with --engine ray: auto or ray://HOST:10001 (default: local Ray)")
     an.set_defaults(handler=_cmd_analyze)
 
     eb = sub.add_parser("explain-bench", help="rank explanation methods on images with lesion ground truth")

@@ -22,12 +22,21 @@ from workbench.report import write_report
 from workbench.scoring import ExplanationScore, lesion_union_in_input, pointing_tolerance, score_heatmap
 from workbench.targets import GradeTarget, Target
 
-__all__ = ["IMAGE_SUFFIXES", "analyze_files", "expand_inputs", "score_analysis"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SUMMARY_FIELDS",
+    "analyze_files",
+    "analyze_one",
+    "content_sha256",
+    "expand_inputs",
+    "score_analysis",
+]
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 SUMMARY_FIELDS = (
     "file",
+    "sha256",
     "status",
     "error",
     "gradeable",
@@ -45,12 +54,24 @@ SUMMARY_FIELDS = (
 )
 
 
+def _manifest(path: Path) -> list[Path]:
+    """Image paths from a CSV manifest's ``image`` column (relative paths: to the CSV's folder)."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if "image" not in (reader.fieldnames or []):
+            raise ValueError(f"manifest {path} has no 'image' column (columns: {reader.fieldnames})")
+        return [path.parent / row["image"].strip() for row in reader if row["image"].strip()]
+
+
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
-    """Files, folders and globs -> sorted unique paths. A folder contributes its image files."""
+    """Files, folders, globs and CSV manifests -> sorted unique paths. A folder contributes its image
+    files; a ``.csv`` file contributes the paths in its ``image`` column."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if path.suffix.lower() == ".csv" and path.is_file():
+            found.extend(_manifest(path))
+        elif path.is_dir():
             found.extend(p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
         elif any(ch in item for ch in "*?["):
             found.extend(Path(p) for p in sorted(glob.glob(item)))
@@ -83,9 +104,29 @@ def score_analysis(
     }
 
 
-def _row(path: Path, data: dict[str, Any] | None, error: str = "", report: str = "") -> dict[str, Any]:
+def content_sha256(path: Path) -> str:
+    """sha256 of a file's bytes ("" when it cannot be read): the key that makes batch runs resumable."""
+    from models.hashing import file_sha256
+
+    try:
+        return file_sha256(path)
+    except OSError:
+        return ""
+
+
+def _row(
+    path: Path, data: dict[str, Any] | None, error: str = "", report: str = "", sha256: str = ""
+) -> dict[str, Any]:
     row: dict[str, Any] = {key: "" for key in SUMMARY_FIELDS}
-    row.update({"file": str(path), "status": "error" if error else "ok", "error": error, "report": report})
+    row.update(
+        {
+            "file": str(path),
+            "sha256": sha256,
+            "status": "error" if error else "ok",
+            "error": error,
+            "report": report,
+        }
+    )
     if data:
         row["gradeable"] = data["gradeable"]
         for key in ("dr_grade", "referable", "referable_probability", "dme_grade"):
@@ -95,6 +136,33 @@ def _row(path: Path, data: dict[str, Any] | None, error: str = "", report: str =
         check = data.get("dme_rule_check", {})
         row["dme_rule_grade"], row["dme_rule_agrees"] = check.get("rule_grade", ""), check.get("agrees", "")
     return row
+
+
+def analyze_one(
+    workbench: Workbench,
+    path: Path,
+    out: Path,
+    explain: Sequence[str] = (),
+    target: Target | None = None,
+    score: bool = True,
+    sha256: str | None = None,
+) -> dict[str, Any]:
+    """Analyze one file into ``out/<stem>/`` and return its summary row (an error row when it fails).
+
+    Shared by the local engine (below) and the Ray engine (``workbench.engines.ray_engine``), so both
+    write the same reports and rows.
+    """
+    digest = content_sha256(Path(path)) if sha256 is None else sha256
+    try:
+        analysis = workbench.analyze(path, explain=explain, target=target)
+        chosen = target or (GradeTarget(analysis.dr_grade) if analysis.graded else None)
+        scores = score_analysis(workbench, analysis, chosen) if score and analysis.heatmaps else None
+        folder = out / Path(path).stem
+        data = write_report(analysis, folder, scores)
+        return _row(Path(path), data, report=str(folder / "report.html"), sha256=digest)
+    except (ImageLoadError, FileNotFoundError) as exc:
+        log.warning("%s: %s", path, exc)
+        return _row(Path(path), None, error=str(exc), sha256=digest)
 
 
 def analyze_files(
@@ -107,18 +175,10 @@ def analyze_files(
 ) -> list[dict[str, Any]]:
     """Analyze every input into ``out/<stem>/`` and write ``out/summary.csv``; returns the summary rows."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in tqdm(expand_inputs(inputs), desc="analyze", unit="image"):
-        try:
-            analysis = workbench.analyze(path, explain=explain, target=target)
-            chosen = target or (GradeTarget(analysis.dr_grade) if analysis.graded else None)
-            scores = score_analysis(workbench, analysis, chosen) if score and analysis.heatmaps else None
-            folder = out / path.stem
-            data = write_report(analysis, folder, scores)
-            rows.append(_row(path, data, report=str(folder / "report.html")))
-        except (ImageLoadError, FileNotFoundError) as exc:
-            log.warning("%s: %s", path, exc)
-            rows.append(_row(path, None, error=str(exc)))
+    rows = [
+        analyze_one(workbench, path, out, explain, target, score)
+        for path in tqdm(expand_inputs(inputs), desc="analyze", unit="image")
+    ]
     with (out / "summary.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()

@@ -1,0 +1,72 @@
+"""The Ray engine against the local one: same summaries (with a corrupt file), resumable, bounded time.
+
+Ray runs embedded with 2 CPUs, as on this machine; every test has a timeout, because a mis-sized actor
+pool does not fail, it waits forever.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from workbench.engines.ray_engine import READ_RESERVE, pool_size
+from workbench.synthetic import make_fundus
+
+pytest.importorskip("ray")
+
+
+def test_pool_never_reserves_the_last_half_cpu() -> None:
+    actors, cpus, gpus = pool_size(2.0)
+    assert actors == 2 and actors * cpus <= 2.0 - READ_RESERVE + 1e-9 and gpus == 0
+    assert pool_size(0.5)[0] == 1 and pool_size(16.0, 2.0)[:1] == (2,)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("archive")
+    for i in range(4):
+        Image.fromarray(make_fundus(40 + i, size=(356, 536), dr_grade=i % 5).image).save(
+            folder / f"eye{i}.png"
+        )
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return folder
+
+
+def _rows(summary: Path) -> list[dict[str, str]]:
+    with summary.open(newline="") as handle:
+        rows = [{k: v for k, v in row.items() if k != "report"} for row in csv.DictReader(handle)]
+    return sorted(rows, key=lambda r: r["file"])
+
+
+@pytest.mark.timeout(420)
+def test_ray_and_local_engines_agree_and_ray_resumes(
+    archive: Path, tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from workbench.analysis import Workbench
+    from workbench.batch import analyze_files
+    from workbench.engines.ray_engine import analyze_with_ray
+
+    monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))  # inherited by the Ray workers
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one start for both runs
+    analyze_files(Workbench(weights_dir=tiny_weights), [str(archive)], tmp_path / "local", ["attention"])
+    # a first Ray run that stops after two images (as if killed), then the same command again
+    first = analyze_with_ray(
+        [str(archive / "eye0.png"), str(archive / "eye1.png")], tmp_path / "ray", ["attention"], num_cpus=2
+    )
+    assert len(first) == 2
+    kept = (tmp_path / "ray" / "eye0" / "report.json").stat().st_mtime_ns
+    second = analyze_with_ray([str(archive)], tmp_path / "ray", ["attention"], num_cpus=2)
+    assert sorted(Path(r["file"]).name for r in second) == ["corrupt.jpg", "eye2.png", "eye3.png"]
+    assert (tmp_path / "ray" / "eye0" / "report.json").stat().st_mtime_ns == kept  # not rewritten
+    local, ray_rows = _rows(tmp_path / "local" / "summary.csv"), _rows(tmp_path / "ray" / "summary.csv")
+    assert ray_rows == local
+    assert [r["status"] for r in ray_rows].count("error") == 1
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "ray" / "summary.parquet").num_rows == 5
+    ray.shutdown()
