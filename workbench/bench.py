@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -247,6 +248,49 @@ def bench_memory(image_path: Path, repeats: int) -> dict[str, float]:
     return {"peak_rss_mb": peak, "target_mb": 2048.0}
 
 
+def bench_engines(image_path: Path, repeats: int, n_images: int | None = None) -> dict[str, Any]:
+    """Local vs Ray engine on the same ``n_images`` distinct synthetic 1072x712 fundi (default 200, or
+    ``DRWB_BENCH_ENGINE_IMAGES``): images/s of each, their ratio (target >= 0.8) and whether every grade
+    agrees. Both analyze fully (grade, lesions, landmarks, attention); Ray embedded on this machine."""
+    import csv
+    import os
+    import time as _time
+
+    from PIL import Image
+
+    from workbench.batch import analyze_files
+    from workbench.engines.ray_engine import analyze_with_ray
+    from workbench.synthetic import make_fundus
+
+    n = n_images or int(os.environ.get("DRWB_BENCH_ENGINE_IMAGES", "200"))
+    with tempfile.TemporaryDirectory(prefix="drwb-engines-") as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for i in range(n):
+            fundus = make_fundus(1000 + i, size=(712, 1072), dr_grade=i % 5)
+            Image.fromarray(fundus.image).save(folder / f"img{i:04d}.jpg", quality=92)
+        start = _time.perf_counter()
+        analyze_files(_workbench(), [str(folder)], Path(tmp) / "local", ["attention"], score=False)
+        local_s = _time.perf_counter() - start
+        start = _time.perf_counter()
+        analyze_with_ray([str(folder)], Path(tmp) / "ray", ["attention"], score=False)
+        ray_s = _time.perf_counter() - start  # includes starting the embedded Ray
+
+        def grades(out: str) -> dict[str, str]:
+            with (Path(tmp) / out / "summary.csv").open(newline="") as handle:
+                return {Path(r["file"]).name: r["dr_grade"] for r in csv.DictReader(handle)}
+
+        same = grades("local") == grades("ray")
+    return {
+        "images": n,
+        "local_images_per_s": n / local_s,
+        "ray_images_per_s": n / ray_s,
+        "ray_over_local": local_s / ray_s,
+        "target_ratio": 0.8,
+        "identical_grades": same,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], dict]] = {
     "preprocess_4288_to_512": lambda path, repeats: bench_preprocess(path, 512, repeats),
     "quality_verdict_512": lambda path, repeats: bench_quality(path, repeats),
@@ -255,6 +299,7 @@ BENCHMARKS: dict[str, Callable[[Path, int], dict]] = {
     "explainer_memory": bench_explainer_memory,
     "grading_throughput": bench_throughput,
     "peak_memory": bench_memory,
+    "engines": bench_engines,
 }
 
 
@@ -266,6 +311,7 @@ def run_benchmarks(names: list[str] | None = None, image: Path | None = None, re
     with tempfile.TemporaryDirectory(prefix="drwb-bench-") as tmp:
         path = Path(image) if image else _full_size_jpeg(Path(tmp))
         results = {"image": str(path) if image else "synthetic 4288x2848 JPEG", "repeats": repeats}
-        for name in names or list(BENCHMARKS):
+        # the engines comparison analyses hundreds of images: only when asked for by name
+        for name in names or [b for b in BENCHMARKS if b != "engines"]:
             results[name] = BENCHMARKS[name](path, repeats)
     return results
