@@ -185,15 +185,14 @@ def bench_explainers(image_path: Path, repeats: int) -> dict[str, dict[str, floa
 
 
 def _explainer_peak_rss_mb(image_path: str, method: str) -> tuple[float, float]:
-    import resource
-
     from workbench.explainers import get_explainer
+    from workbench.explainers.budget import peak_rss_mb
     from workbench.targets import GradeTarget
 
     model, tensor = _grader_input(Path(image_path))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mb()
     get_explainer(method).explain(model, tensor, GradeTarget(2))
-    return before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return before, peak_rss_mb()
 
 
 def bench_explainer_memory(image_path: Path, repeats: int) -> dict[str, dict[str, float]]:
@@ -230,12 +229,12 @@ def bench_throughput(image_path: Path, repeats: int, n_images: int = 32, batch: 
 
 
 def _server_peak_rss_mb(image_path: str) -> float:
-    import resource
+    from workbench.explainers.budget import peak_rss_mb
 
     workbench = _workbench()
     for _ in range(2):
         workbench.analyze(Path(image_path), explain=["attention", "gradcam"], force=True)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def bench_memory(image_path: Path, repeats: int) -> dict[str, float]:

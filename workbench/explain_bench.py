@@ -4,10 +4,11 @@ For every image of an IDRiD segmentation split, every method explains the grader
 record deletion / insertion AUC, pointing game, relevance mass and rank against the *ground-truth*
 lesion masks, and seconds per image.
 
-``val`` means the training segmentation images that the grader never trained on: every segmentation
-image that is the same photograph (matched by content, ``workbench.provenance``) as one of the grader's
-training images is excluded, and the result lists how many remain and which were excluded. The segmenter
-plays no part here (ground-truth masks, grader targets), so its training images need no exclusion.
+``train`` means every training segmentation image; ``val`` those the grader never trained on: every
+segmentation image that is the same photograph (matched by content, ``workbench.provenance``) as one of
+the grader's training images is excluded, and the result lists how many remain and which were
+excluded. The segmenter plays no part here (ground-truth masks, grader targets), so its training images
+need no exclusion.
 The table gives mean +- 95% CI (normal approximation, 1.96 * sd / sqrt(n)). The model-randomisation
 sanity check is run on the first ``sanity_images`` images (it doubles the cost) and reported as the
 mean Spearman correlation.
@@ -73,7 +74,8 @@ def explain_bench(
     if split != "test":
         seen = _seen_by_grader(dataset, predictor, records)
         excluded = sorted(r.name for r in records if r.name in seen)
-        records = [r for r in records if (r.name in seen) == (split == "train")]
+        if split == "val":  # "train": every training segmentation image, seen or not
+            records = [r for r in records if r.name not in seen]
     records = records[:limit] if limit else records
     model = ExplainableModel(predictor.model, predictor.card)
     random_model = randomised_copy(model) if sanity_images else None

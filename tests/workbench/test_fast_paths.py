@@ -134,10 +134,11 @@ def test_scorecam_top_k_stays_close_to_full_on_a_real_backbone(small: Explainabl
 
 
 _CEILING_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
 from models.classifier import grader_card
 from models.registry import build_model
 from workbench.explainers import ExplainableModel, get_explainer
+from workbench.explainers.budget import peak_rss_mb
 from workbench.targets import GradeTarget
 torch.set_num_threads(1)
 card = grader_card("tf_efficientnet_lite0", 448)
@@ -145,7 +146,7 @@ model = ExplainableModel(build_model(card).eval(), card)
 image = torch.randn(1, 3, 448, 448)
 for name in sys.argv[1].split(","):
     get_explainer(name).explain(model, image, GradeTarget(2))
-print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"peak_mb": peak_rss_mb()}))
 """
 
 
