@@ -165,3 +165,44 @@ def test_slow_methods_stay_under_a_memory_ceiling() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
     assert peak < 2048, peak
+
+
+_COMPARE_SCRIPT = """
+import json, sys
+import torch
+from PIL import Image
+from workbench.analysis import Workbench
+from workbench.explainers.budget import peak_rss_mb
+from workbench.synthetic import make_fundus
+from workbench.ui.handlers import Handlers
+torch.set_num_threads(1)
+path = sys.argv[1]
+Image.fromarray(make_fundus(5, size=(712, 1072), dr_grade=3, dme_grade=2).image).save(path)
+handlers = Handlers(Workbench(), None)
+for outputs in handlers.compare(path, "predicted", ["attention", "integrated_gradients", "occlusion"], None,
+                                progress=lambda *a, **k: None):
+    pass
+print(json.dumps({"peak_mb": peak_rss_mb(), "methods": [row[0] for row in outputs[3]]}))
+"""
+
+
+def test_compare_with_slow_methods_under_a_memory_ceiling(tmp_path: Path) -> None:
+    """A Compare (the Gradio handler) with Integrated Gradients and Occlusion on the shipped models, in a
+    fresh process with the default budget: every method answers and the process peaks below 2 GB."""
+    from models.registry import SHIPPED_WEIGHTS_DIR, list_shipped
+
+    if {c.arch for c in list_shipped(SHIPPED_WEIGHTS_DIR)} != {"grader", "segmenter", "localizer"}:
+        pytest.skip("the shipped grader, segmenter and localizer are not all present")
+    env = {k: v for k, v in os.environ.items() if k not in ("DRWB_EXPLAIN_MEMORY_MB", "DRWB_WEIGHTS")}
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPARE_SCRIPT, str(tmp_path / "fundus.png")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["methods"] == ["attention", "integrated_gradients", "occlusion"]
+    assert result["peak_mb"] < 2048, result

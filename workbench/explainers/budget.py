@@ -2,9 +2,10 @@
 
 Attribution methods evaluate the model on many perturbed or interpolated copies of one image; batching
 them is what makes them fast, and what made one Integrated Gradients call take 5 GB. The budget
-(``DRWB_EXPLAIN_MEMORY_MB``, default 640 MB, read at call time) caps the activation memory of one
-batch. A process that has imported torch (CUDA build), timm, captum and grad-cam and loaded the models
-already holds ~1.1 GB (measured), so this default keeps the whole process under 2 GB.
+(``DRWB_EXPLAIN_MEMORY_MB``, default 512 MB, read at call time) caps the activation memory of one
+batch. A process that has imported torch (CUDA build), timm, captum and grad-cam and loaded the three
+models already holds ~1.2 GB, and an analysis adds ~0.2 GB (measured), so this default keeps the whole
+process under 2 GB. Deletion / insertion scoring batches by the same budget.
 
 The activation memory of one sample is measured, not guessed: one forward of a single input at the
 card's size with hooks on every leaf module (cached per model and input size). A backward pass keeps
@@ -22,7 +23,7 @@ from torch import nn
 
 __all__ = ["DEFAULT_BUDGET_MB", "batch_for_budget", "budget_bytes", "peak_rss_mb", "sample_activation_bytes"]
 
-DEFAULT_BUDGET_MB = 640
+DEFAULT_BUDGET_MB = 512
 _cache: dict[tuple[int, int], tuple[int, int]] = {}
 
 
