@@ -239,8 +239,8 @@ def ship_refit(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: dic
     """Export the refit (or fold ``cfg.ship_fold``'s model) with the OOF temperatures and figures in its
     card; fp16 when it changes nothing.
 
-    fp16 "changes nothing" when, over every training image, the fp16 copy predicts the same DR and DME
-    grades as fp32 and no probability moves by more than 1e-3 (compared with each other, not with labels).
+    fp16 "changes nothing" when, over every training image, the fp16 copy gives the same DR grade, DME
+    grade and referable decision as fp32 (the largest probability change is recorded in the card).
     """
     from dataclasses import fields
 
@@ -275,9 +275,10 @@ def ship_refit(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: dic
     same = bool(
         (full[:, :NUM_DR].argmax(1) == reduced[:, :NUM_DR].argmax(1)).all()
         and (full[:, NUM_DR:].argmax(1) == reduced[:, NUM_DR:].argmax(1)).all()
+        and ((p32[:, 2:NUM_DR].sum(1) >= 0.5) == (p16[:, 2:NUM_DR].sum(1) >= 0.5)).all()
     )
     max_diff = float(np.abs(p32 - p16).max())
-    use_half = same and max_diff <= 1e-3
+    use_half = same
     figures = {k: v for k, v in variant.items() if k != "reliability_dr"}
     if cfg.ship_fold >= 0:
         held = oof["fold"] == cfg.ship_fold
