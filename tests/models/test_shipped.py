@@ -58,8 +58,8 @@ def test_grader_beats_majority_class(real_idrid: Path) -> None:
     predictor = GraderPredictor(
         *load_model(default_model("grader", SHIPPED_WEIGHTS_DIR), SHIPPED_WEIGHTS_DIR)
     )
-    records = _unseen_grading(real_idrid, predictor.card, 24)
-    assert len(records) == 24
+    records = _unseen_grading(real_idrid, predictor.card, 83)
+    assert len(records) >= 80  # a fold model: its held-out fold
     crops = [crop_for(load_image(r.image_path, min_side=GRADING_CROP), GRADING_CROP)[0] for r in records]
     dr, dme = predictor.predict(crops)
     truth = np.array([r.dr_grade for r in records])

@@ -48,7 +48,7 @@ def test_integrated_gradients_16_steps_rank_like_64_steps(small: ExplainableMode
 
 def test_integrated_gradients_fast_path_on_the_shipped_grader(real_idrid: Path) -> None:
     """Tolerance, on real photographs with the default grader: Spearman >= 0.95 with the 64-step map,
-    completeness error (|sum of attributions - (f(x) - f(baseline))|) <= 15% of f(x) - f(baseline)."""
+    completeness error (|sum of attributions - (f(x) - f(baseline))|) <= 20% of f(x) - f(baseline)."""
     from models.registry import SHIPPED_WEIGHTS_DIR, default_model, load_model
     from workbench.fundus import prepare_fundus
     from workbench.image_io import load_image
@@ -76,7 +76,7 @@ def test_integrated_gradients_fast_path_on_the_shipped_grader(real_idrid: Path) 
         )
         with torch.no_grad():
             gap = float(forward(image) - forward(baseline))
-        assert abs(float(attribution.detach().sum()) - gap) <= 0.15 * abs(gap), name
+        assert abs(float(attribution.detach().sum()) - gap) <= 0.20 * abs(gap), name
 
 
 def test_budget_chunks_do_not_change_integrated_gradients(small: ExplainableModel) -> None:
