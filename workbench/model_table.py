@@ -76,26 +76,20 @@ def models_markdown(folder: Path | None = None) -> str:
             f"{_cell(m, 'referable_auc')} | {_cell(m, 'referable_sensitivity', 2)} / "
             f"{_cell(m, 'referable_specificity', 2)} | {'n/a' if ece is None else f'{ece:.3f}'} | {note} |"
         )
-    out += ["", "**Lesion segmenters** (AUPR at the original resolution)", ""]
-    out += [
-        "| model | figures from | MA | HE | EX | SE | OD | OD Jaccard | note |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for card in (c for c in cards if c.arch == "segmenter"):
-        source, m = held_out(card)
-        cells = " | ".join(_cell(m, f"aupr_{code}") for code in ("MA", "HE", "EX", "SE", "OD"))
-        note = "default" if _stem(card) == defaults["segmenter"] else ""
-        out.append(f"| {_stem(card)} | {source} | {cells} | {_cell(m, 'jaccard_OD')} | {note} |")
-    out += ["", "**Landmark localizers** (centre error, px in a 4288-px-wide photograph)", ""]
-    out += [
-        "| model | figures from | disc mean | disc median | fovea mean | fovea median |",
-        "|---|---|---|---|---|---|",
-    ]
-    for card in (c for c in cards if c.arch == "localizer"):
-        source, m = held_out(card)
-        cells = " | ".join(
-            _cell(m, k, 1) for k in ("od_mean_px", "od_median_px", "fovea_mean_px", "fovea_median_px")
-        )
-        out.append(f"| {_stem(card)} | {source} | {cells} |")
+    families = (
+        ("segmenter", "**Lesion segmenters** (AUPR at the original resolution)",
+         [(f"aupr_{c}", c, 3) for c in ("MA", "HE", "EX", "SE", "OD")] + [("jaccard_OD", "OD Jaccard", 3)]),
+        ("localizer", "**Landmark localizers** (centre error, px in a 4288-px-wide photograph)",
+         [("od_mean_px", "disc mean", 1), ("od_median_px", "disc median", 1),
+          ("fovea_mean_px", "fovea mean", 1), ("fovea_median_px", "fovea median", 1)]),
+    )  # fmt: skip
+    for arch, title, columns in families:
+        out += ["", title, "", "| model | figures from | " + " | ".join(c[1] for c in columns) + " | note |"]
+        out.append("|" + "---|" * (len(columns) + 3))
+        for card in (c for c in cards if c.arch == arch):
+            source, m = held_out(card)
+            cells = " | ".join(_cell(m, key, digits) for key, _, digits in columns)
+            note = "default" if _stem(card) == defaults[arch] else ""
+            out.append(f"| {_stem(card)} | {source} | {cells} | {note} |")
     out += ["", "Reproduce each model with the command in its card (`training.command`); see the README."]
     return "\n".join(out)

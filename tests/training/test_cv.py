@@ -28,28 +28,34 @@ def test_folds_keep_duplicates_together_and_cover_every_image(real_idrid: Path) 
         assert per_fold.max() - per_fold.min() <= 2, (g, per_fold)  # stratified (pairs may add one)
 
 
+def _cv_config(synthetic_idrid: Path, tmp_path: Path, **changes: object) -> TrainConfig:
+    return TrainConfig(
+        **{
+            "task": "grader",
+            "backbone": "test_convnext",
+            "data": str(synthetic_idrid),
+            "cache": str(tmp_path / "cache"),
+            "runs": str(tmp_path / "runs"),
+            "run_name": "cv",
+            "model_name": "test_tiny_cls",
+            "epochs": 1,
+            "batch_size": 4,
+            "input_size": 64,
+            "workers": 1,
+            "folds": 2,
+            "no_pretrained": True,
+            "ship": True,
+            "ship_dir": str(tmp_path / "shipped"),
+            **changes,
+        }
+    )
+
+
 def test_cv_run_scores_every_image_once_and_refits(synthetic_idrid: Path, tmp_path: Path) -> None:
     from training.cv import train_folds
 
-    cfg = TrainConfig(
-        task="grader",
-        backbone="test_convnext",
-        data=str(synthetic_idrid),
-        cache=str(tmp_path / "cache"),
-        runs=str(tmp_path / "runs"),
-        run_name="cv",
-        model_name="test_tiny_cls",
-        epochs=1,
-        batch_size=4,
-        input_size=64,
-        workers=1,
-        folds=2,
-        ordinal_weight=0.5,
-        sampling="sqrt",
-        no_pretrained=True,
-        ship=True,
-        ship_name="tiny_cv_grader",
-        ship_dir=str(tmp_path / "shipped"),
+    cfg = _cv_config(
+        synthetic_idrid, tmp_path, ordinal_weight=0.5, sampling="sqrt", ship_name="tiny_cv_grader"
     )
     summary = train_folds(cfg)
     n = len(IDRiD(synthetic_idrid).grading("train"))
@@ -101,25 +107,7 @@ def test_cv_can_ship_one_fold_model_without_a_refit(synthetic_idrid: Path, tmp_p
     from training.cv import train_folds
     from workbench.provenance import trained_grading_names
 
-    cfg = TrainConfig(
-        task="grader",
-        backbone="test_convnext",
-        data=str(synthetic_idrid),
-        cache=str(tmp_path / "cache"),
-        runs=str(tmp_path / "runs"),
-        run_name="cv",
-        model_name="test_tiny_cls",
-        epochs=1,
-        batch_size=4,
-        input_size=64,
-        workers=1,
-        folds=2,
-        no_pretrained=True,
-        ship=True,
-        ship_fold=1,
-        ship_name="fold_grader",
-        ship_dir=str(tmp_path / "shipped"),
-    )
+    cfg = _cv_config(synthetic_idrid, tmp_path, ship_fold=1, ship_name="fold_grader")
     train_folds(cfg)
     assert not (tmp_path / "runs" / "cv" / "refit").exists()
     _, card = load_model("fold_grader", tmp_path / "shipped")

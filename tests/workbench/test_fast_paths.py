@@ -133,6 +133,21 @@ def test_scorecam_top_k_stays_close_to_full_on_a_real_backbone(small: Explainabl
     assert spearman(top.values, full.values) >= 0.7
 
 
+def _fresh_process(script: str, argument: str) -> dict:
+    """Run ``script`` in a new Python with the default budget and shipped weights; its last JSON line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DRWB_EXPLAIN_MEMORY_MB", "DRWB_WEIGHTS")}
+    out = subprocess.run(
+        [sys.executable, "-c", script, argument],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 _CEILING_SCRIPT = """
 import json, sys, torch
 from models.classifier import grader_card
@@ -153,17 +168,7 @@ print(json.dumps({"peak_mb": peak_rss_mb()}))
 def test_slow_methods_stay_under_a_memory_ceiling() -> None:
     """Integrated Gradients and Occlusion on a 448-px lite0 grader with the default budget: the whole
     process (torch alone is ~0.7 GB) peaks below 2 GB (the old fixed batches of 16 took IG to ~5 GB)."""
-    env = {k: v for k, v in os.environ.items() if k != "DRWB_EXPLAIN_MEMORY_MB"}
-    out = subprocess.run(
-        [sys.executable, "-c", _CEILING_SCRIPT, "integrated_gradients,occlusion"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    peak = _fresh_process(_CEILING_SCRIPT, "integrated_gradients,occlusion")["peak_mb"]
     assert peak < 2048, peak
 
 
@@ -193,16 +198,6 @@ def test_compare_with_slow_methods_under_a_memory_ceiling(tmp_path: Path) -> Non
 
     if {c.arch for c in list_shipped(SHIPPED_WEIGHTS_DIR)} != {"grader", "segmenter", "localizer"}:
         pytest.skip("the shipped grader, segmenter and localizer are not all present")
-    env = {k: v for k, v in os.environ.items() if k not in ("DRWB_EXPLAIN_MEMORY_MB", "DRWB_WEIGHTS")}
-    out = subprocess.run(
-        [sys.executable, "-c", _COMPARE_SCRIPT, str(tmp_path / "fundus.png")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _fresh_process(_COMPARE_SCRIPT, str(tmp_path / "fundus.png"))
     assert result["methods"] == ["attention", "integrated_gradients", "occlusion"]
     assert result["peak_mb"] < 2048, result
