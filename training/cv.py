@@ -220,7 +220,7 @@ def train_folds(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     if cfg.ship_fold < 0:
         summary["refit_epochs"] = train(_refit_config(cfg), command)["epoch"]
     if cfg.ship:
-        summary["shipped"] = ship_refit(cfg, summary, command, oof)
+        summary["shipped"] = ship_cv_model(cfg, summary, command, oof)
     return summary
 
 
@@ -235,7 +235,7 @@ def _all_logits(model: torch.nn.Module, cfg: TrainConfig, card) -> np.ndarray:
     return _logits(model, data)[0]
 
 
-def ship_refit(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: dict[str, np.ndarray]) -> str:
+def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: dict[str, np.ndarray]) -> str:
     """Export the refit (or fold ``cfg.ship_fold``'s model) with the OOF temperatures and figures in its
     card; fp16 when it changes nothing.
 

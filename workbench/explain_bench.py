@@ -71,11 +71,10 @@ def explain_bench(
     dataset = IDRiD(data)
     records = dataset.segmentation("test" if split == "test" else "train")
     excluded: list[str] = []
-    if split != "test":
+    if split == "val":  # "train": every training segmentation image, seen or not
         seen = _seen_by_grader(dataset, predictor, records)
         excluded = sorted(r.name for r in records if r.name in seen)
-        if split == "val":  # "train": every training segmentation image, seen or not
-            records = [r for r in records if r.name not in seen]
+        records = [r for r in records if r.name not in seen]
     records = records[:limit] if limit else records
     model = ExplainableModel(predictor.model, predictor.card)
     random_model = randomised_copy(model) if sanity_images else None
@@ -113,7 +112,7 @@ def explain_bench(
         "split": split,
         "images": len(records),
         "image_names": [r.name for r in records],
-        "excluded_seen_by_grader": excluded if split == "val" else [],
+        "excluded_seen_by_grader": excluded,
         "pointing_tolerance_px_4288": POINTING_TOLERANCE_PX,
         "grader": predictor.card.weights.removesuffix(".safetensors"),
         "methods": table,

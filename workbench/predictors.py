@@ -65,10 +65,6 @@ class GraderPredictor:
         One image per forward: on this project's CPUs a batch of 16 at 448 px costs 2.3x more per image
         than single images (measured: 176 vs 75 ms), the activations no longer fitting in cache.
         """
-        if not crops512:
-            return np.zeros((0, self.card.num_classes)), np.zeros(
-                (0, len(self.card.label_names) - self.card.num_classes)
-            )
         logits = torch.cat([self.model(_batch([crop], self.card)) for crop in crops512]).float()
         num_dr = self.card.num_classes
         return torch.softmax(logits[:, :num_dr], 1).numpy(), torch.softmax(logits[:, num_dr:], 1).numpy()
