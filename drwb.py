@@ -27,6 +27,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare_guides(args: argparse.Namespace) -> int:
+    from training.guides import build_guides
+
+    print(build_guides(Path(args.data), Path(args.cache), Path(args.out), args.workers))
+    return 0
+
+
+def _cmd_prepare_teacher(args: argparse.Namespace) -> int:
+    from training.guides import build_teacher
+
+    print(build_teacher(Path(args.run), Path(args.cache), Path(args.data), Path(args.out), args.folds))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.train import TrainConfig, train
 
@@ -40,6 +54,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     values["task"] = args.task
     cfg, command = TrainConfig(**values), "drwb " + " ".join(sys.argv[1:])
+    if cfg.folds and (cfg.fold >= 0 or cfg.refit):
+        # one piece of a --folds run (fold K, or the refit), so that pieces can run in parallel; the
+        # full --folds command afterwards finds them finished and only scores and ships
+        from training.cv import train_piece
+
+        result = train_piece(cfg, command)
+        print(json.dumps({"run": result["config"]["run_name"], "epochs": result["epoch"]}))
+        return 0
     if cfg.folds:
         from training.cv import train_folds
 
@@ -197,6 +219,24 @@ def _build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--workers", type=int, default=2)
     prep.set_defaults(handler=_cmd_prepare)
 
+    guides = sub.add_parser(
+        "prepare-guides",
+        help="lesion guides for attention supervision (ground truth + segmenter pseudo-labels)",
+    )
+    guides.add_argument("--data", default="../shared/data/idrid-lite", help="IDRiD-layout folder")
+    guides.add_argument("--cache", default="cache")
+    guides.add_argument("--out", default="cache/guides_512.npz")
+    guides.add_argument("--workers", type=int, default=2)
+    guides.set_defaults(handler=_cmd_prepare_guides)
+
+    teacher = sub.add_parser("prepare-teacher", help="teacher logits of a --folds run, for distillation")
+    teacher.add_argument("--run", required=True, help="the run folder of `drwb train grader --folds`")
+    teacher.add_argument("--data", default="../shared/data/idrid-lite", help="IDRiD-layout folder")
+    teacher.add_argument("--cache", default="cache")
+    teacher.add_argument("--out", default="cache/teacher.npz")
+    teacher.add_argument("--folds", type=int, default=5)
+    teacher.set_defaults(handler=_cmd_prepare_teacher)
+
     tr = sub.add_parser("train", help="train a model (grader, segmenter, localizer) on IDRiD")
     tr.add_argument("task", choices=["grader", "segmenter", "localizer"])
     tr.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
@@ -218,6 +258,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("threads", int),
         ("max-minutes", float),
         ("ship-name", str),
+        ("ship-dir", str),
         ("val-fraction", float),
         ("folds", int),
         ("select", str),
@@ -225,12 +266,29 @@ def _build_parser() -> argparse.ArgumentParser:
         ("ordinal-weight", float),
         ("sampling", str),
         ("ship-fold", int),
+        ("device", str),
+        ("loader-workers", int),
+        ("val-every", int),
+        ("guides", str),
+        ("attention-weight", float),
+        ("teacher", str),
+        ("distill-weight", float),
+        ("distill-temperature", float),
+        ("lesion-rates", str),
+        ("focal-gamma", float),
+        ("fold", int),
     ):
         tr.add_argument(f"--{flag}", type=kind, default=None)
     tr.add_argument(
         "--ship", action="store_true", default=None, help="export the best checkpoint to models/weights"
     )
     tr.add_argument("--no-pretrained", action="store_true", default=None, help="random init (no ImageNet)")
+    tr.add_argument(
+        "--refit", action="store_true", default=None, help="with --folds: train only the refit on all images"
+    )
+    tr.add_argument(
+        "--unlabelled", action="store_true", default=None, help="grader: add segmentation-only photographs"
+    )
     tr.set_defaults(handler=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="metrics of a shipped model on an IDRiD-layout folder")

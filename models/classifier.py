@@ -82,16 +82,23 @@ class Grader(nn.Module):
         """(B, 3, S, S) normalised RGB -> (B, C, h, w) feature map."""
         return self.backbone.forward_features(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, num_dr + num_dme) logits."""
-        dr, _ = self.dr_pool(features)
-        dme, _ = self.dme_pool(features)
+    def forward_head(
+        self, features: torch.Tensor, with_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, h, w) -> (B, num_dr + num_dme) logits; with ``with_attention`` also the DR and DME
+        attention maps (B, h, w), for training losses that supervise them."""
+        dr, dr_attention = self.dr_pool(features)
+        dme, dme_attention = self.dme_pool(features)
         dr_logits = self.dr_head(self.dropout(dr)) / self.temperature[0]
         dme_logits = self.dme_head(self.dropout(dme)) / self.temperature[1]
-        return torch.cat([dr_logits, dme_logits], dim=1)
+        logits = torch.cat([dr_logits, dme_logits], dim=1)
+        return (logits, dr_attention, dme_attention) if with_attention else logits
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(
+        self, x: torch.Tensor, with_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits (B, 8); ``with_attention`` adds the attention maps (one forward, as DDP needs)."""
+        return self.forward_head(self.forward_features(x), with_attention)
 
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-disease attention, {"dr": (B, h, w), "dme": (B, h, w)}, each summing to 1 over the map."""

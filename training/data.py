@@ -67,14 +67,66 @@ class _CacheData(Dataset):
 
 
 class GradingData(_CacheData):
-    """Items: (image (3, S, S), DR grade, DME grade)."""
+    """Items: (image (3, S, S), DR grade, DME grade); grades are -1 for an unlabelled image.
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    With ``guides`` (``training.guides.load_guides``) or ``teacher`` (``load_teacher``) each item also
+    carries, moved by the same augmentation as the image: the lesion guide (2, g, g) float in [0, 1] with
+    a "has guide" flag, and the teacher's (8,) logits with a "has teacher" flag (zeros where missing).
+    ``folders`` gives the cache folder of entries that live outside ``folder`` (unlabelled images).
+    """
+
+    def __init__(
+        self,
+        *args: object,
+        guides: dict[str, np.ndarray] | None = None,
+        teacher: dict[str, np.ndarray] | None = None,
+        folders: dict[str, Path] | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.guides, self.teacher, self.folders = guides, teacher, folders or {}
+
+    def _image(self, index: int) -> np.ndarray:
+        if index not in self._images:
+            entry = self.entries[index]
+            self._images[index] = _read_rgb(self.folders.get(entry.name, self.folder), entry)
+        return self._images[index]
+
+    def __getitem__(self, index: int) -> tuple:
         entry, rng = self.entries[index], self._rng(index)
         image = self._image(index)
         matrix = random_affine(rng, image.shape[0], self.card.input_size, self.augment)
-        warped, _, _ = warp_sample(image, matrix, self.card.input_size)
-        return self._tensor(warped, rng), int(entry.dr_grade), int(entry.dme_grade)
+        dr = -1 if entry.dr_grade is None else int(entry.dr_grade)
+        dme = -1 if entry.dme_grade is None else int(entry.dme_grade)
+        if self.guides is None and self.teacher is None:
+            warped, _, _ = warp_sample(image, matrix, self.card.input_size)
+            return self._tensor(warped, rng), dr, dme
+        guide = self.guides.get(entry.name) if self.guides is not None else None
+        side = image.shape[0]
+        masks = None
+        if guide is not None:  # the cell grid -> crop pixels, so that it moves with the image
+            masks = np.stack(
+                [
+                    cv2.resize(g.astype(np.float32), (side, side), interpolation=cv2.INTER_NEAREST)
+                    for g in guide
+                ]
+            )
+        warped, moved, _ = warp_sample(image, matrix, self.card.input_size, masks=masks)
+        cells = guide.shape[-1] if guide is not None else 1
+        if moved is None:
+            moved_guide = torch.zeros(2, cells, cells)
+        else:
+            moved_guide = torch.nn.functional.adaptive_max_pool2d(torch.from_numpy(moved)[None], cells)[0]
+        logits = self.teacher.get(entry.name) if self.teacher is not None else None
+        return (
+            self._tensor(warped, rng),
+            dr,
+            dme,
+            moved_guide.float(),
+            guide is not None,
+            torch.from_numpy(np.zeros(8, np.float32) if logits is None else logits.astype(np.float32)),
+            logits is not None,
+        )
 
 
 def gaussian_heatmaps(points: np.ndarray, size: int, sigma: float) -> np.ndarray:
@@ -120,14 +172,61 @@ class SegmentationData(_CacheData):
     random lesion pixel so rare microaneurysms are seen every epoch. Validation items are whole crops.
     """
 
-    def __init__(self, *args: object, tile: int = 384, lesion_bias: float = 0.5, **kwargs: object) -> None:
+    def __init__(
+        self,
+        *args: object,
+        tile: int = 384,
+        lesion_bias: float = 0.5,
+        lesion_rates: dict[str, float] | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.tile, self.lesion_bias = tile, lesion_bias
+        # per-lesion centring rates (rare lesions drawn more often than their pixel share); the rest of
+        # the tiles are centred anywhere in the field of view
+        self.lesion_rates = dict(lesion_rates or {})
+        unknown = set(self.lesion_rates) - set(LESION_CODES)
+        if unknown or sum(self.lesion_rates.values()) > 1 + 1e-9:
+            raise ValueError(
+                f"lesion_rates must map some of {', '.join(LESION_CODES)} to rates summing to <= 1, "
+                f"got {self.lesion_rates}"
+            )
         self._masks: dict[int, np.ndarray] = {}
+        self._pixels: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _lesion_pixels(self, index: int, channel: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (index, channel)
+        if key not in self._pixels:
+            self._pixels[key] = np.nonzero(self._mask_stack(index)[channel] > 0)
+        return self._pixels[key]
+
+    def _centre(self, index: int, rng: np.random.Generator, side: int) -> tuple[np.ndarray, str | None]:
+        """Tile centre (x, y) in crop px and the lesion code it was drawn for (None: anywhere)."""
+        code = None
+        if self.lesion_rates:
+            draw, cumulative = rng.random(), 0.0
+            for candidate, rate in self.lesion_rates.items():
+                cumulative += rate
+                if draw < cumulative:
+                    code = candidate
+                    break
+            channels = [LESION_CODES.index(code)] if code else []
+        else:
+            channels = [0, 1, 2, 3] if rng.random() < self.lesion_bias else []
+        ys = xs = np.zeros(0, int)
+        if channels:
+            found = [self._lesion_pixels(index, c) for c in channels]
+            ys = np.concatenate([f[0] for f in found])
+            xs = np.concatenate([f[1] for f in found])
+        if len(xs) == 0:
+            return rng.uniform(0.15 * side, 0.85 * side, 2), None
+        pick = rng.integers(len(xs))
+        jitter = rng.uniform(-self.tile / 4, self.tile / 4, 2)
+        return np.array([xs[pick], ys[pick]], float) + jitter, code or "lesion"
 
     def _mask_stack(self, index: int) -> np.ndarray:
         if index not in self._masks:
-            name = self.entries[index].file.removesuffix(".png")
+            name = self.entries[index].name
             with np.load(self.folder / f"{name}.masks.npz", allow_pickle=False) as data:
                 self._masks[index] = data["masks"].astype(np.float32) / 255.0
         return self._masks[index]
@@ -138,14 +237,7 @@ class SegmentationData(_CacheData):
         annotated = torch.tensor([code in entry.annotated for code in LESION_CODES])
         if self.augment is None:
             return self._tensor(image, rng), torch.from_numpy(masks), annotated
-        side = image.shape[0]
-        lesions = masks[:4].max(axis=0)
-        if rng.random() < self.lesion_bias and lesions.max() > 0:
-            ys, xs = np.nonzero(lesions > 0)
-            pick = rng.integers(len(xs))
-            centre = np.array([xs[pick], ys[pick]], float) + rng.uniform(-self.tile / 4, self.tile / 4, 2)
-        else:
-            centre = rng.uniform(0.15 * side, 0.85 * side, 2)
+        centre, _ = self._centre(index, rng, image.shape[0])
         angle, zoom = rng.uniform(-180, 180), rng.uniform(0.85, 1.15)
         matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, zoom)
         matrix[:, 2] += (self.tile - 1) / 2 - centre

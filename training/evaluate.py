@@ -17,10 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from models.constants import LESION_CODES
+from models.preprocess import crop_to_fov
 from models.registry import default_model, load_model
 from workbench.audit import LabelledImage, grade_images
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import load_image
+from workbench.landmarks import place_landmarks
 from workbench.metrics import (
     PixelCurve,
     confusion_matrix,
@@ -35,9 +37,11 @@ from workbench.predictors import (
     GraderPredictor,
     LocalizerPredictor,
     SegmenterPredictor,
-    crop_for,
 )
 from workbench.splits import split_names, split_train_val
+
+# the disc for landmark placement comes from the low-resolution segmenter (the disc needs no more)
+LANDMARK_SEGMENTER = "segmenter_lite0"
 
 __all__ = ["EVALUATORS", "evaluate", "record_in_card"]
 
@@ -99,16 +103,46 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
         keep = _select([r.name for r in records], val, split)
         records = [r for r in records if r.name in keep]
     predictor = LocalizerPredictor(*load_model(model_name))
-    od_d, fovea_d = [], []
-    for start in tqdm(range(0, len(records), 16), desc="localization", leave=False):
-        chunk = records[start : start + 16]
-        images = [load_image(r.image_path, min_side=GRADING_CROP) for r in chunk]
-        crops = [crop_for(image, GRADING_CROP) for image in images]
-        marks = predictor.predict_crops([c for c, _ in crops], [t for _, t in crops])
-        widths = np.array([image.original_size[1] for image in images])
-        od_d.append(scaled_distances([m.od_xy for m in marks], [r.od_xy for r in chunk], widths))
-        fovea_d.append(scaled_distances([m.fovea_xy for m in marks], [r.fovea_xy for r in chunk], widths))
-    return localization_metrics(np.concatenate(od_d), np.concatenate(fovea_d))
+    segmenter = SegmenterPredictor(*load_model(LANDMARK_SEGMENTER))
+    threshold = _od_threshold(segmenter.card.training)
+    raw_od, raw_fovea, od_d, fovea_d, doubtful = [], [], [], [], []
+    for record in tqdm(records, desc="localization", leave=False):
+        image = load_image(record.image_path, min_side=segmenter.card.input_size)
+        crop, transform, fov = crop_to_fov(image.rgb, GRADING_CROP, image.original_size)
+        marks = predictor.predict_crops([crop], [transform])[0]
+        maps = segmenter.predict(image)
+        placed = place_landmarks(
+            image.rgb,
+            image.original_size,
+            fov,
+            marks.od_xy,
+            marks.fovea_xy,
+            marks.fovea_confidence,
+            fallback_radius_px=fov.radius * 0.125,
+            od_mask=maps.probabilities[LESION_CODES.index("OD")] >= threshold,
+            transform=maps.transform,
+        )
+        width = np.array([image.original_size[1]])
+        raw_od.append(scaled_distances([marks.od_xy], [record.od_xy], width))
+        raw_fovea.append(scaled_distances([marks.fovea_xy], [record.fovea_xy], width))
+        od_d.append(scaled_distances([placed.od_xy], [record.od_xy], width))
+        fovea_d.append(scaled_distances([placed.fovea.xy], [record.fovea_xy], width))
+        doubtful.append(placed.fovea.doubt is not None)
+    fovea, flagged = np.concatenate(fovea_d), np.array(doubtful)
+    return {
+        **localization_metrics(np.concatenate(od_d), fovea),
+        "pipeline": f"localizer + one disc from {LANDMARK_SEGMENTER} + fovea anatomy check and refinement "
+        "(workbench.landmarks), as in analyze",
+        "detector_only": localization_metrics(np.concatenate(raw_od), np.concatenate(raw_fovea)),
+        "fovea_doubtful": int(flagged.sum()),
+        "fovea_mean_px_trusted": float(fovea[~flagged].mean()) if (~flagged).any() else None,
+        "fovea_mean_px_doubtful": float(fovea[flagged].mean()) if flagged.any() else None,
+    }
+
+
+def _od_threshold(training: dict[str, Any]) -> float:
+    measured = training.get("evaluation", {}).get("val") or training.get("validation", {})
+    return float(measured.get("threshold_OD") or 0.5)
 
 
 EVALUATORS = {

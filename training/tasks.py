@@ -24,6 +24,7 @@ from models.localizer import decode_landmarks, localizer_card
 from models.segmenter import segmenter_card
 from training.augment import AugmentConfig
 from training.data import GradingData, LocalizationData, SegmentationData
+from training.guides import load_guides, load_teacher, seg_to_grading
 from training.prepare import load_index, prepare
 from workbench.idrid import IDRiD
 from workbench.metrics import PixelCurve, grading_metrics, localization_metrics, segmentation_metrics
@@ -72,6 +73,10 @@ class TrainTask:
     def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def recipe(self) -> dict[str, Any]:
+        """What the card should say about how this model learnt, beyond the config (none by default)."""
+        return {}
+
     # shared helpers ---------------------------------------------------------------------------------
     def _cache(self, part: str, size: int) -> Path:
         return prepare(Path(self.cfg.data), Path(self.cfg.cache), part, "train", size, self.cfg.workers)
@@ -109,24 +114,76 @@ class GraderTask(TrainTask):
         entries = load_index(folder)
         train = self._limit([e for e in entries if e.name in train_names])
         val = self._limit([e for e in entries if e.name in val_names])
+        cfg, folders = self.cfg, {}
+        if cfg.unlabelled:  # segmentation-only photographs: no grade, but teacher targets and lesion guides
+            seg = self._cache("segmentation", 512)
+            in_grading = set(seg_to_grading(Path(cfg.data)))
+            extra = [e for e in load_index(seg) if e.name not in in_grading]
+            folders = {e.name: seg for e in extra}
+            train = train + self._limit(extra)
+        guides = load_guides(Path(cfg.guides)) if cfg.guides and cfg.attention_weight > 0 else None
+        teacher = None
+        if cfg.teacher and cfg.distill_weight > 0:
+            # fold k's student learns from fold k's teacher (never saw fold k); a refit from all teachers
+            teacher = load_teacher(Path(cfg.teacher), -1 if cfg.refit or cfg.fold < 0 else cfg.fold)
         return (
-            GradingData(folder, train, card, AugmentConfig(), self.cfg.seed),
-            GradingData(folder, val, card, None, self.cfg.seed),
+            GradingData(
+                folder,
+                train,
+                card,
+                AugmentConfig(),
+                cfg.seed,
+                guides=guides,
+                teacher=teacher,
+                folders=folders,
+            ),
+            GradingData(folder, val, card, None, cfg.seed),
         )
 
     def epoch_indices(self, train: Dataset, rng: np.random.Generator) -> np.ndarray:
-        grades = np.array([e.dr_grade for e in train.entries])
+        grades = np.array([-1 if e.dr_grade is None else e.dr_grade for e in train.entries])
+        labelled = grades >= 0
         if self.cfg.sampling == "sqrt":
             # Class-balanced by 1/sqrt(n): grade 1 (5% of IDRiD) is drawn about twice as often as its
             # share, without the over-fitting of full balancing on 16 mild images. Epoch length = images.
-            counts = np.bincount(grades, minlength=NUM_DR).astype(float)
-            weights = 1.0 / np.sqrt(np.maximum(counts[grades], 1))
+            # Unlabelled images are drawn at the mean rate of the labelled ones.
+            counts = np.bincount(grades[labelled], minlength=NUM_DR).astype(float)
+            weights = np.ones(len(grades))
+            weights[labelled] = 1.0 / np.sqrt(np.maximum(counts[grades[labelled]], 1))
+            weights[~labelled] = weights[labelled].mean() if labelled.any() else 1.0
             return rng.choice(len(train), size=len(train), replace=True, p=weights / weights.sum())
         if self.cfg.sampling != "mild3":
             raise ValueError(f"sampling must be 'mild3' or 'sqrt', got {self.cfg.sampling!r}")
         # Grade 1 (mild) is 5% of IDRiD: show each mild image three times per epoch.
         extra = np.repeat(np.nonzero(grades == 1)[0], 2)
         return rng.permutation(np.concatenate([np.arange(len(train)), extra]))
+
+    def recipe(self) -> dict[str, Any]:
+        cfg, out = self.cfg, {}
+        if cfg.attention_weight > 0 and cfg.guides:
+            out["attention_supervision"] = {
+                "loss": "-log(attention mass on lesion cells), DR head on MA/HE/EX/SE, DME head on hard "
+                "exudates within 2 disc diameters of the fovea; images graded 0 are not supervised",
+                "weight": cfg.attention_weight,
+                "guides": "ground-truth masks on the IDRiD segmentation images; HE and EX pseudo-labels "
+                "of the shipped segmenter elsewhere (drwb prepare-guides)",
+                "file": Path(cfg.guides).name,
+            }
+        if cfg.distill_weight > 0 and cfg.teacher:
+            out["distillation"] = {
+                "loss": "hard-label cross-entropy + ordinal term + weight x T^2 KL(teacher || student) "
+                "on the DR and DME heads",
+                "weight": cfg.distill_weight,
+                "temperature": cfg.distill_temperature,
+                "teacher": "fold k's student learns from fold k's teacher (never saw fold k); the refit "
+                "from the mean of all teachers (drwb prepare-teacher)",
+                "file": Path(cfg.teacher).name,
+            }
+        if cfg.unlabelled:
+            out["unlabelled_inputs"] = (
+                "segmentation-only IDRiD photographs (no grade): teacher and guide only"
+            )
+        return out
 
     def prepare_model(self, model: nn.Module) -> None:
         for module in _frozen_modules(model, self.cfg.freeze_blocks):
@@ -148,21 +205,49 @@ class GraderTask(TrainTask):
         return weights / weights.mean()
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        images, dr, dme = batch
-        logits = model(images).float()
+        images, dr, dme = batch[:3]
+        if len(batch) == 3:
+            return self._label_loss(model(images).float(), dr, dme)
+        guide, has_guide, teacher, has_teacher = batch[3:]
+        logits, dr_attention, dme_attention = model(images, with_attention=True)
+        logits = logits.float()
+        total = self._label_loss(logits, dr, dme)
+        cfg = self.cfg
+        if cfg.attention_weight > 0:
+            # no lesion can be pointed at on an image graded "no DR" / "no DME risk"
+            total = total + cfg.attention_weight * (
+                attention_loss(dr_attention, guide[:, 0], has_guide & (dr != 0))
+                + attention_loss(dme_attention, guide[:, 1], has_guide & (dme != 0))
+            )
+        if cfg.distill_weight > 0 and bool(has_teacher.any()):
+            rows, temp = has_teacher, cfg.distill_temperature
+            total = total + cfg.distill_weight * (
+                distillation_loss(logits[rows, :NUM_DR], teacher[rows, :NUM_DR].float(), temp)
+                + distillation_loss(logits[rows, NUM_DR:], teacher[rows, NUM_DR:].float(), temp)
+            )
+        return total
+
+    def _label_loss(self, logits: torch.Tensor, dr: torch.Tensor, dme: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on both heads plus the ordinal term, over labelled rows (grade -1: unlabelled)."""
+        labelled = dr >= 0
+        if not bool(labelled.any()):
+            return logits.sum() * 0
+        logits, dr, dme = logits[labelled], dr[labelled], dme[labelled]
         dr_logits = logits[:, :NUM_DR]
-        dr_loss = F.cross_entropy(dr_logits, dr, weight=self._weights(), label_smoothing=0.05)
+        weights = self._weights().to(logits.device)
+        dr_loss = F.cross_entropy(dr_logits, dr, weight=weights, label_smoothing=0.05)
         dme_loss = F.cross_entropy(logits[:, NUM_DR:], dme, label_smoothing=0.05)
         return dr_loss + dme_loss + self.cfg.ordinal_weight * ordinal_loss(dr_logits, dr)
 
     def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
         probs_dr, probs_dme, true_dr, true_dme = [], [], [], []
-        for images, dr, dme in batches:
+        for batch in batches:
+            images, dr, dme = batch[:3]
             logits = model(images).float()
-            probs_dr.append(torch.softmax(logits[:, :NUM_DR], 1))
-            probs_dme.append(torch.softmax(logits[:, NUM_DR:], 1))
-            true_dr.append(dr)
-            true_dme.append(dme)
+            probs_dr.append(torch.softmax(logits[:, :NUM_DR], 1).cpu())
+            probs_dme.append(torch.softmax(logits[:, NUM_DR:], 1).cpu())
+            true_dr.append(dr.cpu())
+            true_dme.append(dme.cpu())
         return grading_metrics(
             torch.cat(probs_dr).numpy(),
             torch.cat(probs_dme).numpy(),
@@ -204,8 +289,21 @@ class LocalizerTask(TrainTask):
             centres, _ = decode_landmarks(model(images), prior)
             # input px -> px of a 4288-wide original, per image (IDRiD challenge frame)
             errors.append((centres - points).norm(dim=-1) * challenge_px[:, None])
-        err = torch.cat(errors).numpy()
+        err = torch.cat(errors).float().cpu().numpy()
         return localization_metrics(err[:, 0], err[:, 1])
+
+
+def parse_rates(text: str) -> dict[str, float]:
+    """ "MA:0.3,SE:0.2" -> {"MA": 0.3, "SE": 0.2} (empty text: {})."""
+    rates = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        code, _, value = part.partition(":")
+        if code not in LESION_CODES or not value:
+            raise ValueError(
+                f"lesion rate {part!r}: expected CODE:RATE with CODE one of {', '.join(LESION_CODES)}"
+            )
+        rates[code] = float(value)
+    return rates
 
 
 def ordinal_loss(dr_logits: torch.Tensor, grade: torch.Tensor) -> torch.Tensor:
@@ -217,6 +315,36 @@ def ordinal_loss(dr_logits: torch.Tensor, grade: torch.Tensor) -> torch.Tensor:
     levels = torch.arange(dr_logits.shape[1], dtype=dr_logits.dtype, device=dr_logits.device)
     expected = (torch.softmax(dr_logits, dim=1) * levels).sum(dim=1)
     return F.smooth_l1_loss(expected, grade.to(dr_logits.dtype))
+
+
+def attention_loss(attention: torch.Tensor, guide: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
+    """-log of the attention mass on guided cells, averaged over the rows ``use`` that have any.
+
+    Args:
+        attention: (B, h, w) softmax attention (sums to 1 per image).
+        guide: (B, g, g) lesion guide in [0, 1] at any resolution; a feature cell is "lesion" when any
+            guide cell inside it is (max pooling: a microaneurysm must not vanish in a 32-px cell).
+        use: (B,) bool, rows that have a guide worth following.
+
+    Minimising it raises the share of attention on lesions (the relevance mass the explanation
+    benchmark scores) without fixing how it is spread among them.
+    """
+    region = F.adaptive_max_pool2d(guide[:, None].float(), attention.shape[-2:])[:, 0] > 0.25
+    rows = use & region.flatten(1).any(dim=1)
+    if not bool(rows.any()):
+        return attention.sum() * 0
+    mass = (attention.float() * region).flatten(1).sum(dim=1)[rows]
+    return -torch.log(mass.clamp_min(1e-4)).mean()
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015) soft-target loss: T^2 KL(softmax(teacher / T) || softmax(student / T)).
+
+    The T^2 factor keeps its gradients on the scale of the hard-label loss whatever T is.
+    """
+    log_student = F.log_softmax(student / temperature, dim=1)
+    soft_teacher = F.softmax(teacher / temperature, dim=1)
+    return F.kl_div(log_student, soft_teacher, reduction="batchmean") * temperature**2
 
 
 def _frozen_modules(model: nn.Module, blocks: int) -> list[nn.Module]:
@@ -242,6 +370,16 @@ def centernet_focal_loss(
 
 @register_task("segmenter")
 class SegmenterTask(TrainTask):
+    def recipe(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "tiles": f"{cfg.tile} px windows of the {cfg.input_size or 1024}-px field-of-view crop, "
+            f"{cfg.tiles_per_image} per image per epoch, centred on lesions at rates "
+            f"{cfg.lesion_rates or 'union of lesions half of the time'}, elsewhere at random",
+            "loss": (f"focal (gamma {cfg.focal_gamma}) " if cfg.focal_gamma else "")
+            + "BCE + soft Dice per lesion type, on annotated types only",
+        }
+
     def card(self) -> ModelCard:
         return segmenter_card(
             self.cfg.backbone,
@@ -256,9 +394,11 @@ class SegmenterTask(TrainTask):
         split = split_names([e.name for e in entries], self.cfg.val_fraction, self.cfg.seed)
         train = self._limit([e for e in entries if e.name in set(split.train)])
         val = self._limit([e for e in entries if e.name in set(split.val)])
-        tile = self.cfg.tile
+        tile, rates = self.cfg.tile, parse_rates(self.cfg.lesion_rates)
         return (
-            SegmentationData(folder, train, card, AugmentConfig(), self.cfg.seed, tile=tile),
+            SegmentationData(
+                folder, train, card, AugmentConfig(), self.cfg.seed, tile=tile, lesion_rates=rates
+            ),
             SegmentationData(folder, val, card, None, self.cfg.seed, tile=tile),
         )
 
@@ -270,8 +410,12 @@ class SegmenterTask(TrainTask):
         logits = model(images).float()
         valid = annotated[:, :, None, None].float()
         bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
-        bce = (bce * valid).sum() / valid.expand_as(bce).sum().clamp_min(1)
         prob = torch.sigmoid(logits)
+        if self.cfg.focal_gamma > 0:
+            # focal weighting (Lin et al. 2017): easy background pixels, the vast majority, count little
+            p_true = prob * masks + (1 - prob) * (1 - masks)
+            bce = bce * (1 - p_true).pow(self.cfg.focal_gamma)
+        bce = (bce * valid).sum() / valid.expand_as(bce).sum().clamp_min(1)
         inter = (prob * masks * valid).sum(dim=(0, 2, 3))
         union = ((prob + masks) * valid).sum(dim=(0, 2, 3))
         dice = 1 - (2 * inter + 1) / (union + 1)
@@ -287,6 +431,6 @@ class SegmenterTask(TrainTask):
                 for c, code in enumerate(LESION_CODES):
                     if flags[c]:
                         # soft masks hold area fractions: half a pixel or more is lesion (area-preserving)
-                        curves[code].add(prob[c], mask[c].numpy() >= 0.5)
+                        curves[code].add(prob[c], mask[c].cpu().numpy() >= 0.5)
         # Best-Dice thresholds travel in the card; the workbench binarises lesion maps with them.
         return segmentation_metrics(curves)

@@ -37,7 +37,7 @@ from models.registry import SHIPPED_WEIGHTS_DIR, build_model, save_model
 from training.distributed import setup, shard
 from training.tasks import TASKS
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "exact_device", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,17 @@ class TrainConfig:
     limit: int = 0
     no_pretrained: bool = False
     max_minutes: float = 0.0
+    device: str = "auto"  # "auto": CUDA when there is one (bf16 autocast, channels_last), else "cpu"
+    loader_workers: int = 0  # DataLoader worker processes for training batches (0: in the main process)
+    val_every: int = 1  # validate every N epochs and after the last (0: only after the last)
+    guides: str = ""  # grader: lesion-guide file (`drwb prepare-guides`) for attention supervision
+    attention_weight: float = 0.0  # grader: weight of the attention-on-lesions loss (0: off)
+    teacher: str = ""  # grader: teacher-logit file (`drwb prepare-teacher`) for distillation
+    distill_weight: float = 0.0  # grader: weight of the soft-target loss (0: off)
+    distill_temperature: float = 2.0  # grader: softmax temperature of the soft targets
+    unlabelled: bool = False  # grader: add segmentation-only photographs as unlabelled inputs
+    lesion_rates: str = ""  # segmenter: tile-centring rate per lesion, e.g. "MA:0.3,HE:0.15,EX:0.15,SE:0.2"
+    focal_gamma: float = 0.0  # segmenter: focal-loss gamma on the BCE term (0: plain BCE)
     ship: bool = False
     ship_name: str = ""
     ship_dir: str = ""  # default: models/weights (SHIPPED_WEIGHTS_DIR)
@@ -93,11 +104,11 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensor = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"opt.{index}.{key}"] = tensor.detach().contiguous()
+            tensors[f"opt.{index}.{key}"] = tensor.detach().cpu().contiguous()
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path.with_suffix(".safetensors"))
@@ -130,6 +141,37 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    return torch.device(name)
+
+
+def exact_device(name: str) -> torch.device:
+    """The device for figures that must match a CPU run: fp32 without TF32 shortcuts on CUDA."""
+    device = _device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return device
+
+
+def _to_device(batch: tuple, device: torch.device) -> tuple:
+    """Tensors of a batch onto ``device``; 4-D images in channels_last on CUDA (faster convolutions)."""
+    if device.type == "cpu":
+        return batch
+    out = []
+    for item in batch:
+        if torch.is_tensor(item):
+            item = item.to(device, non_blocking=True)
+            if item.ndim == 4 and item.shape[1] == 3:
+                item = item.contiguous(memory_format=torch.channels_last)
+        out.append(item)
+    return tuple(out)
+
+
 def _collate(items: list[tuple]) -> tuple:
     return tuple(
         torch.stack(list(col)) if torch.is_tensor(col[0]) else torch.tensor(col)
@@ -156,6 +198,10 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         raise ValueError(f"select must be 'best' or 'last', got {cfg.select!r}")
     model = build_model(card)
     task.prepare_model(model)
+    device = _device(cfg.device)
+    if device.type == "cuda":
+        model = model.to(device, memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     if ranks.is_main:  # builds the training cache once; the other ranks read it when it is complete
         train_set, val_set = task.datasets(card)
     ranks.barrier()
@@ -195,6 +241,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             shuffle=False,
             collate_fn=_collate,
             drop_last=len(order) > per_rank,
+            num_workers=cfg.loader_workers,
+            pin_memory=device.type == "cuda",
         )
         task.train_mode(model)
         losses = []
@@ -208,7 +256,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         for batch in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(meta["step"], total_steps, warmup, cfg.lr)
-            loss = task.loss(stepper, batch)
+            with autocast:
+                loss = task.loss(stepper, _to_device(batch, device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(trainable, 5.0)
@@ -218,9 +267,11 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         model.eval()
         metrics: dict[str, Any] = {"score": float("nan")}
-        if len(val_set):
-            with torch.no_grad():
-                metrics = task.validate(model, list(val_loader))
+        last = epoch + 1 == cfg.epochs
+        due = last or (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0)
+        if len(val_set) and due:
+            with torch.no_grad(), autocast:
+                metrics = task.validate(model, [_to_device(b, device) for b in val_loader])
         record = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),
@@ -229,14 +280,14 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         }
         meta["history"].append(record)
         meta["epoch"] = epoch + 1
-        improved = cfg.select == "last" or metrics["score"] > meta["best_score"]
+        improved = cfg.select == "last" or (due and metrics["score"] > meta["best_score"])
         if improved:
             meta["best_score"] = metrics["score"]
             meta["best_epoch"] = epoch + 1
             meta["best_metrics"] = metrics
         if ranks.is_main:  # one writer; the other ranks hold the same tensors (DDP keeps them in sync)
             if improved:
-                weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+                weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
                 save_file(weights, str(run_dir / "best.safetensors"))
             _save_state(state_path, model, optimizer, meta)
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
@@ -252,7 +303,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             log.warning("time budget of %.0f min reached after epoch %d", cfg.max_minutes, epoch + 1)
             meta["stopped_early_at_epoch"] = epoch + 1
             break
-    card = _final_card(card, cfg, meta, command)
+    card = _final_card(card, cfg, meta, command, task.recipe())
     if ranks.is_main:
         (run_dir / "best.json").write_text(card.to_json())
         if cfg.ship:
@@ -272,9 +323,12 @@ def _ship(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader: Da
         {k: v.half().float() if v.is_floating_point() else v for k, v in best.state_dict().items()}
     )
     half.eval()
+    device = exact_device(cfg.device)
     with torch.no_grad():
-        batches = list(val_loader)
-        score32, score16 = task.validate(best, batches)["score"], task.validate(half, batches)["score"]
+        batches = [_to_device(b, device) for b in val_loader]
+        score32 = task.validate(best.to(device), batches)["score"]
+        score16 = task.validate(half.to(device), batches)["score"]
+    best.cpu()
     use_half = score16 >= score32 - 1e-9
     log.info(
         "fp32 score %.5f, fp16 score %.5f: shipping %s", score32, score16, "fp16" if use_half else "fp32"
@@ -293,7 +347,9 @@ def _ship(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader: Da
     ).weights
 
 
-def _final_card(card: ModelCard, cfg: TrainConfig, meta: dict[str, Any], command: str) -> ModelCard:
+def _final_card(
+    card: ModelCard, cfg: TrainConfig, meta: dict[str, Any], command: str, recipe: dict[str, Any]
+) -> ModelCard:
     extra = {k: v for k, v in card.extra.items() if k != "imagenet_init"}
     return card.with_updates(
         extra={
@@ -312,6 +368,7 @@ def _final_card(card: ModelCard, cfg: TrainConfig, meta: dict[str, Any], command
             "epochs_run": meta["epoch"],
             "best_epoch": meta.get("best_epoch"),
             "validation": meta.get("best_metrics", {}),
+            **({"recipe": recipe} if recipe else {}),
             "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
         },
     )

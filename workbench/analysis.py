@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -32,6 +32,7 @@ from workbench.anatomy import DmeRuleCheck, EtdrsGrid, dme_rule, etdrs_grid, reg
 from workbench.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.fundus import prepare_fundus
 from workbench.image_io import LoadedImage, load_image
+from workbench.landmarks import place_landmarks
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, SegmenterPredictor
 from workbench.quality import QualityReport
 from workbench.targets import GradeTarget, Target
@@ -39,6 +40,40 @@ from workbench.targets import GradeTarget, Target
 __all__ = ["Analysis", "LesionSummary", "Workbench"]
 
 _OD_DIAMETER_PER_FOV = 0.125  # disc diameter / field diameter on 45-degree IDRiD images (fallback)
+
+
+RELIABILITY_FLOOR = 0.30  # validated AUPR below which a lesion type's counts and areas are not facts
+
+
+@dataclass(frozen=True)
+class LesionReliability:
+    """How far one lesion type's masks can be trusted: the segmenter card's validated AUPR (original
+    resolution, held-out IDRiD images) against ``RELIABILITY_FLOOR``."""
+
+    code: str
+    aupr: float | None
+    reliable: bool
+    note: str
+
+
+def lesion_reliability(card_training: dict) -> dict[str, LesionReliability]:
+    """Per lesion type, from a segmenter card's ``training`` section (``evaluation.val`` first)."""
+    measured = card_training.get("evaluation", {}).get("val") or card_training.get("validation", {})
+    out = {}
+    for code in LESION_CODES:
+        aupr = measured.get(f"aupr_{code}")
+        if aupr is None:
+            out[code] = LesionReliability(
+                code, None, False, "unreliable: no validated AUPR in the model card"
+            )
+        elif aupr < RELIABILITY_FLOOR:
+            note = (
+                f"unreliable: validated AUPR {aupr:.2f} < {RELIABILITY_FLOOR:.2f}; counts and areas are noise"
+            )
+            out[code] = LesionReliability(code, float(aupr), False, note)
+        else:
+            out[code] = LesionReliability(code, float(aupr), True, f"validated AUPR {aupr:.2f}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -73,10 +108,14 @@ class Analysis:
     od_confidence: float | None = None
     fovea_xy: tuple[float, float] | None = None
     fovea_confidence: float | None = None
+    fovea_doubt: str | None = None  # why the fovea is not trusted (None: trusted); grid/regions/rule then off
+    fovea_source: str | None = None
+    od_doubt: str | None = None
     etdrs: EtdrsGrid | None = None
     dme_check: DmeRuleCheck | None = None
     lesions_by_region: dict[str, dict[str, int]] = field(default_factory=dict)
     heatmaps: dict[str, Heatmap] = field(default_factory=dict)
+    lesion_reliability: dict[str, LesionReliability] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
 
@@ -93,6 +132,17 @@ class Analysis:
         if self.dr_probabilities is None:
             return None
         return float(self.dr_probabilities[REFERABLE_MIN_GRADE:].sum())
+
+    def lesion_quantities(self, code: str) -> dict[str, float | None]:
+        """Area of one lesion type in comparable units: original px, % of the field of view, disc areas."""
+        summary = self.lesions[code]
+        field_area = np.pi * self.fov.radius**2
+        disc_area = np.pi * self.od_radius_px**2 if self.od_radius_px else None
+        return {
+            "area_px": summary.area_px,
+            "area_percent_of_field": 100.0 * summary.area_px / field_area if field_area else None,
+            "area_disc_areas": summary.area_px / disc_area if disc_area else None,
+        }
 
     @property
     def referable(self) -> bool | None:
@@ -180,15 +230,31 @@ class Workbench:
             lesions = self._summaries(maps.probabilities, maps.transform)
             lap("lesions")
         marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
+        placed = place_landmarks(
+            image.rgb,
+            image.original_size,
+            prepared.fov,
+            marks.od_xy,
+            marks.fovea_xy,
+            marks.fovea_confidence,
+            fallback_radius_px=prepared.fov.radius * _OD_DIAMETER_PER_FOV,
+            od_mask=lesions["OD"].mask if "OD" in lesions else None,
+            transform=lesion_transform,
+        )
+        if "OD" in lesions:
+            lesions["OD"] = self._one_disc(lesions["OD"], placed.od_mask, lesion_transform)
         lap("landmarks")
-        od_radius = self._od_radius(lesions, prepared.fov)
-        grid = etdrs_grid(marks.fovea_xy, marks.od_xy, od_radius)
-        check, by_region = None, {}
-        if "EX" in lesions:
-            ys, xs = np.nonzero(lesions["EX"].mask)
-            exudates = lesion_transform.to_original(np.stack([xs, ys], 1)) if xs.size else np.zeros((0, 2))
-            check = dme_rule(exudates, marks.fovea_xy, od_radius, int(np.argmax(dme[0])))
-            by_region = self._by_region(grid, lesions)
+        od_radius, fovea = placed.od_radius_px, placed.fovea
+        grid, check, by_region = None, None, {}
+        if fovea.doubt is None:  # a doubtful fovea places no grid, no regions and no rule check
+            grid = etdrs_grid(fovea.xy, placed.od_xy, od_radius)
+            if "EX" in lesions:
+                ys, xs = np.nonzero(lesions["EX"].mask)
+                exudates = (
+                    lesion_transform.to_original(np.stack([xs, ys], 1)) if xs.size else np.zeros((0, 2))
+                )
+                check = dme_rule(exudates, fovea.xy, od_radius, int(np.argmax(dme[0])))
+                by_region = self._by_region(grid, lesions)
         lap("anatomy")
         heatmaps = {}
         if explain:
@@ -201,15 +267,19 @@ class Workbench:
             dme_probabilities=dme[0],
             lesions=lesions,
             lesion_transform=lesion_transform,
-            od_xy=marks.od_xy,
+            od_xy=placed.od_xy,
             od_radius_px=od_radius,
             od_confidence=marks.od_confidence,
-            fovea_xy=marks.fovea_xy,
+            od_doubt=placed.od_doubt,
+            fovea_xy=fovea.xy,
             fovea_confidence=marks.fovea_confidence,
+            fovea_doubt=fovea.doubt,
+            fovea_source=fovea.source,
             etdrs=grid,
             dme_check=check,
             lesions_by_region=by_region,
             heatmaps=heatmaps,
+            lesion_reliability=lesion_reliability(self.segmenter.card.training) if self.segment else {},
             timings_ms=timings,
             **base,
         )
@@ -263,11 +333,16 @@ class Workbench:
         return out
 
     @staticmethod
-    def _od_radius(lesions: dict[str, LesionSummary], fov: FieldOfView) -> float:
-        disc = lesions.get("OD")
-        if disc is not None and disc.area_px > 0:
-            return float(np.sqrt(disc.area_px / np.pi))
-        return fov.radius * _OD_DIAMETER_PER_FOV
+    def _one_disc(disc: LesionSummary, chosen: np.ndarray | None, transform: CropTransform) -> LesionSummary:
+        """The disc summary reduced to the one component ``place_landmarks`` chose (at most one disc)."""
+        if chosen is None or not chosen.any():
+            return replace(
+                disc, count=0, area_px=0.0, mask=np.zeros_like(disc.mask), centroids_xy=np.zeros((0, 2))
+            )
+        ys, xs = np.nonzero(chosen)
+        centre = transform.to_original(np.array([[xs.mean(), ys.mean()]]))
+        area = float(chosen.sum() / transform.scale**2)
+        return replace(disc, count=1, area_px=area, mask=chosen, centroids_xy=centre)
 
     @staticmethod
     def _by_region(grid: EtdrsGrid, lesions: dict[str, LesionSummary]) -> dict[str, dict[str, int]]:

@@ -49,7 +49,7 @@ def predict_tiles(
     for i in range(0, len(positions), batch):
         chunk = positions[i : i + batch]
         tiles = torch.stack([image[:, y : y + tile, x : x + tile] for y, x in chunk])
-        probs = torch.sigmoid(model(tiles).float()).numpy()
+        probs = torch.sigmoid(model(tiles).float()).cpu().numpy()
         if total is None:
             total = np.zeros((probs.shape[1], height, width), np.float32)
         for (y, x), prob in zip(chunk, probs, strict=True):

@@ -80,15 +80,36 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
                     "xy": _num(analysis.od_xy),
                     "radius_px": _num(analysis.od_radius_px),
                     "confidence": _num(analysis.od_confidence),
+                    "doubt": analysis.od_doubt,
                 },
-                "fovea": {"xy": _num(analysis.fovea_xy), "confidence": _num(analysis.fovea_confidence)},
+                "fovea": {
+                    "xy": _num(analysis.fovea_xy),
+                    "confidence": _num(analysis.fovea_confidence),
+                    "doubt": analysis.fovea_doubt,
+                    "source": analysis.fovea_source,
+                },
                 "lesions": {
-                    code: {"count": s.count, "area_px": _num(s.area_px)}
+                    code: {
+                        "count": s.count,
+                        **{k: _num(v) for k, v in analysis.lesion_quantities(code).items()},
+                        **(
+                            {
+                                "validated_aupr": _num(analysis.lesion_reliability[code].aupr),
+                                "reliable": analysis.lesion_reliability[code].reliable,
+                                "reliability": analysis.lesion_reliability[code].note,
+                            }
+                            if code in analysis.lesion_reliability
+                            else {}
+                        ),
+                    }
                     for code, s in analysis.lesions.items()
                 },
                 "lesions_by_etdrs_region": analysis.lesions_by_region,
             }
         )
+        if analysis.fovea_doubt is not None:
+            # no grid, regions or rule check: say why instead of leaving them out silently
+            out["fovea_dependent"] = f"not available: fovea doubtful ({analysis.fovea_doubt})"
         if analysis.etdrs is not None:
             out["etdrs_grid"] = {
                 "centre_xy": _num(analysis.etdrs.centre_xy),
@@ -220,24 +241,48 @@ def _tables(data: dict[str, Any]) -> str:
         )
         parts.append(
             _table(
-                "Lesions (segmenter; original pixels)",
-                ["lesion", "count", "area (px)"],
-                [[code, v["count"], v["area_px"]] for code, v in data["lesions"].items()],
-                digits=0,
+                "Lesions (segmenter; the optic disc is listed with the landmarks). Types whose validated "
+                "AUPR is below the reliability floor are not findings.",
+                ["lesion", "count", "area (px)", "% of field", "disc areas", "validated AUPR", "reliability"],
+                [
+                    [
+                        code,
+                        v["count"],
+                        v["area_px"],
+                        v.get("area_percent_of_field"),
+                        v.get("area_disc_areas"),
+                        v.get("validated_aupr"),
+                        v.get("reliability", "n/a"),
+                    ]
+                    for code, v in data["lesions"].items()
+                    if code != "OD"
+                ],
+                digits=3,
             )
         )
         od, fovea = data["optic_disc"], data["fovea"]
         parts.append(
             _table(
                 "Landmarks (original pixels)",
-                ["landmark", "x", "y", "confidence"],
+                ["landmark", "x", "y", "confidence", "state"],
                 [
-                    ["optic disc", od["xy"][0], od["xy"][1], od["confidence"]],
-                    ["fovea", fovea["xy"][0], fovea["xy"][1], fovea["confidence"]],
+                    ["optic disc", od["xy"][0], od["xy"][1], od["confidence"], od.get("doubt") or "trusted"],
+                    [
+                        "fovea",
+                        fovea["xy"][0],
+                        fovea["xy"][1],
+                        fovea["confidence"],
+                        f"doubtful: {fovea['doubt']}" if fovea.get("doubt") else "trusted",
+                    ],
                 ],
                 digits=1,
             )
         )
+        if "fovea_dependent" in data:
+            parts.append(
+                "<p class='doubt'>ETDRS grid, lesions by region, DME rule check: "
+                f"{html.escape(data['fovea_dependent'])}</p>"
+            )
         if "dme_rule_check" in data:
             check = data["dme_rule_check"]
             parts.append(

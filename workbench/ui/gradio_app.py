@@ -25,7 +25,7 @@ from workbench.image_io import ImageLoadError, load_image
 from workbench.model_table import grader_label
 from workbench.synthetic import make_fundus
 from workbench.ui.audit_tab import build_audit_tab
-from workbench.ui.handlers import TARGET_CHOICES, Handlers
+from workbench.ui.handlers import LESION_COLUMNS, TARGET_CHOICES, Handlers
 
 __all__ = ["MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 
@@ -110,7 +110,10 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     },
                 )
                 landmarks = gr.Image(label="Optic disc, fovea and ETDRS grid", type="numpy")
-            lesion_table = gr.Dataframe(headers=["lesion", "count", "area (px)"], label="Lesion counts")
+            lesion_table = gr.Dataframe(
+                headers=LESION_COLUMNS,
+                label="Lesions (types below the reliability floor are not findings: see 'reliability')",
+            )
             report = gr.JSON(label="All numbers")
             run.click(
                 handlers.analyze,

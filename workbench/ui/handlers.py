@@ -19,7 +19,7 @@ import gradio as gr
 import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
-from workbench.analysis import Analysis, LesionSummary, Workbench
+from workbench.analysis import RELIABILITY_FLOOR, Analysis, LesionSummary, Workbench
 from workbench.batch import score_analysis
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import ImageLoadError
@@ -36,7 +36,7 @@ from workbench.report import analysis_to_dict, write_report
 from workbench.scoring import original_masks_to_crop
 from workbench.targets import GradeTarget, parse_target
 
-__all__ = ["Handlers", "TARGET_CHOICES"]
+__all__ = ["Handlers", "LESION_COLUMNS", "TARGET_CHOICES", "lesion_rows"]
 
 TARGET_CHOICES: list[tuple[str, str]] = (
     [("predicted DR grade", "predicted")]
@@ -47,17 +47,58 @@ TARGET_CHOICES: list[tuple[str, str]] = (
 )
 
 
+LESION_COLUMNS = [
+    "lesion",
+    "count",
+    "area (px)",
+    "area (% of field)",
+    "area (disc areas)",
+    "validated AUPR",
+    "reliability",
+]
+
+
+def lesion_rows(analysis: Analysis) -> list[list[Any]]:
+    """One row per lesion type (the optic disc is anatomy, not a lesion), in ``LESION_COLUMNS`` order."""
+    rows = []
+    for code, summary in analysis.lesions.items():
+        if code == "OD":
+            continue
+        q = analysis.lesion_quantities(code)
+        rel = analysis.lesion_reliability.get(code)
+        rows.append(
+            [
+                code,
+                summary.count,
+                round(q["area_px"]),
+                None if q["area_percent_of_field"] is None else round(q["area_percent_of_field"], 3),
+                None if q["area_disc_areas"] is None else round(q["area_disc_areas"], 3),
+                None if rel is None or rel.aupr is None else round(rel.aupr, 2),
+                "n/a" if rel is None else ("reliable" if rel.reliable else rel.note),
+            ]
+        )
+    return rows
+
+
 def _summary_markdown(analysis: Analysis) -> str:
     if not analysis.graded:
         return "## Not gradeable\n" + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
     referable = "**REFERABLE**" if analysis.referable else "not referable"
+    grade_p = float(analysis.dr_probabilities[analysis.dr_grade])
+    dme_p = float(analysis.dme_probabilities[analysis.dme_grade])
     lines = [
-        f"## DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} ({referable}, "
-        f"p = {analysis.referable_probability:.2f})",
-        f"**DME risk {analysis.dme_grade}**: {DME_NAMES[analysis.dme_grade]}",
+        f"## DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
+        f"{grade_p:.2f}) · {referable} (referable probability {analysis.referable_probability:.2f})",
+        f"**DME risk {analysis.dme_grade}** ({DME_NAMES[analysis.dme_grade].split(' (')[0]}, "
+        f"probability {dme_p:.2f})",
         f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
     ]
-    if analysis.dme_check is not None:
+    if analysis.fovea_doubt is not None:
+        lines.append(
+            f"**Fovea doubtful** ({analysis.fovea_doubt}): ETDRS grid, lesions by region and the DME rule "
+            "check are not available for this image."
+        )
+    elif analysis.dme_check is not None:
         check = analysis.dme_check
         where = (
             "no exudates found"
@@ -69,11 +110,20 @@ def _summary_markdown(analysis: Analysis) -> str:
             f"**DME rule check (IDRiD definition):** rule says {check.grade} ({where}); grader says "
             f"{check.grader_grade}: {verdict}"
         )
+    fovea_state = "doubtful" if analysis.fovea_doubt else "trusted"
+    disc_doubt = f" (doubtful: {analysis.od_doubt})" if analysis.od_doubt else ""
     lines.append(
-        f"**Optic disc** ({analysis.od_xy[0]:.0f}, {analysis.od_xy[1]:.0f}) confidence "
-        f"{analysis.od_confidence:.2f}; **fovea** ({analysis.fovea_xy[0]:.0f}, {analysis.fovea_xy[1]:.0f}) "
-        f"confidence {analysis.fovea_confidence:.2f}"
+        f"**Optic disc** ({analysis.od_xy[0]:.0f}, {analysis.od_xy[1]:.0f}) px, confidence "
+        f"{analysis.od_confidence:.2f}{disc_doubt}; "
+        f"**fovea** ({analysis.fovea_xy[0]:.0f}, {analysis.fovea_xy[1]:.0f}) px, detector confidence "
+        f"{analysis.fovea_confidence:.2f}, {fovea_state}"
     )
+    unreliable = [r.code for r in analysis.lesion_reliability.values() if not r.reliable and r.code != "OD"]
+    if unreliable:
+        lines.append(
+            f"**Unreliable lesion types:** {', '.join(unreliable)} (validated AUPR below "
+            f"{RELIABILITY_FLOOR:.2f}): their counts and areas are shown greyed and are not findings."
+        )
     timing = ", ".join(f"{k} {v:.0f} ms" for k, v in analysis.timings_ms.items())
     lines.append(f"<small>Timings: {timing}</small>")
     return "\n\n".join(lines)
@@ -104,7 +154,7 @@ class Handlers:
         data = analysis_to_dict(analysis)
         if not analysis.graded:
             return _summary_markdown(analysis), None, None, None, [], data
-        rows = [[code, s.count, round(s.area_px)] for code, s in analysis.lesions.items()]
+        rows = lesion_rows(analysis)
         annotated = lesion_annotations(analysis)
         grid = landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"]))
         return _summary_markdown(analysis), probability_figure(analysis), annotated, grid, rows, data

@@ -1,0 +1,86 @@
+"""One optic disc, a fovea checked against anatomy, refined to the dark macula, and the doubt flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.fov import FieldOfView
+from workbench.landmarks import choose_disc, fovea_doubts, place_landmarks, refine_fovea
+from workbench.synthetic import make_fundus
+
+
+@pytest.fixture(scope="module")
+def eye():
+    return make_fundus(3, size=(712, 1072))
+
+
+def _fov(eye) -> FieldOfView:
+    return FieldOfView(eye.fov_xy[0], eye.fov_xy[1], eye.fov_radius, 0.7, 1.0, True)
+
+
+def _distance(a, b) -> float:
+    return float(np.hypot(a[0] - b[0], a[1] - b[1]))
+
+
+def test_a_plausible_fovea_is_trusted_and_refined_to_the_dark_macula(eye) -> None:
+    dd = 2 * eye.od_radius
+    start = (eye.fovea_xy[0] + 0.3 * dd, eye.fovea_xy[1] - 0.2 * dd)
+    estimate = refine_fovea(eye.image, eye.image.shape[:2], _fov(eye), eye.od_xy, dd, start, 0.8)
+    assert estimate.doubt is None
+    assert estimate.source.startswith("detector")
+    assert _distance(estimate.xy, eye.fovea_xy) < _distance(start, eye.fovea_xy)
+    assert _distance(estimate.xy, eye.fovea_xy) < 0.25 * dd
+    assert 1.7 <= estimate.disc_diameters <= 3.4
+
+
+def test_a_fovea_in_the_arcade_is_doubtful_and_replaced_from_anatomy(eye) -> None:
+    dd = 2 * eye.od_radius
+    arcade = (eye.od_xy[0], eye.od_xy[1] - 1.8 * dd)  # above the disc, as seen on IDRiD test image 55
+    estimate = refine_fovea(eye.image, eye.image.shape[:2], _fov(eye), eye.od_xy, dd, arcade, 0.35)
+    assert estimate.doubt is not None and "above or below the disc" in estimate.doubt
+    assert estimate.source.startswith("anatomy")
+    assert _distance(estimate.xy, eye.fovea_xy) < 0.6 * dd
+
+
+def test_doubt_reasons_name_the_problem(eye) -> None:
+    dd = 2 * eye.od_radius
+    fov = _fov(eye)
+    outside = (fov.cx + 1.2 * fov.radius, fov.cy)
+    assert "outside the field of view" in fovea_doubts(outside, eye.od_xy, dd, fov)
+    assert fovea_doubts(eye.fovea_xy, eye.od_xy, dd, fov, confidence=0.9) == []
+    assert "low detector confidence (0.05)" in fovea_doubts(eye.fovea_xy, eye.od_xy, dd, fov, confidence=0.05)
+    nasal = (2 * eye.od_xy[0] - eye.fovea_xy[0], eye.fovea_xy[1])
+    assert "on the nasal side of the disc" in fovea_doubts(nasal, eye.od_xy, dd, fov)
+
+
+def test_at_most_one_disc_the_one_the_detector_found() -> None:
+    mask = np.zeros((200, 300), bool)
+    yy, xx = np.mgrid[0:200, 0:300]
+    mask |= (xx - 60) ** 2 + (yy - 100) ** 2 <= 20**2  # the disc
+    mask |= (xx - 220) ** 2 + (yy - 100) ** 2 <= 35**2  # a bigger bright lesion cluster
+    chosen, centre, area = choose_disc(mask, (58.0, 97.0))
+    assert centre == pytest.approx((60, 100), abs=0.5)
+    assert chosen.sum() == area and not chosen[100, 220]
+    # with the detector nowhere near either, the more disc-like (round, large) one wins
+    ragged = np.zeros_like(mask)
+    ragged[20:30, 10:290] = True  # a long thin streak: large but not round
+    _, centre, _ = choose_disc(mask | ragged, (150.0, 190.0))
+    assert centre == pytest.approx((220, 100), abs=0.5)
+    empty, none, zero = choose_disc(np.zeros((10, 10), bool), (5.0, 5.0))
+    assert none is None and zero == 0 and not empty.any()
+
+
+def test_place_landmarks_without_a_segmenter_uses_the_field_size(eye) -> None:
+    fov = _fov(eye)
+    placed = place_landmarks(
+        eye.image,
+        eye.image.shape[:2],
+        fov,
+        eye.od_xy,
+        eye.fovea_xy,
+        0.9,
+        fallback_radius_px=eye.od_radius,
+    )
+    assert placed.od_xy == eye.od_xy and placed.od_mask is None and placed.od_doubt is None
+    assert placed.fovea.doubt is None

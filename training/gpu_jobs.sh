@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Every pending training run on one GPU machine, in parallel, then OOF scoring and export.
+#
+# Run from the repository root with the bundle of `python -m training.remote pack --out gpu` in gpu/:
+#     OUT=<folder for results> bash training/gpu_jobs.sh
+# The same `drwb train` commands run on a CPU (drop nothing; `--device auto` picks the CPU), only slower;
+# LIMIT=8 EP_SCALE=0.05 makes a few-minute smoke run of the whole script on a laptop.
+#
+# Jobs (all at once: the GPU is idle most of each small run, and 16 CPU cores feed them):
+#   grader_lite0_cv5b    lite0 448 px, 5 folds + refit                        (issue: CV grader)
+#   grader_lite0_att     the same + lesion-supervised attention               (issue: attention on lesions)
+#   grader_convnext_atto ConvNeXt-atto from scratch, distilled from the lite0 CV folds, attention (idem)
+#   grader_convnext_femto fold 0 only: the femto-vs-atto comparison
+#   segmenter_hr         UNet++ on 2048-px field-of-view crops, lesion-rate tile sampler, focal + Dice
+set -u
+BUNDLE=${BUNDLE:-gpu}
+export DRWB_TRUST_CACHE=1 DRWB_LITE0_WEIGHTS=$BUNDLE/lite0_imagenet_fp16.safetensors
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+OUT=${OUT:-gpu_out}
+RUNS=${RUNS:-/tmp/drwb_runs}
+LOGS=$OUT/logs
+mkdir -p "$LOGS" "$RUNS"
+LIMIT=${LIMIT:-0}
+SCALE=${EP_SCALE:-1}
+MAXMIN=${MAXMIN:-6.5}
+ep() { python3 -c "print(max(1, round($1 * $SCALE)))"; }
+
+BASE=(--data $BUNDLE/data --cache $BUNDLE/cache --runs "$RUNS" --threads 1 --limit "$LIMIT" --max-minutes "$MAXMIN")
+LITE=(grader --folds 5 --backbone tf_efficientnet_lite0 --input-size 448 --freeze-blocks 1 --sampling sqrt
+      --ordinal-weight 0.5 --epochs "$(ep 20)" --batch-size 16 --lr 1e-3)
+ATT=(--guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
+CNX=(grader --folds 5 --input-size 448 --sampling sqrt --ordinal-weight 0.5 --epochs "$(ep 50)" --batch-size 32
+     --lr 2e-3 --teacher $BUNDLE/cache/teacher_lite0_cv5.npz --distill-weight 1.0 --distill-temperature 2
+     --guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
+SEG=(segmenter --backbone tf_efficientnet_lite0 --input-size 2048 --tile 512 --tiles-per-image 48
+     --epochs "$(ep 12)" --batch-size 12 --lr 1e-3 --lesion-rates MA:0.3,HE:0.15,EX:0.15,SE:0.25
+     --focal-gamma 2 --select last --val-every 0 --loader-workers 6)
+
+pieces() {  # name, then the argument array of the run: 5 folds and the refit, in the background
+  local name=$1; shift
+  for k in 0 1 2 3 4; do
+    python3 drwb.py train "$@" "${BASE[@]}" --run-name "$name" --fold "$k" >"$LOGS/$name.fold$k.log" 2>&1 &
+  done
+  python3 drwb.py train "$@" "${BASE[@]}" --run-name "$name" --refit >"$LOGS/$name.refit.log" 2>&1 &
+}
+
+date +%s >"$LOGS/started"
+nvidia-smi --query-gpu=name,memory.total --format=csv >"$LOGS/gpu.txt" 2>&1 || true
+python3 drwb.py train "${SEG[@]}" "${BASE[@]}" --run-name segmenter_hr --ship --ship-dir "$OUT/seg" \
+  --ship-name segmenter_lite0_hr >"$LOGS/segmenter_hr.log" 2>&1 &
+pieces grader_lite0_cv5b "${LITE[@]}"
+pieces grader_lite0_att "${LITE[@]}" "${ATT[@]}"
+pieces grader_convnext_atto "${CNX[@]}" --backbone convnext_atto
+python3 drwb.py train "${CNX[@]}" --backbone convnext_femto "${BASE[@]}" --run-name grader_convnext_femto \
+  --fold 0 >"$LOGS/grader_convnext_femto.fold0.log" 2>&1 &
+wait
+date +%s >"$LOGS/trained"
+
+# OOF scoring, temperatures and export: finds every piece finished, trains nothing
+python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship --ship-dir "$OUT/lite0_plain" \
+  --ship-name grader_lite0 >"$LOGS/ship_lite0_plain.log" 2>&1 &
+python3 drwb.py train "${LITE[@]}" "${ATT[@]}" "${BASE[@]}" --run-name grader_lite0_att --ship \
+  --ship-dir "$OUT/lite0_att" --ship-name grader_lite0 >"$LOGS/ship_lite0_att.log" 2>&1 &
+python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" --run-name grader_convnext_atto --ship \
+  --ship-dir "$OUT/convnext" --ship-name grader_convnext_atto >"$LOGS/ship_convnext.log" 2>&1 &
+wait
+date +%s >"$LOGS/shipped"
+for run in "$RUNS"/*; do  # per-epoch histories and OOF summaries (small), not checkpoints
+  for f in "$run"/*/state.json "$run"/state.json "$run"/oof.json; do
+    [ -f "$f" ] && cp "$f" "$LOGS/$(basename "$run")_$(basename "$(dirname "$f")")_$(basename "$f")"
+  done
+done
+for f in "$LOGS"/*.log; do  # the last line of every log, for the caller's console
+  echo "== $(basename "$f"): $(tail -c 600 "$f" | tr '\r' '\n' | grep -v '^\s*$' | tail -n 1 | cut -c1-260)"
+done
+cd "$OUT" || exit 1
+for d in lite0_plain lite0_att convnext seg logs; do
+  [ -d "$d" ] && tar -cf "$d.tar" "$d" && rm -rf "$d"
+done
+ls -la

@@ -1,0 +1,228 @@
+"""Landmarks without outliers: one optic disc, a fovea checked against anatomy, and a doubt flag.
+
+The localizer finds the disc and the fovea on a 512-px crop. Two things go wrong with that alone: a bright
+exudate cluster segmented as a second "disc", and a fovea placed hundreds of pixels off (in the upper
+arcade, or outside the field of view) with nothing saying so, after which the ETDRS grid, the lesions by
+region and the DME rule check are silently wrong. This module:
+
+1. keeps **one optic disc**: of the segmenter's disc components, the one holding (or nearest) the
+   localizer's disc, else the most disc-like (area x circularity); its centroid, measured at the
+   segmenter's resolution, refines the disc centre, and its area gives the disc diameter (DD);
+2. checks the fovea against **anatomy**: about 2.5 DD from the disc centre (accepted 1.7-3.4 DD), on
+   the temporal side (towards the field's centre), within 1 DD vertically of the disc, inside the field;
+3. **refines** the fovea to the darkest point of the heavily smoothed green channel (the avascular
+   zone) within 0.5 DD of the detection, or, when the detection is implausible, within 0.8 DD of the
+   anatomical expectation (2.5 DD temporal, 0.25 DD below the disc centre);
+4. reports a **doubt** (a sentence, or None) that the faces show and that turns the grid, the regions
+   and the DME rule into "not available" instead of numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from models.fov import FieldOfView
+from models.preprocess import CropTransform
+
+__all__ = [
+    "FoveaEstimate",
+    "PlacedLandmarks",
+    "choose_disc",
+    "fovea_doubts",
+    "place_landmarks",
+    "refine_fovea",
+]
+
+DD_EXPECTED = 2.5  # fovea to disc centre, in disc diameters
+DD_RANGE = (1.7, 3.4)
+LOW_CONFIDENCE = 0.1  # localizer peak height below which a fovea is doubtful whatever its position
+
+
+@dataclass(frozen=True)
+class FoveaEstimate:
+    """A fovea in original pixels, where it came from, and why it is doubtful (None: trusted)."""
+
+    xy: tuple[float, float]
+    source: str
+    doubt: str | None
+    disc_diameters: float
+
+
+def choose_disc(
+    mask: np.ndarray, detector_xy_in_mask: tuple[float, float]
+) -> tuple[np.ndarray, tuple[float, float] | None, float]:
+    """One disc from a binary disc mask: (mask of that component only, its centroid, its area in px).
+
+    The component holding the localizer's disc (or within two of its radii) wins; otherwise the most
+    disc-like by area x circularity. An empty mask gives (empty mask, None, 0).
+    """
+    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return np.zeros_like(mask, dtype=bool), None, 0.0
+    x, y = detector_xy_in_mask
+    best, best_score = 0, -1.0
+    for label in range(1, count):
+        area = float(stats[label, cv2.CC_STAT_AREA])
+        radius = np.sqrt(area / np.pi)
+        distance = float(np.hypot(*(centroids[label] - (x, y))))
+        component = (labels == label).astype(np.uint8)
+        contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        perimeter = max(cv2.arcLength(contours[0], True), 1.0)
+        circularity = min(1.0, 4 * np.pi * area / perimeter**2)
+        near = distance <= 2 * radius
+        score = (1e6 if near else 0.0) + area * circularity
+        if score > best_score:
+            best, best_score = label, score
+    chosen = labels == best
+    cx, cy = centroids[best]
+    return chosen, (float(cx), float(cy)), float(stats[best, cv2.CC_STAT_AREA])
+
+
+def fovea_doubts(
+    fovea_xy: tuple[float, float],
+    od_xy: tuple[float, float],
+    disc_diameter: float,
+    fov: FieldOfView,
+    confidence: float | None = None,
+) -> list[str]:
+    """Every anatomical reason to doubt a fovea (empty: plausible). All inputs in original pixels."""
+    reasons = []
+    fx, fy = fovea_xy
+    if np.hypot(fx - fov.cx, fy - fov.cy) > 0.95 * fov.radius:
+        reasons.append("outside the field of view")
+    distance = float(np.hypot(fx - od_xy[0], fy - od_xy[1])) / max(disc_diameter, 1e-6)
+    if not DD_RANGE[0] <= distance <= DD_RANGE[1]:
+        reasons.append(
+            f"{distance:.1f} disc diameters from the disc (expected {DD_RANGE[0]:.1f}-{DD_RANGE[1]:.1f})"
+        )
+    temporal = np.sign(fov.cx - od_xy[0])
+    if temporal != 0 and np.sign(fx - od_xy[0]) == -temporal:
+        reasons.append("on the nasal side of the disc")
+    if abs(fy - od_xy[1]) > disc_diameter:
+        reasons.append("more than one disc diameter above or below the disc")
+    if confidence is not None and confidence < LOW_CONFIDENCE:
+        reasons.append(f"low detector confidence ({confidence:.2f})")
+    return reasons
+
+
+def _darkest(
+    rgb: np.ndarray,
+    scale: float,
+    centre: tuple[float, float],
+    radius: float,
+    disc_diameter: float,
+    fov: FieldOfView,
+) -> tuple[float, float]:
+    """Darkest point, relative to its surroundings, of the green channel within ``radius`` of ``centre``.
+
+    The window is resampled to 24 px per disc diameter, smoothed at 0.3 DD (vessels and small lesions
+    fade) and divided by its 1.5-DD background (vignetting and uneven illumination cancel), so the
+    macula's broad dip wins over a dark field edge. Points in and out are original pixels; ``rgb`` is the
+    image at ``scale`` image px per original px.
+    """
+    height, width = rgb.shape[:2]
+    pad = radius + 4.5 * disc_diameter
+    x0, x1 = max(0, int((centre[0] - pad) * scale)), min(width, int((centre[0] + pad) * scale) + 1)
+    y0, y1 = max(0, int((centre[1] - pad) * scale)), min(height, int((centre[1] + pad) * scale) + 1)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return centre
+    factor = 24.0 / max(disc_diameter * scale, 1e-6)  # window px per image px
+    window = rgb[y0:y1, x0:x1, 1].astype(np.float32)
+    small = (
+        cv2.resize(window, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA) if factor < 1 else window
+    )
+    factor = small.shape[1] / window.shape[1]
+    smooth = cv2.GaussianBlur(small, (0, 0), 0.3 * 24 * min(1.0, factor * disc_diameter * scale / 24))
+    background = cv2.GaussianBlur(small, (0, 0), 1.5 * 24 * min(1.0, factor * disc_diameter * scale / 24))
+    relative = smooth / (background + 1.0)
+    ys, xs = np.mgrid[0 : small.shape[0], 0 : small.shape[1]]
+    ox, oy = (xs + 0.5) / factor + x0 - 0.5, (ys + 0.5) / factor + y0 - 0.5  # image px
+    gx, gy = (ox + 0.5) / scale - 0.5, (oy + 0.5) / scale - 0.5  # original px
+    allowed = (gx - centre[0]) ** 2 + (gy - centre[1]) ** 2 <= radius**2
+    allowed &= (gx - fov.cx) ** 2 + (gy - fov.cy) ** 2 <= (0.9 * fov.radius) ** 2
+    allowed &= small > 0  # never the black surround
+    if not allowed.any():
+        return centre
+    index = np.unravel_index(int(np.argmin(np.where(allowed, relative, np.inf))), relative.shape)
+    return (float(gx[index]), float(gy[index]))
+
+
+def refine_fovea(
+    rgb: np.ndarray,
+    original_size: tuple[int, int],
+    fov: FieldOfView,
+    od_xy: tuple[float, float],
+    disc_diameter: float,
+    detector_xy: tuple[float, float],
+    detector_confidence: float,
+) -> FoveaEstimate:
+    """The fovea after the anatomical check and the dark-spot refinement (module docstring, 2-4).
+
+    Args:
+        rgb: the decoded image (possibly reduced from ``original_size`` = (H, W)).
+        fov: field of view in original pixels.
+        od_xy, disc_diameter: disc centre and diameter in original pixels.
+        detector_xy, detector_confidence: the localizer's fovea (original pixels) and peak height.
+    """
+    scale = rgb.shape[1] / original_size[1]
+    reasons = fovea_doubts(detector_xy, od_xy, disc_diameter, fov, detector_confidence)
+    if not reasons or reasons == [f"low detector confidence ({detector_confidence:.2f})"]:
+        xy = _darkest(rgb, scale, detector_xy, 0.5 * disc_diameter, disc_diameter, fov)
+        source = "detector, refined to the darkest point within 0.5 disc diameters"
+    else:
+        temporal = np.sign(fov.cx - od_xy[0]) or 1.0
+        expected = (od_xy[0] + temporal * DD_EXPECTED * disc_diameter, od_xy[1] + 0.25 * disc_diameter)
+        xy = _darkest(rgb, scale, expected, 0.8 * disc_diameter, disc_diameter, fov)
+        source = f"anatomy: the detector's fovea was implausible ({'; '.join(reasons)})"
+    final = fovea_doubts(xy, od_xy, disc_diameter, fov, detector_confidence if not reasons else None)
+    doubt = "; ".join(reasons if reasons else final) or None
+    distance = float(np.hypot(xy[0] - od_xy[0], xy[1] - od_xy[1])) / max(disc_diameter, 1e-6)
+    return FoveaEstimate(xy=xy, source=source, doubt=doubt, disc_diameters=distance)
+
+
+@dataclass(frozen=True)
+class PlacedLandmarks:
+    """What the analysis uses: disc centre and radius, the one disc mask (segmenter crop frame, or None),
+    the fovea estimate, and the disc's own doubt (None: trusted). Coordinates in original pixels."""
+
+    od_xy: tuple[float, float]
+    od_radius_px: float
+    od_mask: np.ndarray | None
+    od_doubt: str | None
+    fovea: FoveaEstimate
+
+
+def place_landmarks(
+    rgb: np.ndarray,
+    original_size: tuple[int, int],
+    fov: FieldOfView,
+    detector_od_xy: tuple[float, float],
+    detector_fovea_xy: tuple[float, float],
+    fovea_confidence: float,
+    fallback_radius_px: float,
+    od_mask: np.ndarray | None = None,
+    transform: CropTransform | None = None,
+) -> PlacedLandmarks:
+    """One disc (module docstring, 1) then the fovea (2-4).
+
+    Args:
+        fallback_radius_px: disc radius when no disc is segmented (from the field of view's size).
+        od_mask, transform: the segmenter's binary disc mask on its crop and that crop's transform, or
+            None without a segmenter.
+    """
+    od_xy, radius, chosen, od_doubt = detector_od_xy, fallback_radius_px, None, None
+    if od_mask is not None and transform is not None and od_mask.any():
+        in_crop = tuple(map(float, transform.to_crop(np.array([detector_od_xy], float))[0]))
+        chosen, centroid, area = choose_disc(od_mask, in_crop)
+        if centroid is not None:
+            radius = float(np.sqrt(area / np.pi)) / transform.scale
+            centre = tuple(map(float, transform.to_original(np.array([centroid], float))[0]))
+            if np.hypot(centre[0] - detector_od_xy[0], centre[1] - detector_od_xy[1]) <= 2 * radius:
+                od_xy = centre  # the segmenter's disc holds the detector's: its centroid is finer
+            else:
+                od_doubt = "the disc detector and the disc segmentation disagree"
+    fovea = refine_fovea(rgb, original_size, fov, od_xy, 2 * radius, detector_fovea_xy, fovea_confidence)
+    return PlacedLandmarks(od_xy=od_xy, od_radius_px=radius, od_mask=chosen, od_doubt=od_doubt, fovea=fovea)
