@@ -61,7 +61,8 @@ def _lesion_batch(count: int, seed: int) -> tuple[torch.Tensor, ...]:
         guide[i, :, g0 : g0 + 12, g1 : g1 + 12] = 1
     dr, dme = torch.full((count,), 2), torch.full((count,), 1)
     teacher = torch.zeros(count, 8)
-    return images, dr, dme, guide, torch.ones(count, dtype=torch.bool), teacher, torch.zeros(count, dtype=bool)
+    has_guide, has_teacher = torch.ones(count, dtype=torch.bool), torch.zeros(count, dtype=torch.bool)
+    return images, dr, dme, guide, has_guide, teacher, has_teacher
 
 
 def _mass_on_lesions(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> float:
@@ -117,7 +118,7 @@ def test_files_load_and_fold_teachers_differ(synthetic_idrid: Path, tmp_path: Pa
         np.testing.assert_allclose(mean[name], arrays["logits"][:, 0].mean(axis=0), rtol=1e-6)
 
 
-def test_guided_distilled_training_runs_and_says_so_in_the_card(synthetic_idrid: Path, tmp_path: Path) -> None:
+def test_guided_distilled_training_says_so_in_the_card(synthetic_idrid: Path, tmp_path: Path) -> None:
     guides_path, teacher_path = _guide_and_teacher_files(synthetic_idrid, tmp_path)
     cfg = TrainConfig(
         task="grader",
