@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import workbench  # noqa: F401  (offline environment before gradio is imported)
-from workbench.analysis import Workbench
+from workbench.analysis import Workbench, profile_from_env
 from workbench.ui.gradio_app import MAX_UPLOAD, build_demo
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     data_dir = Path(args.data) if args.data and Path(args.data).is_dir() else None
     example_dir = tempfile.mkdtemp(prefix="drwb-examples-")
-    demo = build_demo(Workbench(), example_dir, data_dir)
+    demo = build_demo(Workbench(profile=profile_from_env()), example_dir, data_dir)
     demo.queue(max_size=32, default_concurrency_limit=1).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         max_file_size=MAX_UPLOAD,

@@ -91,7 +91,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         print(json.dumps(evaluate_oof(Path(args.oof), Path(args.data)), indent=None if args.json else 1))
         return 0
-    result = evaluate(Path(args.data), args.split, args.task, args.model)
+    result = evaluate(Path(args.data), args.split, args.task, args.model, profile=args.profile)
     if args.write_card:
         from training.evaluate import record_in_card
 
@@ -155,7 +155,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         )
     else:
         rows = analyze_files(
-            Workbench(), args.images, Path(args.out), methods, target, score=not args.no_scores
+            Workbench(profile=args.profile),
+            args.images,
+            Path(args.out),
+            methods,
+            target,
+            score=not args.no_scores,
         )
     if args.json:
         print(json.dumps(rows))
@@ -267,6 +272,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("sampling", str),
         ("ship-fold", int),
         ("device", str),
+        ("init-from", str),
         ("loader-workers", int),
         ("val-every", int),
         ("guides", str),
@@ -306,6 +312,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--oof", help="score out-of-fold predictions: a `drwb train --folds` run folder or a *.oof.csv file"
     )
     ev.add_argument("--write-card", action="store_true", help="store the metrics in the model's JSON card")
+    ev.add_argument(
+        "--profile",
+        choices=["quality", "fast"],
+        default="quality",
+        help="segmentation: the fast profile's crop",
+    )
     ev.set_defaults(handler=_cmd_evaluate)
 
     an = sub.add_parser("analyze", help="analyze images: report.json, overlays, report.html, summary.csv")
@@ -316,6 +328,12 @@ def _build_parser() -> argparse.ArgumentParser:
     an.add_argument("--target", help="dr:N, referable, dme:N or lesion:CODE (default: predicted DR grade)")
     an.add_argument("--out", default="drwb-reports")
     an.add_argument("--json", action="store_true")
+    an.add_argument(
+        "--profile",
+        choices=["quality", "fast"],
+        default="quality",
+        help="quality: the best segmenter at its resolution; fast: low resolution, about 1 s per image",
+    )
     an.add_argument("--no-scores", action="store_true", help="skip faithfulness / localisation scores")
     an.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: actor pool, resumable")
     an.add_argument("--address", help="with --engine ray: auto or ray://HOST:10001 (default: local Ray)")

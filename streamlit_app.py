@@ -18,19 +18,19 @@ import pandas as pd
 import streamlit as st
 
 import workbench  # noqa: F401  (offline environment first)
-from workbench.analysis import Workbench
+from workbench.analysis import Workbench, profile_from_env
 from workbench.audit import LabelsError, read_labels
 from workbench.batch import expand_inputs
 from workbench.idrid import IDRiD, IDRiDLayoutError
 from workbench.image_io import ImageLoadError
 from workbench.render import heatmap_overlay, landmarks_overlay, lesion_overlay, probability_figure
-from workbench.report import summary_row
+from workbench.report import LESION_COLUMNS, lesion_rows, summary_row
 from workbench.targets import GradeTarget
 
 
 @st.cache_resource
 def get_workbench() -> Workbench:
-    return Workbench()
+    return Workbench(profile=profile_from_env())
 
 
 def _ground_truth(folder: Path, labels: Path | None) -> tuple[list[Path], dict[str, tuple[int, int | None]]]:
@@ -136,9 +136,24 @@ if choices:
     else:
         left, right = st.columns(2)
         left.image(
-            landmarks_overlay(analysis, lesion_overlay(analysis)), caption="lesions, disc, fovea, ETDRS grid"
+            landmarks_overlay(analysis, lesion_overlay(analysis, legend=False)),
+            caption="lesions, disc, fovea, ETDRS grid",
         )
         right.plotly_chart(probability_figure(analysis), use_container_width=True)
+        if analysis.fovea_doubt:
+            st.warning(
+                f"Fovea doubtful ({analysis.fovea_doubt}): no ETDRS grid, lesions by region "
+                "or DME rule check."
+            )
+        st.caption(
+            "Lesions. Types whose validated AUPR is below the reliability floor are not findings "
+            "(see the reliability column)."
+        )
+        st.dataframe(
+            pd.DataFrame(lesion_rows(analysis), columns=LESION_COLUMNS),
+            hide_index=True,
+            use_container_width=True,
+        )
         methods = ["attention", "gradcam"]
         columns = st.columns(len(methods))
         for column, method in zip(columns, methods, strict=True):

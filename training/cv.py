@@ -276,7 +276,9 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
     extra = {
         **base.extra,
         "imagenet_init": False,
-        "initialised_from": "ImageNet (efficientnet-lite0 PyPI package)"
+        "initialised_from": f"fine-tuned from {source.init_from.format(fold=source.fold)}"
+        if source.init_from
+        else "ImageNet (efficientnet-lite0 PyPI package)"
         if base.extra.get("imagenet_init")
         else "random (from scratch)",
         "temperature": temperature,

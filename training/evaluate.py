@@ -19,7 +19,9 @@ from tqdm import tqdm
 from models.constants import LESION_CODES
 from models.preprocess import crop_to_fov
 from models.registry import default_model, load_model
+from workbench.analysis import PROFILES, inside_field
 from workbench.audit import LabelledImage, grade_images
+from workbench.fundus import prepare_fundus
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import load_image
 from workbench.landmarks import place_landmarks
@@ -74,26 +76,38 @@ def _grading(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str
     return metrics
 
 
-def _segmentation(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
+def _segmentation(
+    dataset: IDRiD, split: str, model_name: str, seed: int, profile: str = "quality"
+) -> dict[str, Any]:
     records = dataset.segmentation("test" if split == "test" else "train")
     if split != "test":
         keep = _select(
             [r.name for r in records], set(split_names([r.name for r in records], 0.2, seed).val), split
         )
         records = [r for r in records if r.name in keep]
-    predictor = SegmenterPredictor(*load_model(model_name))
+    size = PROFILES[profile]["segment_size"]
+    predictor = SegmenterPredictor(*load_model(model_name), input_size=int(size) if size else None)
     curves = {code: PixelCurve() for code in LESION_CODES}
     for record in tqdm(records, desc="segmentation", leave=False):
-        image = load_image(record.image_path, min_side=predictor.card.input_size)
+        image = load_image(record.image_path, min_side=predictor.input_size)
         maps = predictor.predict(image)
+        # as analyze does: nothing outside the field of view is a lesion
+        probabilities = inside_field(
+            maps.probabilities, maps.transform, prepare_fundus(image, GRADING_CROP).fov
+        )
         for channel, code in enumerate(LESION_CODES):
             path = record.mask_paths[code]
             if path is None:
                 continue  # not annotated: neither a hit nor a miss
             truth = load_mask(path)
-            prob = maps.transform.warp_to_original(maps.probabilities[channel], cv2.INTER_LINEAR)
+            prob = maps.transform.warp_to_original(probabilities[channel], cv2.INTER_LINEAR)
             curves[code].add(prob, truth)
-    return {**segmentation_metrics(curves), "n": len(records)}
+    return {
+        **segmentation_metrics(curves),
+        "n": len(records),
+        "profile": profile,
+        "crop_px": predictor.input_size,
+    }
 
 
 def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
@@ -152,15 +166,24 @@ EVALUATORS = {
 }
 
 
-def evaluate(data: Path, split: str, task: str, model: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """Metrics of ``model`` (default: the best shipped one of the task's family) on one split."""
+def evaluate(
+    data: Path, split: str, task: str, model: str | None = None, seed: int = 0, profile: str = "quality"
+) -> dict[str, Any]:
+    """Metrics of ``model`` (default: the best shipped one of the task's family) on one split.
+
+    ``profile`` (segmentation only) measures the fast profile's smaller crop; its figures go to the card
+    under ``<split>_fast`` so they never replace the model's own-resolution figures."""
     if task not in EVALUATORS:
         raise KeyError(f"unknown task {task!r}; valid tasks: {', '.join(EVALUATORS)}")
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; valid splits: train, val, test")
     arch, fn = EVALUATORS[task]
     name = model or default_model(arch)
-    result = fn(IDRiD(data), split, name, seed)
+    if task == "segmentation":
+        result = fn(IDRiD(data), split, name, seed, profile)
+        result["card_key"] = split if profile == "quality" else f"{split}_{profile}"
+    else:
+        result = fn(IDRiD(data), split, name, seed)
     # undefined figures (NaN) become None: null in JSON, "n/a" in tables
     return json_safe({"task": task, "split": split, "model": name, "data": str(data), **result})
 
@@ -175,6 +198,7 @@ def record_in_card(result: dict[str, Any], command: str, folder: Path | None = N
     path = Path(folder or weights_dir()) / f"{result['model']}.json"
     card = json.loads(path.read_text())
     metrics = {k: v for k, v in result.items() if k not in ("model", "data")}
-    card["training"].setdefault("evaluation", {})[result["split"]] = {"command": command, **metrics}
+    key = result.get("card_key", result["split"])
+    card["training"].setdefault("evaluation", {})[key] = {"command": command, **metrics}
     path.write_text(json.dumps(card, indent=2) + "\n")
     return path

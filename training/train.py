@@ -76,6 +76,7 @@ class TrainConfig:
     limit: int = 0
     no_pretrained: bool = False
     max_minutes: float = 0.0
+    init_from: str = ""  # start from a shipped model's weights (card stem in models/weights), not ImageNet
     device: str = "auto"  # "auto": CUDA when there is one (bf16 autocast, channels_last), else "cpu"
     loader_workers: int = 0  # DataLoader worker processes for training batches (0: in the main process)
     val_every: int = 1  # validate every N epochs and after the last (0: only after the last)
@@ -141,6 +142,18 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _initial_state(source: str, fold: int) -> dict[str, torch.Tensor]:
+    """fp32 weights to start from: a shipped model's card stem (hash-checked by ``load_model``), or a
+    ``.safetensors`` file whose path may hold ``{fold}`` (each fold of a --folds run from its own)."""
+    if source.endswith(".safetensors"):
+        state = load_file(source.format(fold=fold))
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    from models.registry import load_model
+
+    shipped, _ = load_model(source)
+    return {k: v.detach().clone() for k, v in shipped.state_dict().items()}
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -197,6 +210,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     if cfg.select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {cfg.select!r}")
     model = build_model(card)
+    if cfg.init_from:
+        model.load_state_dict(_initial_state(cfg.init_from, cfg.fold))
     task.prepare_model(model)
     device = _device(cfg.device)
     if device.type == "cuda":
@@ -355,7 +370,9 @@ def _final_card(
         extra={
             **extra,
             "imagenet_init": False,
-            "initialised_from": "ImageNet (efficientnet-lite0 PyPI package)"
+            "initialised_from": f"{cfg.init_from.format(fold=cfg.fold)}"
+            if cfg.init_from
+            else "ImageNet (efficientnet-lite0 PyPI package)"
             if card.extra.get("imagenet_init")
             else "random (from scratch)",
         },

@@ -13,6 +13,7 @@ explainers add hooks to the shared modules, so explanations are serialised by a 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from workbench.targets import GradeTarget, Target
 
 __all__ = ["Analysis", "LesionSummary", "Workbench"]
 
+FAST_SEGMENT_SIZE = 640  # px of the field-of-view crop the fast profile segments, in one tile
 _OD_DIAMETER_PER_FOV = 0.125  # disc diameter / field diameter on 45-degree IDRiD images (fallback)
 
 
@@ -150,6 +152,33 @@ class Analysis:
         return None if p is None else p >= 0.5
 
 
+# Analysis profiles: "quality" segments with the best shipped segmenter at its own resolution; "fast"
+# with the low-resolution one on a smaller crop, one tile, to stay within about a second on two cores
+# (README "Speed and memory" has the measured figures). DRWB_PROFILE picks one for the apps.
+PROFILES: dict[str, dict[str, str | int | None]] = {
+    "quality": {"segmenter": None, "segment_size": None},
+    "fast": {"segmenter": "segmenter_lite0", "segment_size": FAST_SEGMENT_SIZE},
+}
+
+
+def profile_from_env() -> str:
+    """The profile named by ``DRWB_PROFILE`` (default "quality"); an unknown name raises."""
+    name = os.environ.get("DRWB_PROFILE", "quality")
+    if name not in PROFILES:
+        raise ValueError(f"DRWB_PROFILE={name!r}: valid profiles are {', '.join(PROFILES)}")
+    return name
+
+
+def inside_field(probabilities: np.ndarray, transform: CropTransform, fov: FieldOfView) -> np.ndarray:
+    """Probabilities with everything outside the field of view (a 2% margin in) set to 0: no lesion
+    lies on the black surround or on the cut edge of the field."""
+    side = probabilities.shape[-1]
+    centre = transform.to_crop(np.array([[fov.cx, fov.cy]]))[0]
+    ys, xs = np.mgrid[0:side, 0:side]
+    inside = (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 <= (0.98 * fov.radius * transform.scale) ** 2
+    return probabilities * inside[None]
+
+
 class Workbench:
     """Holds the models; ``analyze`` and ``explain`` are what the faces call.
 
@@ -157,6 +186,7 @@ class Workbench:
         grader, segmenter, localizer: shipped model names; the best of each family when None.
         weights_dir: where the cards and weights live.
         segment: run the lesion segmenter (the slowest stage) in ``analyze``.
+        profile: "quality" or "fast" (``PROFILES``); an explicit ``segmenter`` wins over the profile's.
     """
 
     def __init__(
@@ -166,8 +196,16 @@ class Workbench:
         localizer: str | None = None,
         weights_dir: Path | None = None,
         segment: bool = True,
+        profile: str = "quality",
     ) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
         self.weights_dir = Path(weights_dir) if weights_dir else configured_weights_dir()
+        self.profile = profile
+        chosen = PROFILES[profile]
+        if segmenter is None and chosen["segmenter"] is not None:
+            available = {p.stem for p in self.weights_dir.glob("*.json")}
+            segmenter = str(chosen["segmenter"]) if chosen["segmenter"] in available else None
         names = {
             "grader": grader or default_model("grader", self.weights_dir),
             "segmenter": segmenter or default_model("segmenter", self.weights_dir),
@@ -176,7 +214,10 @@ class Workbench:
         self.model_names = names
         self._graders: dict[str, GraderPredictor] = {}
         self.grader = self.grader_predictor(names["grader"])
-        self.segmenter = SegmenterPredictor(*load_model(names["segmenter"], self.weights_dir))
+        size = chosen["segment_size"]
+        self.segmenter = SegmenterPredictor(
+            *load_model(names["segmenter"], self.weights_dir), input_size=int(size) if size else None
+        )
         self.localizer = LocalizerPredictor(*load_model(names["localizer"], self.weights_dir))
         self.segment = segment
         self._explain_lock = threading.Lock()
@@ -205,7 +246,7 @@ class Workbench:
             timings[stage] = (now - clock) * 1000
             clock = now
 
-        side = self.segmenter.card.input_size if self.segment else GRADING_CROP
+        side = self.segmenter.input_size if self.segment else GRADING_CROP
         image = source if isinstance(source, LoadedImage) else load_image(source, min_side=side, name=name)
         lap("load")
         prepared = prepare_fundus(image, GRADING_CROP)
@@ -227,7 +268,9 @@ class Workbench:
         if self.segment:
             maps = self.segmenter.predict(image)
             lesion_transform = maps.transform
-            lesions = self._summaries(maps.probabilities, maps.transform)
+            lesions = self._summaries(
+                inside_field(maps.probabilities, maps.transform, prepared.fov), maps.transform
+            )
             lap("lesions")
         marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
         placed = place_landmarks(

@@ -79,16 +79,23 @@ class LesionMaps:
 
 
 class SegmenterPredictor:
-    def __init__(self, model: nn.Module, card: ModelCard) -> None:
+    """Lesion probabilities on the field-of-view crop, by tiles.
+
+    ``input_size`` overrides the card's crop side (the fast profile segments a smaller crop in one
+    tile); None keeps the card's, the resolution its validation figures were measured at.
+    """
+
+    def __init__(self, model: nn.Module, card: ModelCard, input_size: int | None = None) -> None:
         self.model, self.card = model.eval(), card
+        self.input_size = int(input_size or card.input_size)
+        self.tile = int(card.extra.get("tile", 512)) if input_size is None else self.input_size
+        self.overlap = int(card.extra.get("overlap", 64))
 
     @torch.inference_mode()
     def predict(self, image: LoadedImage) -> LesionMaps:
-        crop, transform = crop_for(image, self.card.input_size)
+        crop, transform = crop_for(image, self.input_size)
         tensor = torch.from_numpy(normalise(crop, self.card.mean, self.card.std))
-        probs = predict_tiles(
-            self.model, tensor, int(self.card.extra.get("tile", 512)), int(self.card.extra.get("overlap", 64))
-        )
+        probs = predict_tiles(self.model, tensor, self.tile, self.overlap)
         return LesionMaps(probabilities=probs, transform=transform)
 
 

@@ -39,9 +39,10 @@ def heatmap_overlay(
 
 
 def lesion_overlay(
-    analysis: Analysis, codes: Sequence[str] | None = None, opacity: float = 0.6
+    analysis: Analysis, codes: Sequence[str] | None = None, opacity: float = 0.6, legend: bool = True
 ) -> np.ndarray:
-    """Lesion masks, one fixed colour per type, over the segmenter's crop resized to the grading crop."""
+    """Lesion masks, one fixed colour per type, over the segmenter's crop resized to the grading crop,
+    with a legend of the types drawn (unreliable ones marked)."""
     base = analysis.crop.copy()
     size = base.shape[0]
     wanted = set(codes) if codes is not None else {lesion.code for lesion in LESIONS}
@@ -57,6 +58,15 @@ def lesion_overlay(
         # Small lesions are dilated for visibility; the mask itself is not changed.
         visible = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         base[visible] = (base[visible] * (1 - opacity) + np.array(lesion.colour) * opacity).astype(np.uint8)
+    if legend:
+        shown = [lesion for lesion in LESIONS if lesion.code in wanted and lesion.code in analysis.lesions]
+        entries = []
+        for lesion in shown:
+            reliability = analysis.lesion_reliability.get(lesion.code)
+            flag = " (unreliable)" if reliability is not None and not reliability.reliable else ""
+            entries.append((f"{lesion.name}{flag}", tuple(int(c) for c in lesion.colour)))
+        if entries:
+            _legend(base, entries)
     return base
 
 
@@ -72,27 +82,64 @@ def lesion_annotations(analysis: Analysis) -> tuple[np.ndarray, list[tuple[np.nd
     return analysis.crop, out
 
 
+DISC_COLOUR = (60, 255, 60)
+FOVEA_COLOUR = (255, 255, 255)
+DOUBT_COLOUR = (255, 170, 0)
+
+
+def _legend(canvas: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
+    """A small key in the lower-left corner: one coloured swatch and label per entry."""
+    scale = canvas.shape[0] / 512
+    line = int(round(16 * scale))
+    height = line * len(entries) + int(6 * scale)
+    y0 = canvas.shape[0] - height - int(4 * scale)
+    box = canvas[y0 : y0 + height, : int(190 * scale)]
+    box[:] = (box * 0.35).astype(np.uint8)
+    for i, (label, colour) in enumerate(entries):
+        y = y0 + int(4 * scale) + line * i + line // 2
+        cv2.rectangle(canvas, (int(6 * scale), y - line // 3), (int(16 * scale), y + line // 3), colour, -1)
+        cv2.putText(
+            canvas,
+            label,
+            (int(22 * scale), y + line // 4),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * scale,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
+
+
 def landmarks_overlay(analysis: Analysis, image: np.ndarray | None = None) -> np.ndarray:
-    """Optic-disc and fovea markers and the ETDRS grid drawn on the grading crop."""
+    """Optic-disc and fovea markers and the ETDRS grid drawn on the grading crop, with a legend.
+
+    A doubtful fovea is drawn as an orange question mark and gets no grid (nothing derived from it is
+    shown as if it were known).
+    """
     canvas = (analysis.crop if image is None else image).copy()
-    if analysis.od_xy is None or analysis.etdrs is None:
+    if analysis.od_xy is None or analysis.fovea_xy is None:
         return canvas
     transform = analysis.crop_transform
     scale = transform.scale
     od, fovea = transform.to_crop(np.array([analysis.od_xy, analysis.fovea_xy]))
-    cv2.drawMarker(canvas, tuple(int(round(v)) for v in od), (60, 255, 60), cv2.MARKER_CROSS, 18, 2)
+    cv2.drawMarker(canvas, tuple(int(round(v)) for v in od), DISC_COLOUR, cv2.MARKER_CROSS, 18, 2)
     centre = tuple(int(round(v)) for v in fovea)
-    cv2.drawMarker(canvas, centre, (255, 255, 255), cv2.MARKER_TILTED_CROSS, 14, 2)
+    if analysis.fovea_doubt is not None or analysis.etdrs is None:
+        cv2.putText(
+            canvas, "?", (centre[0] - 6, centre[1] + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.8, DOUBT_COLOUR, 2
+        )
+        _legend(canvas, [("optic disc centre", DISC_COLOUR), ("fovea doubtful: no grid", DOUBT_COLOUR)])
+        return canvas
+    cv2.drawMarker(canvas, centre, FOVEA_COLOUR, cv2.MARKER_TILTED_CROSS, 14, 2)
     radii = [int(round(r * scale)) for r in analysis.etdrs.radii_px]
     for radius in radii:
-        cv2.circle(canvas, centre, max(1, radius), (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.circle(canvas, centre, max(1, radius), FOVEA_COLOUR, 1, cv2.LINE_AA)
     for angle in (45, 135, 225, 315):
         direction = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
         p0 = np.array(centre) + direction * radii[0]
         p1 = np.array(centre) + direction * radii[2]
-        cv2.line(
-            canvas, tuple(int(v) for v in p0), tuple(int(v) for v in p1), (255, 255, 255), 1, cv2.LINE_AA
-        )
+        cv2.line(canvas, tuple(int(v) for v in p0), tuple(int(v) for v in p1), FOVEA_COLOUR, 1, cv2.LINE_AA)
+    _legend(canvas, [("optic disc centre", DISC_COLOUR), ("fovea + ETDRS grid (1, 3, 6 mm)", FOVEA_COLOUR)])
     return canvas
 
 

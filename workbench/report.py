@@ -19,7 +19,14 @@ from workbench.analysis import Analysis
 from workbench.render import heatmap_overlay, landmarks_overlay, lesion_overlay, method_grid
 from workbench.scoring import ExplanationScore
 
-__all__ = ["SUMMARY_COLUMNS", "analysis_to_dict", "summary_row", "write_report"]
+__all__ = [
+    "LESION_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "analysis_to_dict",
+    "lesion_rows",
+    "summary_row",
+    "write_report",
+]
 
 SUMMARY_COLUMNS = (
     "file",
@@ -46,6 +53,39 @@ def _num(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_num(v) for v in value]
     return value
+
+
+LESION_COLUMNS = [
+    "lesion",
+    "count",
+    "area (px)",
+    "area (% of field)",
+    "area (disc areas)",
+    "validated AUPR",
+    "reliability",
+]
+
+
+def lesion_rows(analysis: Analysis) -> list[list[Any]]:
+    """One row per lesion type (the optic disc is anatomy, not a lesion), in ``LESION_COLUMNS`` order."""
+    rows = []
+    for code, summary in analysis.lesions.items():
+        if code == "OD":
+            continue
+        q = analysis.lesion_quantities(code)
+        rel = analysis.lesion_reliability.get(code)
+        rows.append(
+            [
+                code,
+                summary.count,
+                round(q["area_px"]),
+                None if q["area_percent_of_field"] is None else round(q["area_percent_of_field"], 3),
+                None if q["area_disc_areas"] is None else round(q["area_disc_areas"], 3),
+                None if rel is None or rel.aupr is None else round(rel.aupr, 2),
+                "n/a" if rel is None else ("reliable" if rel.reliable else rel.note),
+            ]
+        )
+    return rows
 
 
 def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | None = None) -> dict[str, Any]:
@@ -186,7 +226,7 @@ def write_report(
     images = {"crop": analysis.crop}
     if analysis.graded:
         images["lesions"] = lesion_overlay(analysis)
-        images["landmarks"] = landmarks_overlay(analysis, lesion_overlay(analysis))
+        images["landmarks"] = landmarks_overlay(analysis, lesion_overlay(analysis, legend=False))
     for name, heat in analysis.heatmaps.items():
         images[f"explain_{name}"] = heatmap_overlay(analysis.crop, heat)
     if analysis.heatmaps:

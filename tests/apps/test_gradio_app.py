@@ -40,10 +40,23 @@ def test_analyze_endpoint_structure(served, fundus_file: str) -> None:
     )
     assert "DR grade" in summary
     assert report["graded"]
-    assert set(report) >= {"dr_probabilities", "dme_grade", "lesions", "fovea", "etdrs_grid"}
+    assert set(report) >= {"dr_probabilities", "dme_grade", "lesions", "fovea", "optic_disc"}
     assert len(report["dr_probabilities"]) == 5
     assert Path(landmarks).is_file()
-    assert [row[0] for row in table["data"]] == ["MA", "HE", "EX", "SE", "OD"]
+    # the disc is anatomy (with the landmarks), not a lesion row; quantities in comparable units
+    assert [row[0] for row in table["data"]] == ["MA", "HE", "EX", "SE"]
+    assert table["headers"][3:5] == ["area (% of field)", "area (disc areas)"]
+    ex = report["lesions"]["EX"]
+    assert {"area_percent_of_field", "area_disc_areas", "validated_aupr", "reliable", "reliability"} <= set(
+        ex
+    )
+    assert report["lesions"]["OD"]["count"] <= 1  # at most one optic disc
+    # the fovea carries its doubt; a doubtful fovea means no grid and a stated reason instead
+    assert "doubt" in report["fovea"]
+    if report["fovea"]["doubt"]:
+        assert "etdrs_grid" not in report and report["fovea_dependent"].startswith("not available")
+    else:
+        assert "etdrs_grid" in report
 
 
 def test_compare_endpoint_structure(served, fundus_file: str) -> None:

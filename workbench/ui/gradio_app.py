@@ -23,9 +23,10 @@ from workbench.explainers import EXPLAINERS
 from workbench.fundus import prepare_fundus
 from workbench.image_io import ImageLoadError, load_image
 from workbench.model_table import grader_label
+from workbench.report import LESION_COLUMNS
 from workbench.synthetic import make_fundus
 from workbench.ui.audit_tab import build_audit_tab
-from workbench.ui.handlers import LESION_COLUMNS, TARGET_CHOICES, Handlers
+from workbench.ui.handlers import TARGET_CHOICES, Handlers
 
 __all__ = ["MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 

@@ -32,11 +32,11 @@ from workbench.render import (
     lesion_overlay,
     probability_figure,
 )
-from workbench.report import analysis_to_dict, write_report
+from workbench.report import analysis_to_dict, lesion_rows, write_report
 from workbench.scoring import original_masks_to_crop
 from workbench.targets import GradeTarget, parse_target
 
-__all__ = ["Handlers", "LESION_COLUMNS", "TARGET_CHOICES", "lesion_rows"]
+__all__ = ["Handlers", "TARGET_CHOICES"]
 
 TARGET_CHOICES: list[tuple[str, str]] = (
     [("predicted DR grade", "predicted")]
@@ -45,39 +45,6 @@ TARGET_CHOICES: list[tuple[str, str]] = (
     + [(f"DME {g}: {name}", f"dme:{g}") for g, name in enumerate(DME_NAMES)]
     + [(f"lesion: {lesion.name}", f"lesion:{lesion.code}") for lesion in LESIONS[:4]]
 )
-
-
-LESION_COLUMNS = [
-    "lesion",
-    "count",
-    "area (px)",
-    "area (% of field)",
-    "area (disc areas)",
-    "validated AUPR",
-    "reliability",
-]
-
-
-def lesion_rows(analysis: Analysis) -> list[list[Any]]:
-    """One row per lesion type (the optic disc is anatomy, not a lesion), in ``LESION_COLUMNS`` order."""
-    rows = []
-    for code, summary in analysis.lesions.items():
-        if code == "OD":
-            continue
-        q = analysis.lesion_quantities(code)
-        rel = analysis.lesion_reliability.get(code)
-        rows.append(
-            [
-                code,
-                summary.count,
-                round(q["area_px"]),
-                None if q["area_percent_of_field"] is None else round(q["area_percent_of_field"], 3),
-                None if q["area_disc_areas"] is None else round(q["area_disc_areas"], 3),
-                None if rel is None or rel.aupr is None else round(rel.aupr, 2),
-                "n/a" if rel is None else ("reliable" if rel.reliable else rel.note),
-            ]
-        )
-    return rows
 
 
 def _summary_markdown(analysis: Analysis) -> str:
@@ -156,7 +123,7 @@ class Handlers:
             return _summary_markdown(analysis), None, None, None, [], data
         rows = lesion_rows(analysis)
         annotated = lesion_annotations(analysis)
-        grid = landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"]))
+        grid = landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"], legend=False))
         return _summary_markdown(analysis), probability_figure(analysis), annotated, grid, rows, data
 
     # /compare ---------------------------------------------------------------------------------------
