@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from models.constants import LESION_CODES
 from workbench.image_io import LoadedImage
@@ -72,3 +73,32 @@ def test_render_functions(tiny_workbench, synthetic_fundus) -> None:
     assert set(scores) == {"gradcam", "saliency"}
     assert 0 <= scores["gradcam"].deletion_auc <= 1
     assert len(curves_figure({k: s.curves for k, s in scores.items()}).data) == 4
+
+
+def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, monkeypatch) -> None:
+    from workbench.analysis import FAST_SEGMENT_SIZE, Workbench, profile_from_env
+
+    fast = Workbench(weights_dir=tiny_weights, profile="fast")
+    assert fast.segmenter.input_size == fast.segmenter.tile == FAST_SEGMENT_SIZE
+    analysis = fast.analyze(_loaded(synthetic_fundus.image))
+    assert analysis.lesions["EX"].mask.shape == (FAST_SEGMENT_SIZE, FAST_SEGMENT_SIZE)
+    quality = Workbench(weights_dir=tiny_weights)
+    assert quality.segmenter.input_size == quality.segmenter.card.input_size
+    with pytest.raises(ValueError, match="quality, fast"):
+        Workbench(weights_dir=tiny_weights, profile="turbo")
+    monkeypatch.setenv("DRWB_PROFILE", "turbo")
+    with pytest.raises(ValueError, match="valid profiles are quality, fast"):
+        profile_from_env()
+    monkeypatch.setenv("DRWB_PROFILE", "fast")
+    assert profile_from_env() == "fast"
+
+
+def test_lesion_reliability_from_the_card() -> None:
+    from workbench.analysis import RELIABILITY_FLOOR, lesion_reliability
+
+    training = {"evaluation": {"val": {"aupr_MA": 0.01, "aupr_EX": 0.54, "aupr_HE": RELIABILITY_FLOOR}}}
+    table = lesion_reliability(training)
+    assert not table["MA"].reliable and "0.01 < 0.30" in table["MA"].note
+    assert table["EX"].reliable and table["EX"].aupr == pytest.approx(0.54)
+    assert table["HE"].reliable  # at the floor counts as reliable
+    assert not table["SE"].reliable and "no validated AUPR" in table["SE"].note
