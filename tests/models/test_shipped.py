@@ -133,3 +133,39 @@ def test_segmenter_beats_empty_mask(real_idrid: Path) -> None:
     # An empty / constant mask has AUPR equal to the prevalence; demand a clear margin above it.
     assert curves["EX"].aupr() > 5 * np.mean(prevalence["EX"])
     assert curves["OD"].aupr() > 0.5
+
+
+def _aupr_on(predictor: SegmenterPredictor, records: list, codes: tuple[str, ...]) -> dict[str, float]:
+    """AUPR at the original resolution (as `drwb evaluate` scores), over ``records``."""
+    import cv2
+
+    curves = {code: PixelCurve() for code in codes}
+    for record in records:
+        maps = predictor.predict(load_image(record.image_path, min_side=predictor.input_size))
+        for code in codes:
+            channel = ("MA", "HE", "EX", "SE", "OD").index(code)
+            truth = load_mask(record.mask_paths[code])
+            curves[code].add(
+                maps.transform.warp_to_original(maps.probabilities[channel], cv2.INTER_LINEAR), truth
+            )
+    return {code: curve.aupr() for code, curve in curves.items()}
+
+
+@pytest.mark.skipif(
+    not (SHIPPED_WEIGHTS_DIR / "segmenter_lite0_hr.json").is_file(), reason="no high-resolution segmenter"
+)
+def test_high_resolution_segmenter_beats_the_old_one_on_microaneurysms_and_soft_exudates(
+    real_idrid: Path,
+) -> None:
+    """On validation images with soft exudates (never trained on), scored at 4288x2848."""
+    records = IDRiD(real_idrid).segmentation("train")
+    val = set(split_names([r.name for r in records], 0.2, 0).val)
+    records = [r for r in records if r.name in val and r.mask_paths["SE"] is not None][:2]
+    assert records, "the validation split has images with soft-exudate masks"
+    old = _aupr_on(
+        SegmenterPredictor(*load_model("segmenter_lite0", SHIPPED_WEIGHTS_DIR)), records, ("MA", "SE")
+    )
+    new = _aupr_on(
+        SegmenterPredictor(*load_model("segmenter_lite0_hr", SHIPPED_WEIGHTS_DIR)), records, ("MA", "SE")
+    )
+    assert new["MA"] > old["MA"] and new["SE"] > old["SE"], (old, new)
