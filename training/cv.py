@@ -40,7 +40,7 @@ from models.registry import build_model
 from training.data import GradingData
 from training.prepare import load_index
 from training.tasks import TASKS
-from training.train import TrainConfig, exact_device, train
+from training.train import FILE_LIMIT_MB, TrainConfig, exact_device, over_file_limit, train
 from workbench.calibration import expected_calibration_error, fit_temperature, reliability, softmax
 from workbench.idrid import IDRiD
 from workbench.intervals import bootstrap_intervals
@@ -303,7 +303,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         and ((p32[:, 2:NUM_DR].sum(1) >= 0.5) == (p16[:, 2:NUM_DR].sum(1) >= 0.5)).all()
     )
     max_diff = float(np.abs(p32 - p16).max())
-    use_half = same
+    use_half = same or over_file_limit(model)
     figures = {k: v for k, v in variant.items() if k != "reliability_dr"}
     if cfg.ship_fold >= 0:
         held = oof["fold"] == cfg.ship_fold
@@ -341,7 +341,13 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
             },
         },
         "storage": "fp16" if use_half else "fp32",
-        "fp16_check": {"same_grades": same, "max_probability_change": max_diff},
+        "fp16_check": {
+            "same_grades": same,
+            "max_probability_change": max_diff,
+            "dr_grade_changes": int((full[:, :NUM_DR].argmax(1) != reduced[:, :NUM_DR].argmax(1)).sum()),
+            "dme_grade_changes": int((full[:, NUM_DR:].argmax(1) != reduced[:, NUM_DR:].argmax(1)).sum()),
+            "fp32_over_file_limit_mb": FILE_LIMIT_MB if over_file_limit(model) else None,
+        },
     }
     stem = cfg.ship_name or cfg.name
     folder = Path(cfg.ship_dir or SHIPPED_WEIGHTS_DIR)

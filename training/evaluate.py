@@ -126,8 +126,6 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
         marks = predictor.predict_crops([crop], [transform])[0]
         maps = segmenter.predict(image)
         placed = place_landmarks(
-            image.rgb,
-            image.original_size,
             fov,
             marks.od_xy,
             marks.fovea_xy,
@@ -145,8 +143,8 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
     fovea, flagged = np.concatenate(fovea_d), np.array(doubtful)
     return {
         **localization_metrics(np.concatenate(od_d), fovea),
-        "pipeline": f"localizer + one disc from {LANDMARK_SEGMENTER} + fovea anatomy check and refinement "
-        "(workbench.landmarks), as in analyze",
+        "pipeline": f"localizer, one disc from {LANDMARK_SEGMENTER} (its size: the disc diameter), fovea "
+        "anatomy check (workbench.landmarks), as in analyze",
         "detector_only": localization_metrics(np.concatenate(raw_od), np.concatenate(raw_fovea)),
         "fovea_doubtful": int(flagged.sum()),
         "fovea_mean_px_trusted": float(fovea[~flagged].mean()) if (~flagged).any() else None,

@@ -37,7 +37,7 @@ from models.registry import SHIPPED_WEIGHTS_DIR, build_model, save_model
 from training.distributed import setup, shard
 from training.tasks import TASKS
 
-__all__ = ["TrainConfig", "exact_device", "train"]
+__all__ = ["FILE_LIMIT_MB", "TrainConfig", "exact_device", "over_file_limit", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,16 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     return meta
 
 
+FILE_LIMIT_MB = 10.0  # a Hugging Face Space's git rejects larger binaries unless LFS tracks them
+
+
+def over_file_limit(model: nn.Module) -> bool:
+    """Whether the model's fp32 weights file would exceed ``FILE_LIMIT_MB``: then it ships in fp16 even
+    if that changes something, and the card's ``fp16_check`` records what changed."""
+    size = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    return size / 1e6 > FILE_LIMIT_MB
+
+
 def _ship(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader: DataLoader) -> str:
     """Export the best checkpoint: fp16 when its validation score equals fp32's, else fp32."""
     best = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
@@ -344,14 +354,18 @@ def _ship(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader: Da
         score32 = task.validate(best.to(device), batches)["score"]
         score16 = task.validate(half.to(device), batches)["score"]
     best.cpu()
-    use_half = score16 >= score32 - 1e-9
+    use_half = score16 >= score32 - 1e-9 or over_file_limit(best)
     log.info(
         "fp32 score %.5f, fp16 score %.5f: shipping %s", score32, score16, "fp16" if use_half else "fp32"
     )
     training = {
         **card.training,
         "storage": "fp16" if use_half else "fp32",
-        "fp16_check": {"fp32_score": score32, "fp16_score": score16},
+        "fp16_check": {
+            "fp32_score": score32,
+            "fp16_score": score16,
+            "fp32_over_file_limit_mb": FILE_LIMIT_MB if over_file_limit(best) else None,
+        },
     }
     name = f"{cfg.ship_name or cfg.name}.safetensors"
     return save_model(

@@ -58,9 +58,16 @@ class LesionReliability:
     note: str
 
 
-def lesion_reliability(card_training: dict) -> dict[str, LesionReliability]:
-    """Per lesion type, from a segmenter card's ``training`` section (``evaluation.val`` first)."""
-    measured = card_training.get("evaluation", {}).get("val") or card_training.get("validation", {})
+def segmenter_figures(card_training: dict, profile: str = "quality") -> dict:
+    """A segmenter card's validation figures for a profile (see ``Workbench._measured``)."""
+    evaluation = card_training.get("evaluation", {})
+    if profile != "quality" and evaluation.get(f"val_{profile}"):
+        return evaluation[f"val_{profile}"]
+    return evaluation.get("val") or card_training.get("validation", {})
+
+
+def lesion_reliability(measured: dict) -> dict[str, LesionReliability]:
+    """Per lesion type, from a segmenter's validation figures (``segmenter_figures``)."""
     out = {}
     for code in LESION_CODES:
         aupr = measured.get(f"aupr_{code}")
@@ -274,8 +281,6 @@ class Workbench:
             lap("lesions")
         marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
         placed = place_landmarks(
-            image.rgb,
-            image.original_size,
             prepared.fov,
             marks.od_xy,
             marks.fovea_xy,
@@ -322,7 +327,7 @@ class Workbench:
             dme_check=check,
             lesions_by_region=by_region,
             heatmaps=heatmaps,
-            lesion_reliability=lesion_reliability(self.segmenter.card.training) if self.segment else {},
+            lesion_reliability=lesion_reliability(self._measured()) if self.segment else {},
             timings_ms=timings,
             **base,
         )
@@ -348,11 +353,15 @@ class Workbench:
         return out
 
     # -- helpers -------------------------------------------------------------------------------------
+    def _measured(self) -> dict:
+        """The segmenter's validation figures at the crop this profile segments: ``evaluation.val_fast``
+        for the fast profile's smaller crop when the card has it, else ``evaluation.val`` (original
+        resolution, exact masks, `drwb evaluate --write-card`), else the training loop's."""
+        return segmenter_figures(self.segmenter.card.training, self.profile)
+
     def _thresholds(self) -> dict[str, float]:
-        # Best-Dice thresholds measured at the original resolution on exact masks (`drwb evaluate
-        # --write-card`) when the card has them; the training loop's (soft 1024-px masks) otherwise.
-        training = self.segmenter.card.training
-        measured = training.get("evaluation", {}).get("val") or training.get("validation", {})
+        # Best-Dice thresholds of the same measurement the reliability comes from
+        measured = self._measured()
         return {code: float(measured.get(f"threshold_{code}") or 0.5) for code in LESION_CODES}
 
     def _summaries(self, probabilities: np.ndarray, transform: CropTransform) -> dict[str, LesionSummary]:

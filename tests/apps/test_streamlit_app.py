@@ -57,10 +57,16 @@ def test_upload_table_selection_and_bad_file(weights_env: Path) -> None:
     at.run()
     assert not at.exception
     assert len(at.image) >= 1
-    if at.warning:  # not gradeable: the crop is shown with the reasons
-        assert "Not gradeable" in at.warning[0].value
+    warnings = [w.value for w in at.warning]
+    if any("Not gradeable" in w for w in warnings):  # not gradeable: the crop is shown with the reasons
+        assert len(at.image) >= 1
     else:
         assert len(at.get("plotly_chart")) == 1 and len(at.image) == 3
+        # the lesion table with validated AUPR and reliability; a doubtful fovea is said, with its reason
+        lesions = at.dataframe[1].value
+        assert list(lesions.columns)[-2:] == ["validated AUPR", "reliability"]
+        assert "OD" not in list(lesions["lesion"])
+        assert all(w.startswith("Fovea doubtful (") for w in warnings)
 
 
 def test_folder_with_labels_csv_adds_truth_and_agreement(

@@ -86,8 +86,21 @@ def test_ship_writes_card_with_storage_check(synthetic_idrid: Path, tmp_path: Pa
     assert result["shipped"] == "tiny_shipped.safetensors"
     card = json.loads((tmp_path / "weights" / "tiny_shipped.json").read_text())
     assert card["training"]["storage"] in ("fp16", "fp32")
-    assert set(card["training"]["fp16_check"]) == {"fp32_score", "fp16_score"}
+    check = card["training"]["fp16_check"]
+    assert set(check) == {"fp32_score", "fp16_score", "fp32_over_file_limit_mb"}
+    assert check["fp32_over_file_limit_mb"] is None  # a tiny model: fp16 only if it changes nothing
+    assert (card["training"]["storage"] == "fp16") == (check["fp16_score"] >= check["fp32_score"] - 1e-9)
     assert card["training"]["command"] == "drwb train grader --test" and len(card["sha256"]) == 64
+
+
+def test_weights_over_the_file_limit_ship_in_fp16() -> None:
+    from torch import nn
+
+    from training.train import FILE_LIMIT_MB, over_file_limit
+
+    assert not over_file_limit(nn.Linear(10, 10))
+    big = nn.Linear(1000, int(FILE_LIMIT_MB * 1e6 / 4 / 1000) + 10)  # just over the limit in fp32
+    assert over_file_limit(big)
 
 
 def test_heatmap_target_has_one_positive_pixel_per_landmark() -> None:

@@ -94,11 +94,15 @@ def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, m
 
 
 def test_lesion_reliability_from_the_card() -> None:
-    from workbench.analysis import RELIABILITY_FLOOR, lesion_reliability
+    from workbench.analysis import RELIABILITY_FLOOR, lesion_reliability, segmenter_figures
 
     training = {"evaluation": {"val": {"aupr_MA": 0.01, "aupr_EX": 0.54, "aupr_HE": RELIABILITY_FLOOR}}}
-    table = lesion_reliability(training)
+    table = lesion_reliability(segmenter_figures(training))
     assert not table["MA"].reliable and "0.01 < 0.30" in table["MA"].note
     assert table["EX"].reliable and table["EX"].aupr == pytest.approx(0.54)
     assert table["HE"].reliable  # at the floor counts as reliable
     assert not table["SE"].reliable and "no validated AUPR" in table["SE"].note
+    # the fast profile reads its own measurement (smaller crop) when the card has one
+    training["evaluation"]["val_fast"] = {"aupr_MA": 0.005}
+    assert segmenter_figures(training, "fast") == {"aupr_MA": 0.005}
+    assert segmenter_figures(training, "quality")["aupr_EX"] == 0.54

@@ -71,12 +71,23 @@ def test_integrated_gradients_fast_path_on_the_shipped_grader(real_idrid: Path) 
             return t(model.module(x).float())
 
         baseline = make_baseline(model, image, "blur")
-        attribution = IntegratedGradients(forward).attribute(
-            image.clone().requires_grad_(True), baselines=baseline, n_steps=16, method="gausslegendre"
-        )
+
+        def completeness_error(steps: int, x=image, b=baseline, f=forward) -> float:
+            attribution = IntegratedGradients(f).attribute(
+                x.clone().requires_grad_(True), baselines=b, n_steps=steps, method="gausslegendre"
+            )
+            with torch.no_grad():
+                gap = float(f(x) - f(b))
+            return abs(float(attribution.detach().sum()) - gap) / abs(gap)
+
+        # 16 steps suffice on IDRiD_150 (3-7%), not on IDRiD_001 with the attention-supervised grader
+        # (35% at 16 and 32 steps, 3% at 64): the explainer checks completeness per image and doubles its
+        # steps until within 20%, so the map it returns is held to that
         with torch.no_grad():
             gap = float(forward(image) - forward(baseline))
-        assert abs(float(attribution.detach().sum()) - gap) <= 0.20 * abs(gap), name
+        assert fast.values.shape == image.shape[-2:]  # input-size map: its sum is the attribution sum
+        assert abs(float(fast.values.sum()) - gap) <= 0.20 * abs(gap), name
+        assert completeness_error(64) <= 0.20, name  # the reference itself is complete
 
 
 def test_budget_chunks_do_not_change_integrated_gradients(small: ExplainableModel) -> None:

@@ -48,6 +48,10 @@ def make_baseline(model: ExplainableModel, image: torch.Tensor, kind: str) -> to
     raise ValueError(f"unknown baseline {kind!r}; valid: black, blur")
 
 
+COMPLETENESS_TOLERANCE = 0.20  # of f(x) - f(baseline): IG's steps double until its sum is this close
+MAX_STEPS = 64
+
+
 @dataclass
 class CaptumExplainer:
     """One captum method. ``steps`` / ``internal_batch_size`` apply to IG; ``samples`` to SmoothGrad/SHAP."""
@@ -99,13 +103,24 @@ class CaptumExplainer:
         if self.name == "integrated_gradients":
             baseline = make_baseline(model, image.detach(), self.baseline)
             ig = IntegratedGradients(forward)
-            return ig.attribute(
-                image,
-                baselines=baseline,
-                n_steps=self.steps,
-                method="gausslegendre",
-                internal_batch_size=min(batch, self.steps),
-            ), True
+            with torch.no_grad():
+                gap = float(forward(image.detach()) - forward(baseline))
+            # Completeness check per image: the attributions must sum to f(x) - f(baseline). Where 16
+            # Gauss-Legendre steps miss by more than COMPLETENESS_TOLERANCE (a sharp model on some
+            # photographs: 35% on one IDRiD image, 3% at 64 steps), the steps double, up to MAX_STEPS.
+            steps = self.steps
+            while True:
+                attribution = ig.attribute(
+                    image,
+                    baselines=baseline,
+                    n_steps=steps,
+                    method="gausslegendre",
+                    internal_batch_size=min(batch, steps),
+                )
+                error = abs(float(attribution.detach().sum()) - gap) / max(abs(gap), 1e-8)
+                if error <= COMPLETENESS_TOLERANCE or steps >= MAX_STEPS:
+                    return attribution, True
+                steps *= 2
         if self.name == "saliency":
             return Saliency(forward).attribute(image, abs=True), False
         if self.name == "smoothgrad":
