@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from models.card import ModelCard
 from models.classifier import grader_card
 from models.registry import build_model
+from tests.training.test_train import _config
 from training.guides import GUIDE_SIDE, load_guides, load_teacher
 from training.tasks import TASKS, attention_loss, distillation_loss
 from training.train import TrainConfig, train
@@ -120,20 +122,9 @@ def test_files_load_and_fold_teachers_differ(synthetic_idrid: Path, tmp_path: Pa
 
 def test_guided_distilled_training_says_so_in_the_card(synthetic_idrid: Path, tmp_path: Path) -> None:
     guides_path, teacher_path = _guide_and_teacher_files(synthetic_idrid, tmp_path)
-    cfg = TrainConfig(
-        task="grader",
-        backbone="test_convnext",
-        model_name="test_tiny_cls",
-        data=str(synthetic_idrid),
-        cache=str(tmp_path / "cache"),
-        runs=str(tmp_path / "runs"),
+    cfg = replace(
+        _config(synthetic_idrid, tmp_path, 1),
         run_name="guided",
-        epochs=1,
-        batch_size=4,
-        input_size=64,
-        workers=1,
-        val_fraction=0.25,
-        no_pretrained=True,
         guides=str(guides_path),
         attention_weight=0.5,
         teacher=str(teacher_path),
@@ -155,16 +146,7 @@ def test_guided_distilled_training_says_so_in_the_card(synthetic_idrid: Path, tm
 
 
 def test_unguided_grading_items_stay_three_values(synthetic_idrid: Path, tmp_path: Path) -> None:
-    cfg = TrainConfig(
-        task="grader",
-        backbone="test_convnext",
-        model_name="test_tiny_cls",
-        data=str(synthetic_idrid),
-        cache=str(tmp_path / "cache"),
-        input_size=64,
-        workers=1,
-        no_pretrained=True,
-    )
+    cfg = _config(synthetic_idrid, tmp_path, 1)
     task = TASKS["grader"](cfg)
     train_set, _ = task.datasets(task.card())
     assert len(train_set[0]) == 3
