@@ -67,11 +67,15 @@ def choose_disc(
         return np.zeros_like(mask, dtype=bool), None, 0.0
     x, y = detector_xy_in_mask
     best, best_score = 0, -1.0
-    for label in range(1, count):
+    # the eight largest components are the candidates (a disc is never a speck); each is measured in
+    # its bounding box, not over the whole 2048-px mask
+    candidates = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:8]
+    for label in candidates:
         area = float(stats[label, cv2.CC_STAT_AREA])
         radius = np.sqrt(area / np.pi)
         distance = float(np.hypot(*(centroids[label] - (x, y))))
-        component = (labels == label).astype(np.uint8)
+        left, top, width, height = (int(v) for v in stats[label, :4])
+        component = (labels[top : top + height, left : left + width] == label).astype(np.uint8)
         contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         perimeter = max(cv2.arcLength(contours[0], True), 1.0)
         circularity = min(1.0, 4 * np.pi * area / perimeter**2)
