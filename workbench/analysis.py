@@ -118,7 +118,6 @@ class Analysis:
     fovea_xy: tuple[float, float] | None = None
     fovea_confidence: float | None = None
     fovea_doubt: str | None = None  # why the fovea is not trusted (None: trusted); grid/regions/rule then off
-    fovea_source: str | None = None
     od_doubt: str | None = None
     etdrs: EtdrsGrid | None = None
     dme_check: DmeRuleCheck | None = None
@@ -322,7 +321,6 @@ class Workbench:
             fovea_xy=fovea.xy,
             fovea_confidence=marks.fovea_confidence,
             fovea_doubt=fovea.doubt,
-            fovea_source=fovea.source,
             etdrs=grid,
             dme_check=check,
             lesions_by_region=by_region,

@@ -33,23 +33,22 @@ from models.preprocess import CropTransform
 __all__ = [
     "FoveaEstimate",
     "PlacedLandmarks",
+    "check_fovea",
     "choose_disc",
     "fovea_doubts",
     "place_landmarks",
-    "refine_fovea",
 ]
 
-DD_EXPECTED = 2.5  # fovea to disc centre, in disc diameters
 DD_RANGE = (1.7, 3.4)
 LOW_CONFIDENCE = 0.1  # localizer peak height below which a fovea is doubtful whatever its position
 
 
 @dataclass(frozen=True)
 class FoveaEstimate:
-    """A fovea in original pixels, where it came from, and why it is doubtful (None: trusted)."""
+    """The localizer's fovea in original pixels, its distance from the disc in disc diameters, and why it
+    is doubtful (None: trusted)."""
 
     xy: tuple[float, float]
-    source: str
     doubt: str | None
     disc_diameters: float
 
@@ -115,7 +114,7 @@ def fovea_doubts(
     return reasons
 
 
-def refine_fovea(
+def check_fovea(
     fov: FieldOfView,
     od_xy: tuple[float, float],
     disc_diameter: float,
@@ -127,9 +126,7 @@ def refine_fovea(
     distance = float(np.hypot(detector_xy[0] - od_xy[0], detector_xy[1] - od_xy[1])) / max(
         disc_diameter, 1e-6
     )
-    return FoveaEstimate(
-        xy=detector_xy, source="detector", doubt="; ".join(reasons) or None, disc_diameters=distance
-    )
+    return FoveaEstimate(xy=detector_xy, doubt="; ".join(reasons) or None, disc_diameters=distance)
 
 
 @dataclass(frozen=True)
@@ -169,5 +166,5 @@ def place_landmarks(
             centre = tuple(map(float, transform.to_original(np.array([centroid], float))[0]))
             if np.hypot(centre[0] - detector_od_xy[0], centre[1] - detector_od_xy[1]) > 2 * radius:
                 od_doubt = "the disc detector and the disc segmentation disagree"
-    fovea = refine_fovea(fov, od_xy, 2 * radius, detector_fovea_xy, fovea_confidence)
+    fovea = check_fovea(fov, od_xy, 2 * radius, detector_fovea_xy, fovea_confidence)
     return PlacedLandmarks(od_xy=od_xy, od_radius_px=radius, od_mask=chosen, od_doubt=od_doubt, fovea=fovea)

@@ -126,7 +126,6 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
                     "xy": _num(analysis.fovea_xy),
                     "confidence": _num(analysis.fovea_confidence),
                     "doubt": analysis.fovea_doubt,
-                    "source": analysis.fovea_source,
                 },
                 "lesions": {
                     code: {

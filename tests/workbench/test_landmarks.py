@@ -1,4 +1,4 @@
-"""One optic disc, a fovea checked against anatomy, refined to the dark macula, and the doubt flag."""
+"""One optic disc, a fovea checked against anatomy, and the doubt flag."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.fov import FieldOfView
-from workbench.landmarks import choose_disc, fovea_doubts, place_landmarks, refine_fovea
+from workbench.landmarks import check_fovea, choose_disc, fovea_doubts, place_landmarks
 from workbench.synthetic import make_fundus
 
 
@@ -26,15 +26,15 @@ def _distance(a, b) -> float:
 def test_a_plausible_fovea_is_trusted_and_kept(eye) -> None:
     dd = 2 * eye.od_radius
     start = (eye.fovea_xy[0] + 0.3 * dd, eye.fovea_xy[1] - 0.2 * dd)
-    estimate = refine_fovea(_fov(eye), eye.od_xy, dd, start, 0.8)
-    assert estimate.doubt is None and estimate.source == "detector" and estimate.xy == start
+    estimate = check_fovea(_fov(eye), eye.od_xy, dd, start, 0.8)
+    assert estimate.doubt is None and estimate.xy == start
     assert 1.7 <= estimate.disc_diameters <= 3.4
 
 
 def test_a_fovea_in_the_arcade_is_flagged_with_the_reason(eye) -> None:
     dd = 2 * eye.od_radius
     arcade = (eye.od_xy[0], eye.od_xy[1] - 1.8 * dd)  # above the disc, as seen on IDRiD test image 55
-    estimate = refine_fovea(_fov(eye), eye.od_xy, dd, arcade, 0.35)
+    estimate = check_fovea(_fov(eye), eye.od_xy, dd, arcade, 0.35)
     assert estimate.doubt is not None and "above or below the disc" in estimate.doubt
     assert estimate.xy == arcade  # kept where the detector put it, but no longer trusted
 
