@@ -19,7 +19,7 @@ from tqdm import tqdm
 from models.constants import LESION_CODES
 from models.preprocess import crop_to_fov
 from models.registry import default_model, load_model
-from workbench.analysis import PROFILES, inside_field
+from workbench.analysis import PROFILES, inside_field, lesion_thresholds, segmenter_figures
 from workbench.audit import LabelledImage, grade_images
 from workbench.fundus import prepare_fundus
 from workbench.idrid import IDRiD, load_mask
@@ -118,7 +118,7 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
         records = [r for r in records if r.name in keep]
     predictor = LocalizerPredictor(*load_model(model_name))
     segmenter = SegmenterPredictor(*load_model(LANDMARK_SEGMENTER))
-    threshold = _od_threshold(segmenter.card.training)
+    threshold = lesion_thresholds(segmenter_figures(segmenter.card.training))["OD"]
     raw_od, raw_fovea, od_d, fovea_d, doubtful = [], [], [], [], []
     for record in tqdm(records, desc="localization", leave=False):
         image = load_image(record.image_path, min_side=segmenter.card.input_size)
@@ -150,11 +150,6 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
         "fovea_mean_px_trusted": float(fovea[~flagged].mean()) if (~flagged).any() else None,
         "fovea_mean_px_doubtful": float(fovea[flagged].mean()) if flagged.any() else None,
     }
-
-
-def _od_threshold(training: dict[str, Any]) -> float:
-    measured = training.get("evaluation", {}).get("val") or training.get("validation", {})
-    return float(measured.get("threshold_OD") or 0.5)
 
 
 EVALUATORS = {

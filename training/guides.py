@@ -105,6 +105,7 @@ def seg_to_grading(data: Path) -> dict[str, str]:
 
 def build_guides(data: Path, cache: Path, out: Path, workers: int = 2) -> Path:
     """Write the lesion-guide file (see the module docstring); returns its path."""
+    from workbench.analysis import lesion_thresholds, segmenter_figures
     from workbench.image_io import load_image
     from workbench.predictors import SegmenterPredictor
 
@@ -120,7 +121,7 @@ def build_guides(data: Path, cache: Path, out: Path, workers: int = 2) -> Path:
     seg_of_grading = {g: s for s, g in seg_to_grading(data).items()}
     model, card = load_model("segmenter_lite0")
     segmenter = SegmenterPredictor(model, card)
-    thresholds = _thresholds(card)
+    thresholds = lesion_thresholds(segmenter_figures(card.training))
     names, guides, sources = [], [], []
     for entry in load_index(grading):
         matrix = np.vstack([np.asarray(entry.matrix, float), [0, 0, 1]])
@@ -161,11 +162,6 @@ def build_guides(data: Path, cache: Path, out: Path, workers: int = 2) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, names=np.array(names), guides=np.stack(guides), sources=np.array(sources))
     return out
-
-
-def _thresholds(card: ModelCard) -> dict[str, float]:
-    measured = card.training.get("evaluation", {}).get("val") or card.training.get("validation", {})
-    return {code: float(measured.get(f"threshold_{code}") or 0.5) for code in LESION_CODES}
 
 
 def load_guides(path: Path) -> dict[str, np.ndarray]:

@@ -66,6 +66,11 @@ def segmenter_figures(card_training: dict, profile: str = "quality") -> dict:
     return evaluation.get("val") or card_training.get("validation", {})
 
 
+def lesion_thresholds(measured: dict) -> dict[str, float]:
+    """Best-Dice threshold per lesion type from a segmenter's validation figures (0.5 where missing)."""
+    return {code: float(measured.get(f"threshold_{code}") or 0.5) for code in LESION_CODES}
+
+
 def lesion_reliability(measured: dict) -> dict[str, LesionReliability]:
     """Per lesion type, from a segmenter's validation figures (``segmenter_figures``)."""
     out = {}
@@ -359,8 +364,7 @@ class Workbench:
 
     def _thresholds(self) -> dict[str, float]:
         # Best-Dice thresholds of the same measurement the reliability comes from
-        measured = self._measured()
-        return {code: float(measured.get(f"threshold_{code}") or 0.5) for code in LESION_CODES}
+        return lesion_thresholds(self._measured())
 
     def _summaries(self, probabilities: np.ndarray, transform: CropTransform) -> dict[str, LesionSummary]:
         thresholds = self._thresholds()

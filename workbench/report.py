@@ -282,7 +282,7 @@ def _tables(data: dict[str, Any]) -> str:
             _table(
                 "Lesions (segmenter; the optic disc is listed with the landmarks). Types whose validated "
                 "AUPR is below the reliability floor are not findings.",
-                ["lesion", "count", "area (px)", "% of field", "disc areas", "validated AUPR", "reliability"],
+                LESION_COLUMNS,
                 [
                     [
                         code,
