@@ -28,7 +28,7 @@ from models.pretrained import export_lite0
 
 __all__ = ["pack"]
 
-# part folder -> (JPEG quality, names to keep or None for all)
+# cache folder -> JPEG quality of its re-encoded crops (the 512-px segmentation crops: the unlabelled ones only)
 _QUALITY = {"grading_train_512": 90, "segmentation_train_512": 90, "segmentation_train_2048": 88}
 
 
