@@ -28,7 +28,7 @@ from models.pretrained import export_lite0
 
 __all__ = ["pack"]
 
-# cache folder -> JPEG quality of its re-encoded crops (the 512-px segmentation crops: the unlabelled ones only)
+# cache folder -> JPEG quality of its re-encoded crops (segmentation_train_512: unlabelled images only)
 _QUALITY = {"grading_train_512": 90, "segmentation_train_512": 90, "segmentation_train_2048": 88}
 
 
