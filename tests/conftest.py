@@ -13,6 +13,11 @@ import pytest
 import workbench  # noqa: F401  (offline environment before anything else)
 from workbench.synthetic import SyntheticFundus, make_fundus, write_idrid_folder
 
+# The test process holds every model any test loaded (well over a server's 2 GB); without this, the
+# explanation budget (workbench.explainers.budget) would shrink to its floor in every in-process test.
+# The memory-ceiling tests run their Compare in a fresh process without it.
+os.environ.setdefault("DRWB_PROCESS_MEMORY_MB", "16384")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_IDRID = Path(os.environ.get("DRWB_IDRID", REPO_ROOT.parent / "shared" / "data" / "idrid-lite"))
 

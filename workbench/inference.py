@@ -55,4 +55,5 @@ def predict_tiles(
         for (y, x), prob in zip(chunk, probs, strict=True):
             total[:, y : y + tile, x : x + tile] += prob * window
             weight[y : y + tile, x : x + tile] += window
-    return total / weight
+    total /= weight  # in place: at 2048 px a second (5, H, W) array is 84 MB more at the peak
+    return total

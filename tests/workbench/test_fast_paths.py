@@ -99,11 +99,24 @@ def test_budget_chunks_do_not_change_integrated_gradients(small: ExplainableMode
 
 
 def test_budget_sets_smaller_batches_for_smaller_budgets(small: ExplainableModel, monkeypatch) -> None:
+    monkeypatch.setenv("DRWB_PROCESS_MEMORY_MB", "1000000")
     monkeypatch.setenv("DRWB_EXPLAIN_MEMORY_MB", "4096")
     large = batch_for_budget(small.module, 96, backward=True)
     monkeypatch.setenv("DRWB_EXPLAIN_MEMORY_MB", "64")
     assert batch_for_budget(small.module, 96, backward=True) < large
     assert batch_for_budget(small.module, 96, backward=False) >= batch_for_budget(small.module, 96, True)
+
+
+def test_budget_shrinks_to_the_headroom_below_the_process_ceiling(monkeypatch) -> None:
+    from workbench.explainers.budget import MIN_BUDGET_MB, RESERVE_MB, budget_bytes, current_rss_mb
+
+    monkeypatch.setenv("DRWB_EXPLAIN_MEMORY_MB", "512")
+    monkeypatch.setenv("DRWB_PROCESS_MEMORY_MB", "1000000")
+    assert budget_bytes() == 512 * 1024**2
+    monkeypatch.setenv("DRWB_PROCESS_MEMORY_MB", str(current_rss_mb() + RESERVE_MB + 200))
+    assert 150 * 1024**2 < budget_bytes() < 250 * 1024**2  # ~200 MB: the headroom, not the 512 asked for
+    monkeypatch.setenv("DRWB_PROCESS_MEMORY_MB", "1")
+    assert budget_bytes() == MIN_BUDGET_MB * 1024**2  # never nothing: one sample per batch still runs
 
 
 def test_occlusion_without_autograd_equals_the_reference(small: ExplainableModel) -> None:
@@ -146,7 +159,8 @@ def test_scorecam_top_k_stays_close_to_full_on_a_real_backbone(small: Explainabl
 
 def _fresh_process(script: str, argument: str) -> dict:
     """Run ``script`` in a new Python with the default budget and shipped weights; its last JSON line."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DRWB_EXPLAIN_MEMORY_MB", "DRWB_WEIGHTS")}
+    unset = ("DRWB_EXPLAIN_MEMORY_MB", "DRWB_PROCESS_MEMORY_MB", "DRWB_WEIGHTS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     out = subprocess.run(
         [sys.executable, "-c", script, argument],
         cwd=ROOT,

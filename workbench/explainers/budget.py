@@ -3,9 +3,12 @@
 Attribution methods evaluate the model on many perturbed or interpolated copies of one image; batching
 them is what makes them fast, and what made one Integrated Gradients call take 5 GB. The budget
 (``DRWB_EXPLAIN_MEMORY_MB``, default 512 MB, read at call time) caps the activation memory of one
-batch. A process that has imported torch (CUDA build), timm, captum and grad-cam and loaded the three
-models already holds ~1.2 GB, and an analysis adds ~0.2 GB (measured), so this default keeps the whole
-process under 2 GB. Deletion / insertion scoring batches by the same budget.
+batch. It also shrinks to the process's headroom: what stays below the process ceiling
+(``DRWB_PROCESS_MEMORY_MB``, default 2048 MB) once the current resident memory and a reserve for the
+method's own arrays are counted, and never below 64 MB. A process that has imported torch (CUDA build),
+timm, captum and grad-cam, loaded the three models and analysed a photograph holds ~1.1 GB here
+(measured), so the default budget applies; on a machine whose libraries take more, the batches get
+smaller instead of the process going over. Deletion / insertion scoring batches by the same budget.
 
 The activation memory of one sample is measured, not guessed: one forward of a single input at the
 card's size with hooks on every leaf module (cached per model and input size). A backward pass keeps
@@ -21,15 +24,30 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_BUDGET_MB", "batch_for_budget", "budget_bytes", "peak_rss_mb", "sample_activation_bytes"]
+__all__ = [
+    "DEFAULT_BUDGET_MB",
+    "DEFAULT_CEILING_MB",
+    "batch_for_budget",
+    "budget_bytes",
+    "current_rss_mb",
+    "peak_rss_mb",
+    "sample_activation_bytes",
+]
 
 DEFAULT_BUDGET_MB = 512
+DEFAULT_CEILING_MB = 2048
+RESERVE_MB = 256  # the method's inputs, outputs and scratch beside one batch's activations
+MIN_BUDGET_MB = 64
 _cache: dict[tuple[int, int], tuple[int, int]] = {}
 
 
 def budget_bytes() -> int:
-    """The configured budget in bytes (``DRWB_EXPLAIN_MEMORY_MB``)."""
-    return int(float(os.environ.get("DRWB_EXPLAIN_MEMORY_MB", DEFAULT_BUDGET_MB)) * 1024**2)
+    """The budget in bytes: ``DRWB_EXPLAIN_MEMORY_MB``, or less where the process ceiling
+    (``DRWB_PROCESS_MEMORY_MB``) leaves less headroom above the current resident memory."""
+    configured = float(os.environ.get("DRWB_EXPLAIN_MEMORY_MB", DEFAULT_BUDGET_MB))
+    ceiling = float(os.environ.get("DRWB_PROCESS_MEMORY_MB", DEFAULT_CEILING_MB))
+    headroom = ceiling - current_rss_mb() - RESERVE_MB
+    return int(max(MIN_BUDGET_MB, min(configured, headroom)) * 1024**2)
 
 
 def sample_activation_bytes(module: nn.Module, size: int) -> tuple[int, int]:
@@ -63,18 +81,30 @@ def batch_for_budget(module: nn.Module, size: int, backward: bool, cap: int = 64
     return int(max(1, min(cap, budget_bytes() // per_sample)))
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in open("/proc/self/status").read().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now in MB (``VmRSS``; 0 where /proc is missing)."""
+    return _status_mb("VmRSS") or 0.0
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB (``VmHWM``).
 
     Not ``getrusage().ru_maxrss``: Linux keeps that across ``exec``, so a child started from a large
     parent (a test runner, a server) reports the parent's size.
     """
-    try:
-        for line in open("/proc/self/status").read().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
