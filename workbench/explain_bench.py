@@ -52,7 +52,14 @@ def mean_ci(values: Sequence[float]) -> dict[str, float | int | None]:
 
 
 def _seen_by_grader(dataset: IDRiD, predictor: GraderPredictor, records: list) -> set[str]:
-    """Segmentation names whose photograph is one of the grader's training images (by content)."""
+    """Segmentation names whose photograph is one of the grader's training images (by content).
+
+    A grader trained with ``--unlabelled`` also saw every segmentation-only photograph, with its
+    annotated lesions as attention guides: for it, every segmentation training image is seen.
+    """
+    config = predictor.card.training.get("config") or {}
+    if config.get("unlabelled"):
+        return {r.name for r in records}
     trained = trained_grading_names(predictor.card, dataset)
     references = {r.name: r.image_path for r in dataset.grading("train") if r.name in trained}
     matches = matching_names([r.image_path for r in records], references)
@@ -75,6 +82,12 @@ def explain_bench(
         seen = _seen_by_grader(dataset, predictor, records)
         excluded = sorted(r.name for r in records if r.name in seen)
         records = [r for r in records if r.name not in seen]
+        if not records:
+            raise ValueError(
+                f"{predictor.card.name}: every segmentation training image is one its grader trained on "
+                "(as a grading image or an unlabelled input), so none is left to score explanations on "
+                "unseen photographs; use --split test, or score a fold model of the same recipe"
+            )
     records = records[:limit] if limit else records
     model = ExplainableModel(predictor.model, predictor.card)
     random_model = randomised_copy(model) if sanity_images else None

@@ -239,3 +239,8 @@ def test_explain_bench_val_excludes_photographs_the_grader_trained_on(real_idrid
     seen = _seen_by_grader(dataset, GraderPredictor(nn.Identity(), refit), records)
     assert seen == overlap  # content matching finds exactly the 42 known pairs, no more
     assert len(records) - len(seen) == 12
+    # segmentation-only photographs as unlabelled inputs (with their masks as guides): all 54 are seen
+    unlabelled = refit.with_updates(training={"config": {"refit": True, "seed": 0, "unlabelled": True}})
+    assert _seen_by_grader(dataset, GraderPredictor(nn.Identity(), unlabelled), records) == {
+        r.name for r in records
+    }
