@@ -262,6 +262,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("limit", int),
         ("threads", int),
         ("max-minutes", float),
+        ("stop-after", int),
         ("ship-name", str),
         ("ship-dir", str),
         ("val-fraction", float),
@@ -282,6 +283,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("distill-temperature", float),
         ("lesion-rates", str),
         ("focal-gamma", float),
+        ("channels-from", str),
         ("fold", int),
     ):
         tr.add_argument(f"--{flag}", type=kind, default=None)

@@ -39,6 +39,7 @@ from workbench.predictors import (
     GraderPredictor,
     LocalizerPredictor,
     SegmenterPredictor,
+    load_segmenter,
 )
 from workbench.splits import split_names, split_train_val
 
@@ -86,7 +87,7 @@ def _segmentation(
         )
         records = [r for r in records if r.name in keep]
     size = PROFILES[profile]["segment_size"]
-    predictor = SegmenterPredictor(*load_model(model_name), input_size=int(size) if size else None)
+    predictor = load_segmenter(model_name, input_size=int(size) if size else None)
     curves = {code: PixelCurve() for code in LESION_CODES}
     for record in tqdm(records, desc="segmentation", leave=False):
         image = load_image(record.image_path, min_side=predictor.input_size)

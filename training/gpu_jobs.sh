@@ -34,7 +34,7 @@ CNX=(grader --folds 5 --input-size 448 --sampling sqrt --ordinal-weight 0.5 --ep
      --guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
 SEG=(segmenter --backbone tf_efficientnet_lite0 --input-size 2048 --tile 512 --tiles-per-image 48
      --epochs "$(ep 12)" --batch-size 12 --lr 1e-3 --lesion-rates MA:0.3,HE:0.25,EX:0.15,SE:0.25
-     --focal-gamma 2 --select last --val-every 0 --loader-workers 6)
+     --focal-gamma 2 --select last --val-every 0 --loader-workers 6 --channels-from segmenter_lite0@640:HE,OD)
 
 pieces() {  # name, then the argument array of the run: 5 folds and the refit, in the background
   local name=$1; shift

@@ -76,6 +76,7 @@ class TrainConfig:
     limit: int = 0
     no_pretrained: bool = False
     max_minutes: float = 0.0
+    stop_after: int = 0  # stop after this many epochs of the --epochs schedule (a --max-minutes run, exactly)
     init_from: str = ""  # start from a shipped model's weights (card stem in models/weights), not ImageNet
     device: str = "auto"  # "auto": CUDA when there is one (bf16 autocast, channels_last), else "cpu"
     loader_workers: int = 0  # DataLoader worker processes for training batches (0: in the main process)
@@ -88,6 +89,7 @@ class TrainConfig:
     unlabelled: bool = False  # grader: add segmentation-only photographs as unlabelled inputs
     lesion_rates: str = ""  # segmenter: tile-centring rate per lesion, e.g. "MA:0.3,HE:0.15,EX:0.15,SE:0.2"
     focal_gamma: float = 0.0  # segmenter: focal-loss gamma on the BCE term (0: plain BCE)
+    channels_from: str = ""  # segmenter: "MODEL@SIZE:HE,OD;..." channels the shipped card takes elsewhere
     ship: bool = False
     ship_name: str = ""
     ship_dir: str = ""  # default: models/weights (SHIPPED_WEIGHTS_DIR)
@@ -318,6 +320,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             log.warning("time budget of %.0f min reached after epoch %d", cfg.max_minutes, epoch + 1)
             meta["stopped_early_at_epoch"] = epoch + 1
             break
+        if cfg.stop_after and epoch + 1 >= cfg.stop_after and epoch + 1 < cfg.epochs:
+            meta["stopped_early_at_epoch"] = epoch + 1  # --stop-after: the schedule stays --epochs long
+            break
     card = _final_card(card, cfg, meta, command, task.recipe())
     if ranks.is_main:
         (run_dir / "best.json").write_text(card.to_json())
@@ -376,10 +381,28 @@ def _ship(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader: Da
     ).weights
 
 
+def parse_channels_from(text: str) -> list[dict[str, Any]]:
+    """``"segmenter_lite0@640:HE,OD"`` (``;`` between models) -> the card's ``extra.channels_from``
+    (``workbench.predictors.load_segmenter`` reads it: those channels come from that model at that size)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        source, _, channels = part.partition(":")
+        model, _, size = source.partition("@")
+        codes = [c.strip() for c in channels.split(",") if c.strip()]
+        if not model or not codes or (size and not size.isdigit()):
+            raise ValueError(
+                f"--channels-from {part!r}: expected MODEL[@SIZE]:CODE,CODE (e.g. segmenter_lite0@640:HE,OD)"
+            )
+        out.append({"model": model, "input_size": int(size) if size else None, "channels": codes})
+    return out
+
+
 def _final_card(
     card: ModelCard, cfg: TrainConfig, meta: dict[str, Any], command: str, recipe: dict[str, Any]
 ) -> ModelCard:
     extra = {k: v for k, v in card.extra.items() if k != "imagenet_init"}
+    if cfg.channels_from:
+        extra["channels_from"] = parse_channels_from(cfg.channels_from)
     return card.with_updates(
         extra={
             **extra,

@@ -34,7 +34,7 @@ from workbench.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.fundus import prepare_fundus
 from workbench.image_io import LoadedImage, load_image
 from workbench.landmarks import place_landmarks
-from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, SegmenterPredictor
+from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
 from workbench.quality import QualityReport
 from workbench.targets import GradeTarget, Target
 
@@ -226,9 +226,7 @@ class Workbench:
         self._graders: dict[str, GraderPredictor] = {}
         self.grader = self.grader_predictor(names["grader"])
         size = chosen["segment_size"]
-        self.segmenter = SegmenterPredictor(
-            *load_model(names["segmenter"], self.weights_dir), input_size=int(size) if size else None
-        )
+        self.segmenter = load_segmenter(names["segmenter"], self.weights_dir, int(size) if size else None)
         self.localizer = LocalizerPredictor(*load_model(names["localizer"], self.weights_dir))
         self.segment = segment
         self._explain_lock = threading.Lock()

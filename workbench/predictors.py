@@ -3,7 +3,8 @@
 One class per model family, each owning its crop size (from the card) and its post-processing:
 
 - ``GraderPredictor``: DR (5) and DME (3) probabilities; batches many images for throughput.
-- ``SegmenterPredictor``: five lesion probability maps on the card's crop (tiled), plus the transform.
+- ``SegmenterPredictor``: five lesion probability maps on the card's crop (tiled), plus the transform;
+  ``load_segmenter`` also loads the models a card takes some channels from (``extra.channels_from``).
 - ``LocalizerPredictor``: optic-disc and fovea centres with confidences, mapped to original pixels.
 
 All inference is fp32 under ``torch.inference_mode``: bf16 autocast was measured 10-100x *slower* on this
@@ -12,8 +13,11 @@ project's CPUs (no AVX-512 BF16), see README.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -21,6 +25,7 @@ from torch import nn
 from models.card import ModelCard
 from models.localizer import decode_landmarks
 from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
+from models.registry import load_model
 from workbench.image_io import LoadedImage
 from workbench.inference import predict_tiles
 
@@ -31,6 +36,7 @@ __all__ = [
     "LocalizerPredictor",
     "SegmenterPredictor",
     "crop_for",
+    "load_segmenter",
 ]
 
 # Grader and localizer read the same 512-px field-of-view crop the training cache holds, then resize.
@@ -85,18 +91,55 @@ class SegmenterPredictor:
     tile); None keeps the card's, the resolution its validation figures were measured at.
     """
 
-    def __init__(self, model: nn.Module, card: ModelCard, input_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        input_size: int | None = None,
+        donors: Sequence[tuple[SegmenterPredictor, Sequence[str]]] = (),
+    ) -> None:
         self.model, self.card = model.eval(), card
         self.input_size = int(input_size or card.input_size)
         self.tile = int(card.extra.get("tile", 512)) if input_size is None else self.input_size
         self.overlap = int(card.extra.get("overlap", 64))
+        self.donors = [(donor, tuple(codes)) for donor, codes in donors]
 
     @torch.inference_mode()
     def predict(self, image: LoadedImage) -> LesionMaps:
         crop, transform = crop_for(image, self.input_size)
         tensor = torch.from_numpy(normalise(crop, self.card.mean, self.card.std))
         probs = predict_tiles(self.model, tensor, self.tile, self.overlap)
+        for donor, codes in self.donors:
+            # the donor segments the same field-of-view square at its own size: resize its channels
+            theirs = donor.predict(image).probabilities
+            for code in codes:
+                channel = self.card.label_names.index(code)
+                probs[channel] = cv2.resize(
+                    theirs[donor.card.label_names.index(code)],
+                    probs.shape[:0:-1],
+                    interpolation=cv2.INTER_LINEAR,
+                )
         return LesionMaps(probabilities=probs, transform=transform)
+
+
+def load_segmenter(
+    name: str, weights_dir: Path | None = None, input_size: int | None = None
+) -> SegmenterPredictor:
+    """A shipped segmenter with the channels its card takes from other shipped segmenters.
+
+    ``extra.channels_from`` lists ``{"model", "input_size", "channels"}``: those channels come from that
+    model run at that crop size (measured better there; the card's validation figures are of the whole).
+    An ``input_size`` override (the fast profile) runs the model alone, at that size.
+    """
+    model, card = load_model(name, weights_dir)
+    donors = []
+    if input_size is None:
+        for entry in card.extra.get("channels_from", []):
+            donor = SegmenterPredictor(
+                *load_model(entry["model"], weights_dir), input_size=entry.get("input_size")
+            )
+            donors.append((donor, entry["channels"]))
+    return SegmenterPredictor(model, card, input_size, donors)
 
 
 @dataclass(frozen=True)

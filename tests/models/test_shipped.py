@@ -59,12 +59,18 @@ def test_grader_beats_majority_class(real_idrid: Path) -> None:
         *load_model(default_model("grader", SHIPPED_WEIGHTS_DIR), SHIPPED_WEIGHTS_DIR)
     )
     records = _unseen_grading(real_idrid, predictor.card, 83)
+    margin = 0.15
+    if (predictor.card.training.get("config") or {}).get("refit"):
+        # a refit saw every grading image (its held-out quality is the OOF test's): these weights must at
+        # least fit their own training images clearly better than the held-out figures
+        assert not records
+        records, margin = IDRiD(real_idrid).grading("train")[::5], 0.35
     assert len(records) >= 80  # a fold model: its held-out fold
     crops = [crop_for(load_image(r.image_path, min_side=GRADING_CROP), GRADING_CROP)[0] for r in records]
     dr, dme = predictor.predict(crops)
     truth = np.array([r.dr_grade for r in records])
     majority = np.bincount(truth).max() / len(truth)
-    assert (dr.argmax(1) == truth).mean() >= majority + 0.15
+    assert (dr.argmax(1) == truth).mean() >= majority + margin
     referable = truth >= 2
     assert ((dr[:, 2:].sum(1) >= 0.5) == referable).mean() >= 0.8
 

@@ -70,6 +70,21 @@ def test_resume_after_kill_gives_same_state(synthetic_idrid: Path, tmp_path: Pat
     assert [h["train_loss"] for h in straight["history"]] == [h["train_loss"] for h in resumed["history"]]
 
 
+def test_stop_after_keeps_the_longer_schedule(synthetic_idrid: Path, tmp_path: Path) -> None:
+    """--stop-after N: the first N epochs of the --epochs schedule, not an N-epoch schedule (how a run
+    cut by --max-minutes on one machine is reproduced on another)."""
+    from dataclasses import replace
+
+    cut = train(replace(_config(synthetic_idrid, tmp_path / "cut", 10), stop_after=5))
+    short = train(_config(synthetic_idrid, tmp_path / "short", 5))
+    assert cut["epoch"] == short["epoch"] == 5 and cut["stopped_early_at_epoch"] == 5
+    assert cut["history"][0]["train_loss"] == short["history"][0]["train_loss"]  # the same warm-up epoch
+    # then a slower cosine decay: other learning rates, other weights
+    a = load_file(str(tmp_path / "cut/runs/run/state.safetensors"))
+    b = load_file(str(tmp_path / "short/runs/run/state.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_localizer_and_segmenter_tasks_run(synthetic_idrid: Path, tmp_path: Path) -> None:
     loc = train(_config(synthetic_idrid, tmp_path / "loc", 1, "localizer"))
     assert loc["best_metrics"]["od_mean_px"] > 0

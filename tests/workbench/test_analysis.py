@@ -106,3 +106,37 @@ def test_lesion_reliability_from_the_card() -> None:
     training["evaluation"]["val_fast"] = {"aupr_MA": 0.005}
     assert segmenter_figures(training, "fast") == {"aupr_MA": 0.005}
     assert segmenter_figures(training, "quality")["aupr_EX"] == 0.54
+
+
+def test_a_segmenter_card_can_take_channels_from_another_model(
+    tiny_weights, synthetic_fundus, tmp_path
+) -> None:
+    """``extra.channels_from`` (``drwb train --channels-from``): those channels come from the other model at
+    its size, resized onto this model's crop; the others are this model's own."""
+    import shutil
+
+    from models.card import ModelCard
+    from training.train import parse_channels_from
+    from workbench.predictors import load_segmenter
+
+    for path in tiny_weights.glob("tiny_segmenter.*"):
+        shutil.copy(path, tmp_path / path.name)
+    card = ModelCard.read(tmp_path / "tiny_segmenter.json")
+    entries = parse_channels_from("tiny_segmenter@64:HE,OD")
+    assert entries == [{"model": "tiny_segmenter", "input_size": 64, "channels": ["HE", "OD"]}]
+    composite = card.with_updates(extra={**card.extra, "channels_from": entries})
+    (tmp_path / "composite.json").write_text(composite.to_json())
+    image = _loaded(synthetic_fundus.image)
+    alone = load_segmenter("tiny_segmenter", tmp_path).predict(image)
+    donor = load_segmenter("tiny_segmenter", tmp_path, input_size=64).predict(image)
+    both = load_segmenter("composite", tmp_path).predict(image)
+    assert both.probabilities.shape == alone.probabilities.shape == (5, 128, 128)
+    for channel in (0, 2, 3):  # MA, EX, SE: its own
+        np.testing.assert_array_equal(both.probabilities[channel], alone.probabilities[channel])
+    for channel in (1, 4):  # HE, OD: the 64-px pass, resized to 128
+        assert not np.array_equal(both.probabilities[channel], alone.probabilities[channel])
+        np.testing.assert_allclose(
+            both.probabilities[channel].mean(), donor.probabilities[channel].mean(), atol=0.02
+        )
+    with pytest.raises(ValueError, match="MODEL"):
+        parse_channels_from("segmenter_lite0@big:HE")
