@@ -17,7 +17,6 @@ never saw fold k. Both files are ``.npz`` of plain arrays (no pickles), keyed by
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from models.constants import LESION_CODES
 from models.registry import build_model, load_model
 from training.data import GradingData
 from training.prepare import load_index, prepare
-from workbench.idrid import IDRiD, load_mask
+from workbench.idrid import IDRiD, load_mask, seg_to_grading
 
 __all__ = [
     "GUIDE_SIDE",
@@ -91,16 +90,6 @@ def _ground_truth(record, original_size: tuple[int, int], matrix: np.ndarray, si
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA) > 0
         out[code] = _warp(mask, matrix, side)
     return out
-
-
-def seg_to_grading(data: Path) -> dict[str, str]:
-    """{segmentation image name: grading image name} for the photographs IDRiD has in both parts."""
-    table = Path(data) / "extras" / "segmentation_train_in_grading_train.csv"
-    if not table.is_file():
-        return {}
-    with table.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    return {row[0]: row[1] for row in rows[1:] if len(row) >= 2}
 
 
 def build_guides(data: Path, cache: Path, out: Path, workers: int = 2) -> Path:

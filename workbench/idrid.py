@@ -24,6 +24,7 @@ from PIL import Image
 from models.constants import LESIONS
 
 __all__ = [
+    "seg_to_grading",
     "GradingRecord",
     "IDRiD",
     "IDRiDLayoutError",
@@ -211,3 +212,14 @@ class IDRiD:
             )
             for name, path in images.items()
         ]
+
+
+def seg_to_grading(data: Path) -> dict[str, str]:
+    """{segmentation image name: grading image name} for the photographs IDRiD has in both parts (the
+    ``extras`` table of ../shared; empty where a copy of the data has no such table)."""
+    table = Path(data) / "extras" / "segmentation_train_in_grading_train.csv"
+    if not table.is_file():
+        return {}
+    with table.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    return {row[0]: row[1] for row in rows[1:] if len(row) >= 2}

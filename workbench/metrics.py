@@ -28,6 +28,7 @@ __all__ = [
     "grading_metrics",
     "json_safe",
     "localization_metrics",
+    "mask_dice",
     "segmentation_metrics",
     "per_class_recall",
     "pixel_curve",
@@ -44,6 +45,13 @@ def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> n
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(truth, int), np.asarray(pred, int)), 1)
     return matrix
+
+
+def mask_dice(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    """Dice of two boolean masks of one image; None when both are empty (nothing to agree on)."""
+    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
+    total = int(predicted.sum()) + int(truth.sum())
+    return 2.0 * int(np.logical_and(predicted, truth).sum()) / total if total else None
 
 
 def accuracy(truth: np.ndarray, pred: np.ndarray) -> float:

@@ -31,11 +31,48 @@ __all__ = [
 def heatmap_overlay(
     crop: np.ndarray, heatmap: Heatmap, opacity: float = 0.5, colormap: int = cv2.COLORMAP_JET
 ) -> np.ndarray:
-    """Blend the positive part of ``heatmap`` (scaled to [0, 1]) over ``crop``; RGB uint8 at crop size."""
+    """Blend the positive part of ``heatmap`` (scaled to [0, 1]) over ``crop``, with a colour bar on the
+    right edge; RGB uint8 at crop size.
+
+    Pixel attributions (Integrated Gradients, saliency) are a scatter of single pixels that vanishes at
+    thumbnail size: when under ``SPARSE_SHARE`` of the pixels carry a third of the peak, the display (only
+    the display; every score uses the raw map) is smoothed over ~1% of the crop and rescaled.
+    """
     heat = cv2.resize(heatmap.normalised(), (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+    if (heat > 1 / 3).mean() < SPARSE_SHARE:
+        heat = cv2.GaussianBlur(heat, (0, 0), max(1.0, crop.shape[0] / 100))
+        top = float(np.percentile(heat, 99.5))
+        heat = np.clip(heat / top, 0, 1) if top > 0 else heat
     coloured = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * heat), colormap), cv2.COLOR_BGR2RGB)
     alpha = (opacity * np.clip(heat * 1.5, 0, 1))[..., None]
-    return (crop * (1 - alpha) + coloured * alpha).astype(np.uint8)
+    out = (crop * (1 - alpha) + coloured * alpha).astype(np.uint8)
+    _colour_bar(out, colormap)
+    return out
+
+
+SPARSE_SHARE = 0.01
+
+
+def _colour_bar(canvas: np.ndarray, colormap: int) -> None:
+    """A vertical bar on the right edge: the colour scale of the evidence for the target, low to high."""
+    scale = canvas.shape[0] / 512
+    width, height = max(4, int(10 * scale)), int(canvas.shape[0] * 0.4)
+    x0, y0 = canvas.shape[1] - width - int(6 * scale), int(canvas.shape[0] * 0.3)
+    ramp = np.linspace(255, 0, height).astype(np.uint8)[:, None].repeat(width, 1)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
+    canvas[y0 : y0 + height, x0 : x0 + width] = bar
+    for text, y in (("high", y0 - int(4 * scale)), ("low", y0 + height + int(12 * scale))):
+        size = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * scale, 1)[0][0]
+        cv2.putText(
+            canvas,
+            text,
+            (canvas.shape[1] - size - int(3 * scale), y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35 * scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
 
 
 def lesion_overlay(
@@ -85,6 +122,9 @@ def lesion_annotations(analysis: Analysis) -> tuple[np.ndarray, list[tuple[np.nd
 DISC_COLOUR = (60, 255, 60)
 FOVEA_COLOUR = (255, 255, 255)
 DOUBT_COLOUR = (255, 170, 0)
+TRUTH_COLOUR = (255, 0, 255)
+# one colour per explanation method in charts (Compare takes at most six methods)
+METHOD_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
 def _legend(canvas: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> None:
@@ -110,17 +150,28 @@ def _legend(canvas: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]])
         )
 
 
-def landmarks_overlay(analysis: Analysis, image: np.ndarray | None = None) -> np.ndarray:
+def landmarks_overlay(
+    analysis: Analysis,
+    image: np.ndarray | None = None,
+    truth: tuple[tuple[float, float] | None, tuple[float, float] | None] | None = None,
+) -> np.ndarray:
     """Optic-disc and fovea markers and the ETDRS grid drawn on the grading crop, with a legend.
 
     A doubtful fovea is drawn as an orange question mark and gets no grid (nothing derived from it is
-    shown as if it were known).
+    shown as if it were known). ``truth`` (disc, fovea) in original pixels adds the annotated centres as
+    magenta rings (the Dataset browser).
     """
     canvas = (analysis.crop if image is None else image).copy()
     if analysis.od_xy is None or analysis.fovea_xy is None:
         return canvas
     transform = analysis.crop_transform
     scale = transform.scale
+    truth_entries = []
+    for point in truth or ():
+        if point is not None:
+            x, y = transform.to_crop(np.array([point], float))[0]
+            cv2.circle(canvas, (int(round(x)), int(round(y))), 9, TRUTH_COLOUR, 2, cv2.LINE_AA)
+            truth_entries = [("annotated centres (IDRiD)", TRUTH_COLOUR)]
     od, fovea = transform.to_crop(np.array([analysis.od_xy, analysis.fovea_xy]))
     cv2.drawMarker(canvas, tuple(int(round(v)) for v in od), DISC_COLOUR, cv2.MARKER_CROSS, 18, 2)
     centre = tuple(int(round(v)) for v in fovea)
@@ -128,7 +179,10 @@ def landmarks_overlay(analysis: Analysis, image: np.ndarray | None = None) -> np
         cv2.putText(
             canvas, "?", (centre[0] - 6, centre[1] + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.8, DOUBT_COLOUR, 2
         )
-        _legend(canvas, [("optic disc centre", DISC_COLOUR), ("fovea doubtful: no grid", DOUBT_COLOUR)])
+        _legend(
+            canvas,
+            [("optic disc centre", DISC_COLOUR), ("fovea doubtful: no grid", DOUBT_COLOUR)] + truth_entries,
+        )
         return canvas
     cv2.drawMarker(canvas, centre, FOVEA_COLOUR, cv2.MARKER_TILTED_CROSS, 14, 2)
     radii = [int(round(r * scale)) for r in analysis.etdrs.radii_px]
@@ -139,7 +193,11 @@ def landmarks_overlay(analysis: Analysis, image: np.ndarray | None = None) -> np
         p0 = np.array(centre) + direction * radii[0]
         p1 = np.array(centre) + direction * radii[2]
         cv2.line(canvas, tuple(int(v) for v in p0), tuple(int(v) for v in p1), FOVEA_COLOUR, 1, cv2.LINE_AA)
-    _legend(canvas, [("optic disc centre", DISC_COLOUR), ("fovea + ETDRS grid (1, 3, 6 mm)", FOVEA_COLOUR)])
+    _legend(
+        canvas,
+        [("optic disc centre", DISC_COLOUR), ("fovea + ETDRS grid (1, 3, 6 mm)", FOVEA_COLOUR)]
+        + truth_entries,
+    )
     return canvas
 
 
@@ -188,21 +246,27 @@ def probability_figure(analysis: Analysis) -> go.Figure:
 
 
 def curves_figure(curves: dict[str, Curves]) -> go.Figure:
-    """Deletion (dashed) and insertion (solid) curves of several methods in one chart."""
+    """Deletion (dashed) and insertion (solid) curves of several methods in one chart, one colour per
+    method for both of its curves (lower deletion AUC and higher insertion AUC are more faithful)."""
     figure = go.Figure()
-    for name, curve in curves.items():
+    palette = METHOD_PALETTE
+    for index, (name, curve) in enumerate(curves.items()):
+        colour = palette[index % len(palette)]
         figure.add_scatter(
             x=curve.fractions,
             y=curve.deletion,
             mode="lines",
-            line={"dash": "dash"},
-            name=f"{name} deletion (AUC {curve.deletion_auc:.2f})",
+            line={"dash": "dash", "color": colour},
+            legendgroup=name,
+            name=f"{name} deletion (AUC {curve.deletion_auc:.2f}, lower is better)",
         )
         figure.add_scatter(
             x=curve.fractions,
             y=curve.insertion,
             mode="lines",
-            name=f"{name} insertion (AUC {curve.insertion_auc:.2f})",
+            line={"color": colour},
+            legendgroup=name,
+            name=f"{name} insertion (AUC {curve.insertion_auc:.2f}, higher is better)",
         )
     figure.update_layout(
         xaxis_title="fraction of pixels removed / revealed",

@@ -138,3 +138,35 @@ def test_audit_report_opens_offline_with_its_plots(browser, tiny_workbench, tmp_
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Referable DR operating points" in body and "Worst errors" in body
     assert len(browser.find_elements(By.CSS_SELECTOR, ".main-svg")) >= 4  # the charts really drew
+
+
+def test_a_bad_upload_is_named_once_and_leaves_no_error_badges(browser, app_url: str, tmp_path: Path) -> None:
+    """A text file renamed .jpg: named at upload (no preview) and on Analyze, by the upload box, while
+    the output panels show no "Error" badge (the event's validator stops it before anything runs)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a photograph\n" * 20)
+    browser.get(app_url)
+    wait = WebDriverWait(browser, 120)
+    file_input = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+    file_input.send_keys(str(bad))
+    wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'notes.jpg')]")))
+    message = "not a recognised image"
+    wait.until(lambda d: message in d.find_element(By.TAG_NAME, "body").text)  # the upload warning
+    button = wait.until(ec.element_to_be_clickable((By.ID, "analyze-button")))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    button.click()
+    flagged = "//*[contains(@class, 'validation') or contains(@class, 'error')]"
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.XPATH, flagged) or message in d.find_element(By.TAG_NAME, "body").text
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser_bad_upload.png"))
+    badges = [
+        e for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='Error']") if e.is_displayed()
+    ]
+    assert not badges, [b.get_attribute("outerHTML")[:200] for b in badges]
+    assert browser.find_element(By.ID, "analysis-summary").text.strip() == ""  # nothing ran

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -14,8 +15,16 @@ from workbench.ui.gradio_app import build_demo
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_workbench) -> Iterator[tuple[Client, str]]:
-    data = write_idrid_folder(tmp_path_factory.mktemp("idrid-app"), n_segmentation=2, n_grading=3)
+def served_idrid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic IDRiD folder the served app browses."""
+    return write_idrid_folder(tmp_path_factory.mktemp("idrid-app"), n_segmentation=2, n_grading=3)
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, tiny_workbench, served_idrid
+) -> Iterator[tuple[Client, str]]:
+    data = served_idrid
     demo = build_demo(tiny_workbench, str(tmp_path_factory.mktemp("examples")), data)
     demo.queue(max_size=8).launch(
         server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True
@@ -61,11 +70,12 @@ def test_analyze_endpoint_structure(served, fundus_file: str) -> None:
 
 def test_compare_endpoint_structure(served, fundus_file: str) -> None:
     client, _ = served
-    gallery, slider, curves, scores, target = client.predict(
+    gallery, slider, curves, scores, target, left, right = client.predict(
         handle_file(fundus_file), "referable", ["gradcam", "attention"], "tiny_grader", api_name="/compare"
     )
     assert len(gallery) == 2 and "deletion" in gallery[0]["caption"]
     assert len(slider) == 2
+    assert (left, right) == ("gradcam", "lesions")  # the menus name what the slider shows
     assert [row[0] for row in scores["data"]] == ["gradcam", "attention"]
     assert target.startswith("referable")
 
@@ -88,12 +98,21 @@ def test_non_fundus_is_reported_not_graded(served, tmp_path: Path) -> None:
     assert "Not gradeable" in summary and report["graded"] is False
 
 
-def test_browse_and_inspect(served) -> None:
+def test_browse_and_inspect(served, served_idrid: Path) -> None:
     client, _ = served
     truth, predicted, text = client.predict("IDRiD_01", api_name="/browse")
     assert Path(truth).is_file() and "Annotated:" in text
+    assert "| lesion | Dice on this image |" in text  # per-image agreement with the annotation
+    assert "Ground-truth grades" in text  # a synthetic folder has no mapping table: said, not guessed
     with pytest.raises(Exception, match="not in the list of choices|not an image of"):
         client.predict("nope", api_name="/browse")
+    from workbench.idrid import IDRiD
+
+    first = IDRiD(served_idrid).grading("train")[0]
+    marks, table = client.predict(first.name, api_name="/browse_graded")
+    assert Path(marks).is_file()
+    assert "| DR grade | " in table and f"| {first.dr_grade} (" in table  # IDRiD's grade beside ours
+    assert "px off" in table  # landmark errors against the annotated centres
 
 
 def test_audit_tab_through_the_client(served, tmp_path: Path) -> None:
@@ -123,3 +142,19 @@ def test_audit_tab_through_the_client(served, tmp_path: Path) -> None:
     bad.write_text("name,grade\np0,1\n")
     with pytest.raises(Exception, match="no recognised label columns"):
         client.predict(handle_file(str(archive)), handle_file(str(bad)), "", api_name="/audit")
+
+
+def test_uploads_are_checked_and_previewed_at_upload(tiny_workbench, tmp_path: Path, fundus_file) -> None:
+    from workbench.ui.handlers import NO_UPLOAD, PREVIEW_SIDE, Handlers
+
+    handlers = Handlers(tiny_workbench, None)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photograph")
+    assert "not a recognised image" in handlers.upload_problem(str(text))
+    assert handlers.upload_problem(None) == NO_UPLOAD
+    assert handlers.upload_problem(fundus_file) is None
+    preview = handlers.preview(fundus_file)
+    assert preview.dtype == np.uint8 and preview.shape[2] == 3 and max(preview.shape[:2]) <= 2 * PREVIEW_SIDE
+    assert handlers.preview(None) is None
+    with pytest.warns(UserWarning, match="not a recognised image"):
+        assert handlers.preview(str(text)) is None  # outside an event gr.Warning is a Python warning

@@ -72,7 +72,10 @@ def test_render_functions(tiny_workbench, synthetic_fundus) -> None:
     scores = score_analysis(tiny_workbench, analysis, ReferableTarget())
     assert set(scores) == {"gradcam", "saliency"}
     assert 0 <= scores["gradcam"].deletion_auc <= 1
-    assert len(curves_figure({k: s.curves for k, s in scores.items()}).data) == 4
+    traces = curves_figure({k: s.curves for k, s in scores.items()}).data
+    assert len(traces) == 4
+    colours = [trace.line.color for trace in traces]
+    assert colours[0] == colours[1] != colours[2] == colours[3]  # one colour per method, both curves
 
 
 def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, monkeypatch) -> None:
@@ -140,3 +143,19 @@ def test_a_segmenter_card_can_take_channels_from_another_model(
         )
     with pytest.raises(ValueError, match="MODEL"):
         parse_channels_from("segmenter_lite0@big:HE")
+
+
+def test_sparse_pixel_maps_stay_visible_and_every_overlay_has_a_colour_bar() -> None:
+    from workbench.explainers.base import Heatmap
+    from workbench.render import heatmap_overlay
+
+    crop = np.full((512, 512, 3), 90, np.uint8)
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((448, 448), np.float32)
+    sparse[rng.integers(0, 448, 300), rng.integers(0, 448, 300)] = 1.0  # 0.15% of the pixels
+    out = heatmap_overlay(crop, Heatmap(sparse, True, "integrated_gradients", "t", 0.1))
+    changed = np.any(out != crop, axis=2)
+    assert changed[:, :480].mean() > 0.05  # smoothed for display: visible at thumbnail size
+    empty = heatmap_overlay(crop, Heatmap(np.zeros((14, 14), np.float32), False, "gradcam", "t", 0.1))
+    bar = np.any(empty != crop, axis=2)
+    assert bar[:, 490:].any() and not bar[:, :400].any()  # the colour bar, on the right edge only

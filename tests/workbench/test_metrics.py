@@ -61,3 +61,20 @@ def test_perfect_segmentation() -> None:
 def test_distances_in_challenge_frame() -> None:
     d = scaled_distances(np.array([[3.0, 4.0]]), np.array([[0.0, 0.0]]), np.array([1072]))
     assert d[0] == pytest.approx(5.0 * 4)
+
+
+def test_mask_dice() -> None:
+    from workbench.metrics import mask_dice
+
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    assert mask_dice(a, b) is None
+    a[:5] = True
+    b[:5] = True
+    assert mask_dice(a, b) == 1.0
+    b[:] = False
+    b[5:] = True
+    assert mask_dice(a, b) == 0.0
+    b[:] = False
+    b[:5, :5] = True  # 25 of a's 50
+    assert mask_dice(a, b) == pytest.approx(2 * 25 / 75)

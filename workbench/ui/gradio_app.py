@@ -78,6 +78,14 @@ def _upload(label: str = "Fundus photograph") -> gr.File:
     return gr.File(label=label, type="filepath", file_types=["image"])
 
 
+def _upload_with_preview(handlers: Handlers) -> gr.File:
+    """The upload box and, under it, the photograph as uploaded; a bad file is named at upload."""
+    upload = _upload()
+    preview = gr.Image(label="Uploaded photograph", type="numpy", interactive=False, height=220)
+    upload.change(handlers.preview, upload, preview, show_progress="hidden", api_visibility="private")
+    return upload
+
+
 def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = None) -> gr.Blocks:
     """The whole workbench UI; ``workbench`` is shared by every session (read-only)."""
     handlers = Handlers(workbench, data_dir)
@@ -96,7 +104,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
         with gr.Tab("Analyze"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    upload = _upload()
+                    upload = _upload_with_preview(handlers)
                     force = gr.Checkbox(label="Grade even if the quality check fails", value=False)
                     run = gr.Button("Analyze", variant="primary", elem_id="analyze-button")
                     gr.Examples(examples, inputs=upload)
@@ -120,6 +128,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 handlers.analyze,
                 [upload, force],
                 [summary, probabilities, lesions, landmarks, lesion_table, report],
+                validator=handlers.validate_upload,
                 api_name="analyze",
                 concurrency_limit=2,
             )
@@ -127,7 +136,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
             overlays = gr.State()
             with gr.Row():
                 with gr.Column(scale=1):
-                    compare_upload = _upload()
+                    compare_upload = _upload_with_preview(handlers)
                     target = gr.Dropdown(TARGET_CHOICES, value="predicted", label="Explain")
                     methods = gr.CheckboxGroup(list(EXPLAINERS), value=DEFAULT_METHODS, label="Methods (1-6)")
                     grader = gr.Dropdown(
@@ -146,7 +155,9 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                         ["image", "lesions"] + list(EXPLAINERS), value="lesions", label="Right"
                     )
                     slide = gr.Button("Show pair")
-            curves = gr.Plot(label="Deletion (dashed) and insertion (solid) curves")
+            curves = gr.Plot(
+                label="Deletion (dashed, lower is better) and insertion (solid, higher is better) curves"
+            )
             scores = gr.Dataframe(
                 headers=[
                     "method",
@@ -162,7 +173,8 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
             compare.click(
                 handlers.compare,
                 [compare_upload, target, methods, grader],
-                [gallery, slider, curves, scores, overlays, target_label],
+                [gallery, slider, curves, scores, overlays, target_label, left, right],
+                validator=handlers.validate_upload,
                 api_name="compare",
                 concurrency_limit=1,
             )
@@ -171,7 +183,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
             with gr.Tab("Dataset browser"):
                 names = handlers.dataset_names()
                 choice = gr.Dropdown(
-                    names, value=names[0] if names else None, label=f"IDRiD image ({data_dir})"
+                    names, value=names[0] if names else None, label="IDRiD segmentation image"
                 )
                 browse = gr.Button("Show")
                 with gr.Row():
@@ -183,6 +195,24 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     choice,
                     [truth, predicted, browse_text],
                     api_name="browse",
+                    concurrency_limit=1,
+                )
+                gr.Markdown("### Graded photographs: predicted grades and landmarks beside IDRiD's")
+                graded_names = handlers.grading_names()
+                graded_choice = gr.Dropdown(
+                    graded_names,
+                    value=graded_names[0] if graded_names else None,
+                    label=f"IDRiD grading image ({len(graded_names)})",
+                )
+                browse_graded = gr.Button("Show graded image")
+                with gr.Row():
+                    graded_marks = gr.Image(label="Predicted and annotated landmarks", type="numpy")
+                    graded_text = gr.Markdown()
+                browse_graded.click(
+                    handlers.browse_graded,
+                    graded_choice,
+                    [graded_marks, graded_text],
+                    api_name="browse_graded",
                     concurrency_limit=1,
                 )
         with gr.Tab("Batch"):
@@ -206,7 +236,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
         with gr.Tab("Inspect"):
             with gr.Row():
                 with gr.Column():
-                    inspect_upload = _upload()
+                    inspect_upload = _upload_with_preview(handlers)
                     enhancement = gr.Radio(list(ENHANCEMENTS), value="none", label="Enhancement")
                     run_inspect = gr.Button("Inspect")
                 with gr.Column():
@@ -216,6 +246,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 inspect_fundus,
                 [inspect_upload, enhancement],
                 [crop, quality],
+                validator=handlers.validate_upload,
                 api_name="inspect",
                 concurrency_limit=2,
             )

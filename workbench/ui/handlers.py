@@ -21,8 +21,9 @@ import numpy as np
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import RELIABILITY_FLOOR, Analysis, LesionSummary, Workbench
 from workbench.batch import score_analysis
-from workbench.idrid import IDRiD, load_mask
-from workbench.image_io import ImageLoadError
+from workbench.idrid import IDRiD, load_mask, seg_to_grading
+from workbench.image_io import ImageLoadError, load_image
+from workbench.metrics import mask_dice, scaled_distances
 from workbench.model_table import models_markdown
 from workbench.render import (
     curves_figure,
@@ -36,7 +37,17 @@ from workbench.report import analysis_to_dict, lesion_rows, write_report
 from workbench.scoring import original_masks_to_crop
 from workbench.targets import GradeTarget, parse_target
 
-__all__ = ["Handlers", "TARGET_CHOICES"]
+__all__ = ["Handlers", "NO_UPLOAD", "PREVIEW_SIDE", "TARGET_CHOICES", "thumbnail"]
+
+NO_UPLOAD = "No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP)."
+PREVIEW_SIDE = 320
+
+
+def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
+    """Every ``step``-th pixel so the longer side is at most about ``side`` (a preview, no resampling)."""
+    step = max(1, int(np.ceil(max(rgb.shape[:2]) / side)))
+    return np.ascontiguousarray(rgb[::step, ::step])
+
 
 TARGET_CHOICES: list[tuple[str, str]] = (
     [("predicted DR grade", "predicted")]
@@ -45,6 +56,23 @@ TARGET_CHOICES: list[tuple[str, str]] = (
     + [(f"DME {g}: {name}", f"dme:{g}") for g, name in enumerate(DME_NAMES)]
     + [(f"lesion: {lesion.name}", f"lesion:{lesion.code}") for lesion in LESIONS[:4]]
 )
+
+
+def _dice_markdown(analysis: Analysis, masks: dict[str, np.ndarray]) -> str:
+    """Per-image Dice of each annotated type: the predicted mask against the annotation, both in the
+    segmenter's crop frame (the annotation resampled there; the mask as analyze thresholds it)."""
+    if analysis.lesion_transform is None:
+        return ""
+    truth = original_masks_to_crop(masks, analysis.lesion_transform)
+    rows = ["| lesion | Dice on this image | validated AUPR |", "| --- | --- | --- |"]
+    for lesion in LESIONS:
+        if lesion.code not in truth or lesion.code not in analysis.lesions:
+            continue
+        dice = mask_dice(analysis.lesions[lesion.code].mask, truth[lesion.code] >= 0.5)
+        reliability = analysis.lesion_reliability.get(lesion.code)
+        aupr = f"{reliability.aupr:.2f}" if reliability and reliability.aupr is not None else "n/a"
+        rows.append(f"| {lesion.name} | {'n/a' if dice is None else f'{dice:.2f}'} | {aupr} |")
+    return "\n".join(rows)
 
 
 def _summary_markdown(analysis: Analysis) -> str:
@@ -107,13 +135,42 @@ class Handlers:
         self, path: str | None, force: bool = False, explain: list[str] | None = None, target=None
     ) -> Analysis:
         if not path:
-            raise gr.Error("No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP).")
+            raise gr.Error(NO_UPLOAD)
         try:
             return self.workbench.analyze(
                 path, explain=explain or [], target=target, force=force, name=Path(path).name
             )
         except (ImageLoadError, FileNotFoundError) as exc:
             raise gr.Error(str(exc)) from exc
+
+    # upload checks ---------------------------------------------------------------------------------
+    @staticmethod
+    def upload_problem(path: str | None) -> str | None:
+        """Why an upload cannot be analysed (empty, not an image, corrupt...), or None when it can."""
+        if not path:
+            return NO_UPLOAD
+        try:
+            load_image(path, min_side=PREVIEW_SIDE, name=Path(path).name)
+        except (ImageLoadError, FileNotFoundError) as exc:
+            return str(exc)
+        return None
+
+    def preview(self, path: str | None) -> np.ndarray | None:
+        """The photograph as uploaded, small (checked at upload: a warning names a bad file at once)."""
+        if not path:
+            return None
+        try:
+            image = load_image(path, min_side=PREVIEW_SIDE, name=Path(path).name)
+        except (ImageLoadError, FileNotFoundError) as exc:
+            gr.Warning(str(exc))
+            return None
+        return thumbnail(image.rgb, PREVIEW_SIDE)
+
+    def validate_upload(self, path: str | None, *_rest: Any) -> list[Any]:
+        """Event validator: a bad upload is named on the upload box and nothing runs, so the output
+        panels keep no stale error badges (one message per failure)."""
+        problem = self.upload_problem(path)
+        return [gr.validate(problem is None, problem or "")] + [gr.validate(True, "") for _ in _rest]
 
     # /analyze ---------------------------------------------------------------------------------------
     def analyze(self, path: str | None, force: bool) -> tuple[Any, ...]:
@@ -157,7 +214,9 @@ class Handlers:
             table.append(_score_row(method, heat.seconds, scores.get(method)))
             curves = curves_figure({k: s.curves for k, s in scores.items()}) if scores else None
             first = methods[0]
-            yield gallery, (overlays[first], overlays["lesions"]), curves, table, overlays, target.label
+            # the slider's pair and the Left / Right menus say the same thing
+            pair = (overlays[first], overlays["lesions"])
+            yield gallery, pair, curves, table, overlays, target.label, first, "lesions"
 
     @staticmethod
     def slide(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> tuple[np.ndarray, np.ndarray]:
@@ -198,8 +257,65 @@ class Handlers:
         return (
             lesion_overlay(truth),
             lesion_overlay(analysis),
-            _summary_markdown(analysis) + "\n\n" + annotated,
+            "\n\n".join([_summary_markdown(analysis), self._truth_markdown(name), annotated])
+            + "\n\n"
+            + _dice_markdown(analysis, masks),
         )
+
+    def _truth_markdown(self, name: str) -> str:
+        """IDRiD's own grades for a segmentation photograph that is also a grading image."""
+        grading_name = seg_to_grading(self.data_dir).get(name) if self.data_dir else None
+        grades = {r.name: r for r in IDRiD(self.data_dir).grading("train")} if grading_name else {}
+        if grading_name not in grades:
+            return "**Ground-truth grades:** not available (not one of IDRiD's grading images)"
+        truth = grades[grading_name]
+        return (
+            f"**Ground-truth grades** (IDRiD grading image {grading_name}): DR {truth.dr_grade} "
+            f"({DR_GRADE_NAMES[truth.dr_grade]}), DME risk {truth.dme_grade}"
+        )
+
+    # /browse_graded ---------------------------------------------------------------------------------
+    def grading_names(self) -> list[str]:
+        if self.data_dir is None:
+            return []
+        return [r.name for r in IDRiD(self.data_dir).grading("train")]
+
+    def browse_graded(self, name: str) -> tuple[Any, ...]:
+        """A grading photograph: predicted grades and landmarks beside IDRiD's (grades, disc, fovea)."""
+        if self.data_dir is None:
+            raise gr.Error("No IDRiD folder configured (start the app with --data or DRWB_DATA).")
+        dataset = IDRiD(self.data_dir)
+        records = {r.name: r for r in dataset.grading("train")}
+        if name not in records:
+            raise gr.Error(f"{name!r} is not a grading image of the configured IDRiD folder")
+        record = records[name]
+        has_marks = dataset.has_split("localization", "train")
+        mark = {r.name: r for r in dataset.localization("train")}.get(name) if has_marks else None
+        analysis = self._load(str(record.image_path), force=True)
+        truth = (mark.od_xy, mark.fovea_xy) if mark is not None else None
+        lines = [
+            _summary_markdown(analysis),
+            "",
+            "| | predicted | IDRiD |",
+            "| --- | --- | --- |",
+            f"| DR grade | {analysis.dr_grade} | {record.dr_grade} ({DR_GRADE_NAMES[record.dr_grade]}) |",
+            f"| DME risk | {analysis.dme_grade} | {record.dme_grade} |",
+        ]
+        width = analysis.original_size[1]
+        for label, predicted, annotated in (
+            ("optic-disc centre", analysis.od_xy, mark.od_xy if mark else None),
+            ("fovea centre", analysis.fovea_xy, mark.fovea_xy if mark else None),
+        ):
+            if predicted is None or annotated is None:
+                error = "n/a"
+            else:
+                error = (
+                    f"{float(scaled_distances([predicted], [annotated], np.array([width]))[0]):.0f} px off"
+                )
+            lines.append(
+                f"| {label} | {error} (in a 4288-px-wide frame) | {'annotated' if annotated else 'none'} |"
+            )
+        return landmarks_overlay(analysis, truth=truth), "\n".join(lines)
 
     # /batch -----------------------------------------------------------------------------------------
     def batch(
