@@ -104,7 +104,7 @@ def test_browse_and_inspect(served, served_idrid: Path) -> None:
     assert Path(truth).is_file() and "Annotated:" in text
     assert "| lesion | Dice on this image |" in text  # per-image agreement with the annotation
     assert "Ground-truth grades" in text  # a synthetic folder has no mapping table: said, not guessed
-    with pytest.raises(Exception, match="not in the list of choices|not an image of"):
+    with pytest.raises(Exception, match="not in the list of choices|not a segmentation image of"):
         client.predict("nope", api_name="/browse")
     from workbench.idrid import IDRiD
 

@@ -225,18 +225,23 @@ class Handlers:
         return overlays[left], overlays[right]
 
     # /browse ----------------------------------------------------------------------------------------
-    def dataset_names(self) -> list[str]:
-        if self.data_dir is None:
-            return []
-        return [r.name for r in IDRiD(self.data_dir).segmentation("train")]
+    def _records(self, part: str) -> list[Any]:
+        """The training records of one IDRiD part ("segmentation" or "grading"); [] without a folder."""
+        return getattr(IDRiD(self.data_dir), part)("train") if self.data_dir is not None else []
 
-    def browse(self, name: str) -> tuple[Any, ...]:
+    def _record(self, part: str, name: str) -> Any:
         if self.data_dir is None:
             raise gr.Error("No IDRiD folder configured (start the app with --data or DRWB_DATA).")
-        records = {r.name: r for r in IDRiD(self.data_dir).segmentation("train")}
+        records = {r.name: r for r in self._records(part)}
         if name not in records:
-            raise gr.Error(f"{name!r} is not an image of {self.data_dir}")
-        record = records[name]
+            raise gr.Error(f"{name!r} is not a {part} image of the configured IDRiD folder")
+        return records[name]
+
+    def dataset_names(self) -> list[str]:
+        return [r.name for r in self._records("segmentation")]
+
+    def browse(self, name: str) -> tuple[Any, ...]:
+        record = self._record("segmentation", name)
         analysis = self._load(str(record.image_path), force=True)
         masks = {c: load_mask(p) for c, p in record.mask_paths.items() if p is not None}
         in_crop = original_masks_to_crop(masks, analysis.crop_transform)
@@ -276,19 +281,12 @@ class Handlers:
 
     # /browse_graded ---------------------------------------------------------------------------------
     def grading_names(self) -> list[str]:
-        if self.data_dir is None:
-            return []
-        return [r.name for r in IDRiD(self.data_dir).grading("train")]
+        return [r.name for r in self._records("grading")]
 
     def browse_graded(self, name: str) -> tuple[Any, ...]:
         """A grading photograph: predicted grades and landmarks beside IDRiD's (grades, disc, fovea)."""
-        if self.data_dir is None:
-            raise gr.Error("No IDRiD folder configured (start the app with --data or DRWB_DATA).")
+        record = self._record("grading", name)
         dataset = IDRiD(self.data_dir)
-        records = {r.name: r for r in dataset.grading("train")}
-        if name not in records:
-            raise gr.Error(f"{name!r} is not a grading image of the configured IDRiD folder")
-        record = records[name]
         has_marks = dataset.has_split("localization", "train")
         mark = {r.name: r for r in dataset.localization("train")}.get(name) if has_marks else None
         analysis = self._load(str(record.image_path), force=True)
