@@ -6,12 +6,15 @@
 # The same `drwb train` commands run on a CPU (drop nothing; `--device auto` picks the CPU), only slower;
 # LIMIT=8 EP_SCALE=0.05 makes a few-minute smoke run of the whole script on a laptop.
 #
-# Jobs (all at once: the GPU is idle most of each small run, and 16 CPU cores feed them):
-#   grader_lite0_cv5b    lite0 448 px, 5 folds + refit                        (issue: CV grader)
-#   grader_lite0_att     the same + lesion-supervised attention               (issue: attention on lesions)
-#   grader_convnext_atto ConvNeXt-atto from scratch, distilled from the lite0 CV folds, attention (idem)
-#   grader_convnext_femto fold 0 only: the femto-vs-atto comparison
-#   segmenter_hr         UNet++ on 2048-px field-of-view crops, lesion-rate tile sampler, focal + Dice
+# Jobs (all at once: the GPU is idle most of each small run, and 16 CPU cores feed them); JOBS picks
+# which (default: those still pending):
+#   lite0     grader_lite0_cv5b, lite0 448 px, 5 folds + refit; grader_lite0_att, the same + lesion-supervised
+#             attention (done 2026-11-30: grader_lite0 is the _att refit)
+#   convnext  ConvNeXt-atto from scratch, distilled from the lite0 CV folds, attention; femto fold 0 (pending:
+#             beside 18 other jobs it was data-loading bound, 20 of 50 epochs in 5 minutes)
+#   segmenter UNet++ on 2048-px field-of-view crops, lesion-rate tile sampler, focal + Dice (done: shipped
+#             as segmenter_lite0_hr after 7 of 12 epochs; run again with more time to finish its schedule)
+# A 600-s call leaves ~4 minutes of training after the start, the ship step and the tar: MAXMIN=4.
 set -u
 BUNDLE=${BUNDLE:-gpu}
 export DRWB_TRUST_CACHE=1 DRWB_LITE0_WEIGHTS=$BUNDLE/lite0_imagenet_fp16.safetensors
@@ -22,7 +25,9 @@ LOGS=$OUT/logs
 mkdir -p "$LOGS" "$RUNS"
 LIMIT=${LIMIT:-0}
 SCALE=${EP_SCALE:-1}
-MAXMIN=${MAXMIN:-6.5}
+MAXMIN=${MAXMIN:-4}
+JOBS=${JOBS:-convnext segmenter}
+want() { case " $JOBS " in *" $1 "*) return 0 ;; esac; return 1; }
 ep() { python3 -c "print(max(1, round($1 * $SCALE)))"; }
 
 BASE=(--data $BUNDLE/data --cache $BUNDLE/cache --runs "$RUNS" --threads 1 --limit "$LIMIT" --max-minutes "$MAXMIN")
@@ -46,23 +51,34 @@ pieces() {  # name, then the argument array of the run: 5 folds and the refit, i
 
 date +%s >"$LOGS/started"
 nvidia-smi --query-gpu=name,memory.total --format=csv >"$LOGS/gpu.txt" 2>&1 || true
-python3 drwb.py train "${SEG[@]}" "${BASE[@]}" --run-name segmenter_hr --ship --ship-dir "$OUT/seg" \
-  --ship-name segmenter_lite0_hr >"$LOGS/segmenter_hr.log" 2>&1 &
-pieces grader_lite0_cv5b "${LITE[@]}"
-pieces grader_lite0_att "${LITE[@]}" "${ATT[@]}"
-pieces grader_convnext_atto "${CNX[@]}" --backbone convnext_atto
-python3 drwb.py train "${CNX[@]}" --backbone convnext_femto "${BASE[@]}" --run-name grader_convnext_femto \
-  --fold 0 >"$LOGS/grader_convnext_femto.fold0.log" 2>&1 &
+if want segmenter; then
+  python3 drwb.py train "${SEG[@]}" "${BASE[@]}" --run-name segmenter_hr --ship --ship-dir "$OUT/seg" \
+    --ship-name segmenter_lite0_hr >"$LOGS/segmenter_hr.log" 2>&1 &
+fi
+if want lite0; then
+  pieces grader_lite0_cv5b "${LITE[@]}"
+  pieces grader_lite0_att "${LITE[@]}" "${ATT[@]}"
+fi
+if want convnext; then
+  pieces grader_convnext_atto "${CNX[@]}" --backbone convnext_atto
+  python3 drwb.py train "${CNX[@]}" --backbone convnext_femto "${BASE[@]}" --run-name grader_convnext_femto \
+    --fold 0 >"$LOGS/grader_convnext_femto.fold0.log" 2>&1 &
+fi
 wait
 date +%s >"$LOGS/trained"
 
 # OOF scoring, temperatures and export: finds every piece finished, trains nothing
-python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship --ship-dir "$OUT/lite0_plain" \
-  --ship-name grader_lite0 >"$LOGS/ship_lite0_plain.log" 2>&1 &
-python3 drwb.py train "${LITE[@]}" "${ATT[@]}" "${BASE[@]}" --run-name grader_lite0_att --ship \
-  --ship-dir "$OUT/lite0_att" --ship-name grader_lite0 >"$LOGS/ship_lite0_att.log" 2>&1 &
-python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" --run-name grader_convnext_atto --ship \
-  --ship-dir "$OUT/convnext" --ship-name grader_convnext_atto >"$LOGS/ship_convnext.log" 2>&1 &
+# --stop-after: a fold the time budget cut must not be trained on by the ship step (it would resume)
+if want lite0; then
+  python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship --ship-dir "$OUT/lite0_plain" \
+    --ship-name grader_lite0 --stop-after 1 >"$LOGS/ship_lite0_plain.log" 2>&1 &
+  python3 drwb.py train "${LITE[@]}" "${ATT[@]}" "${BASE[@]}" --run-name grader_lite0_att --ship \
+    --ship-dir "$OUT/lite0_att" --ship-name grader_lite0 --stop-after 1 >"$LOGS/ship_lite0_att.log" 2>&1 &
+fi
+if want convnext; then
+  python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" --run-name grader_convnext_atto --ship \
+    --ship-dir "$OUT/convnext" --ship-name grader_convnext_atto --stop-after 1 >"$LOGS/ship_convnext.log" 2>&1 &
+fi
 wait
 date +%s >"$LOGS/shipped"
 for run in "$RUNS"/*; do  # per-epoch histories and OOF summaries (small), not checkpoints

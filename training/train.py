@@ -76,7 +76,7 @@ class TrainConfig:
     limit: int = 0
     no_pretrained: bool = False
     max_minutes: float = 0.0
-    stop_after: int = 0  # stop after this many epochs of the --epochs schedule (a --max-minutes run, exactly)
+    stop_after: int = 0  # no epoch beyond this one of the --epochs schedule (a --max-minutes cut, exactly)
     init_from: str = ""  # start from a shipped model's weights (card stem in models/weights), not ImageNet
     device: str = "auto"  # "auto": CUDA when there is one (bf16 autocast, channels_last), else "cpu"
     loader_workers: int = 0  # DataLoader worker processes for training batches (0: in the main process)
@@ -246,7 +246,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         log.info("resuming %s after epoch %d", cfg.name, meta["epoch"])
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
     started = time.monotonic()
-    for epoch in range(meta["epoch"], cfg.epochs):
+    # --stop-after N: no epoch beyond N of the --epochs schedule (a finished run trains nothing more)
+    last_epoch = min(cfg.epochs, cfg.stop_after) if cfg.stop_after else cfg.epochs
+    for epoch in range(meta["epoch"], last_epoch):
         torch.manual_seed(cfg.seed * 10_000 + epoch)
         train_set.set_epoch(epoch)
         order = task.epoch_indices(train_set, np.random.default_rng([cfg.seed, epoch]))
@@ -284,7 +286,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         model.eval()
         metrics: dict[str, Any] = {"score": float("nan")}
-        last = epoch + 1 == cfg.epochs
+        last = epoch + 1 == last_epoch
         due = last or (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0)
         if len(val_set) and due:
             with torch.no_grad(), autocast:
@@ -320,9 +322,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             log.warning("time budget of %.0f min reached after epoch %d", cfg.max_minutes, epoch + 1)
             meta["stopped_early_at_epoch"] = epoch + 1
             break
-        if cfg.stop_after and epoch + 1 >= cfg.stop_after and epoch + 1 < cfg.epochs:
+        if epoch + 1 == last_epoch < cfg.epochs:
             meta["stopped_early_at_epoch"] = epoch + 1  # --stop-after: the schedule stays --epochs long
-            break
     card = _final_card(card, cfg, meta, command, task.recipe())
     if ranks.is_main:
         (run_dir / "best.json").write_text(card.to_json())

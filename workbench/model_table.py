@@ -89,7 +89,10 @@ def models_markdown(folder: Path | None = None) -> str:
         for card in (c for c in cards if c.arch == arch):
             source, m = held_out(card)
             cells = " | ".join(_cell(m, key, digits) for key, _, digits in columns)
-            note = "default" if _stem(card) == defaults[arch] else ""
-            out.append(f"| {_stem(card)} | {source} | {cells} | {note} |")
+            notes = ["default"] if _stem(card) == defaults[arch] else []
+            for entry in card.extra.get("channels_from", []):  # channels taken from another model
+                size = f" at {entry['input_size']} px" if entry.get("input_size") else ""
+                notes.append(f"{', '.join(entry['channels'])} from {entry['model']}{size}")
+            out.append(f"| {_stem(card)} | {source} | {cells} | {'; '.join(notes)} |")
     out += ["", "Reproduce each model with the command in its card (`training.command`); see the README."]
     return "\n".join(out)

@@ -170,3 +170,41 @@ def test_a_bad_upload_is_named_once_and_leaves_no_error_badges(browser, app_url:
     ]
     assert not badges, [b.get_attribute("outerHTML")[:200] for b in badges]
     assert browser.find_element(By.ID, "analysis-summary").text.strip() == ""  # nothing ran
+
+
+TABS = ("Analyze", "Compare explanations", "Batch", "Audit", "Models", "Inspect")
+
+
+def test_every_tab_at_1500_px_and_analyze_stacked_at_420_px(browser, app_url: str, tmp_path: Path) -> None:
+    """A screenshot per tab at 1500 px (artifacts/tab_*_1500.png), the Models table's columns, and at 420
+    px the Analyze tab's lesion and landmark panels stacked rather than squeezed side by side."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        browser.set_window_size(1500, 1600)
+        browser.get(app_url)
+        wait = WebDriverWait(browser, 120)
+        for name in TABS:
+            button = wait.until(
+                lambda d, n=name: next(
+                    (b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == n),
+                    None,
+                )
+            )
+            button.click()
+            wait.until(lambda d, b=button: b.get_attribute("aria-selected") == "true")
+            browser.save_screenshot(str(ARTIFACTS / f"tab_{name.split()[0].lower()}_1500.png"))
+            if name == "Models":
+                headers = [h.text for h in browser.find_elements(By.TAG_NAME, "th") if h.is_displayed()]
+                assert {"DR accuracy", "DR QWK", "referable AUC", "MA", "disc mean"} <= set(headers), headers
+        browser.set_window_size(420, 1600)
+        browser.get(app_url)
+        lesions = wait.until(lambda d: d.find_element(By.ID, "lesions-panel"))
+        landmarks = browser.find_element(By.ID, "landmarks-panel")
+        browser.save_screenshot(str(ARTIFACTS / "tab_analyze_420.png"))
+        assert landmarks.rect["y"] >= lesions.rect["y"] + lesions.rect["height"] - 2  # stacked
+        assert lesions.rect["width"] >= 300  # not squeezed to ~170 px
+    finally:
+        browser.set_window_size(1400, 2400)

@@ -98,7 +98,7 @@ def test_non_fundus_is_reported_not_graded(served, tmp_path: Path) -> None:
     assert "Not gradeable" in summary and report["graded"] is False
 
 
-def test_browse_and_inspect(served, served_idrid: Path) -> None:
+def test_browse_and_inspect(served, served_idrid: Path, fundus_file: str) -> None:
     client, _ = served
     truth, predicted, text = client.predict("IDRiD_01", api_name="/browse")
     assert Path(truth).is_file() and "Annotated:" in text
@@ -113,6 +113,10 @@ def test_browse_and_inspect(served, served_idrid: Path) -> None:
     assert Path(marks).is_file()
     assert "| DR grade | " in table and f"| {first.dr_grade} (" in table  # IDRiD's grade beside ours
     assert "px off" in table  # landmark errors against the annotated centres
+    crop, report = client.predict(handle_file(fundus_file), "ben_graham", api_name="/inspect")
+    assert Path(crop).is_file()
+    assert "| focus |" in report and ">= 5" in report  # each measure beside its limit
+    assert "Ben Graham" in report  # what the enhancement does
 
 
 def test_audit_tab_through_the_client(served, tmp_path: Path) -> None:
@@ -158,3 +162,18 @@ def test_uploads_are_checked_and_previewed_at_upload(tiny_workbench, tmp_path: P
     assert handlers.preview(None) is None
     with pytest.warns(UserWarning, match="not a recognised image"):
         assert handlers.preview(str(text)) is None  # outside an event gr.Warning is a Python warning
+
+
+def test_batch_endpoint_keeps_going_past_a_bad_file(served, tmp_path: Path, fundus_file: str) -> None:
+    client, _ = served
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    table, summary_csv, archive = client.predict(
+        [handle_file(fundus_file), handle_file(str(bad))], api_name="/batch"
+    )
+    assert table["headers"][3:7] == ["DR grade", "referable DR", "DME risk", "fovea"]
+    good, broken = table["data"]
+    assert good[1] == "ok" and (good[6] == "found" or good[6].startswith("doubtful"))
+    assert broken[1] == "error" and "broken.jpg" in broken[7]
+    assert Path(summary_csv).read_text().splitlines()[0].endswith("dme_grade,fovea,error")
+    assert Path(archive).stat().st_size > 0

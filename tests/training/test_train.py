@@ -126,3 +126,12 @@ def test_heatmap_target_has_one_positive_pixel_per_landmark() -> None:
     maps = gaussian_heatmaps(np.array([[10.4, 20.6], [63.5, 0.2]]), 64, 4.0)
     assert ((maps >= 0.99).sum(axis=(1, 2)) == 1).all()
     assert maps[0, 21, 10] == 1.0
+
+
+def test_stop_after_trains_nothing_past_it(synthetic_idrid: Path, tmp_path: Path) -> None:
+    """The ship step of a time-cut run uses --stop-after 1: scoring must not resume the training."""
+    from dataclasses import replace
+
+    done = train(replace(_config(synthetic_idrid, tmp_path, 4), stop_after=2))
+    again = train(replace(_config(synthetic_idrid, tmp_path, 4), stop_after=1))
+    assert again["epoch"] == done["epoch"] == 2 and len(again["history"]) == 2

@@ -40,3 +40,14 @@ def test_models_table_columns_intervals_and_weak_marking(tmp_path: Path) -> None
     from models.card import ModelCard
 
     assert grader_label(ModelCard.read(folder / "weak.json")) == "weak (weak: QWK 0.34)"
+
+
+def test_models_table_names_the_channels_a_segmenter_takes_from_another(tmp_path: Path) -> None:
+    folder = write_tiny_weights(tmp_path)
+    card_path = folder / "tiny_segmenter.json"
+    card = json.loads(card_path.read_text())
+    entry = {"model": "segmenter_lite0", "input_size": 640, "channels": ["HE", "OD"]}
+    card["extra"]["channels_from"] = [entry]
+    card_path.write_text(json.dumps(card))
+    row = next(line for line in models_markdown(folder).splitlines() if line.startswith("| tiny_segmenter"))
+    assert "HE, OD from segmenter_lite0 at 640 px" in row

@@ -23,38 +23,70 @@ from workbench.explainers import EXPLAINERS
 from workbench.fundus import prepare_fundus
 from workbench.image_io import ImageLoadError, load_image
 from workbench.model_table import grader_label
+from workbench.quality import QualityThresholds
 from workbench.report import LESION_COLUMNS
 from workbench.synthetic import make_fundus
 from workbench.ui.audit_tab import build_audit_tab
-from workbench.ui.handlers import TARGET_CHOICES, Handlers
+from workbench.ui.handlers import BATCH_COLUMNS, TARGET_CHOICES, Handlers
 
 __all__ = ["MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD = "60mb"
+NARROW_PX = 360  # panels side by side need this much each; on a narrower window they stack
 DEFAULT_METHODS = ["attention", "gradcam", "integrated_gradients"]
 
 
-def inspect_fundus(path: str | None, enhancement: str) -> tuple[np.ndarray, str]:
-    """Load an uploaded file, crop its field of view, judge quality; the ``/inspect`` endpoint."""
+ENHANCEMENT_NOTES = {
+    "none": "the field-of-view crop as the models see it",
+    "ben_graham": "local average colour subtracted (Ben Graham, Kaggle DR 2015): evens out illumination, "
+    "makes small dark and bright lesions stand out; for looking only, the models never see it",
+    "clahe": "contrast-limited adaptive histogram equalisation of lightness only (hues kept): brings out "
+    "detail in dark or flat regions; for looking only, the models never see it",
+}
+# measure -> (limit field of QualityThresholds, "min" or "max", what it is)
+_MEASURE_LIMITS = {
+    "fov_area": ("min_fov_area", "min", "share of the image inside the field of view"),
+    "fill_ratio": ("min_fill_ratio", "min", "how round and filled the field of view is"),
+    "mean_luminance": ("min_mean_luminance", "min", "mean brightness inside the field (0-255)"),
+    "overexposed_fraction": ("max_overexposed_fraction", "max", "share of saturated pixels"),
+    "contrast": ("min_contrast", "min", "green-channel standard deviation"),
+    "focus": ("min_focus", "min", "variance of the Laplacian of the green channel (sharpness)"),
+    "red_dominance": ("min_red_dominance", "min", "red over the other channels: a fundus is red"),
+}
+
+
+def inspect_fundus(path: str | None, enhancement: str, min_side: int = 512) -> tuple[np.ndarray, str]:
+    """Load an uploaded file, crop its field of view, judge quality; the ``/inspect`` endpoint.
+
+    ``min_side`` is the decoding size; the app passes the one its analyses decode at, so the quality
+    measures (focus above all) are the numbers Analyze judged the photograph by.
+    """
     if not path:
         raise gr.Error("No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP).")
     if enhancement not in ENHANCEMENTS:
         raise gr.Error(f"unknown enhancement {enhancement!r}; valid: {', '.join(ENHANCEMENTS)}")
     try:
-        image = load_image(path, min_side=512)
+        image = load_image(path, min_side=min_side)
     except ImageLoadError as exc:
         raise gr.Error(str(exc)) from exc
     prepared = prepare_fundus(image, 512)
     quality = prepared.quality
     verdict = "Gradeable" if quality.gradeable else "NOT gradeable: " + "; ".join(quality.reasons)
+    limits = QualityThresholds()
+    rows = ["| measure | value | limit | what it is |", "| --- | --- | --- | --- |"]
+    for key, value in quality.measures.items():
+        field, kind, meaning = _MEASURE_LIMITS.get(key, (None, "", key))
+        limit = f"{'>=' if kind == 'min' else '<='} {getattr(limits, field):g}" if field else ""
+        rows.append(f"| {key} | {value:.2f} | {limit} | {meaning} |")
     lines = [
         f"**Quality:** {verdict}",
         f"**Original size:** {image.original_size[1]} x {image.original_size[0]} px ({image.source_format}, "
         f"{image.source_mode})",
         f"**Field of view:** centre ({prepared.fov.cx:.0f}, {prepared.fov.cy:.0f}), "
         f"radius {prepared.fov.radius:.0f} px",
-        "**Measures:** " + ", ".join(f"{k} {v:.2f}" for k, v in quality.measures.items()),
+        f"**Enhancement:** {enhancement}: {ENHANCEMENT_NOTES.get(enhancement, '')}",
+        "\n".join(rows),
     ]
     return ENHANCEMENTS[enhancement](prepared.crop), "\n\n".join(lines)
 
@@ -114,11 +146,18 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
             with gr.Row():
                 lesions = gr.AnnotatedImage(
                     label="Lesions",
+                    min_width=NARROW_PX,
+                    elem_id="lesions-panel",
                     color_map={
                         lesion.name: "#{:02x}{:02x}{:02x}".format(*lesion.colour) for lesion in LESIONS
                     },
                 )
-                landmarks = gr.Image(label="Optic disc, fovea and ETDRS grid", type="numpy")
+                landmarks = gr.Image(
+                    label="Optic disc, fovea and ETDRS grid",
+                    type="numpy",
+                    min_width=NARROW_PX,
+                    elem_id="landmarks-panel",
+                )
             lesion_table = gr.Dataframe(
                 headers=LESION_COLUMNS,
                 label="Lesions (types below the reliability floor are not findings: see 'reliability')",
@@ -148,7 +187,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     target_label = gr.Textbox(label="Target", interactive=False)
                     gallery = gr.Gallery(label="Methods side by side", columns=3, height="auto")
             with gr.Row():
-                slider = gr.ImageSlider(label="Slide between two views", type="numpy")
+                slider = gr.ImageSlider(label="Slide between two views", type="numpy", min_width=NARROW_PX)
                 with gr.Column():
                     left = gr.Dropdown(["image", "lesions"] + list(EXPLAINERS), value="image", label="Left")
                     right = gr.Dropdown(
@@ -187,8 +226,8 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 )
                 browse = gr.Button("Show")
                 with gr.Row():
-                    truth = gr.Image(label="Ground-truth lesions", type="numpy")
-                    predicted = gr.Image(label="Predicted lesions", type="numpy")
+                    truth = gr.Image(label="Ground-truth lesions", type="numpy", min_width=NARROW_PX)
+                    predicted = gr.Image(label="Predicted lesions", type="numpy", min_width=NARROW_PX)
                 browse_text = gr.Markdown()
                 browse.click(
                     handlers.browse,
@@ -206,7 +245,9 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 )
                 browse_graded = gr.Button("Show graded image")
                 with gr.Row():
-                    graded_marks = gr.Image(label="Predicted and annotated landmarks", type="numpy")
+                    graded_marks = gr.Image(
+                        label="Predicted and annotated landmarks", type="numpy", min_width=NARROW_PX
+                    )
                     graded_text = gr.Markdown()
                 browse_graded.click(
                     handlers.browse_graded,
@@ -221,8 +262,9 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
             )
             run_batch = gr.Button("Analyze all", variant="primary")
             table = gr.Dataframe(
-                headers=["file", "status", "gradeable", "dr_grade", "referable", "dme_grade", "error"],
-                label="Grades",
+                headers=BATCH_COLUMNS,
+                label="Grades (a file that could not be read gets an error row; the others go on)",
+                wrap=True,
             )
             csv_out = gr.File(label="summary.csv")
             zip_out = gr.File(label="HTML reports (zip)")
@@ -242,8 +284,9 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 with gr.Column():
                     crop = gr.Image(label="Field-of-view crop (512 px)", type="numpy")
                     quality = gr.Markdown(elem_id="quality-report")
+            decode_side = workbench.segmenter.input_size if workbench.segment else 512
             run_inspect.click(
-                inspect_fundus,
+                lambda path, enhancement: inspect_fundus(path, enhancement, decode_side),
                 [inspect_upload, enhancement],
                 [crop, quality],
                 validator=handlers.validate_upload,

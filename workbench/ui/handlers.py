@@ -37,7 +37,10 @@ from workbench.report import analysis_to_dict, lesion_rows, write_report
 from workbench.scoring import original_masks_to_crop
 from workbench.targets import GradeTarget, parse_target
 
-__all__ = ["Handlers", "NO_UPLOAD", "PREVIEW_SIDE", "TARGET_CHOICES", "thumbnail"]
+__all__ = ["BATCH_COLUMNS", "Handlers", "NO_UPLOAD", "PREVIEW_SIDE", "TARGET_CHOICES", "thumbnail"]
+
+# the Batch table's column titles (summary.csv keeps the machine names of ``Handlers.batch``)
+BATCH_COLUMNS = ["file", "status", "gradeable", "DR grade", "referable DR", "DME risk", "fovea", "error"]
 
 NO_UPLOAD = "No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP)."
 PREVIEW_SIDE = 320
@@ -329,6 +332,7 @@ class Handlers:
             try:
                 analysis = self.workbench.analyze(path, name=name)
                 data = write_report(analysis, out / Path(name).stem)
+                fovea = data.get("fovea") or {}
                 rows.append(
                     [
                         name,
@@ -337,12 +341,15 @@ class Handlers:
                         data.get("dr_grade"),
                         data.get("referable"),
                         data.get("dme_grade"),
+                        ("doubtful: " + fovea["doubt"])
+                        if fovea.get("doubt")
+                        else ("found" if fovea else None),
                         "",
                     ]
                 )
             except (ImageLoadError, FileNotFoundError) as exc:
-                rows.append([name, "error", None, None, None, None, str(exc)])
-        header = ["file", "status", "gradeable", "dr_grade", "referable", "dme_grade", "error"]
+                rows.append([name, "error", None, None, None, None, None, str(exc)])
+        header = ["file", "status", "gradeable", "dr_grade", "referable", "dme_grade", "fovea", "error"]
         buffer = io.StringIO()
         csv.writer(buffer).writerows([header] + rows)
         (out / "summary.csv").write_text(buffer.getvalue())
