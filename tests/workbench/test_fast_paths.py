@@ -138,6 +138,29 @@ def test_occlusion_without_autograd_equals_the_reference(small: ExplainableModel
     np.testing.assert_allclose(fast.values, reference.sum(dim=1)[0].detach().numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam"])
+def test_cams_with_the_backward_pass_cut_at_the_target_layer_equal_grad_cams_own(
+    small: ExplainableModel, name: str
+) -> None:
+    """Weights frozen and the graph started at the target layer: the same map as pytorch-grad-cam's
+    full backward pass, and every weight requires grad again afterwards."""
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+
+    cams = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM}
+    cams |= {"xgradcam": XGradCAM, "layercam": LayerCAM}
+    image, target = _image(4), GradeTarget(3)
+    before = [p.requires_grad for p in small.module.parameters()]
+    fast = CamExplainer(name).explain(small, image, target)
+    assert [p.requires_grad for p in small.module.parameters()] == before
+    cam = cams[name](model=small.module, target_layers=[small.target_layer])
+    try:
+        with torch.enable_grad():
+            reference = cam(input_tensor=image, targets=[lambda out: target(out[None])[0]])[0]
+    finally:
+        cam.activations_and_grads.release()
+    np.testing.assert_allclose(fast.values, reference, atol=1e-5)
+
+
 def test_top_k_scorecam_equals_full_scorecam_when_k_covers_every_channel(monkeypatch) -> None:
     torch.manual_seed(0)
     card = grader_card("test_convnext", 64, name="test_tiny_cls")

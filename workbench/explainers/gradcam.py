@@ -71,6 +71,11 @@ _CAMS = {
 }
 
 
+def _graph_starts_here(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the layer's output as a fresh leaf that requires grad (autograd stops here)."""
+    return output.detach().requires_grad_(True)
+
+
 @dataclass
 class CamExplainer:
     """One CAM method of pytorch-grad-cam on the card's ``target_layer``."""
@@ -79,6 +84,15 @@ class CamExplainer:
 
     def explain(self, model: ExplainableModel, image: torch.Tensor, target: Target) -> Heatmap:
         start = time.perf_counter()
+        # grad-cam calls loss.backward(): with the weights requiring grad that is a full backward pass
+        # (every weight gradient, down to the stem). The map needs only d(target)/d(target-layer output):
+        # weights frozen for the call and the graph started at that output (a forward hook registered
+        # before grad-cam's own, so grad-cam records the new graph leaf), the backward pass covers the
+        # layers after it only. Same maps (tested); Grad-CAM on lite0 at 448 px 332 -> 93 ms (README).
+        frozen = [p for p in model.module.parameters() if p.requires_grad]
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        start_here = model.target_layer.register_forward_hook(_graph_starts_here)
         cam = _CAMS[self.name](model=model.module, target_layers=[model.target_layer])
         if self.name.startswith("scorecam"):
             cam.batch_size = batch_for_budget(model.module, image.shape[-1], backward=False)
@@ -87,6 +101,9 @@ class CamExplainer:
                 values = cam(input_tensor=image, targets=[per_sample(target)])[0]
         finally:
             cam.activations_and_grads.release()
+            start_here.remove()
+            for parameter in frozen:
+                parameter.requires_grad_(True)
         size = image.shape[-1]
         return Heatmap(
             to_input_size(values, size), False, self.name, target.label, time.perf_counter() - start
