@@ -88,7 +88,7 @@ class CamExplainer:
         # (every weight gradient, down to the stem). The map needs only d(target)/d(target-layer output):
         # weights frozen for the call and the graph started at that output (a forward hook registered
         # before grad-cam's own, so grad-cam records the new graph leaf), the backward pass covers the
-        # layers after it only. Same maps (tested); Grad-CAM on lite0 at 448 px 332 -> 93 ms (README).
+        # layers after it only. Same maps (tested); Grad-CAM on lite0 at 448 px 304 -> 93 ms (README).
         frozen = [p for p in model.module.parameters() if p.requires_grad]
         for parameter in frozen:
             parameter.requires_grad_(False)
