@@ -31,6 +31,7 @@ from models.registry import default_model, load_model
 from models.registry import weights_dir as configured_weights_dir
 from workbench.anatomy import DmeRuleCheck, EtdrsGrid, dme_rule, etdrs_grid, region_of_points
 from workbench.explainers import ExplainableModel, Heatmap, get_explainer
+from workbench.explainers.budget import release_freed_memory
 from workbench.fundus import prepare_fundus
 from workbench.image_io import LoadedImage, load_image
 from workbench.landmarks import place_landmarks
@@ -351,6 +352,7 @@ class Workbench:
         with self._explain_lock:
             for method in methods:
                 out[method] = get_explainer(method).explain(model, tensor, target)
+                release_freed_memory()
         return out
 
     # -- helpers -------------------------------------------------------------------------------------

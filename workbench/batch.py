@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from workbench.analysis import Workbench
 from workbench.explainers import ExplainableModel
+from workbench.explainers.budget import release_freed_memory
 from workbench.image_io import ImageLoadError
 from workbench.report import write_report
 from workbench.scoring import ExplanationScore, lesion_union_in_input, pointing_tolerance, score_heatmap
@@ -98,10 +99,11 @@ def score_analysis(
     size = predictor.card.input_size
     mask = lesion_union_in_input(lesions, size)
     tolerance = pointing_tolerance(analysis.crop_transform, size)
-    return {
-        name: score_heatmap(model, tensor, heat, target, mask, tolerance=tolerance)
-        for name, heat in analysis.heatmaps.items()
-    }
+    scores = {}
+    for name, heat in analysis.heatmaps.items():
+        scores[name] = score_heatmap(model, tensor, heat, target, mask, tolerance=tolerance)
+        release_freed_memory()
+    return scores
 
 
 def content_sha256(path: Path) -> str:

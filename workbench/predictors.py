@@ -106,19 +106,22 @@ class SegmenterPredictor:
 
     @torch.inference_mode()
     def predict(self, image: LoadedImage) -> LesionMaps:
+        # donors first, keeping only their channels: their small passes do not stack on this model's peak
+        taken = {}
+        for donor, codes in self.donors:
+            theirs = donor.predict(image).probabilities
+            taken |= {code: theirs[donor.card.label_names.index(code)].copy() for code in codes}
+            del theirs
         crop, transform = crop_for(image, self.input_size)
         tensor = torch.from_numpy(normalise(crop, self.card.mean, self.card.std))
+        del crop
         probs = predict_tiles(self.model, tensor, self.tile, self.overlap)
-        for donor, codes in self.donors:
-            # the donor segments the same field-of-view square at its own size: resize its channels
-            theirs = donor.predict(image).probabilities
-            for code in codes:
-                channel = self.card.label_names.index(code)
-                probs[channel] = cv2.resize(
-                    theirs[donor.card.label_names.index(code)],
-                    probs.shape[:0:-1],
-                    interpolation=cv2.INTER_LINEAR,
-                )
+        for code, channel in taken.items():
+            # the donor segmented the same field-of-view square at its own size: resize onto this crop
+            size = probs.shape[:0:-1]
+            probs[self.card.label_names.index(code)] = cv2.resize(
+                channel, size, interpolation=cv2.INTER_LINEAR
+            )
         return LesionMaps(probabilities=probs, transform=transform)
 
 

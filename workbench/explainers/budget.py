@@ -19,7 +19,10 @@ them, but padding copies and convolution workspaces add up: a third of the sum (
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 
 import torch
 from torch import nn
@@ -31,12 +34,13 @@ __all__ = [
     "budget_bytes",
     "current_rss_mb",
     "peak_rss_mb",
+    "release_freed_memory",
     "sample_activation_bytes",
 ]
 
 DEFAULT_BUDGET_MB = 512
 DEFAULT_CEILING_MB = 2048
-RESERVE_MB = 256  # the method's inputs, outputs and scratch beside one batch's activations
+RESERVE_MB = 384  # the method's inputs, outputs and scratch beside one batch's activations
 MIN_BUDGET_MB = 64
 _cache: dict[tuple[int, int], tuple[int, int]] = {}
 
@@ -108,3 +112,22 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap memory freed by the last explanation back to the system (glibc ``malloc_trim``).
+
+    glibc keeps freed blocks for reuse: after Integrated Gradients a process stayed ~350 MB larger than
+    before it (measured), and since the budget is the headroom above the *current* resident memory, the
+    next method got the 64 MB floor on top of memory nobody used. Called after each explanation and each
+    scoring; a few ms. False where there is no glibc (the call is then a no-op).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl and other libcs
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
