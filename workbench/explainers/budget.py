@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -122,12 +124,21 @@ def release_freed_memory() -> bool:
     next method got the 64 MB floor on top of memory nobody used. Called after each explanation and each
     scoring; a few ms. False where there is no glibc (the call is then a no-op).
     """
-    if not sys.platform.startswith("linux"):
+    trim = _malloc_trim()
+    if trim is None:
         return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up once; None on other platforms and libcs."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # musl and other libcs
-        return False
+        return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
-    return True
+    return trim

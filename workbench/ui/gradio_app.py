@@ -27,7 +27,7 @@ from workbench.quality import QualityThresholds
 from workbench.report import LESION_COLUMNS
 from workbench.synthetic import make_fundus
 from workbench.ui.audit_tab import build_audit_tab
-from workbench.ui.handlers import BATCH_COLUMNS, TARGET_CHOICES, Handlers
+from workbench.ui.handlers import BATCH_COLUMNS, NO_UPLOAD, TARGET_CHOICES, Handlers
 
 __all__ = ["MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 
@@ -63,7 +63,7 @@ def inspect_fundus(path: str | None, enhancement: str, min_side: int = 512) -> t
     measures (focus above all) are the numbers Analyze judged the photograph by.
     """
     if not path:
-        raise gr.Error("No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP).")
+        raise gr.Error(NO_UPLOAD)
     if enhancement not in ENHANCEMENTS:
         raise gr.Error(f"unknown enhancement {enhancement!r}; valid: {', '.join(ENHANCEMENTS)}")
     try:

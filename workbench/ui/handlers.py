@@ -22,7 +22,7 @@ from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import RELIABILITY_FLOOR, Analysis, LesionSummary, Workbench
 from workbench.batch import score_analysis
 from workbench.idrid import IDRiD, load_mask, seg_to_grading
-from workbench.image_io import ImageLoadError, load_image
+from workbench.image_io import ImageLoadError, LoadedImage, load_image
 from workbench.metrics import mask_dice, scaled_distances
 from workbench.model_table import models_markdown
 from workbench.render import (
@@ -148,24 +148,27 @@ class Handlers:
 
     # upload checks ---------------------------------------------------------------------------------
     @staticmethod
-    def upload_problem(path: str | None) -> str | None:
-        """Why an upload cannot be analysed (empty, not an image, corrupt...), or None when it can."""
+    def _small(path: str | None) -> tuple[LoadedImage | None, str | None]:
+        """(the upload decoded small, None) or (None, why it cannot be analysed)."""
         if not path:
-            return NO_UPLOAD
+            return None, NO_UPLOAD
         try:
-            load_image(path, min_side=PREVIEW_SIDE, name=Path(path).name)
+            return load_image(path, min_side=PREVIEW_SIDE, name=Path(path).name), None
         except (ImageLoadError, FileNotFoundError) as exc:
-            return str(exc)
-        return None
+            return None, str(exc)
+
+    @classmethod
+    def upload_problem(cls, path: str | None) -> str | None:
+        """Why an upload cannot be analysed (empty, not an image, corrupt...), or None when it can."""
+        return cls._small(path)[1]
 
     def preview(self, path: str | None) -> np.ndarray | None:
         """The photograph as uploaded, small (checked at upload: a warning names a bad file at once)."""
         if not path:
             return None
-        try:
-            image = load_image(path, min_side=PREVIEW_SIDE, name=Path(path).name)
-        except (ImageLoadError, FileNotFoundError) as exc:
-            gr.Warning(str(exc))
+        image, problem = self._small(path)
+        if image is None:
+            gr.Warning(problem)
             return None
         return thumbnail(image.rgb, PREVIEW_SIDE)
 
