@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -120,7 +121,12 @@ def load_model(name: str, folder: Path | None = None) -> tuple[nn.Module, ModelC
         raise WeightsError(
             f"{name}: weights do not fit {card.name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    return model.eval(), card
+    # Loaded for inference: channels_last, because the CPU convolutions (oneDNN) run 1.4-2x faster on
+    # every shipped model with the same results within 3e-5 (saved state is made contiguous again), and
+    # frozen, because no user of a loaded model needs weight gradients (explainers need input or
+    # activation gradients only; training starts from a copy of the state). README "Speed and memory".
+    model.requires_grad_(False)
+    return model.to(memory_format=torch.channels_last).eval(), card
 
 
 def default_model(arch: str, folder: Path | None = None) -> str:

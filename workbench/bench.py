@@ -9,7 +9,8 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +140,20 @@ def _bare_calls(model, tensor, target) -> dict[str, Callable[[], object]]:
     from workbench.explainers.captum_methods import make_baseline
     from workbench.targets import per_sample
 
+    @contextmanager
+    def as_a_user_holds_it() -> Iterator[None]:
+        # a model built with timm has trainable weights; shipped models are loaded frozen
+        model.module.requires_grad_(True)
+        try:
+            yield
+        finally:
+            model.module.requires_grad_(False)
+
     def gradcam() -> object:
         cam = GradCAM(model=model.module, target_layers=[model.target_layer])
         try:
-            return cam(input_tensor=tensor, targets=[per_sample(target)])
+            with as_a_user_holds_it():
+                return cam(input_tensor=tensor, targets=[per_sample(target)])
         finally:
             cam.activations_and_grads.release()
 
@@ -152,7 +163,7 @@ def _bare_calls(model, tensor, target) -> dict[str, Callable[[], object]]:
 
         baseline = make_baseline(model, tensor, "blur")
         batch = min(16, batch_for_budget(model.module, tensor.shape[-1], backward=True))
-        with torch.enable_grad():
+        with as_a_user_holds_it(), torch.enable_grad():
             return IntegratedGradients(forward).attribute(
                 tensor.clone().requires_grad_(True),
                 baselines=baseline,

@@ -109,6 +109,22 @@ def test_tiled_prediction_equals_whole_image_for_pointwise_model() -> None:
     assert np.allclose(tiled, direct, atol=1e-5)
 
 
+def test_loaded_models_are_frozen_channels_last_and_save_back_contiguous(tmp_path: Path) -> None:
+    """Inference layout (faster oneDNN convolutions) without changing outputs; no weight gradients."""
+    card = TINY_CARDS["test_tiny_cls"].with_updates(weights="tiny.safetensors")
+    model = build_model(card).eval()
+    save_model(model, card, tmp_path, half=False)
+    loaded, _ = load_model("tiny", tmp_path)
+    convs = [m for m in loaded.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+    again = save_model(loaded, card.with_updates(weights="again.safetensors"), tmp_path, half=False)
+    assert load_model("again", tmp_path)[1] == again  # the saved state is plain contiguous tensors
+
+
 def test_save_load_round_trip_and_sha_checks(tmp_path: Path) -> None:
     card = TINY_CARDS["test_tiny_cls"].with_updates(training={"validation": {"score": 0.5}})
     model = build_model(card)

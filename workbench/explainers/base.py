@@ -16,6 +16,8 @@ a ``workbench.targets`` target. Adapters must release every hook they set, also 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,7 +28,7 @@ from torch import nn
 from models.card import ModelCard
 from workbench.targets import Target
 
-__all__ = ["ExplainableModel", "Explainer", "Heatmap", "to_input_size"]
+__all__ = ["ExplainableModel", "Explainer", "Heatmap", "frozen_weights", "to_input_size"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,22 @@ class Explainer(Protocol):
     name: str
 
     def explain(self, model: ExplainableModel, image: torch.Tensor, target: Target) -> Heatmap: ...
+
+
+@contextmanager
+def frozen_weights(module: nn.Module) -> Iterator[None]:
+    """No weight gradients inside the block: every explainer needs gradients of the input or of an
+    activation only, and with trainable weights each backward pass also computes every weight gradient
+    (about half its cost). Shipped models are loaded frozen (``load_model``), so this only toggles
+    modules built elsewhere (tests, a model being trained); the flags are restored afterwards."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 def to_input_size(values: np.ndarray | torch.Tensor, size: int) -> np.ndarray:
