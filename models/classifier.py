@@ -16,10 +16,10 @@ import timm
 import torch
 from torch import nn
 
+from models._registry import register_model
 from models.card import ModelCard
 from models.constants import DME_NAMES, DR_GRADE_NAMES
 from models.pretrained import LITE0_ENCODERS, load_lite0_into
-from models.registry import register_model
 
 __all__ = ["AttentionPool", "Grader", "NUM_DME", "NUM_DR", "grader_card"]
 

@@ -12,9 +12,9 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from models._registry import register_model
 from models.card import ModelCard
 from models.pretrained import load_lite0_into
-from models.registry import register_model
 
 __all__ = ["LANDMARKS", "decode_heatmaps", "decode_landmarks", "fovea_search_mask", "localizer_card"]
 

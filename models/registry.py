@@ -1,6 +1,7 @@
 """Name -> builder registry, plus loading of shipped weights with sha256 verification.
 
-``register_model`` raises on a duplicate name (timm only warns, which hides a shadowed builder).
+The builder map lives in ``models._registry`` (imports no family); this module imports the families, so
+importing it fills the map, and re-exports ``register_model`` and ``MODEL_REGISTRY``.
 ``build_model(card)`` builds an untrained module; ``load_model(name)`` reads ``models/weights/<name>.json``
 and ``<name>.safetensors``, verifies the hash and loads with safetensors (no unpickling, ever).
 """
@@ -8,13 +9,14 @@ and ``<name>.safetensors``, verifies the hash and loads with safetensors (no unp
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models import classifier, localizer, segmenter  # noqa: F401  (the families fill the registry)
+from models._registry import MODEL_REGISTRY, register_model
 from models.card import ModelCard
 from models.hashing import file_sha256
 
@@ -41,35 +43,12 @@ def weights_dir() -> Path:
     return Path(os.environ.get("DRWB_WEIGHTS") or SHIPPED_WEIGHTS_DIR)
 
 
-MODEL_REGISTRY: dict[str, Callable[[ModelCard], nn.Module]] = {}
-
-
 class WeightsError(ValueError):
     """Shipped weights are missing, do not match their card's sha256, or do not fit the architecture."""
 
 
-def register_model(
-    name: str,
-) -> Callable[[Callable[[ModelCard], nn.Module]], Callable[[ModelCard], nn.Module]]:
-    """Decorator: register ``fn(card) -> nn.Module`` under ``name``; a duplicate name raises."""
-
-    def decorator(fn: Callable[[ModelCard], nn.Module]) -> Callable[[ModelCard], nn.Module]:
-        if name in MODEL_REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        MODEL_REGISTRY[name] = fn
-        return fn
-
-    return decorator
-
-
-def _ensure_builders() -> None:
-    # Importing the family modules fills the registry (they import this module, not the reverse).
-    from models import classifier, localizer, segmenter  # noqa: F401
-
-
 def build_model(card: ModelCard) -> nn.Module:
     """Build the architecture named by ``card.name`` with random (or ImageNet-initialised) weights."""
-    _ensure_builders()
     if card.name not in MODEL_REGISTRY:
         raise KeyError(f"unknown model {card.name!r}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
     return MODEL_REGISTRY[card.name](card)

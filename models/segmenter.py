@@ -11,10 +11,10 @@ from __future__ import annotations
 import segmentation_models_pytorch as smp
 from torch import nn
 
+from models._registry import register_model
 from models.card import ModelCard
 from models.constants import LESION_CODES
 from models.pretrained import load_lite0_into
-from models.registry import register_model
 
 __all__ = ["segmenter_card"]
 
