@@ -15,7 +15,7 @@ from pathlib import Path
 
 import workbench  # noqa: F401  (offline environment before gradio is imported)
 from workbench.analysis import Workbench, profile_from_env
-from workbench.ui.gradio_app import MAX_UPLOAD, build_demo
+from workbench.ui.gradio_app import APP_CSS, MAX_UPLOAD, build_demo
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(max_size=32, default_concurrency_limit=1).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         max_file_size=MAX_UPLOAD,
+        css=APP_CSS,
         allowed_paths=[example_dir] + ([str(data_dir)] if data_dir else []),
     )
 

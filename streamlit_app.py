@@ -134,12 +134,14 @@ if choices:
         st.warning("Not gradeable: " + "; ".join(analysis.quality.reasons))
         st.image(analysis.crop, caption="field of view")
     else:
+        # the same two views, colours and legends as the Gradio Analyze tab and the HTML report
         left, right = st.columns(2)
-        left.image(
-            landmarks_overlay(analysis, lesion_overlay(analysis, legend=False)),
-            caption="lesions, disc, fovea, ETDRS grid",
+        left.image(lesion_overlay(analysis), caption="lesions (legend: unreliable types marked)")
+        right.image(
+            landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"], legend=False)),
+            caption="optic disc, fovea and ETDRS grid",
         )
-        right.plotly_chart(probability_figure(analysis), use_container_width=True)
+        st.plotly_chart(probability_figure(analysis), use_container_width=True)
         if analysis.fovea_doubt:
             st.warning(
                 f"Fovea doubtful ({analysis.fovea_doubt}): no ETDRS grid, lesions by region "

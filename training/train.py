@@ -216,8 +216,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         model.load_state_dict(_initial_state(cfg.init_from, cfg.fold))
     task.prepare_model(model)
     device = _device(cfg.device)
-    if device.type == "cuda":
-        model = model.to(device, memory_format=torch.channels_last)
+    # channels_last everywhere: on CUDA and on this project's CPUs (oneDNN) alike, a training step of
+    # lite0 at 448 px measured 197 -> 149 ms per image on 2 cores
+    model = model.to(device, memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     if ranks.is_main:  # builds the training cache once; the other ranks read it when it is complete
         train_set, val_set = task.datasets(card)

@@ -21,6 +21,8 @@ __all__ = [
     "curves_figure",
     "heatmap_overlay",
     "landmarks_overlay",
+    "LESION_COLOUR_MAP",
+    "hex_colour",
     "lesion_annotations",
     "lesion_overlay",
     "method_grid",
@@ -108,17 +110,25 @@ def lesion_overlay(
 
 
 def lesion_annotations(analysis: Analysis) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    """(crop, [(mask at crop size, "name (count)")]) for ``gr.AnnotatedImage``-style viewers."""
+    """(crop, [(mask at crop size, lesion name)]) for ``gr.AnnotatedImage``-style viewers, labelled by
+    name alone so that ``LESION_COLOUR_MAP`` finds every label (a viewer that does not know a label
+    falls back to its own palette: Gradio hue-rotates). Counts and reliability are in the lesion table."""
     size = analysis.crop.shape[0]
     out = []
     for lesion in LESIONS:
         summary = analysis.lesions.get(lesion.code)
         if summary is not None and summary.mask.any():
             mask = cv2.resize(summary.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-            out.append((mask.astype(np.float32), f"{lesion.name} ({summary.count})"))
+            out.append((mask.astype(np.float32), lesion.name))
     return analysis.crop, out
 
 
+def hex_colour(rgb: Sequence[int]) -> str:
+    """``(255, 40, 40)`` -> ``"#ff2828"``."""
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+
+
+LESION_COLOUR_MAP = {lesion.name: hex_colour(lesion.colour) for lesion in LESIONS}
 DISC_COLOUR = (60, 255, 60)
 FOVEA_COLOUR = (255, 255, 255)
 DOUBT_COLOUR = (255, 170, 0)
@@ -225,6 +235,11 @@ def method_grid(
     return np.vstack(rows) if rows else np.zeros((tile, tile, 3), np.uint8)
 
 
+# Legends under the plot, one entry per row when narrow: beside the plot they squeeze it to a sliver
+# in a 420-px window and cut their own labels.
+NARROW_LEGEND = {"orientation": "h", "yanchor": "top", "y": -0.25, "x": 0, "xanchor": "left"}
+
+
 def probability_figure(analysis: Analysis) -> go.Figure:
     """Two horizontal bar charts: DR grade and DME risk probabilities."""
     figure = go.Figure()
@@ -236,11 +251,13 @@ def probability_figure(analysis: Analysis) -> go.Figure:
             y=list(DME_NAMES), x=analysis.dme_probabilities.tolist(), orientation="h", name="DME risk"
         )
     figure.update_layout(
-        xaxis={"range": [0, 1], "title": "probability"},
-        height=360,
+        xaxis={"range": [0, 1], "title": "probability", "automargin": True},
+        yaxis={"automargin": True},
+        height=380,
         barmode="group",
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
         title="Grader probabilities",
+        legend=NARROW_LEGEND,
     )
     return figure
 
@@ -269,10 +286,10 @@ def curves_figure(curves: dict[str, Curves]) -> go.Figure:
             name=f"{name} insertion (AUC {curve.insertion_auc:.2f}, higher is better)",
         )
     figure.update_layout(
-        xaxis_title="fraction of pixels removed / revealed",
-        yaxis_title="target probability",
-        yaxis={"range": [0, 1]},
-        height=380,
+        xaxis={"title": "fraction of pixels removed / revealed", "automargin": True},
+        yaxis={"title": "target probability", "range": [0, 1], "automargin": True},
+        height=260 + 22 * 2 * len(curves),  # room for the legend rows under the plot
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend=NARROW_LEGEND,
     )
     return figure

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from workbench.synthetic import make_fundus
-from workbench.ui.gradio_app import build_demo
+from workbench.ui.gradio_app import APP_CSS, build_demo
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_FLAGS = (
@@ -70,7 +70,7 @@ def browser() -> Iterator[object]:
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory: pytest.TempPathFactory, tiny_workbench) -> Iterator[str]:
     demo = build_demo(tiny_workbench, str(tmp_path_factory.mktemp("examples")))
-    demo.queue(max_size=8).launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    demo.queue(max_size=8).launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, css=APP_CSS)
     try:
         yield demo.local_url
     finally:
@@ -175,36 +175,129 @@ def test_a_bad_upload_is_named_once_and_leaves_no_error_badges(browser, app_url:
 TABS = ("Analyze", "Compare explanations", "Batch", "Audit", "Models", "Inspect")
 
 
-def test_every_tab_at_1500_px_and_analyze_stacked_at_420_px(browser, app_url: str, tmp_path: Path) -> None:
-    """A screenshot per tab at 1500 px (artifacts/tab_*_1500.png), the Models table's columns, and at 420
-    px the Analyze tab's lesion and landmark panels stacked rather than squeezed side by side."""
+def _open_tab(browser, wait, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    button = wait.until(
+        lambda d: next(
+            (
+                b
+                for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+                if b.text.strip() == name and b.is_displayed()
+            ),
+            None,
+        )
+    )
+    button.click()
+    wait.until(lambda d: button.get_attribute("aria-selected") == "true")
+
+
+def _outside(browser, panel_id: str, selector: str) -> list[str]:
+    """Texts matching ``selector`` in the panel whose box is not inside the panel's box (cut off)."""
+    return browser.execute_script(
+        """
+        const panel = document.getElementById(arguments[0]).getBoundingClientRect();
+        return [...document.querySelectorAll('#' + arguments[0] + ' ' + arguments[1])]
+          .filter(e => e.textContent.trim())
+          .filter(e => { const r = e.getBoundingClientRect();
+                         return r.left < panel.left - 1 || r.right > panel.right + 1; })
+          .map(e => e.textContent);
+        """,
+        panel_id,
+        selector,
+    )
+
+
+def test_every_tab_at_1500_and_420_px(browser, app_url: str) -> None:
+    """A screenshot per tab at both widths (artifacts/tab_*_{1500,420}.png); at 420 px every tab is a
+    visible button (they wrap, none hides behind a menu), no page scrolls sideways, the Analyze panels
+    stack rather than squeeze; the Models table has its columns."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        browser.set_window_size(1500, 1600)
-        browser.get(app_url)
-        wait = WebDriverWait(browser, 120)
-        for name in TABS:
-            button = wait.until(
-                lambda d, n=name: next(
-                    (b for b in d.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == n),
-                    None,
+        for width in (1500, 420):
+            browser.set_window_size(width, 1600)
+            browser.get(app_url)
+            wait = WebDriverWait(browser, 120)
+            for name in TABS:
+                _open_tab(browser, wait, name)
+                browser.save_screenshot(str(ARTIFACTS / f"tab_{name.split()[0].lower()}_{width}.png"))
+                sideways = browser.execute_script(
+                    "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
                 )
-            )
-            button.click()
-            wait.until(lambda d, b=button: b.get_attribute("aria-selected") == "true")
-            browser.save_screenshot(str(ARTIFACTS / f"tab_{name.split()[0].lower()}_1500.png"))
-            if name == "Models":
-                headers = [h.text for h in browser.find_elements(By.TAG_NAME, "th") if h.is_displayed()]
-                assert {"DR accuracy", "DR QWK", "referable AUC", "MA", "disc mean"} <= set(headers), headers
+                assert sideways <= 1, (name, width, sideways)
+                if name == "Models":
+                    headers = [h for h in browser.find_elements(By.TAG_NAME, "th") if h.is_displayed()]
+                    assert {"DR accuracy", "DR QWK", "referable AUC", "MA", "disc mean"} <= {
+                        h.text for h in headers
+                    }
+                    # each title on one line, however narrow the window (the table scrolls sideways)
+                    tallest = max(h.rect["height"] for h in headers)
+                    assert tallest < 60, (width, tallest)  # squeezed, the titles were ~450 px tall
+            if width == 420:
+                _open_tab(browser, wait, "Analyze")
+                lesions = browser.find_element(By.ID, "lesions-panel")
+                landmarks = browser.find_element(By.ID, "landmarks-panel")
+                assert landmarks.rect["y"] >= lesions.rect["y"] + lesions.rect["height"] - 2  # stacked
+                assert lesions.rect["width"] >= 300  # not squeezed to ~170 px
+    finally:
+        browser.set_window_size(1400, 2400)
+
+
+def test_an_analysis_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path) -> None:
+    """At 420 px after an analysis: the probability chart's labels and legend inside its panel, the lesion
+    legend in the product's colours, at most one optic disc, and the doubtful-fovea state of this
+    synthetic photograph (the tiny test localizer cannot find its fovea) said instead of a grid."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from models.constants import LESIONS
+
+    image = tmp_path / "narrow_fundus.png"
+    Image.fromarray(make_fundus(9, size=(712, 1072), dr_grade=3, dme_grade=2).image).save(image)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
         browser.set_window_size(420, 1600)
         browser.get(app_url)
-        lesions = wait.until(lambda d: d.find_element(By.ID, "lesions-panel"))
-        landmarks = browser.find_element(By.ID, "landmarks-panel")
-        browser.save_screenshot(str(ARTIFACTS / "tab_analyze_420.png"))
-        assert landmarks.rect["y"] >= lesions.rect["y"] + lesions.rect["height"] - 2  # stacked
-        assert lesions.rect["width"] >= 300  # not squeezed to ~170 px
+        wait = WebDriverWait(browser, 180)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))).send_keys(
+            str(image)
+        )
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'narrow_fundus')]")))
+        for _ in range(3):  # a click during the upload's registration is answered "No image uploaded"
+            button = wait.until(ec.element_to_be_clickable((By.ID, "analyze-button")))
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+            button.click()
+            try:
+                WebDriverWait(browser, 30).until(
+                    lambda d: "DR grade" in d.find_element(By.ID, "analysis-summary").text
+                )
+                break
+            except Exception:  # noqa: BLE001 (selenium's timeout: click again, as a user would)
+                continue
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#probabilities-panel .main-svg"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lesions-panel .legend-item"))
+        chart = browser.find_element(By.ID, "probabilities-panel")
+        browser.execute_script("arguments[0].scrollIntoView();", chart)
+        browser.save_screenshot(str(ARTIFACTS / "analysis_420.png"))
+        assert (
+            _outside(browser, "probabilities-panel", ".xtick text, .ytick text, .legendtext, .gtitle") == []
+        )
+        summary = browser.find_element(By.ID, "analysis-summary").text
+        assert "Fovea doubtful" in summary and "not available" in summary, summary[:400]
+        assert summary.count("Optic disc") <= 1
+        chips = browser.find_elements(By.CSS_SELECTOR, "#lesions-panel .legend-item")
+        colours = {lesion.name: lesion.colour for lesion in LESIONS}
+        assert sum(chip.text.startswith("Optic disc") for chip in chips) <= 1
+        for chip in chips:
+            name = chip.text.strip()
+            rgb = browser.execute_script("return getComputedStyle(arguments[0]).backgroundColor", chip)
+            assert name in colours and rgb.startswith("rgba({}, {}, {},".format(*colours[name])), (
+                chip.text,
+                rgb,
+            )
     finally:
         browser.set_window_size(1400, 2400)

@@ -68,6 +68,24 @@ def test_analyze_endpoint_structure(served, fundus_file: str) -> None:
         assert "etdrs_grid" in report
 
 
+def test_lesion_layers_are_drawn_in_the_product_colours(served, fundus_file: str) -> None:
+    """Each annotated layer comes back coloured with that lesion's one colour (models.constants): a label
+    the component's colour map does not know would be drawn in Gradio's own red (the old "name (count)"
+    labels were)."""
+    from models.constants import LESIONS
+
+    client, _ = served
+    lesions = client.predict(handle_file(fundus_file), False, api_name="/analyze")[2]
+    assert lesions["annotations"]
+    colours = {lesion.name: lesion.colour for lesion in LESIONS}
+    for layer in lesions["annotations"]:
+        name = layer["label"]
+        assert name in colours, name
+        rgba = np.asarray(Image.open(layer["image"]).convert("RGBA"))
+        drawn = rgba[rgba[..., 3] > 0][:, :3]
+        assert len(drawn) and (drawn == colours[name]).all(), (layer["label"], drawn[:3])
+
+
 def test_compare_endpoint_structure(served, fundus_file: str) -> None:
     client, _ = served
     gallery, slider, curves, scores, target, left, right = client.predict(

@@ -61,7 +61,7 @@ def test_upload_table_selection_and_bad_file(weights_env: Path) -> None:
     if any("Not gradeable" in w for w in warnings):  # not gradeable: the crop is shown with the reasons
         assert len(at.image) >= 1
     else:
-        assert len(at.get("plotly_chart")) == 1 and len(at.image) == 3
+        assert len(at.get("plotly_chart")) == 1 and len(at.image) == 4  # lesions, landmarks, 2 maps
         # the lesion table with validated AUPR and reliability; a doubtful fovea is said, with its reason
         lesions = at.dataframe[1].value
         assert list(lesions.columns)[-2:] == ["validated AUPR", "reliability"]

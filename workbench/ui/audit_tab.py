@@ -17,6 +17,7 @@ from workbench.analysis import Workbench
 from workbench.audit import LabelsError, read_labels, run_audit, write_audit_report
 from workbench.audit.labels import IMAGE_SUFFIXES
 from workbench.audit.report import audit_plots
+from workbench.ui.handlers import MODEL_WORK, NARROW_PX
 
 __all__ = ["MAX_ZIP_MEMBERS", "audit", "build_audit_tab"]
 
@@ -123,13 +124,13 @@ def build_audit_tab(workbench: Workbench, data_dir: Path | None) -> None:
             interactive=data_dir is not None,
         )
     run = gr.Button("Run audit", variant="primary")
-    summary = gr.Markdown()
+    summary = gr.Markdown(elem_classes=["wide-tables"])
+    with gr.Row():  # side by side on a wide window, stacked on a narrow one
+        roc = gr.Plot(label="ROC", min_width=NARROW_PX)
+        reliability = gr.Plot(label="Reliability", min_width=NARROW_PX)
     with gr.Row():
-        roc = gr.Plot(label="ROC")
-        reliability = gr.Plot(label="Reliability")
-    with gr.Row():
-        confusion = gr.Plot(label="Confusion matrix")
-        recall = gr.Plot(label="Recall per grade")
+        confusion = gr.Plot(label="Confusion matrix", min_width=NARROW_PX)
+        recall = gr.Plot(label="Recall per grade", min_width=NARROW_PX)
     with gr.Row():
         html_out = gr.File(label="Audit report (HTML, opens offline)")
         csv_out = gr.File(label="Per-image results (CSV)")
@@ -144,5 +145,5 @@ def build_audit_tab(workbench: Workbench, data_dir: Path | None) -> None:
         [archive, labels, folder],
         [summary, roc, reliability, confusion, recall, html_out, csv_out, figures],
         api_name="audit",
-        concurrency_limit=1,
+        **MODEL_WORK,
     )

@@ -15,7 +15,6 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from models.constants import LESIONS
 from models.enhance import ENHANCEMENTS
 from models.registry import list_shipped
 from workbench.analysis import Workbench
@@ -24,17 +23,24 @@ from workbench.fundus import prepare_fundus
 from workbench.image_io import ImageLoadError, load_image
 from workbench.model_table import grader_label
 from workbench.quality import QualityThresholds
+from workbench.render import LESION_COLOUR_MAP
 from workbench.report import LESION_COLUMNS
 from workbench.synthetic import make_fundus
 from workbench.ui.audit_tab import build_audit_tab
-from workbench.ui.handlers import BATCH_COLUMNS, NO_UPLOAD, TARGET_CHOICES, Handlers
+from workbench.ui.handlers import BATCH_COLUMNS, MODEL_WORK, NARROW_PX, NO_UPLOAD, TARGET_CHOICES, Handlers
 
-__all__ = ["MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
+__all__ = ["APP_CSS", "MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD = "60mb"
-NARROW_PX = 360  # panels side by side need this much each; on a narrower window they stack
 DEFAULT_METHODS = ["attention", "gradcam", "integrated_gradients"]
+# Pass to ``launch(css=...)``: wide tables scroll sideways inside their panel on a narrow window instead
+# of squeezing every column to one letter a line (the Models tab at 420 px).
+APP_CSS = (
+    ".wide-tables table { display: block; overflow-x: auto; max-width: 100%; }"
+    " .wide-tables th, .wide-tables td { white-space: nowrap; }"
+    " #batch-table table { min-width: 640px; }"
+)
 
 
 ENHANCEMENT_NOTES = {
@@ -133,164 +139,172 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
             "# DR Workbench\nDiabetic retinopathy grading, lesions and explanations. Research and audit "
             "tool, not a medical device."
         )
-        with gr.Tab("Analyze"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    upload = _upload_with_preview(handlers)
-                    force = gr.Checkbox(label="Grade even if the quality check fails", value=False)
-                    run = gr.Button("Analyze", variant="primary", elem_id="analyze-button")
-                    gr.Examples(examples, inputs=upload)
-                with gr.Column(scale=2):
-                    summary = gr.Markdown(elem_id="analysis-summary")
-                    probabilities = gr.Plot(label="Probabilities")
-            with gr.Row():
-                lesions = gr.AnnotatedImage(
-                    label="Lesions",
-                    min_width=NARROW_PX,
-                    elem_id="lesions-panel",
-                    color_map={
-                        lesion.name: "#{:02x}{:02x}{:02x}".format(*lesion.colour) for lesion in LESIONS
-                    },
-                )
-                landmarks = gr.Image(
-                    label="Optic disc, fovea and ETDRS grid",
-                    type="numpy",
-                    min_width=NARROW_PX,
-                    elem_id="landmarks-panel",
-                )
-            lesion_table = gr.Dataframe(
-                headers=LESION_COLUMNS,
-                label="Lesions (types below the reliability floor are not findings: see 'reliability')",
-            )
-            report = gr.JSON(label="All numbers")
-            run.click(
-                handlers.analyze,
-                [upload, force],
-                [summary, probabilities, lesions, landmarks, lesion_table, report],
-                validator=handlers.validate_upload,
-                api_name="analyze",
-                concurrency_limit=2,
-            )
-        with gr.Tab("Compare explanations"):
-            overlays = gr.State()
-            with gr.Row():
-                with gr.Column(scale=1):
-                    compare_upload = _upload_with_preview(handlers)
-                    target = gr.Dropdown(TARGET_CHOICES, value="predicted", label="Explain")
-                    methods = gr.CheckboxGroup(list(EXPLAINERS), value=DEFAULT_METHODS, label="Methods (1-6)")
-                    grader = gr.Dropdown(
-                        graders, value=workbench.model_names["grader"], label="Grader backbone"
-                    )
-                    compare = gr.Button("Compare", variant="primary")
-                    gr.Examples(examples, inputs=compare_upload)
-                with gr.Column(scale=2):
-                    target_label = gr.Textbox(label="Target", interactive=False)
-                    gallery = gr.Gallery(label="Methods side by side", columns=3, height="auto")
-            with gr.Row():
-                slider = gr.ImageSlider(label="Slide between two views", type="numpy", min_width=NARROW_PX)
-                with gr.Column():
-                    left = gr.Dropdown(["image", "lesions"] + list(EXPLAINERS), value="image", label="Left")
-                    right = gr.Dropdown(
-                        ["image", "lesions"] + list(EXPLAINERS), value="lesions", label="Right"
-                    )
-                    slide = gr.Button("Show pair")
-            curves = gr.Plot(
-                label="Deletion (dashed, lower is better) and insertion (solid, higher is better) curves"
-            )
-            scores = gr.Dataframe(
-                headers=[
-                    "method",
-                    "seconds",
-                    "deletion AUC",
-                    "insertion AUC",
-                    "pointing game",
-                    "relevance mass",
-                    "relevance rank",
-                ],
-                label="Explanation scores",
-            )
-            compare.click(
-                handlers.compare,
-                [compare_upload, target, methods, grader],
-                [gallery, slider, curves, scores, overlays, target_label, left, right],
-                validator=handlers.validate_upload,
-                api_name="compare",
-                concurrency_limit=1,
-            )
-            slide.click(handlers.slide, [overlays, left, right], slider, api_name="slide")
-        if data_dir is not None:
-            with gr.Tab("Dataset browser"):
-                names = handlers.dataset_names()
-                choice = gr.Dropdown(
-                    names, value=names[0] if names else None, label="IDRiD segmentation image"
-                )
-                browse = gr.Button("Show")
+        # on a narrow window the tabs wrap onto more rows rather than hiding behind a menu
+        with gr.Tabs(overflow_behavior="wrap"):
+            with gr.Tab("Analyze"):
                 with gr.Row():
-                    truth = gr.Image(label="Ground-truth lesions", type="numpy", min_width=NARROW_PX)
-                    predicted = gr.Image(label="Predicted lesions", type="numpy", min_width=NARROW_PX)
-                browse_text = gr.Markdown()
-                browse.click(
-                    handlers.browse,
-                    choice,
-                    [truth, predicted, browse_text],
-                    api_name="browse",
-                    concurrency_limit=1,
-                )
-                gr.Markdown("### Graded photographs: predicted grades and landmarks beside IDRiD's")
-                graded_names = handlers.grading_names()
-                graded_choice = gr.Dropdown(
-                    graded_names,
-                    value=graded_names[0] if graded_names else None,
-                    label=f"IDRiD grading image ({len(graded_names)})",
-                )
-                browse_graded = gr.Button("Show graded image")
+                    with gr.Column(scale=1):
+                        upload = _upload_with_preview(handlers)
+                        force = gr.Checkbox(label="Grade even if the quality check fails", value=False)
+                        run = gr.Button("Analyze", variant="primary", elem_id="analyze-button")
+                        gr.Examples(examples, inputs=upload)
+                    with gr.Column(scale=2):
+                        summary = gr.Markdown(elem_id="analysis-summary")
+                        probabilities = gr.Plot(label="Probabilities", elem_id="probabilities-panel")
                 with gr.Row():
-                    graded_marks = gr.Image(
-                        label="Predicted and annotated landmarks", type="numpy", min_width=NARROW_PX
+                    lesions = gr.AnnotatedImage(
+                        label="Lesions",
+                        min_width=NARROW_PX,
+                        elem_id="lesions-panel",
+                        color_map=LESION_COLOUR_MAP,  # keyed by every label lesion_annotations gives
                     )
-                    graded_text = gr.Markdown()
-                browse_graded.click(
-                    handlers.browse_graded,
-                    graded_choice,
-                    [graded_marks, graded_text],
-                    api_name="browse_graded",
-                    concurrency_limit=1,
+                    landmarks = gr.Image(
+                        label="Optic disc, fovea and ETDRS grid",
+                        type="numpy",
+                        min_width=NARROW_PX,
+                        elem_id="landmarks-panel",
+                    )
+                lesion_table = gr.Dataframe(
+                    headers=LESION_COLUMNS,
+                    label="Lesions (types below the reliability floor are not findings: see 'reliability')",
                 )
-        with gr.Tab("Batch"):
-            files = gr.File(
-                label="Fundus photographs", file_count="multiple", type="filepath", file_types=["image"]
-            )
-            run_batch = gr.Button("Analyze all", variant="primary")
-            table = gr.Dataframe(
-                headers=BATCH_COLUMNS,
-                label="Grades (a file that could not be read gets an error row; the others go on)",
-                wrap=True,
-            )
-            csv_out = gr.File(label="summary.csv")
-            zip_out = gr.File(label="HTML reports (zip)")
-            run_batch.click(
-                handlers.batch, files, [table, csv_out, zip_out], api_name="batch", concurrency_limit=1
-            )
-        with gr.Tab("Audit"):
-            build_audit_tab(workbench, data_dir)
-        with gr.Tab("Models"):
-            gr.Markdown(handlers.models_markdown(workbench.weights_dir))
-        with gr.Tab("Inspect"):
-            with gr.Row():
-                with gr.Column():
-                    inspect_upload = _upload_with_preview(handlers)
-                    enhancement = gr.Radio(list(ENHANCEMENTS), value="none", label="Enhancement")
-                    run_inspect = gr.Button("Inspect")
-                with gr.Column():
-                    crop = gr.Image(label="Field-of-view crop (512 px)", type="numpy")
-                    quality = gr.Markdown(elem_id="quality-report")
-            decode_side = workbench.segmenter.input_size if workbench.segment else 512
-            run_inspect.click(
-                lambda path, enhancement: inspect_fundus(path, enhancement, decode_side),
-                [inspect_upload, enhancement],
-                [crop, quality],
-                validator=handlers.validate_upload,
-                api_name="inspect",
-                concurrency_limit=2,
-            )
+                report = gr.JSON(label="All numbers")
+                run.click(
+                    handlers.analyze,
+                    [upload, force],
+                    [summary, probabilities, lesions, landmarks, lesion_table, report],
+                    validator=handlers.validate_upload,
+                    api_name="analyze",
+                    **MODEL_WORK,
+                )
+            with gr.Tab("Compare explanations"):
+                overlays = gr.State()
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        compare_upload = _upload_with_preview(handlers)
+                        target = gr.Dropdown(TARGET_CHOICES, value="predicted", label="Explain")
+                        methods = gr.CheckboxGroup(
+                            list(EXPLAINERS), value=DEFAULT_METHODS, label="Methods (1-6)"
+                        )
+                        grader = gr.Dropdown(
+                            graders, value=workbench.model_names["grader"], label="Grader backbone"
+                        )
+                        compare = gr.Button("Compare", variant="primary")
+                        gr.Examples(examples, inputs=compare_upload)
+                    with gr.Column(scale=2):
+                        target_label = gr.Textbox(label="Target", interactive=False)
+                        gallery = gr.Gallery(label="Methods side by side", columns=3, height="auto")
+                with gr.Row():
+                    slider = gr.ImageSlider(
+                        label="Slide between two views", type="numpy", min_width=NARROW_PX
+                    )
+                    with gr.Column():
+                        left = gr.Dropdown(
+                            ["image", "lesions"] + list(EXPLAINERS), value="image", label="Left"
+                        )
+                        right = gr.Dropdown(
+                            ["image", "lesions"] + list(EXPLAINERS), value="lesions", label="Right"
+                        )
+                        slide = gr.Button("Show pair")
+                curves = gr.Plot(
+                    label="Deletion (dashed, lower is better) and insertion (solid, higher is better) curves",
+                    elem_id="curves-panel",
+                )
+                scores = gr.Dataframe(
+                    headers=[
+                        "method",
+                        "seconds",
+                        "deletion AUC",
+                        "insertion AUC",
+                        "pointing game",
+                        "relevance mass",
+                        "relevance rank",
+                    ],
+                    label="Explanation scores",
+                )
+                compare.click(
+                    handlers.compare,
+                    [compare_upload, target, methods, grader],
+                    [gallery, slider, curves, scores, overlays, target_label, left, right],
+                    validator=handlers.validate_upload,
+                    api_name="compare",
+                    **MODEL_WORK,
+                )
+                slide.click(handlers.slide, [overlays, left, right], slider, api_name="slide")
+            if data_dir is not None:
+                with gr.Tab("Dataset browser"):
+                    names = handlers.dataset_names()
+                    choice = gr.Dropdown(
+                        names, value=names[0] if names else None, label="IDRiD segmentation image"
+                    )
+                    browse = gr.Button("Show")
+                    with gr.Row():
+                        truth = gr.Image(label="Ground-truth lesions", type="numpy", min_width=NARROW_PX)
+                        predicted = gr.Image(label="Predicted lesions", type="numpy", min_width=NARROW_PX)
+                    browse_text = gr.Markdown()
+                    browse.click(
+                        handlers.browse,
+                        choice,
+                        [truth, predicted, browse_text],
+                        api_name="browse",
+                        **MODEL_WORK,
+                    )
+                    gr.Markdown("### Graded photographs: predicted grades and landmarks beside IDRiD's")
+                    graded_names = handlers.grading_names()
+                    graded_choice = gr.Dropdown(
+                        graded_names,
+                        value=graded_names[0] if graded_names else None,
+                        label=f"IDRiD grading image ({len(graded_names)})",
+                    )
+                    browse_graded = gr.Button("Show graded image")
+                    with gr.Row():
+                        graded_marks = gr.Image(
+                            label="Predicted and annotated landmarks", type="numpy", min_width=NARROW_PX
+                        )
+                        graded_text = gr.Markdown()
+                    browse_graded.click(
+                        handlers.browse_graded,
+                        graded_choice,
+                        [graded_marks, graded_text],
+                        api_name="browse_graded",
+                        **MODEL_WORK,
+                    )
+            with gr.Tab("Batch"):
+                files = gr.File(
+                    label="Fundus photographs", file_count="multiple", type="filepath", file_types=["image"]
+                )
+                run_batch = gr.Button("Analyze all", variant="primary")
+                table = gr.Dataframe(
+                    headers=BATCH_COLUMNS,
+                    label="Grades (a file that could not be read gets an error row; the others go on)",
+                    wrap=True,
+                    elem_id="batch-table",
+                )
+                csv_out = gr.File(label="summary.csv")
+                zip_out = gr.File(label="HTML reports (zip)")
+                run_batch.click(
+                    handlers.batch, files, [table, csv_out, zip_out], api_name="batch", **MODEL_WORK
+                )
+            with gr.Tab("Audit"):
+                build_audit_tab(workbench, data_dir)
+            with gr.Tab("Models"):
+                gr.Markdown(handlers.models_markdown(workbench.weights_dir), elem_classes=["wide-tables"])
+            with gr.Tab("Inspect"):
+                with gr.Row():
+                    with gr.Column():
+                        inspect_upload = _upload_with_preview(handlers)
+                        enhancement = gr.Radio(list(ENHANCEMENTS), value="none", label="Enhancement")
+                        run_inspect = gr.Button("Inspect")
+                    with gr.Column():
+                        crop = gr.Image(label="Field-of-view crop (512 px)", type="numpy")
+                        quality = gr.Markdown(elem_id="quality-report")
+                decode_side = workbench.segmenter.input_size if workbench.segment else 512
+                run_inspect.click(
+                    lambda path, enhancement: inspect_fundus(path, enhancement, decode_side),
+                    [inspect_upload, enhancement],
+                    [crop, quality],
+                    validator=handlers.validate_upload,
+                    api_name="inspect",
+                    concurrency_limit=2,
+                )
     return demo

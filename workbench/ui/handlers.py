@@ -37,13 +37,27 @@ from workbench.report import analysis_to_dict, lesion_rows, write_report
 from workbench.scoring import original_masks_to_crop
 from workbench.targets import GradeTarget, parse_target
 
-__all__ = ["BATCH_COLUMNS", "Handlers", "NO_UPLOAD", "PREVIEW_SIDE", "TARGET_CHOICES", "thumbnail"]
+__all__ = [
+    "BATCH_COLUMNS",
+    "Handlers",
+    "MODEL_WORK",
+    "NARROW_PX",
+    "NO_UPLOAD",
+    "PREVIEW_SIDE",
+    "TARGET_CHOICES",
+    "thumbnail",
+]
 
 # the Batch table's column titles (summary.csv keeps the machine names of ``Handlers.batch``)
 BATCH_COLUMNS = ["file", "status", "gradeable", "DR grade", "referable DR", "DME risk", "fovea", "error"]
 
 NO_UPLOAD = "No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP)."
 PREVIEW_SIDE = 320
+NARROW_PX = 360  # panels side by side need this much each; on a narrower window they stack
+# Every event that runs the models (analyze, compare, browse, batch, audit) shares one queue group of
+# two: the models already use both cores, and the group bounds the server's memory under many analysts
+# (`drwb bench --only server`: with separate limits three such jobs ran at once and peaked at 2.70 GB).
+MODEL_WORK: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 2}
 
 
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
