@@ -7,8 +7,9 @@ One class per model family, each owning its crop size (from the card) and its po
   ``load_segmenter`` also loads the models a card takes some channels from (``extra.channels_from``).
 - ``LocalizerPredictor``: optic-disc and fovea centres with confidences, mapped to original pixels.
 
-All inference is fp32 under ``torch.inference_mode``: bf16 autocast was measured 10-100x *slower* on this
-project's CPUs (no AVX-512 BF16), see README.
+All inference is fp32 under ``torch.inference_mode``, on models loaded in channels_last (``load_model``).
+bf16 autocast is not used: 10-100x *slower* on one of this project's CPUs (no AVX-512 BF16), 2-3x faster
+on another but with segmenter logits moved by up to 0.70 (README).
 """
 
 from __future__ import annotations
