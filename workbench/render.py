@@ -275,7 +275,7 @@ def curves_figure(curves: dict[str, Curves]) -> go.Figure:
             mode="lines",
             line={"dash": "dash", "color": colour},
             legendgroup=name,
-            name=f"{name} deletion (AUC {curve.deletion_auc:.2f}, lower is better)",
+            name=f"{name} deletion (AUC {curve.deletion_auc:.2f})",  # directions: in the panel's title
         )
         figure.add_scatter(
             x=curve.fractions,
@@ -283,7 +283,7 @@ def curves_figure(curves: dict[str, Curves]) -> go.Figure:
             mode="lines",
             line={"color": colour},
             legendgroup=name,
-            name=f"{name} insertion (AUC {curve.insertion_auc:.2f}, higher is better)",
+            name=f"{name} insertion (AUC {curve.insertion_auc:.2f})",
         )
     figure.update_layout(
         xaxis={"title": "fraction of pixels removed / revealed", "automargin": True},

@@ -301,3 +301,53 @@ def test_an_analysis_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path
             )
     finally:
         browser.set_window_size(1400, 2400)
+
+
+def test_a_comparison_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path) -> None:
+    """Compare at 420 px: gallery captions wrap rather than end in "...", the curves chart keeps its
+    labels and legend inside its panel, and the scores table says which way each score is better."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = tmp_path / "compare_fundus.png"
+    Image.fromarray(make_fundus(11, size=(712, 1072), dr_grade=2, dme_grade=1).image).save(image)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        browser.set_window_size(420, 1600)
+        browser.get(app_url)
+        wait = WebDriverWait(browser, 180)
+        _open_tab(browser, wait, "Compare explanations")
+        visible = browser.execute_script(  # the upload box of the open tab (each tab has its own)
+            "return [...document.querySelectorAll('input[type=file]')]"
+            ".filter(e => e.closest('.tabitem') && e.closest('.tabitem').offsetParent !== null)"
+        )
+        visible[0].send_keys(str(image))
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'compare_fundus')]")))
+        for _ in range(3):  # a click during the upload's registration is answered "No image uploaded"
+            button = wait.until(
+                lambda d: next(b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Compare")
+            )
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+            button.click()
+            try:
+                WebDriverWait(browser, 60).until(
+                    lambda d: d.find_elements(By.CSS_SELECTOR, "#curves-panel .main-svg")
+                )
+                break
+            except Exception:  # noqa: BLE001 (selenium's timeout: click again, as a user would)
+                continue
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#methods-gallery .caption-label")) >= 3)
+        browser.execute_script("arguments[0].scrollIntoView();", browser.find_element(By.ID, "curves-panel"))
+        browser.save_screenshot(str(ARTIFACTS / "compare_420.png"))
+        cut = browser.execute_script(
+            "return [...document.querySelectorAll('#methods-gallery .caption-label')]"
+            ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
+        )
+        assert cut == []
+        labels = ".xtick text, .ytick text, .legendtext, .g-xtitle, .g-ytitle"
+        assert _outside(browser, "curves-panel", labels) == []
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "deletion AUC (lower is better)" in body and "insertion AUC (higher is better)" in body
+    finally:
+        browser.set_window_size(1400, 2400)

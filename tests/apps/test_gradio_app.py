@@ -95,6 +95,8 @@ def test_compare_endpoint_structure(served, fundus_file: str) -> None:
     assert len(slider) == 2
     assert (left, right) == ("gradcam", "lesions")  # the menus name what the slider shows
     assert [row[0] for row in scores["data"]] == ["gradcam", "attention"]
+    # every score column says which way is better (or what 1 means)
+    assert all("better" in title or "= hit" in title for title in scores["headers"][2:]), scores["headers"]
     assert target.startswith("referable")
 
 

@@ -19,6 +19,7 @@ from models.enhance import ENHANCEMENTS
 from models.registry import list_shipped
 from workbench.analysis import Workbench
 from workbench.explainers import EXPLAINERS
+from workbench.explanation_quality import SCORE_COLUMNS
 from workbench.fundus import prepare_fundus
 from workbench.image_io import ImageLoadError, load_image
 from workbench.model_table import grader_label
@@ -40,6 +41,9 @@ APP_CSS = (
     ".wide-tables table { display: block; overflow-x: auto; max-width: 100%; }"
     " .wide-tables th, .wide-tables td { white-space: nowrap; }"
     " #batch-table table { min-width: 640px; }"
+    # gallery captions wrap over the thumbnail's foot instead of ending in "..."
+    " #methods-gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%;"
+    " left: var(--block-label-margin); }"
 )
 
 
@@ -193,7 +197,9 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                         gr.Examples(examples, inputs=compare_upload)
                     with gr.Column(scale=2):
                         target_label = gr.Textbox(label="Target", interactive=False)
-                        gallery = gr.Gallery(label="Methods side by side", columns=3, height="auto")
+                        gallery = gr.Gallery(
+                            label="Methods side by side", columns=3, height="auto", elem_id="methods-gallery"
+                        )
                 with gr.Row():
                     slider = gr.ImageSlider(
                         label="Slide between two views", type="numpy", min_width=NARROW_PX
@@ -211,16 +217,12 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     elem_id="curves-panel",
                 )
                 scores = gr.Dataframe(
-                    headers=[
-                        "method",
-                        "seconds",
-                        "deletion AUC",
-                        "insertion AUC",
-                        "pointing game",
-                        "relevance mass",
-                        "relevance rank",
-                    ],
-                    label="Explanation scores",
+                    headers=["method", "seconds", *SCORE_COLUMNS], label="Explanation scores"
+                )
+                gr.Markdown(
+                    "\n".join(f"- **{title}**: {meaning}." for title, meaning in SCORE_COLUMNS.items())
+                    + '\n- Empty localisation scores: "no evidence" (the map has no positive value) or '
+                    '"no lesions" (nothing segmented to score against).'
                 )
                 compare.click(
                     handlers.compare,

@@ -385,10 +385,11 @@ class Handlers:
 
 def _caption(name: str, seconds: float, score) -> str:
     caption = f"{name}: {seconds:.2f} s"
-    if score is not None:
+    if score is not None:  # the directions as in the scores table's titles
         caption += (
-            f" | deletion {score.deletion_auc:.2f} insertion {score.insertion_auc:.2f} | "
-            f"pointing {_local(score, score.pointing_game)} mass {_local(score, score.relevance_mass)}"
+            f" | deletion {score.deletion_auc:.2f} (lower better), insertion {score.insertion_auc:.2f} "
+            f"(higher better) | pointing {_local(score, score.pointing_game)}, "
+            f"mass {_local(score, score.relevance_mass)}"
         )
     return caption
 
