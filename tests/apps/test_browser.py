@@ -208,6 +208,44 @@ def _outside(browser, panel_id: str, selector: str) -> list[str]:
     )
 
 
+def _upload_and_run(browser, wait, image: Path, button_text: str, done) -> None:
+    """Upload ``image`` into the open tab's upload box, then click ``button_text`` until ``done(driver)``
+    holds: a click that lands while the upload is still being registered is answered "No image
+    uploaded", and a user would click again (at most three times)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    boxes = wait.until(  # the open tab's upload box (each tab has its own), once the page has drawn it
+        lambda d: d.execute_script(
+            "return [...document.querySelectorAll('input[type=file]')]"
+            ".filter(e => e.closest('.tabitem') && e.closest('.tabitem').offsetParent !== null)"
+        )
+    )
+    boxes[0].send_keys(str(image))
+    wait.until(ec.presence_of_element_located((By.XPATH, f"//*[contains(text(), '{image.stem}')]")))
+    for _ in range(3):
+        button = wait.until(
+            lambda d: next(
+                (
+                    b
+                    for b in d.find_elements(By.TAG_NAME, "button")
+                    if b.text == button_text and b.get_attribute("role") != "tab" and b.is_displayed()
+                ),
+                None,
+            )
+        )
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+        button.click()
+        try:
+            WebDriverWait(browser, 60).until(done)
+            return
+        except TimeoutException:
+            continue
+    raise AssertionError(browser.find_element(By.TAG_NAME, "body").text[:600])
+
+
 def test_every_tab_at_1500_and_420_px(browser, app_url: str) -> None:
     """A screenshot per tab at both widths (artifacts/tab_*_{1500,420}.png); at 420 px every tab is a
     visible button (they wrap, none hides behind a menu), no page scrolls sideways, the Analyze panels
@@ -251,7 +289,6 @@ def test_an_analysis_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path
     legend in the product's colours, at most one optic disc, and the doubtful-fovea state of this
     synthetic photograph (the tiny test localizer cannot find its fovea) said instead of a grid."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     from models.constants import LESIONS
@@ -263,21 +300,13 @@ def test_an_analysis_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path
         browser.set_window_size(420, 1600)
         browser.get(app_url)
         wait = WebDriverWait(browser, 180)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))).send_keys(
-            str(image)
+        _upload_and_run(
+            browser,
+            wait,
+            image,
+            "Analyze",
+            lambda d: "DR grade" in d.find_element(By.ID, "analysis-summary").text,
         )
-        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'narrow_fundus')]")))
-        for _ in range(3):  # a click during the upload's registration is answered "No image uploaded"
-            button = wait.until(ec.element_to_be_clickable((By.ID, "analyze-button")))
-            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-            button.click()
-            try:
-                WebDriverWait(browser, 30).until(
-                    lambda d: "DR grade" in d.find_element(By.ID, "analysis-summary").text
-                )
-                break
-            except Exception:  # noqa: BLE001 (selenium's timeout: click again, as a user would)
-                continue
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#probabilities-panel .main-svg"))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lesions-panel .legend-item"))
         chart = browser.find_element(By.ID, "probabilities-panel")
@@ -307,7 +336,6 @@ def test_a_comparison_at_420_px_reads_whole(browser, app_url: str, tmp_path: Pat
     """Compare at 420 px: gallery captions wrap rather than end in "...", the curves chart keeps its
     labels and legend inside its panel, and the scores table says which way each score is better."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     image = tmp_path / "compare_fundus.png"
@@ -318,25 +346,13 @@ def test_a_comparison_at_420_px_reads_whole(browser, app_url: str, tmp_path: Pat
         browser.get(app_url)
         wait = WebDriverWait(browser, 180)
         _open_tab(browser, wait, "Compare explanations")
-        visible = browser.execute_script(  # the upload box of the open tab (each tab has its own)
-            "return [...document.querySelectorAll('input[type=file]')]"
-            ".filter(e => e.closest('.tabitem') && e.closest('.tabitem').offsetParent !== null)"
+        _upload_and_run(
+            browser,
+            wait,
+            image,
+            "Compare",
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#curves-panel .main-svg"),
         )
-        visible[0].send_keys(str(image))
-        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'compare_fundus')]")))
-        for _ in range(3):  # a click during the upload's registration is answered "No image uploaded"
-            button = wait.until(
-                lambda d: next(b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Compare")
-            )
-            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-            button.click()
-            try:
-                WebDriverWait(browser, 60).until(
-                    lambda d: d.find_elements(By.CSS_SELECTOR, "#curves-panel .main-svg")
-                )
-                break
-            except Exception:  # noqa: BLE001 (selenium's timeout: click again, as a user would)
-                continue
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#methods-gallery .caption-label")) >= 3)
         browser.execute_script("arguments[0].scrollIntoView();", browser.find_element(By.ID, "curves-panel"))
         browser.save_screenshot(str(ARTIFACTS / "compare_420.png"))
