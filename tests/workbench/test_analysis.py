@@ -56,6 +56,27 @@ def test_concurrent_analyses(tiny_workbench) -> None:
         assert np.allclose(a.dr_probabilities, b.dr_probabilities, atol=1e-5)
 
 
+def _assert_legends(analysis) -> None:
+    """Each overlay carries its key in the lower-left corner: a swatch of exactly each colour it uses."""
+    from models.constants import LESIONS
+    from workbench.render import DISC_COLOUR, DOUBT_COLOUR, FOVEA_COLOUR
+
+    def swatches(image: np.ndarray) -> np.ndarray:
+        corner = image[-image.shape[0] // 3 :, : image.shape[1] // 25]  # the swatch column of the key
+        return corner.reshape(-1, 3)
+
+    def has(image: np.ndarray, colour) -> bool:
+        return bool((swatches(image) == np.array(colour)).all(1).sum() >= 20)
+
+    lesions = lesion_overlay(analysis)
+    shown = [lesion for lesion in LESIONS if lesion.code in analysis.lesions]
+    assert shown and all(has(lesions, lesion.colour) for lesion in shown)
+    marks = landmarks_overlay(analysis)
+    fovea = DOUBT_COLOUR if analysis.fovea_doubt is not None else FOVEA_COLOUR
+    assert has(marks, DISC_COLOUR) and has(marks, fovea)
+    assert not has(analysis.crop, DISC_COLOUR)  # the check itself can fail
+
+
 def test_render_functions(tiny_workbench, synthetic_fundus) -> None:
     analysis = tiny_workbench.analyze(
         _loaded(synthetic_fundus.image), explain=["gradcam", "saliency"], target=ReferableTarget()
@@ -67,6 +88,7 @@ def test_render_functions(tiny_workbench, synthetic_fundus) -> None:
     ):
         assert image.dtype == np.uint8 and image.ndim == 3
     assert len(probability_figure(analysis).data) == 2
+    _assert_legends(analysis)
     from workbench.batch import score_analysis
 
     scores = score_analysis(tiny_workbench, analysis, ReferableTarget())
