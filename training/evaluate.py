@@ -24,6 +24,7 @@ from workbench.audit import LabelledImage, grade_images
 from workbench.fundus import prepare_fundus
 from workbench.idrid import IDRiD, load_mask
 from workbench.image_io import load_image
+from workbench.intervals import bootstrap_intervals
 from workbench.landmarks import place_landmarks
 from workbench.metrics import (
     PixelCurve,
@@ -46,7 +47,7 @@ from workbench.splits import split_names, split_train_val
 # the disc for landmark placement comes from the low-resolution segmenter (the disc needs no more)
 LANDMARK_SEGMENTER = "segmenter_lite0"
 
-__all__ = ["EVALUATORS", "evaluate", "record_in_card"]
+__all__ = ["EVALUATORS", "evaluate", "landmark_errors", "localization_records", "record_in_card"]
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +112,24 @@ def _segmentation(
     }
 
 
-def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
+def localization_records(dataset: IDRiD, split: str, seed: int = 0) -> list[Any]:
+    """The localization records of ``split`` ("val": the grading split's validation images)."""
     records = dataset.localization("test" if split == "test" else "train")
     if split != "test":
         val = set(split_train_val(dataset.grading("train"), 0.2, seed).val)
         keep = _select([r.name for r in records], val, split)
         records = [r for r in records if r.name in keep]
+    return records
+
+
+def landmark_errors(records: list[Any], model_name: str) -> dict[str, np.ndarray]:
+    """Per-image centre errors (4288-px frame) of the localizer as analyze uses it (one disc from the
+    landmark segmenter, fovea anatomy check): ``od``, ``fovea``, the detector's own ``raw_od`` /
+    ``raw_fovea``, and ``doubtful`` (the fovea flag). Paired comparisons of two localizers use these."""
     predictor = LocalizerPredictor(*load_model(model_name))
     segmenter = SegmenterPredictor(*load_model(LANDMARK_SEGMENTER))
     threshold = lesion_thresholds(segmenter_figures(segmenter.card.training))["OD"]
-    raw_od, raw_fovea, od_d, fovea_d, doubtful = [], [], [], [], []
+    out: dict[str, list] = {"raw_od": [], "raw_fovea": [], "od": [], "fovea": [], "doubtful": []}
     for record in tqdm(records, desc="localization", leave=False):
         image = load_image(record.image_path, min_side=segmenter.card.input_size)
         crop, transform, fov = crop_to_fov(image.rgb, GRADING_CROP, image.original_size)
@@ -136,17 +145,27 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
             transform=maps.transform,
         )
         width = np.array([image.original_size[1]])
-        raw_od.append(scaled_distances([marks.od_xy], [record.od_xy], width))
-        raw_fovea.append(scaled_distances([marks.fovea_xy], [record.fovea_xy], width))
-        od_d.append(scaled_distances([placed.od_xy], [record.od_xy], width))
-        fovea_d.append(scaled_distances([placed.fovea.xy], [record.fovea_xy], width))
-        doubtful.append(placed.fovea.doubt is not None)
-    fovea, flagged = np.concatenate(fovea_d), np.array(doubtful)
+        out["raw_od"].append(scaled_distances([marks.od_xy], [record.od_xy], width))
+        out["raw_fovea"].append(scaled_distances([marks.fovea_xy], [record.fovea_xy], width))
+        out["od"].append(scaled_distances([placed.od_xy], [record.od_xy], width))
+        out["fovea"].append(scaled_distances([placed.fovea.xy], [record.fovea_xy], width))
+        out["doubtful"].append(np.array([placed.fovea.doubt is not None]))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
+    errors = landmark_errors(localization_records(dataset, split, seed), model_name)
+    od, fovea, flagged = errors["od"], errors["fovea"], errors["doubtful"].astype(bool)
+
+    def means(rows: np.ndarray) -> dict[str, float]:
+        return {"od_mean_px": float(np.nanmean(od[rows])), "fovea_mean_px": float(np.nanmean(fovea[rows]))}
+
     return {
-        **localization_metrics(np.concatenate(od_d), fovea),
+        **localization_metrics(od, fovea),
+        "intervals": bootstrap_intervals(len(od), means),
         "pipeline": f"localizer, one disc from {LANDMARK_SEGMENTER} (its size: the disc diameter), fovea "
         "anatomy check (workbench.landmarks), as in analyze",
-        "detector_only": localization_metrics(np.concatenate(raw_od), np.concatenate(raw_fovea)),
+        "detector_only": localization_metrics(errors["raw_od"], errors["raw_fovea"]),
         "fovea_doubtful": int(flagged.sum()),
         "fovea_mean_px_trusted": float(fovea[~flagged].mean()) if (~flagged).any() else None,
         "fovea_mean_px_doubtful": float(fovea[flagged].mean()) if flagged.any() else None,

@@ -120,6 +120,20 @@ def test_localizer_beats_image_centre(real_idrid: Path) -> None:
 
 
 @pytest.mark.realdata
+def test_landmark_pipeline_errors_per_image(real_idrid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The localization evaluation as analyze places landmarks, per image (what paired comparisons of
+    two localizers use): one finite error per validation image, the disc within ~2 disc radii."""
+    from training.evaluate import landmark_errors, localization_records
+
+    monkeypatch.setenv("DRWB_WEIGHTS", str(SHIPPED_WEIGHTS_DIR))
+    records = localization_records(IDRiD(real_idrid), "val")[:2]
+    errors = landmark_errors(records, default_model("localizer", SHIPPED_WEIGHTS_DIR))
+    assert {len(v) for v in errors.values()} == {2}
+    assert np.isfinite(errors["od"]).all() and np.isfinite(errors["fovea"]).all()
+    assert np.median(errors["od"]) < 150 and errors["doubtful"].dtype == bool
+
+
+@pytest.mark.realdata
 def test_segmenter_beats_empty_mask(real_idrid: Path) -> None:
     records = IDRiD(real_idrid).segmentation("train")
     val = set(split_names([r.name for r in records], 0.2, 0).val)
