@@ -1,38 +1,12 @@
-"""Hugging Face Spaces entry point: launches the Gradio workbench.
+"""Hugging Face Spaces entry point: launches the Gradio workbench (``workbench.ui.serve``).
 
 Honours Gradio's own GRADIO_SERVER_NAME / GRADIO_SERVER_PORT and binds 127.0.0.1 unless told otherwise.
-``--data DIR`` or ``DRWB_DATA`` enables the dataset browser on an IDRiD-layout folder; the browser reads
-only that folder (it is added to ``allowed_paths``), uploads and the synthetic examples.
+``--data DIR`` or ``DRWB_DATA`` enables the dataset browser on an IDRiD-layout folder.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import tempfile
-from pathlib import Path
-
-import workbench  # noqa: F401  (offline environment before gradio is imported)
-from workbench.analysis import Workbench, profile_from_env
-from workbench.ui.gradio_app import APP_CSS, MAX_UPLOAD, build_demo
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="DR Workbench (Gradio)")
-    parser.add_argument("--data", default=os.environ.get("DRWB_DATA"), help="IDRiD-layout folder to browse")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    data_dir = Path(args.data) if args.data and Path(args.data).is_dir() else None
-    example_dir = tempfile.mkdtemp(prefix="drwb-examples-")
-    demo = build_demo(Workbench(profile=profile_from_env()), example_dir, data_dir)
-    demo.queue(max_size=32, default_concurrency_limit=1).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        max_file_size=MAX_UPLOAD,
-        css=APP_CSS,
-        allowed_paths=[example_dir] + ([str(data_dir)] if data_dir else []),
-    )
-
+from workbench.ui.serve import main
 
 if __name__ == "__main__":
     main()

@@ -162,7 +162,7 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
 
     return {
         **localization_metrics(od, fovea),
-        "intervals": bootstrap_intervals(len(od), means),
+        "ci95": bootstrap_intervals(len(od), means),  # the key every figure's interval goes under
         "pipeline": f"localizer, one disc from {LANDMARK_SEGMENTER} (its size: the disc diameter), fovea "
         "anatomy check (workbench.landmarks), as in analyze",
         "detector_only": localization_metrics(errors["raw_od"], errors["raw_fovea"]),

@@ -34,6 +34,7 @@ from workbench.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.explainers.budget import release_freed_memory
 from workbench.fundus import prepare_fundus
 from workbench.image_io import LoadedImage, load_image
+from workbench.inference import model_lock
 from workbench.landmarks import place_landmarks
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
 from workbench.quality import QualityReport
@@ -349,7 +350,8 @@ class Workbench:
             model = ExplainableModel(predictor.model, predictor.card)
             tensor = predictor.input_tensor(crop512)
         out = {}
-        with self._explain_lock:
+        # one explanation at a time (memory), and none while another session runs the same module
+        with self._explain_lock, model_lock(model.module):
             for method in methods:
                 out[method] = get_explainer(method).explain(model, tensor, target)
                 release_freed_memory()

@@ -19,6 +19,7 @@ from workbench.analysis import Workbench
 from workbench.explainers import ExplainableModel
 from workbench.explainers.budget import release_freed_memory
 from workbench.image_io import ImageLoadError
+from workbench.inference import model_lock
 from workbench.report import write_report
 from workbench.scoring import ExplanationScore, lesion_union_in_input, pointing_tolerance, score_heatmap
 from workbench.targets import GradeTarget, Target
@@ -101,7 +102,8 @@ def score_analysis(
     tolerance = pointing_tolerance(analysis.crop_transform, size)
     scores = {}
     for name, heat in analysis.heatmaps.items():
-        scores[name] = score_heatmap(model, tensor, heat, target, mask, tolerance=tolerance)
+        with model_lock(predictor.model):  # not while an explainer has hooks on it
+            scores[name] = score_heatmap(model, tensor, heat, target, mask, tolerance=tolerance)
         release_freed_memory()
     return scores
 

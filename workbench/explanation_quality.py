@@ -34,7 +34,6 @@ from workbench.explainers.captum_methods import make_baseline
 from workbench.targets import Target
 
 __all__ = [
-    "SCORE_COLUMNS",
     "Curves",
     "deletion_insertion",
     "has_evidence",
@@ -45,19 +44,6 @@ __all__ = [
     "relevance_rank",
     "spearman",
 ]
-
-# The score columns every face shows: title (with its direction) -> what it measures, in one line.
-SCORE_COLUMNS = {
-    "deletion AUC (lower is better)": "area under the target probability as the map's most relevant pixels "
-    "are removed first (replaced by a blurred copy): a faithful map makes it fall fast",
-    "insertion AUC (higher is better)": "area under the target probability as the most relevant pixels are "
-    "revealed first on the blurred copy: a faithful map makes it rise fast",
-    "pointing game (1 = hit)": "1 when the map's strongest pixel lies on a segmented lesion (or within 25 px "
-    "of one in a 4288-px-wide photograph), 0 when not",
-    "relevance mass (0-1, higher is better)": "share of the map's positive evidence that falls on lesions",
-    "relevance rank (0-1, higher is better)": "share of the map's top pixels (as many as there are lesion "
-    "pixels) that are lesion pixels",
-}
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,35 @@
 """Model inference helpers shared by the analysis layer, evaluation and training validation.
 
+``model_lock(module)`` is the one lock of a shared model: every forward pass of a server's models and
+every explanation holds it, because explainers set hooks on the module (Grad-CAM's activation hooks, the
+hook that starts its graph at the target layer) that would otherwise also fire on, and corrupt, another
+session's forward pass.
+
 ``predict_tiles`` runs a segmenter over a whole field-of-view crop by overlapping tiles blended with a
 raised-cosine window, so tile borders leave no seams and memory stays bounded at any resolution.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["blend_window", "predict_tiles", "tile_starts"]
+__all__ = ["blend_window", "model_lock", "predict_tiles", "tile_starts"]
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(module: nn.Module) -> threading.RLock:
+    """The re-entrant lock of ``module`` (one per module object, created on first use)."""
+    with _LOCKS_GUARD:
+        if module not in _LOCKS:
+            _LOCKS[module] = threading.RLock()
+        return _LOCKS[module]
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

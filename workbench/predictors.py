@@ -28,7 +28,7 @@ from models.localizer import decode_landmarks
 from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
 from models.registry import load_model
 from workbench.image_io import LoadedImage
-from workbench.inference import predict_tiles
+from workbench.inference import model_lock, predict_tiles
 
 __all__ = [
     "GraderPredictor",
@@ -72,7 +72,8 @@ class GraderPredictor:
         One image per forward: on this project's CPUs a batch of 16 at 448 px costs 2.3x more per image
         than single images (measured: 176 vs 75 ms), the activations no longer fitting in cache.
         """
-        logits = torch.cat([self.model(_batch([crop], self.card)) for crop in crops512]).float()
+        with model_lock(self.model):  # explainers hook this module (workbench.inference.model_lock)
+            logits = torch.cat([self.model(_batch([crop], self.card)) for crop in crops512]).float()
         num_dr = self.card.num_classes
         return torch.softmax(logits[:, :num_dr], 1).numpy(), torch.softmax(logits[:, num_dr:], 1).numpy()
 
@@ -116,7 +117,8 @@ class SegmenterPredictor:
         crop, transform = crop_for(image, self.input_size)
         tensor = torch.from_numpy(normalise(crop, self.card.mean, self.card.std))
         del crop
-        probs = predict_tiles(self.model, tensor, self.tile, self.overlap)
+        with model_lock(self.model):  # lesion targets are explained on this module
+            probs = predict_tiles(self.model, tensor, self.tile, self.overlap)
         for code, channel in taken.items():
             # the donor segmented the same field-of-view square at its own size: resize onto this crop
             size = probs.shape[:0:-1]

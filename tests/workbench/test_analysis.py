@@ -56,6 +56,38 @@ def test_concurrent_analyses(tiny_workbench) -> None:
         assert np.allclose(a.dr_probabilities, b.dr_probabilities, atol=1e-5)
 
 
+def test_explanations_are_not_disturbed_by_other_sessions_forward_passes(tiny_workbench) -> None:
+    """Grad-CAM hooks the shared grader; another session grading at the same time must neither fire
+    those hooks (a wrong map, or an inference-mode error) nor be refused: both wait on the model's lock."""
+    import threading
+
+    from workbench.targets import GradeTarget
+
+    crop = tiny_workbench.analyze(_loaded(make_fundus(5, size=(356, 536)).image)).crop
+    reference = tiny_workbench.explain(crop, ["gradcam"], GradeTarget(2))["gradcam"].values
+    others = [_loaded(make_fundus(seed, size=(356, 536)).image) for seed in range(6, 9)]
+    stop, errors = threading.Event(), []
+
+    def grade_meanwhile() -> None:
+        try:
+            while not stop.is_set():
+                for image in others:
+                    tiny_workbench.grader.predict([tiny_workbench.analyze(image).crop])
+        except Exception as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    worker = threading.Thread(target=grade_meanwhile)
+    worker.start()
+    try:
+        maps = [tiny_workbench.explain(crop, ["gradcam"], GradeTarget(2))["gradcam"].values for _ in range(8)]
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors
+    for values in maps:
+        np.testing.assert_allclose(values, reference, atol=1e-5)
+
+
 def _assert_legends(analysis) -> None:
     """Each overlay carries its key in the lower-left corner: a swatch of exactly each colour it uses."""
     from models.constants import LESIONS

@@ -1,7 +1,8 @@
 """The Gradio app as analysts meet it: its own process, all shipped models, driven over HTTP.
 
-``bench_server`` starts ``app.py`` on 127.0.0.1, times one ``/compare`` alone (the issue's four methods:
-attention, gradcam++, integrated_gradients, occlusion), then lets ``analysts`` gradio_client sessions at
+``bench_server`` starts the served app (``python -m workbench.ui.serve``, what ``app.py`` runs) on
+127.0.0.1, times one ``/compare`` alone (the issue's four methods: attention, gradcam++,
+integrated_gradients, occlusion), then lets ``analysts`` gradio_client sessions at
 once each run ``/analyze`` and that ``/compare``, and reads the server's peak RSS (VmHWM) at the end.
 The app's queue (concurrency limits per event) is what bounds memory under load; this measures it.
 """
@@ -13,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +23,6 @@ from pathlib import Path
 __all__ = ["COMPARE_METHODS", "bench_server"]
 
 COMPARE_METHODS = ["attention", "gradcam++", "integrated_gradients", "occlusion"]
-_APP = Path(__file__).resolve().parents[2] / "app.py"
 _START_TIMEOUT_S = 300
 
 
@@ -31,17 +32,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_serving(url: str, server: subprocess.Popen) -> None:
+def _wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + _START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"app.py exited with code {server.returncode} before serving")
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the app exited with code {server.returncode} before serving:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=5):
                 return
         except OSError:
             time.sleep(1)
-    raise TimeoutError(f"app.py did not serve {url} within {_START_TIMEOUT_S} s")
+    raise TimeoutError(f"the app did not serve {url} within {_START_TIMEOUT_S} s (log: {log})")
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -71,11 +73,13 @@ def bench_server(image_path: Path, repeats: int, analysts: int = 8) -> dict[str,
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
-    server = subprocess.Popen(
-        [sys.executable, str(_APP)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = Path(tempfile.mkstemp(prefix="drwb-bench-server-", suffix=".log")[1])
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "workbench.ui.serve"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     try:
-        _wait_until_serving(url, server)
+        _wait_until_serving(url, server, log)
         client = Client(url, verbose=False)
         client.predict(handle_file(str(image_path)), False, api_name="/analyze")  # warm the models
         alone = []

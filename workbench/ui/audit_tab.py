@@ -17,7 +17,7 @@ from workbench.analysis import Workbench
 from workbench.audit import LabelsError, read_labels, run_audit, write_audit_report
 from workbench.audit.labels import IMAGE_SUFFIXES
 from workbench.audit.report import audit_plots
-from workbench.ui.handlers import MODEL_WORK, NARROW_PX
+from workbench.ui.handlers import LONG_WORK, NARROW_PX
 
 __all__ = ["MAX_ZIP_MEMBERS", "audit", "build_audit_tab"]
 
@@ -145,5 +145,5 @@ def build_audit_tab(workbench: Workbench, data_dir: Path | None) -> None:
         [archive, labels, folder],
         [summary, roc, reliability, confusion, recall, html_out, csv_out, figures],
         api_name="audit",
-        **MODEL_WORK,
+        **LONG_WORK,
     )

@@ -12,23 +12,27 @@ import logging
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 from PIL import Image
 
 from models.enhance import ENHANCEMENTS
 from models.registry import list_shipped
 from workbench.analysis import Workbench
 from workbench.explainers import EXPLAINERS
-from workbench.explanation_quality import SCORE_COLUMNS
-from workbench.fundus import prepare_fundus
-from workbench.image_io import ImageLoadError, load_image
 from workbench.model_table import grader_label
-from workbench.quality import QualityThresholds
 from workbench.render import LESION_COLOUR_MAP
 from workbench.report import LESION_COLUMNS
+from workbench.scoring import SCORE_COLUMNS
 from workbench.synthetic import make_fundus
 from workbench.ui.audit_tab import build_audit_tab
-from workbench.ui.handlers import BATCH_COLUMNS, MODEL_WORK, NARROW_PX, NO_UPLOAD, TARGET_CHOICES, Handlers
+from workbench.ui.handlers import (
+    BATCH_COLUMNS,
+    LONG_WORK,
+    MODEL_WORK,
+    NARROW_PX,
+    TARGET_CHOICES,
+    Handlers,
+)
+from workbench.ui.inspect import inspect_fundus
 
 __all__ = ["APP_CSS", "MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 
@@ -45,60 +49,6 @@ APP_CSS = (
     " #methods-gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%;"
     " left: var(--block-label-margin); }"
 )
-
-
-ENHANCEMENT_NOTES = {
-    "none": "the field-of-view crop as the models see it",
-    "ben_graham": "local average colour subtracted (Ben Graham, Kaggle DR 2015): evens out illumination, "
-    "makes small dark and bright lesions stand out; for looking only, the models never see it",
-    "clahe": "contrast-limited adaptive histogram equalisation of lightness only (hues kept): brings out "
-    "detail in dark or flat regions; for looking only, the models never see it",
-}
-# measure -> (limit field of QualityThresholds, "min" or "max", what it is)
-_MEASURE_LIMITS = {
-    "fov_area": ("min_fov_area", "min", "share of the image inside the field of view"),
-    "fill_ratio": ("min_fill_ratio", "min", "how round and filled the field of view is"),
-    "mean_luminance": ("min_mean_luminance", "min", "mean brightness inside the field (0-255)"),
-    "overexposed_fraction": ("max_overexposed_fraction", "max", "share of saturated pixels"),
-    "contrast": ("min_contrast", "min", "green-channel standard deviation"),
-    "focus": ("min_focus", "min", "variance of the Laplacian of the green channel (sharpness)"),
-    "red_dominance": ("min_red_dominance", "min", "red over the other channels: a fundus is red"),
-}
-
-
-def inspect_fundus(path: str | None, enhancement: str, min_side: int = 512) -> tuple[np.ndarray, str]:
-    """Load an uploaded file, crop its field of view, judge quality; the ``/inspect`` endpoint.
-
-    ``min_side`` is the decoding size; the app passes the one its analyses decode at, so the quality
-    measures (focus above all) are the numbers Analyze judged the photograph by.
-    """
-    if not path:
-        raise gr.Error(NO_UPLOAD)
-    if enhancement not in ENHANCEMENTS:
-        raise gr.Error(f"unknown enhancement {enhancement!r}; valid: {', '.join(ENHANCEMENTS)}")
-    try:
-        image = load_image(path, min_side=min_side)
-    except ImageLoadError as exc:
-        raise gr.Error(str(exc)) from exc
-    prepared = prepare_fundus(image, 512)
-    quality = prepared.quality
-    verdict = "Gradeable" if quality.gradeable else "NOT gradeable: " + "; ".join(quality.reasons)
-    limits = QualityThresholds()
-    rows = ["| measure | value | limit | what it is |", "| --- | --- | --- | --- |"]
-    for key, value in quality.measures.items():
-        field, kind, meaning = _MEASURE_LIMITS.get(key, (None, "", key))
-        limit = f"{'>=' if kind == 'min' else '<='} {getattr(limits, field):g}" if field else ""
-        rows.append(f"| {key} | {value:.2f} | {limit} | {meaning} |")
-    lines = [
-        f"**Quality:** {verdict}",
-        f"**Original size:** {image.original_size[1]} x {image.original_size[0]} px ({image.source_format}, "
-        f"{image.source_mode})",
-        f"**Field of view:** centre ({prepared.fov.cx:.0f}, {prepared.fov.cy:.0f}), "
-        f"radius {prepared.fov.radius:.0f} px",
-        f"**Enhancement:** {enhancement}: {ENHANCEMENT_NOTES.get(enhancement, '')}",
-        "\n".join(rows),
-    ]
-    return ENHANCEMENTS[enhancement](prepared.crop), "\n\n".join(lines)
 
 
 def write_examples(folder: str | Path) -> list[str]:
@@ -285,7 +235,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 csv_out = gr.File(label="summary.csv")
                 zip_out = gr.File(label="HTML reports (zip)")
                 run_batch.click(
-                    handlers.batch, files, [table, csv_out, zip_out], api_name="batch", **MODEL_WORK
+                    handlers.batch, files, [table, csv_out, zip_out], api_name="batch", **LONG_WORK
                 )
             with gr.Tab("Audit"):
                 build_audit_tab(workbench, data_dir)

@@ -40,6 +40,7 @@ from workbench.targets import GradeTarget, parse_target
 __all__ = [
     "BATCH_COLUMNS",
     "Handlers",
+    "LONG_WORK",
     "MODEL_WORK",
     "NARROW_PX",
     "NO_UPLOAD",
@@ -54,10 +55,13 @@ BATCH_COLUMNS = ["file", "status", "gradeable", "DR grade", "referable DR", "DME
 NO_UPLOAD = "No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP)."
 PREVIEW_SIDE = 320
 NARROW_PX = 360  # panels side by side need this much each; on a narrower window they stack
-# Every event that runs the models (analyze, compare, browse, batch, audit) shares one queue group of
-# two: the models already use both cores, and the group bounds the server's memory under many analysts
-# (`drwb bench --only server`: with separate limits three such jobs ran at once and peaked at 2.70 GB).
+# The interactive events that run the models (analyze, compare, both dataset browsers) share one queue
+# group of two: the models already use both cores, and the group bounds the server's memory under many
+# analysts (`drwb bench --only server`: with separate limits three such jobs ran at once, 2.70 GB peak).
+# Batch and audit (minutes) get their own group of one, so they never hold every interactive slot; while
+# one runs, at most three model jobs run at once.
 MODEL_WORK: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 2}
+LONG_WORK: dict[str, Any] = {"concurrency_id": "long", "concurrency_limit": 1}
 
 
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
