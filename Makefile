@@ -36,7 +36,7 @@ clean-venv:
 # The grader is 5-fold cross-validated: its card holds out-of-fold figures (no validation split).
 TRAIN := $(BIN)/drwb train
 models: $(STAMP)
-	$(TRAIN) localizer --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 256 --epochs 10 --lr 0.001 --ship --ship-name localizer_lite0
+	$(TRAIN) localizer --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 384 --epochs 30 --lr 0.001 --select last --run-name localizer_384 --ship --ship-name localizer_lite0
 	$(TRAIN) segmenter --backbone tf_efficientnet_lite0 --data $(DATA) --tile 384 --batch-size 4 --epochs 10 --lr 0.001 --ship --ship-name segmenter_lite0
 	$(BIN)/drwb prepare-guides --data $(DATA)
 	$(TRAIN) grader --folds 5 --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 448 --freeze-blocks 1 --sampling sqrt --ordinal-weight 0.5 --epochs 20 --batch-size 16 --lr 1e-3 --guides cache/guides_512.npz --attention-weight 0.5 --unlabelled --run-name grader_lite0_att --ship --ship-name grader_lite0
