@@ -19,11 +19,9 @@ import gradio as gr
 import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
-from workbench.analysis import RELIABILITY_FLOOR, Analysis, LesionSummary, Workbench
+from workbench.analysis import Analysis, Workbench
 from workbench.batch import score_analysis
-from workbench.idrid import IDRiD, load_mask, seg_to_grading
 from workbench.image_io import ImageLoadError, LoadedImage, load_image
-from workbench.metrics import mask_dice, scaled_distances
 from workbench.model_table import models_markdown
 from workbench.render import (
     curves_figure,
@@ -34,8 +32,9 @@ from workbench.render import (
     probability_figure,
 )
 from workbench.report import analysis_to_dict, lesion_rows, write_report
-from workbench.scoring import original_masks_to_crop
 from workbench.targets import GradeTarget, parse_target
+from workbench.ui.browse import BrowseHandlers
+from workbench.ui.summary import summary_markdown
 
 __all__ = [
     "BATCH_COLUMNS",
@@ -79,73 +78,7 @@ TARGET_CHOICES: list[tuple[str, str]] = (
 )
 
 
-def _dice_markdown(analysis: Analysis, masks: dict[str, np.ndarray]) -> str:
-    """Per-image Dice of each annotated type: the predicted mask against the annotation, both in the
-    segmenter's crop frame (the annotation resampled there; the mask as analyze thresholds it)."""
-    if analysis.lesion_transform is None:
-        return ""
-    truth = original_masks_to_crop(masks, analysis.lesion_transform)
-    rows = ["| lesion | Dice on this image | validated AUPR |", "| --- | --- | --- |"]
-    for lesion in LESIONS:
-        if lesion.code not in truth or lesion.code not in analysis.lesions:
-            continue
-        dice = mask_dice(analysis.lesions[lesion.code].mask, truth[lesion.code] >= 0.5)
-        reliability = analysis.lesion_reliability.get(lesion.code)
-        aupr = f"{reliability.aupr:.2f}" if reliability and reliability.aupr is not None else "n/a"
-        rows.append(f"| {lesion.name} | {'n/a' if dice is None else f'{dice:.2f}'} | {aupr} |")
-    return "\n".join(rows)
-
-
-def _summary_markdown(analysis: Analysis) -> str:
-    if not analysis.graded:
-        return "## Not gradeable\n" + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
-    referable = "**REFERABLE**" if analysis.referable else "not referable"
-    grade_p = float(analysis.dr_probabilities[analysis.dr_grade])
-    dme_p = float(analysis.dme_probabilities[analysis.dme_grade])
-    lines = [
-        f"## DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
-        f"{grade_p:.2f}) · {referable} (referable probability {analysis.referable_probability:.2f})",
-        f"**DME risk {analysis.dme_grade}** ({DME_NAMES[analysis.dme_grade].split(' (')[0]}, "
-        f"probability {dme_p:.2f})",
-        f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
-    ]
-    if analysis.fovea_doubt is not None:
-        lines.append(
-            f"**Fovea doubtful** ({analysis.fovea_doubt}): ETDRS grid, lesions by region and the DME rule "
-            "check are not available for this image."
-        )
-    elif analysis.dme_check is not None:
-        check = analysis.dme_check
-        where = (
-            "no exudates found"
-            if check.nearest_exudate_dd is None
-            else f"nearest exudate {check.nearest_exudate_dd:.2f} disc diameters from the fovea"
-        )
-        verdict = "agrees" if check.agrees else "**DISAGREES**"
-        lines.append(
-            f"**DME rule check (IDRiD definition):** rule says {check.grade} ({where}); grader says "
-            f"{check.grader_grade}: {verdict}"
-        )
-    fovea_state = "doubtful" if analysis.fovea_doubt else "trusted"
-    disc_doubt = f" (doubtful: {analysis.od_doubt})" if analysis.od_doubt else ""
-    lines.append(
-        f"**Optic disc** ({analysis.od_xy[0]:.0f}, {analysis.od_xy[1]:.0f}) px, confidence "
-        f"{analysis.od_confidence:.2f}{disc_doubt}; "
-        f"**fovea** ({analysis.fovea_xy[0]:.0f}, {analysis.fovea_xy[1]:.0f}) px, detector confidence "
-        f"{analysis.fovea_confidence:.2f}, {fovea_state}"
-    )
-    unreliable = [r.code for r in analysis.lesion_reliability.values() if not r.reliable and r.code != "OD"]
-    if unreliable:
-        lines.append(
-            f"**Unreliable lesion types:** {', '.join(unreliable)} (validated AUPR below "
-            f"{RELIABILITY_FLOOR:.2f}): their counts and areas are shown greyed and are not findings."
-        )
-    timing = ", ".join(f"{k} {v:.0f} ms" for k, v in analysis.timings_ms.items())
-    lines.append(f"<small>Timings: {timing}</small>")
-    return "\n\n".join(lines)
-
-
-class Handlers:
+class Handlers(BrowseHandlers):
     """Bound to one shared ``Workbench`` (module scope in ``app.py``) and an optional IDRiD folder."""
 
     def __init__(self, workbench: Workbench, data_dir: Path | None = None) -> None:
@@ -201,11 +134,11 @@ class Handlers:
         analysis = self._load(path, force)
         data = analysis_to_dict(analysis)
         if not analysis.graded:
-            return _summary_markdown(analysis), None, None, None, [], data
+            return summary_markdown(analysis), None, None, None, [], data
         rows = lesion_rows(analysis)
         annotated = lesion_annotations(analysis)
         grid = landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"], legend=False))
-        return _summary_markdown(analysis), probability_figure(analysis), annotated, grid, rows, data
+        return summary_markdown(analysis), probability_figure(analysis), annotated, grid, rows, data
 
     # /compare ---------------------------------------------------------------------------------------
     def compare(
@@ -247,97 +180,6 @@ class Handlers:
         if not overlays or left not in overlays or right not in overlays:
             raise gr.Error("Run a comparison first, then pick two of its images.")
         return overlays[left], overlays[right]
-
-    # /browse ----------------------------------------------------------------------------------------
-    def _records(self, part: str) -> list[Any]:
-        """The training records of one IDRiD part ("segmentation" or "grading"); [] without a folder."""
-        return getattr(IDRiD(self.data_dir), part)("train") if self.data_dir is not None else []
-
-    def _record(self, part: str, name: str) -> Any:
-        if self.data_dir is None:
-            raise gr.Error("No IDRiD folder configured (start the app with --data or DRWB_DATA).")
-        records = {r.name: r for r in self._records(part)}
-        if name not in records:
-            raise gr.Error(f"{name!r} is not a {part} image of the configured IDRiD folder")
-        return records[name]
-
-    def dataset_names(self) -> list[str]:
-        return [r.name for r in self._records("segmentation")]
-
-    def browse(self, name: str) -> tuple[Any, ...]:
-        record = self._record("segmentation", name)
-        analysis = self._load(str(record.image_path), force=True)
-        masks = {c: load_mask(p) for c, p in record.mask_paths.items() if p is not None}
-        in_crop = original_masks_to_crop(masks, analysis.crop_transform)
-        # The ground truth drawn by the same renderer: an Analysis whose lesions are the annotated masks.
-        truth = replace(
-            analysis,
-            lesions={
-                c: LesionSummary(c, 0, 0.0, m, m.astype(np.float16), np.zeros((0, 2)))
-                for c, m in in_crop.items()
-            },
-        )
-        annotated = (
-            "Annotated: "
-            + ", ".join(record.annotated)
-            + "; not annotated: "
-            + (", ".join(c for c in record.mask_paths if c not in record.annotated) or "none")
-        )
-        return (
-            lesion_overlay(truth),
-            lesion_overlay(analysis),
-            "\n\n".join([_summary_markdown(analysis), self._truth_markdown(name), annotated])
-            + "\n\n"
-            + _dice_markdown(analysis, masks),
-        )
-
-    def _truth_markdown(self, name: str) -> str:
-        """IDRiD's own grades for a segmentation photograph that is also a grading image."""
-        grading_name = seg_to_grading(self.data_dir).get(name) if self.data_dir else None
-        grades = {r.name: r for r in IDRiD(self.data_dir).grading("train")} if grading_name else {}
-        if grading_name not in grades:
-            return "**Ground-truth grades:** not available (not one of IDRiD's grading images)"
-        truth = grades[grading_name]
-        return (
-            f"**Ground-truth grades** (IDRiD grading image {grading_name}): DR {truth.dr_grade} "
-            f"({DR_GRADE_NAMES[truth.dr_grade]}), DME risk {truth.dme_grade}"
-        )
-
-    # /browse_graded ---------------------------------------------------------------------------------
-    def grading_names(self) -> list[str]:
-        return [r.name for r in self._records("grading")]
-
-    def browse_graded(self, name: str) -> tuple[Any, ...]:
-        """A grading photograph: predicted grades and landmarks beside IDRiD's (grades, disc, fovea)."""
-        record = self._record("grading", name)
-        dataset = IDRiD(self.data_dir)
-        has_marks = dataset.has_split("localization", "train")
-        mark = {r.name: r for r in dataset.localization("train")}.get(name) if has_marks else None
-        analysis = self._load(str(record.image_path), force=True)
-        truth = (mark.od_xy, mark.fovea_xy) if mark is not None else None
-        lines = [
-            _summary_markdown(analysis),
-            "",
-            "| | predicted | IDRiD |",
-            "| --- | --- | --- |",
-            f"| DR grade | {analysis.dr_grade} | {record.dr_grade} ({DR_GRADE_NAMES[record.dr_grade]}) |",
-            f"| DME risk | {analysis.dme_grade} | {record.dme_grade} |",
-        ]
-        width = analysis.original_size[1]
-        for label, predicted, annotated in (
-            ("optic-disc centre", analysis.od_xy, mark.od_xy if mark else None),
-            ("fovea centre", analysis.fovea_xy, mark.fovea_xy if mark else None),
-        ):
-            if predicted is None or annotated is None:
-                error = "n/a"
-            else:
-                error = (
-                    f"{float(scaled_distances([predicted], [annotated], np.array([width]))[0]):.0f} px off"
-                )
-            lines.append(
-                f"| {label} | {error} (in a 4288-px-wide frame) | {'annotated' if annotated else 'none'} |"
-            )
-        return landmarks_overlay(analysis, truth=truth), "\n".join(lines)
 
     # /batch -----------------------------------------------------------------------------------------
     def batch(

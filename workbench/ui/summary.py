@@ -1,0 +1,58 @@
+"""The headline of an analysis as Markdown: grade and referable probabilities (each named), DME, quality,
+landmarks and their doubt, unreliable lesion types, stage timings. Shared by Analyze and both browsers."""
+
+from __future__ import annotations
+
+from models.constants import DME_NAMES, DR_GRADE_NAMES
+from workbench.analysis import RELIABILITY_FLOOR, Analysis
+
+__all__ = ["summary_markdown"]
+
+
+def summary_markdown(analysis: Analysis) -> str:
+    if not analysis.graded:
+        return "## Not gradeable\n" + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
+    referable = "**REFERABLE**" if analysis.referable else "not referable"
+    grade_p = float(analysis.dr_probabilities[analysis.dr_grade])
+    dme_p = float(analysis.dme_probabilities[analysis.dme_grade])
+    lines = [
+        f"## DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
+        f"{grade_p:.2f}) · {referable} (referable probability {analysis.referable_probability:.2f})",
+        f"**DME risk {analysis.dme_grade}** ({DME_NAMES[analysis.dme_grade].split(' (')[0]}, "
+        f"probability {dme_p:.2f})",
+        f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
+    ]
+    if analysis.fovea_doubt is not None:
+        lines.append(
+            f"**Fovea doubtful** ({analysis.fovea_doubt}): ETDRS grid, lesions by region and the DME rule "
+            "check are not available for this image."
+        )
+    elif analysis.dme_check is not None:
+        check = analysis.dme_check
+        where = (
+            "no exudates found"
+            if check.nearest_exudate_dd is None
+            else f"nearest exudate {check.nearest_exudate_dd:.2f} disc diameters from the fovea"
+        )
+        verdict = "agrees" if check.agrees else "**DISAGREES**"
+        lines.append(
+            f"**DME rule check (IDRiD definition):** rule says {check.grade} ({where}); grader says "
+            f"{check.grader_grade}: {verdict}"
+        )
+    fovea_state = "doubtful" if analysis.fovea_doubt else "trusted"
+    disc_doubt = f" (doubtful: {analysis.od_doubt})" if analysis.od_doubt else ""
+    lines.append(
+        f"**Optic disc** ({analysis.od_xy[0]:.0f}, {analysis.od_xy[1]:.0f}) px, confidence "
+        f"{analysis.od_confidence:.2f}{disc_doubt}; "
+        f"**fovea** ({analysis.fovea_xy[0]:.0f}, {analysis.fovea_xy[1]:.0f}) px, detector confidence "
+        f"{analysis.fovea_confidence:.2f}, {fovea_state}"
+    )
+    unreliable = [r.code for r in analysis.lesion_reliability.values() if not r.reliable and r.code != "OD"]
+    if unreliable:
+        lines.append(
+            f"**Unreliable lesion types:** {', '.join(unreliable)} (validated AUPR below "
+            f"{RELIABILITY_FLOOR:.2f}): their counts and areas are shown greyed and are not findings."
+        )
+    timing = ", ".join(f"{k} {v:.0f} ms" for k, v in analysis.timings_ms.items())
+    lines.append(f"<small>Timings: {timing}</small>")
+    return "\n\n".join(lines)
