@@ -246,6 +246,23 @@ def _upload_and_run(browser, wait, image: Path, button_text: str, done) -> None:
     raise AssertionError(browser.find_element(By.TAG_NAME, "body").text[:600])
 
 
+def _fundus_file(path: Path, seed: int, dr_grade: int, dme_grade: int) -> Path:
+    Image.fromarray(make_fundus(seed, size=(712, 1072), dr_grade=dr_grade, dme_grade=dme_grade).image).save(
+        path
+    )
+    return path
+
+
+def _open_at_420(browser, app_url: str):
+    """The app in a 420-px-wide window (the caller's ``finally`` restores the size); a 180-s wait."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.set_window_size(420, 1600)
+    browser.get(app_url)
+    return WebDriverWait(browser, 180)
+
+
 def test_every_tab_at_1500_and_420_px(browser, app_url: str) -> None:
     """A screenshot per tab at both widths (artifacts/tab_*_{1500,420}.png); at 420 px every tab is a
     visible button (they wrap, none hides behind a menu), no page scrolls sideways, the Analyze panels
@@ -289,17 +306,12 @@ def test_an_analysis_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path
     legend in the product's colours, at most one optic disc, and the doubtful-fovea state of this
     synthetic photograph (the tiny test localizer cannot find its fovea) said instead of a grid."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from models.constants import LESIONS
 
-    image = tmp_path / "narrow_fundus.png"
-    Image.fromarray(make_fundus(9, size=(712, 1072), dr_grade=3, dme_grade=2).image).save(image)
-    ARTIFACTS.mkdir(exist_ok=True)
+    image = _fundus_file(tmp_path / "narrow_fundus.png", seed=9, dr_grade=3, dme_grade=2)
     try:
-        browser.set_window_size(420, 1600)
-        browser.get(app_url)
-        wait = WebDriverWait(browser, 180)
+        wait = _open_at_420(browser, app_url)
         _upload_and_run(
             browser,
             wait,
@@ -336,15 +348,10 @@ def test_a_comparison_at_420_px_reads_whole(browser, app_url: str, tmp_path: Pat
     """Compare at 420 px: gallery captions wrap rather than end in "...", the curves chart keeps its
     labels and legend inside its panel, and the scores table says which way each score is better."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    image = tmp_path / "compare_fundus.png"
-    Image.fromarray(make_fundus(11, size=(712, 1072), dr_grade=2, dme_grade=1).image).save(image)
-    ARTIFACTS.mkdir(exist_ok=True)
+    image = _fundus_file(tmp_path / "compare_fundus.png", seed=11, dr_grade=2, dme_grade=1)
     try:
-        browser.set_window_size(420, 1600)
-        browser.get(app_url)
-        wait = WebDriverWait(browser, 180)
+        wait = _open_at_420(browser, app_url)
         _open_tab(browser, wait, "Compare explanations")
         _upload_and_run(
             browser,

@@ -47,10 +47,12 @@ def _wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
 
 
 def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not found (Linux only)")
+    from workbench.explainers.budget import status_mb
+
+    peak = status_mb("VmHWM", pid)
+    if peak is None:
+        raise RuntimeError(f"no VmHWM for process {pid} (Linux only)")
+    return peak
 
 
 def _session(url: str, image: Path) -> dict[str, float]:

@@ -75,11 +75,12 @@ class Explainer(Protocol):
 
 @contextmanager
 def frozen_weights(module: nn.Module) -> Iterator[None]:
-    """No weight gradients inside the block: every explainer needs gradients of the input or of an
-    activation only, and with trainable weights each backward pass also computes every weight gradient
-    (about half its cost). Shipped models are loaded frozen (``load_model``), so this only toggles
-    modules built elsewhere (tests, a model being trained); the flags are restored afterwards. Not
-    thread-safe by itself: callers hold the module's ``workbench.inference.model_lock``."""
+    """No weight gradients inside the block, for libraries that call ``loss.backward()`` (pytorch-grad-cam):
+    with trainable weights that computes, and accumulates into ``.grad``, every weight gradient although
+    the map needs none. (captum takes ``torch.autograd.grad`` of the input alone, which skips them.)
+    Shipped models are loaded frozen (``load_model``), so this only toggles modules built elsewhere
+    (tests, a model being trained); the flags are restored afterwards. Not thread-safe by itself:
+    callers hold the module's ``workbench.inference.model_lock``."""
     trainable = [p for p in module.parameters() if p.requires_grad]
     for parameter in trainable:
         parameter.requires_grad_(False)

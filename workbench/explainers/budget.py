@@ -38,6 +38,7 @@ __all__ = [
     "peak_rss_mb",
     "release_freed_memory",
     "sample_activation_bytes",
+    "status_mb",
 ]
 
 DEFAULT_BUDGET_MB = 512
@@ -87,9 +88,10 @@ def batch_for_budget(module: nn.Module, size: int, backward: bool, cap: int = 64
     return int(max(1, min(cap, budget_bytes() // per_sample)))
 
 
-def _status_mb(field: str) -> float | None:
+def status_mb(field: str, pid: int | str = "self") -> float | None:
+    """A memory field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``...) in MB; None where unreadable."""
     try:
-        for line in open("/proc/self/status").read().splitlines():
+        for line in open(f"/proc/{pid}/status").read().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -99,7 +101,7 @@ def _status_mb(field: str) -> float | None:
 
 def current_rss_mb() -> float:
     """This process's resident memory now in MB (``VmRSS``; 0 where /proc is missing)."""
-    return _status_mb("VmRSS") or 0.0
+    return status_mb("VmRSS") or 0.0
 
 
 def peak_rss_mb() -> float:
@@ -108,7 +110,7 @@ def peak_rss_mb() -> float:
     Not ``getrusage().ru_maxrss``: Linux keeps that across ``exec``, so a child started from a large
     parent (a test runner, a server) reports the parent's size.
     """
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     if peak is not None:
         return peak
     import resource

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from captum.attr import GradientShap, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 
 from workbench.explainers import register_explainer
-from workbench.explainers.base import ExplainableModel, Heatmap, frozen_weights, to_input_size
+from workbench.explainers.base import ExplainableModel, Heatmap, to_input_size
 from workbench.explainers.budget import batch_for_budget
 from workbench.targets import Target
 
@@ -76,7 +76,7 @@ class CaptumExplainer:
                 attribution, signed = self._occlusion(forward, model, image.detach())
         else:
             image = image.detach().clone().requires_grad_(True)
-            with frozen_weights(module), torch.enable_grad():  # input gradients only
+            with torch.enable_grad():
                 attribution, signed = self._attribute(forward, model, image)
         reduced = attribution.sum(dim=1)[0] if signed else attribution.abs().amax(dim=1)[0]
         values = to_input_size(reduced.detach(), image.shape[-1])
