@@ -1,12 +1,19 @@
 """Optic-disc and fovea localizer by heatmap regression.
 
-A small smp U-Net (``tf_efficientnet_lite0`` encoder, offline ImageNet init) maps the 256-px field-of-view
-crop to two heatmaps, one Gaussian per landmark. ``decode_heatmaps`` turns them into sub-pixel centres (a
+A small smp U-Net (``tf_efficientnet_lite0`` encoder, offline ImageNet init) maps the field-of-view crop
+to two heatmaps, one Gaussian per landmark. ``decode_heatmaps`` turns them into sub-pixel centres (a
 soft-argmax in a window around the peak) and a confidence (the peak's sigmoid height), so a missing or
 occluded landmark reads as low confidence instead of a confident wrong point.
+
+The fovea is then chosen with anatomy (``decode_landmarks``): with a ``LandmarkPrior`` in the card (where
+the fovea lies relative to the disc, fitted on the training split's annotated centres), the peak is the
+most probable point under heatmap x prior; without one, the highest peak in an annulus around the disc.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
@@ -14,11 +21,88 @@ from torch import nn
 
 from models._registry import register_model
 from models.card import ModelCard
+from models.preprocess import CROP_MARGIN
 from models.pretrained import load_lite0_into
 
-__all__ = ["LANDMARKS", "decode_heatmaps", "decode_landmarks", "fovea_search_mask", "localizer_card"]
+__all__ = [
+    "LANDMARKS",
+    "LandmarkPrior",
+    "decode_heatmaps",
+    "decode_landmarks",
+    "fovea_search_mask",
+    "localizer_card",
+]
 
 LANDMARKS: tuple[str, ...] = ("optic_disc", "fovea")
+PRIOR_WIDENING = 2.0  # the prior's spread is doubled when choosing the peak: a clear peak anywhere
+# plausible wins; only a faint or far-off one gives way (chosen before measuring, README "localization")
+
+
+@dataclass(frozen=True)
+class LandmarkPrior:
+    """Where the fovea lies and how big the disc is, in field-of-view radii (R), from annotated images.
+
+    Attributes:
+        fovea_offset: mean (temporal, downward) position of the fovea relative to the disc centre, in R
+            (temporal: towards the field's centre, away from the disc's side).
+        fovea_spread: standard deviation of each, in R.
+        disc_diameter: mean disc diameter in R; ``disc_range`` the smallest and largest seen.
+        source: what it was fitted on (for the card).
+    """
+
+    fovea_offset: tuple[float, float]
+    fovea_spread: tuple[float, float]
+    disc_diameter: float
+    disc_range: tuple[float, float]
+    source: str = ""
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> LandmarkPrior | None:
+        data = card.extra.get("landmark_prior")
+        if not data:
+            return None
+        return cls(
+            fovea_offset=tuple(data["fovea_offset_r"]),
+            fovea_spread=tuple(data["fovea_spread_r"]),
+            disc_diameter=float(data["disc_diameter_r"]),
+            disc_range=tuple(data["disc_diameter_range_r"]),
+            source=str(data.get("source", "")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fovea_offset_r": list(self.fovea_offset),
+            "fovea_spread_r": list(self.fovea_spread),
+            "disc_diameter_r": self.disc_diameter,
+            "disc_diameter_range_r": list(self.disc_range),
+            "source": self.source,
+        }
+
+    def fovea_deviation(
+        self, fovea_xy: tuple[float, float], od_xy: tuple[float, float], centre_x: float, radius: float
+    ) -> tuple[float, float]:
+        """The fovea's offset from its expected place, per axis in spreads (0, 0: exactly expected).
+        Any pixel frame; ``centre_x`` and ``radius`` are the field of view's in that frame."""
+        temporal = 1.0 if centre_x >= od_xy[0] else -1.0
+        dx = temporal * (fovea_xy[0] - od_xy[0]) / radius
+        dy = (fovea_xy[1] - od_xy[1]) / radius
+        return (
+            (dx - self.fovea_offset[0]) / self.fovea_spread[0],
+            (dy - self.fovea_offset[1]) / self.fovea_spread[1],
+        )
+
+    def log_map(self, od_xy: torch.Tensor, size: int, widening: float = PRIOR_WIDENING) -> torch.Tensor:
+        """(B, 1, size, size) log prior density (up to a constant) of the fovea on a field-of-view crop,
+        given each image's disc centre (B, 2) in crop pixels."""
+        radius = size / (2 * (1 + CROP_MARGIN))
+        centre = (size - 1) / 2
+        temporal = torch.where(od_xy[:, 0] <= centre, 1.0, -1.0).view(-1, 1, 1, 1)
+        mean_x = od_xy[:, 0].view(-1, 1, 1, 1) + temporal * self.fovea_offset[0] * radius
+        mean_y = od_xy[:, 1].view(-1, 1, 1, 1) + self.fovea_offset[1] * radius
+        coords = torch.arange(size, dtype=torch.float32, device=od_xy.device)
+        zx = (coords.view(1, 1, 1, size) - mean_x) / (widening * self.fovea_spread[0] * radius)
+        zy = (coords.view(1, 1, size, 1) - mean_y) / (widening * self.fovea_spread[1] * radius)
+        return -0.5 * (zx**2 + zy**2)
 
 
 def _create_localizer(card: ModelCard, decoder: tuple[int, ...]) -> nn.Module:
@@ -37,16 +121,20 @@ def _create_localizer(card: ModelCard, decoder: tuple[int, ...]) -> nn.Module:
     return model
 
 
-def decode_heatmaps(logits: torch.Tensor, window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_heatmaps(
+    logits: torch.Tensor, window: int = 5, select: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmap logits (B, K, H, W) -> centres (B, K, 2) as (x, y) in map pixels, and confidence (B, K).
 
     The centre is the probability-weighted mean inside a ``window``-radius box around the arg-max, which
-    is sub-pixel yet immune to a second, weaker blob elsewhere.
+    is sub-pixel yet immune to a second, weaker blob elsewhere. ``select`` (same shape), when given, is
+    the score whose arg-max picks the peak (the heatmap's own probabilities still weight the centre and
+    give the confidence).
     """
     batch, k, height, width = logits.shape
     probs = torch.sigmoid(logits.float())
-    flat = probs.flatten(2)
-    peak, index = flat.max(dim=2)
+    _, index = (probs if select is None else select).flatten(2).max(dim=2)
+    peak = probs.flatten(2).gather(2, index[..., None])[..., 0]
     py, px = index // width, index % width
     ys = torch.arange(height, dtype=torch.float32, device=logits.device).view(1, 1, height, 1)
     xs = torch.arange(width, dtype=torch.float32, device=logits.device).view(1, 1, 1, width)
@@ -75,16 +163,26 @@ def fovea_search_mask(
 
 
 def decode_landmarks(
-    logits: torch.Tensor, anatomical_prior: bool = True
+    logits: torch.Tensor, anatomical_prior: bool = True, prior: LandmarkPrior | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode (B, 2, H, W) optic-disc / fovea heatmaps; with the prior, the fovea is searched only in the
-    annulus around the detected disc, which removes far-off false peaks (the disc is the easy one)."""
+    """Decode (B, 2, H, W) optic-disc / fovea heatmaps of a square field-of-view crop.
+
+    The disc is the easy one: its highest peak. The fovea, with ``anatomical_prior``: with a ``prior``, the
+    peak that is most probable under heatmap x prior (a faint or far-off peak gives way to a plausible one,
+    and a flat heatmap still yields a point where a fovea can be); without, the highest peak in the
+    annulus around the disc (``fovea_search_mask``).
+    """
     centres, peaks = decode_heatmaps(logits)
     if not anatomical_prior:
         return centres, peaks
-    mask = fovea_search_mask(centres[:, 0], logits.shape[-1])
-    masked = logits[:, 1:2].float().masked_fill(mask == 0, -1e4)
-    fovea, fovea_peak = decode_heatmaps(masked)
+    fovea_logits = logits[:, 1:2].float()
+    if prior is not None:
+        log_prob = torch.nn.functional.logsigmoid(fovea_logits)
+        select = log_prob + prior.log_map(centres[:, 0], logits.shape[-1])
+        fovea, fovea_peak = decode_heatmaps(fovea_logits, select=select)
+    else:
+        mask = fovea_search_mask(centres[:, 0], logits.shape[-1])
+        fovea, fovea_peak = decode_heatmaps(fovea_logits.masked_fill(mask == 0, -1e4))
     return torch.cat([centres[:, :1], fovea], dim=1), torch.cat([peaks[:, :1], fovea_peak], dim=1)
 
 

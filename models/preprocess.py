@@ -17,7 +17,9 @@ import numpy as np
 
 from models.fov import FieldOfView, detect_fov
 
-__all__ = ["CropTransform", "crop_to_fov", "normalise", "resize_crop", "to_chw_float"]
+__all__ = ["CROP_MARGIN", "CropTransform", "crop_to_fov", "normalise", "resize_crop", "to_chw_float"]
+
+CROP_MARGIN = 0.02  # relative margin around the field-of-view circle: a crop's side is 2 x radius x 1.02
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def crop_to_fov(
     size: int,
     original_size: tuple[int, int] | None = None,
     fov: FieldOfView | None = None,
-    margin: float = 0.02,
+    margin: float = CROP_MARGIN,
 ) -> tuple[np.ndarray, CropTransform, FieldOfView]:
     """Crop an RGB uint8 image to a square around its field of view and resize it to ``size``.
 

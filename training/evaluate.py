@@ -143,6 +143,7 @@ def landmark_errors(records: list[Any], model_name: str) -> dict[str, np.ndarray
             fallback_radius_px=fov.radius * 0.125,
             od_mask=maps.probabilities[LESION_CODES.index("OD")] >= threshold,
             transform=maps.transform,
+            prior=predictor.prior,
         )
         width = np.array([image.original_size[1]])
         out["raw_od"].append(scaled_distances([marks.od_xy], [record.od_xy], width))
@@ -163,8 +164,9 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
     return {
         **localization_metrics(od, fovea),
         "ci95": bootstrap_intervals(len(od), means),  # the key every figure's interval goes under
-        "pipeline": f"localizer, one disc from {LANDMARK_SEGMENTER} (its size: the disc diameter), fovea "
-        "anatomy check (workbench.landmarks), as in analyze",
+        "pipeline": f"localizer (fovea chosen with the card's landmark prior), one disc from "
+        f"{LANDMARK_SEGMENTER} (its size: the disc diameter unless implausible), fovea anatomy check "
+        "(workbench.landmarks), as in analyze",
         "detector_only": localization_metrics(errors["raw_od"], errors["raw_fovea"]),
         "fovea_doubtful": int(flagged.sum()),
         "fovea_mean_px_trusted": float(fovea[~flagged].mean()) if (~flagged).any() else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from torch.utils.data import Dataset
 from models.card import ModelCard
 from models.classifier import NUM_DR, grader_card
 from models.constants import LESION_CODES
-from models.localizer import decode_landmarks, localizer_card
+from models.localizer import LandmarkPrior, decode_landmarks, localizer_card
 from models.segmenter import segmenter_card
 from training.augment import AugmentConfig
 from training.data import GradingData, LocalizationData, SegmentationData
 from training.guides import load_guides, load_teacher, seg_to_grading
+from training.landmark_prior import fit_landmark_prior
 from training.prepare import load_index, prepare
 from workbench.idrid import IDRiD
 from workbench.metrics import PixelCurve, grading_metrics, localization_metrics, segmentation_metrics
@@ -264,7 +266,14 @@ class LocalizerTask(TrainTask):
             self.cfg.input_size or 256,
             name=self.cfg.model_name or "localizer",
             imagenet_init=not self.cfg.no_pretrained,
+            landmark_prior=self._prior.to_dict(),
         )
+
+    @cached_property
+    def _prior(self) -> LandmarkPrior:
+        """Fitted on this run's training images' annotations only (training.landmark_prior)."""
+        train_names, _ = self._grading_split()
+        return fit_landmark_prior(self.cfg.data, train_names, self.cfg.val_fraction, self.cfg.seed)
 
     def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
         folder = self._cache("localization", 512)
@@ -283,10 +292,9 @@ class LocalizerTask(TrainTask):
 
     def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
         errors = []
-        prior = bool(self.card().extra.get("anatomical_prior", True))
         for images, _, points, challenge_px in batches:
-            # the same decoder as inference and `drwb evaluate` (anatomical prior for the fovea)
-            centres, _ = decode_landmarks(model(images), prior)
+            # the same decoder as inference and `drwb evaluate` (the landmark prior for the fovea)
+            centres, _ = decode_landmarks(model(images), True, self._prior)
             # input px -> px of a 4288-wide original, per image (IDRiD challenge frame)
             errors.append((centres - points).norm(dim=-1) * challenge_px[:, None])
         err = torch.cat(errors).float().cpu().numpy()

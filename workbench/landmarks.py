@@ -1,15 +1,18 @@
 """Landmarks without silent outliers: one optic disc, a fovea checked against anatomy, a doubt flag.
 
-The localizer finds the disc and the fovea on a 512-px crop. Two things go wrong with that alone: a bright
-exudate cluster segmented as a second "disc", and a fovea placed hundreds of pixels off (in the upper
-arcade, or outside the field of view) with nothing saying so, after which the ETDRS grid, the lesions by
-region and the DME rule check are silently wrong. This module:
+The localizer finds the disc and the fovea on a field-of-view crop, choosing the fovea with the card's
+landmark prior (``models.localizer.decode_landmarks``). Two things still go wrong: a bright exudate cluster
+segmented as a second "disc", or a disc segmented too small (which would shrink the ETDRS grid), and a
+fovea placed far off with nothing saying so, after which the ETDRS grid, the lesions by region and the DME
+rule check are silently wrong. This module:
 
 1. keeps **one optic disc**: of the segmenter's disc components, the one holding (or nearest) the
-   localizer's disc, else the most disc-like (area x circularity); its area gives the disc diameter (DD);
-2. checks the fovea against **anatomy**: about 2.5 DD from the disc centre (accepted 1.7-3.4 DD), on
-   the temporal side (towards the field's centre), within 1 DD vertically of the disc, inside the field,
-   and a detector confidence of at least 0.1;
+   localizer's disc, else the most disc-like (area x circularity); its area gives the disc diameter (DD),
+   unless that size is implausible for the field of view (the prior's range of annotated discs, widened
+   by 20%): then the typical size is used and the disc says why;
+2. checks the fovea against **anatomy**: with a prior, within 4 spreads of where the fovea lies relative
+   to the disc (about 2.5 DD temporal, slightly below); without one, 1.7-3.4 DD from the disc and within
+   1 DD vertically; always on the temporal side, inside the field, and a detector confidence >= 0.1;
 3. reports a **doubt** (a sentence, or None) that the faces show and that turns the grid, the regions
    and the DME rule into "not available" instead of numbers.
 
@@ -17,7 +20,7 @@ Positions stay the localizer's. Measured on the 83 validation images and rejecte
 the segmented component's centroid (mean error 25.3 -> 26.4 px), refining a plausible fovea to the
 darkest point nearby (median 22 -> 81 px: vessels and haemorrhages are as dark as the macula at that
 scale), and replacing a doubtful fovea by the anatomical expectation (mean of the doubtful ones 400 ->
-470 px). The doubt flag is what works: README "Models", localization.
+470 px). Choosing the peak under the prior is what works: README "Models", localization.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import cv2
 import numpy as np
 
 from models.fov import FieldOfView
+from models.localizer import LandmarkPrior
 from models.preprocess import CropTransform
 
 __all__ = [
@@ -39,8 +43,10 @@ __all__ = [
     "place_landmarks",
 ]
 
-DD_RANGE = (1.7, 3.4)
+DD_RANGE = (1.7, 3.4)  # without a prior: accepted fovea distance from the disc, in disc diameters
 LOW_CONFIDENCE = 0.1  # localizer peak height below which a fovea is doubtful whatever its position
+MAX_DEVIATION = 4.0  # with a prior: spreads from the expected place beyond which a fovea is doubtful
+DISC_SIZE_SLACK = 1.2  # a segmented disc may be this much smaller / larger than any annotated one
 
 
 @dataclass(frozen=True)
@@ -93,22 +99,34 @@ def fovea_doubts(
     disc_diameter: float,
     fov: FieldOfView,
     confidence: float | None = None,
+    prior: LandmarkPrior | None = None,
 ) -> list[str]:
     """Every anatomical reason to doubt a fovea (empty: plausible). All inputs in original pixels."""
     reasons = []
     fx, fy = fovea_xy
     if np.hypot(fx - fov.cx, fy - fov.cy) > 0.95 * fov.radius:
         reasons.append("outside the field of view")
-    distance = float(np.hypot(fx - od_xy[0], fy - od_xy[1])) / max(disc_diameter, 1e-6)
-    if not DD_RANGE[0] <= distance <= DD_RANGE[1]:
-        reasons.append(
-            f"{distance:.1f} disc diameters from the disc (expected {DD_RANGE[0]:.1f}-{DD_RANGE[1]:.1f})"
-        )
     temporal = np.sign(fov.cx - od_xy[0])
     if temporal != 0 and np.sign(fx - od_xy[0]) == -temporal:
         reasons.append("on the nasal side of the disc")
-    if abs(fy - od_xy[1]) > disc_diameter:
-        reasons.append("more than one disc diameter above or below the disc")
+    elif prior is not None:
+        deviation = float(np.hypot(*prior.fovea_deviation(fovea_xy, od_xy, fov.cx, fov.radius)))
+        if deviation > MAX_DEVIATION:
+            dd = prior.disc_diameter * fov.radius
+            across, down = abs(fx - od_xy[0]) / dd, (fy - od_xy[1]) / dd
+            expected = [v / prior.disc_diameter for v in prior.fovea_offset]
+            reasons.append(
+                f"{across:.1f} disc diameters across and {down:+.1f} down from the disc (expected about "
+                f"{expected[0]:.1f} and {expected[1]:+.1f})"
+            )
+    if prior is None:
+        distance = float(np.hypot(fx - od_xy[0], fy - od_xy[1])) / max(disc_diameter, 1e-6)
+        if not DD_RANGE[0] <= distance <= DD_RANGE[1]:
+            reasons.append(
+                f"{distance:.1f} disc diameters from the disc (expected {DD_RANGE[0]:.1f}-{DD_RANGE[1]:.1f})"
+            )
+        if abs(fy - od_xy[1]) > disc_diameter:
+            reasons.append("more than one disc diameter above or below the disc")
     if confidence is not None and confidence < LOW_CONFIDENCE:
         reasons.append(f"low detector confidence ({confidence:.2f})")
     return reasons
@@ -120,9 +138,10 @@ def check_fovea(
     disc_diameter: float,
     detector_xy: tuple[float, float],
     detector_confidence: float,
+    prior: LandmarkPrior | None = None,
 ) -> FoveaEstimate:
     """The localizer's fovea with its anatomical check (module docstring, 2-3); original pixels."""
-    reasons = fovea_doubts(detector_xy, od_xy, disc_diameter, fov, detector_confidence)
+    reasons = fovea_doubts(detector_xy, od_xy, disc_diameter, fov, detector_confidence, prior)
     distance = float(np.hypot(detector_xy[0] - od_xy[0], detector_xy[1] - od_xy[1])) / max(
         disc_diameter, 1e-6
     )
@@ -149,14 +168,19 @@ def place_landmarks(
     fallback_radius_px: float,
     od_mask: np.ndarray | None = None,
     transform: CropTransform | None = None,
+    prior: LandmarkPrior | None = None,
 ) -> PlacedLandmarks:
     """One disc (module docstring, 1) then the fovea (2-4).
 
     Args:
-        fallback_radius_px: disc radius when no disc is segmented (from the field of view's size).
+        fallback_radius_px: disc radius when no disc is segmented (from the field of view's size); with a
+            prior, the prior's typical disc is used instead.
         od_mask, transform: the segmenter's binary disc mask on its crop and that crop's transform, or
             None without a segmenter.
+        prior: the localizer card's landmark prior (``LocalizerPredictor.prior``), or None.
     """
+    if prior is not None:
+        fallback_radius_px = prior.disc_diameter * fov.radius / 2
     od_xy, radius, chosen, od_doubt = detector_od_xy, fallback_radius_px, None, None
     if od_mask is not None and transform is not None and od_mask.any():
         in_crop = tuple(map(float, transform.to_crop(np.array([detector_od_xy], float))[0]))
@@ -166,5 +190,15 @@ def place_landmarks(
             centre = tuple(map(float, transform.to_original(np.array([centroid], float))[0]))
             if np.hypot(centre[0] - detector_od_xy[0], centre[1] - detector_od_xy[1]) > 2 * radius:
                 od_doubt = "the disc detector and the disc segmentation disagree"
-    fovea = check_fovea(fov, od_xy, 2 * radius, detector_fovea_xy, fovea_confidence)
+            elif prior is not None:
+                size = 2 * radius / fov.radius
+                low, high = prior.disc_range[0] / DISC_SIZE_SLACK, prior.disc_range[1] * DISC_SIZE_SLACK
+                if not low <= size <= high:
+                    od_doubt = (
+                        f"the segmented disc is {'too small' if size < low else 'too large'} ({size:.2f} of "
+                        f"the field's radius across; annotated discs: {prior.disc_range[0]:.2f}-"
+                        f"{prior.disc_range[1]:.2f}), so the typical size sets the scale"
+                    )
+                    radius = fallback_radius_px
+    fovea = check_fovea(fov, od_xy, 2 * radius, detector_fovea_xy, fovea_confidence, prior)
     return PlacedLandmarks(od_xy=od_xy, od_radius_px=radius, od_mask=chosen, od_doubt=od_doubt, fovea=fovea)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from models.card import ModelCard
-from models.localizer import decode_landmarks
+from models.localizer import LandmarkPrior, decode_landmarks
 from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
 from models.registry import load_model
 from workbench.image_io import LoadedImage
@@ -159,17 +159,20 @@ class Landmarks:
 
 
 class LocalizerPredictor:
-    """Optic disc and fovea; ``anatomical_prior`` searches the fovea only at a plausible distance from
-    the disc (``models.localizer.decode_landmarks``); the card's ``extra.anatomical_prior`` sets it."""
+    """Optic disc and fovea; ``anatomical_prior`` chooses the fovea with anatomy (the card's landmark
+    prior, else an annulus around the disc: ``models.localizer.decode_landmarks``); the card's
+    ``extra.anatomical_prior`` sets it. ``prior`` is also what ``workbench.landmarks`` checks against."""
 
     def __init__(self, model: nn.Module, card: ModelCard, anatomical_prior: bool | None = None) -> None:
         self.model, self.card = model.eval(), card
-        prior = card.extra.get("anatomical_prior", True) if anatomical_prior is None else anatomical_prior
-        self.anatomical_prior = bool(prior)
+        use = card.extra.get("anatomical_prior", True) if anatomical_prior is None else anatomical_prior
+        self.anatomical_prior = bool(use)
+        self.prior: LandmarkPrior | None = LandmarkPrior.from_card(card) if self.anatomical_prior else None
 
     @torch.inference_mode()
     def predict_crops(self, crops512: list[np.ndarray], transforms: list[CropTransform]) -> list[Landmarks]:
-        centres, peaks = decode_landmarks(self.model(_batch(crops512, self.card)), self.anatomical_prior)
+        logits = self.model(_batch(crops512, self.card))
+        centres, peaks = decode_landmarks(logits, self.anatomical_prior, self.prior)
         factor = GRADING_CROP / self.card.input_size
         out = []
         for centre, peak, transform in zip(centres.numpy(), peaks.numpy(), transforms, strict=True):

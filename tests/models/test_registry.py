@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,47 @@ def test_anatomical_prior_ignores_a_far_false_fovea() -> None:
     assert plain[0, 1].tolist() == pytest.approx([60, 60], abs=0.5)  # the false, stronger peak
     assert guided[0, 1].tolist() == pytest.approx([35, 30], abs=0.5)
     assert guided[0, 0].tolist() == pytest.approx([10, 30], abs=0.5)
+
+
+def test_landmark_prior_picks_the_plausible_fovea_over_a_stronger_far_one() -> None:
+    from models.localizer import LandmarkPrior, decode_landmarks
+    from models.preprocess import CROP_MARGIN
+
+    size = 96
+    radius = size / (2 * (1 + CROP_MARGIN))
+    prior = LandmarkPrior((0.75, 0.08), (0.05, 0.06), 0.3, (0.23, 0.37))
+    ys, xs = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+
+    def blob(x: float, y: float, height: float) -> torch.Tensor:
+        return height * torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 8) - 6
+
+    disc = (15.0, 45.0)  # left of centre: temporal is +x
+    expected = (disc[0] + 0.75 * radius, disc[1] + 0.08 * radius)
+    plausible = (expected[0] + 3, expected[1] - 2)
+    arcade = (disc[0] + 0.6 * radius, disc[1] - 0.5 * radius)  # inside the old annulus, far from the prior
+    fovea = torch.maximum(blob(*plausible, 5), blob(*arcade, 9))
+    logits = torch.stack([blob(*disc, 10), fovea])[None]
+    annulus, _ = decode_landmarks(logits)
+    guided, peaks = decode_landmarks(logits, prior=prior)
+    assert annulus[0, 1].tolist() == pytest.approx(arcade, abs=0.6)
+    assert guided[0, 1].tolist() == pytest.approx(plausible, abs=0.6)
+    assert float(peaks[0, 1]) == pytest.approx(1 / (1 + np.exp(1.0)), abs=0.02)  # the chosen peak's own
+    # a flat fovea map still yields a point where a fovea can be: at the prior's expectation
+    flat = torch.stack([blob(*disc, 10), torch.full((size, size), -6.0)])[None]
+    centre, _ = decode_landmarks(flat, prior=prior)
+    assert centre[0, 1].tolist() == pytest.approx(expected, abs=1.5)
+    # a right eye (disc right of centre): temporal is -x
+    mirrored = torch.flip(logits, dims=[3])
+    right, _ = decode_landmarks(mirrored, prior=prior)
+    assert right[0, 1].tolist() == pytest.approx((size - 1 - plausible[0], plausible[1]), abs=0.6)
+
+
+def test_landmark_prior_round_trips_through_the_card() -> None:
+    from models.localizer import LandmarkPrior, localizer_card
+
+    prior = LandmarkPrior((0.75, 0.08), (0.05, 0.06), 0.3, (0.23, 0.37), "test")
+    card = localizer_card(landmark_prior=prior.to_dict())
+    assert LandmarkPrior.from_card(ModelCard.from_dict(json.loads(card.to_json()))) == prior
+    assert LandmarkPrior.from_card(localizer_card()) is None
+    assert prior.fovea_deviation((175.0, 108.0), (100.0, 100.0), 200.0, 100.0) == pytest.approx((0, 0))
+    assert prior.fovea_deviation((25.0, 108.0), (100.0, 100.0), 0.0, 100.0) == pytest.approx((0, 0))

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from models.fov import FieldOfView
+from models.localizer import LandmarkPrior
+from models.preprocess import CropTransform
 from workbench.landmarks import check_fovea, choose_disc, fovea_doubts, place_landmarks
 from workbench.synthetic import make_fundus
 
@@ -77,4 +79,40 @@ def test_place_landmarks_without_a_segmenter_uses_the_field_size(eye) -> None:
         fallback_radius_px=eye.od_radius,
     )
     assert placed.od_xy == eye.od_xy and placed.od_mask is None and placed.od_doubt is None
+    assert placed.fovea.doubt is None
+
+
+def _prior_for(eye) -> LandmarkPrior:
+    """A prior centred on the synthetic eye's own fovea (its geometry in field radii)."""
+    temporal = 1.0 if eye.fov_xy[0] >= eye.od_xy[0] else -1.0
+    offset = (
+        temporal * (eye.fovea_xy[0] - eye.od_xy[0]) / eye.fov_radius,
+        (eye.fovea_xy[1] - eye.od_xy[1]) / eye.fov_radius,
+    )
+    disc = 2 * eye.od_radius / eye.fov_radius
+    return LandmarkPrior(offset, (0.05, 0.06), disc, (0.8 * disc, 1.2 * disc))
+
+
+def test_with_a_prior_a_fovea_far_from_its_expected_place_is_doubtful(eye) -> None:
+    fov, prior = _fov(eye), _prior_for(eye)
+    near = (eye.fovea_xy[0] + 0.05 * eye.fov_radius, eye.fovea_xy[1] - 0.05 * eye.fov_radius)
+    assert fovea_doubts(near, eye.od_xy, 1.0, fov, 0.5, prior) == []  # the disc size plays no part
+    arcade = (eye.fovea_xy[0], eye.fovea_xy[1] - 0.5 * eye.fov_radius)
+    (reason,) = fovea_doubts(arcade, eye.od_xy, 1.0, fov, 0.5, prior)
+    assert "disc diameters across" in reason and "expected about" in reason
+
+
+def test_an_implausibly_small_segmented_disc_gives_way_to_the_typical_size(eye) -> None:
+    fov, prior = _fov(eye), _prior_for(eye)
+    h, w = eye.image.shape[:2]
+    transform = CropTransform(((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)), (h, w), w)
+    yy, xx = np.mgrid[0 : eye.image.shape[0], 0 : eye.image.shape[1]]
+    distance = np.hypot(xx - eye.od_xy[0], yy - eye.od_xy[1])
+    whole = distance <= eye.od_radius
+    placed = place_landmarks(fov, eye.od_xy, eye.fovea_xy, 0.9, 1.0, whole, transform, prior)
+    assert placed.od_doubt is None and placed.od_radius_px == pytest.approx(eye.od_radius, rel=0.05)
+    sliver = distance <= 0.4 * eye.od_radius
+    placed = place_landmarks(fov, eye.od_xy, eye.fovea_xy, 0.9, 1.0, sliver, transform, prior)
+    assert "too small" in placed.od_doubt
+    assert placed.od_radius_px == pytest.approx(prior.disc_diameter * fov.radius / 2)
     assert placed.fovea.doubt is None
