@@ -109,7 +109,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     """``drwb evaluate --labels``: audit the grader on any labelled folder (exit 2: unusable labels)."""
     from workbench.analysis import Workbench
-    from workbench.audit import LabelsError, read_labels, run_audit, write_audit_report
+    from workbench.reports.audit import LabelsError, read_labels, run_audit, write_audit_report
 
     if args.task != "grading":
         print("error: --labels audits grading only (use --task grading)", file=sys.stderr)
@@ -142,7 +142,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from workbench.analysis import Workbench
-    from workbench.batch import analyze_files
+    from workbench.reports.batch import analyze_files
     from workbench.targets import parse_target
 
     methods = [m for m in (args.explain or "").split(",") if m]
@@ -175,7 +175,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_explain_bench(args: argparse.Namespace) -> int:
     from models.registry import default_model, load_model
-    from workbench.explain_bench import explain_bench
+    from workbench.explain.explain_bench import explain_bench
     from workbench.predictors import GraderPredictor
 
     predictor = GraderPredictor(*load_model(args.grader or default_model("grader")))

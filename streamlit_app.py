@@ -19,12 +19,12 @@ import streamlit as st
 
 import workbench  # noqa: F401  (offline environment first)
 from workbench.analysis import Workbench, profile_from_env
-from workbench.audit import LabelsError, read_labels
-from workbench.batch import expand_inputs
-from workbench.idrid import IDRiD, IDRiDLayoutError
-from workbench.image_io import ImageLoadError
-from workbench.render import heatmap_overlay, landmarks_overlay, lesion_overlay, probability_figure
-from workbench.report import LESION_COLUMNS, lesion_rows, summary_row
+from workbench.io.idrid import IDRiD, IDRiDLayoutError
+from workbench.io.image_io import ImageLoadError
+from workbench.reports.audit import LabelsError, read_labels
+from workbench.reports.batch import expand_inputs
+from workbench.reports.render import heatmap_overlay, landmarks_overlay, lesion_overlay, probability_figure
+from workbench.reports.report import LESION_COLUMNS, lesion_rows, summary_row
 from workbench.targets import GradeTarget
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import workbench  # noqa: F401  (offline environment before anything else)
-from workbench.synthetic import SyntheticFundus, make_fundus, write_idrid_folder
+from workbench.io.synthetic import SyntheticFundus, make_fundus, write_idrid_folder
 
 # The test process holds every model any test loaded (well over a server's 2 GB); without this, the
-# explanation budget (workbench.explainers.budget) would shrink to its floor in every in-process test.
+# explanation budget (workbench.explain.explainers.budget) would shrink to its floor in every in-process test.
 # The memory-ceiling tests run their Compare in a fresh process without it.
 os.environ.setdefault("DRWB_PROCESS_MEMORY_MB", "16384")
 

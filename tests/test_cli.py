@@ -43,7 +43,7 @@ def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) 
 
     from PIL import Image
 
-    from workbench.synthetic import make_fundus
+    from workbench.io.synthetic import make_fundus
 
     Image.fromarray(make_fundus(8, size=(356, 536)).image).save(tmp_path / "eye.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")

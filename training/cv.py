@@ -20,7 +20,7 @@ Why a refit and not the five fold models as an ensemble: five lite0 networks cos
 image, which breaks the grading-speed target (>= 10 images/s on 2 cores); the fold models stay in the
 run folder for the OOF figures.
 
-Folds are stratified by DR grade and keep byte-identical duplicates together (``workbench.splits``).
+Folds are stratified by DR grade and keep byte-identical duplicates together (``workbench.io.splits``).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from training.prepare import load_index
 from training.tasks import TASKS
 from training.train import FILE_LIMIT_MB, TrainConfig, exact_device, over_file_limit, train
 from workbench.calibration import expected_calibration_error, fit_temperature, reliability, softmax
-from workbench.idrid import IDRiD
 from workbench.intervals import bootstrap_intervals
+from workbench.io.idrid import IDRiD
+from workbench.io.splits import assign_folds
 from workbench.metrics import confusion_matrix, grading_metrics, json_safe
-from workbench.splits import assign_folds
 
 __all__ = [
     "evaluate_oof",

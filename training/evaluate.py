@@ -1,6 +1,6 @@
 """``drwb evaluate``: metrics of a shipped model on any IDRiD-layout folder, as the challenge defined them.
 
-Splits: ``val`` is the deterministic validation split of the training images (``workbench.splits``),
+Splits: ``val`` is the deterministic validation split of the training images (``workbench.io.splits``),
 ``train`` the rest of the training images, ``test`` the official testing set. Segmentation is scored at
 the original resolution (probabilities warped back onto the full-size ground-truth masks); localization
 errors are reported in a 4288-px-wide frame. Images are read with the same loader and crops as the apps.
@@ -20,11 +20,11 @@ from models.constants import LESION_CODES
 from models.preprocess import crop_to_fov
 from models.registry import default_model, load_model
 from workbench.analysis import PROFILES, inside_field, lesion_thresholds, segmenter_figures
-from workbench.audit import LabelledImage, grade_images
 from workbench.fundus import prepare_fundus
-from workbench.idrid import IDRiD, load_mask
-from workbench.image_io import load_image
 from workbench.intervals import bootstrap_intervals
+from workbench.io.idrid import IDRiD, load_mask
+from workbench.io.image_io import load_image
+from workbench.io.splits import split_names, split_train_val
 from workbench.landmarks import place_landmarks
 from workbench.metrics import (
     PixelCurve,
@@ -42,7 +42,7 @@ from workbench.predictors import (
     SegmenterPredictor,
     load_segmenter,
 )
-from workbench.splits import split_names, split_train_val
+from workbench.reports.audit import LabelledImage, grade_images
 
 # the disc for landmark placement comes from the low-resolution segmenter (the disc needs no more)
 LANDMARK_SEGMENTER = "segmenter_lite0"
@@ -64,7 +64,7 @@ def _grading(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str
         keep = _select([r.name for r in records], set(split_train_val(records, 0.2, seed).val), split)
         records = [r for r in records if r.name in keep]
     predictor = GraderPredictor(*load_model(model_name))
-    # the same grading pass as `drwb evaluate --labels` (workbench.audit): same figures for same images
+    # the same grading pass as `drwb evaluate --labels` (workbench.reports.audit): same figures, same images
     labelled = [LabelledImage(r.name, r.image_path, r.dr_grade, r.dme_grade, 0) for r in records]
     bar = tqdm(total=len(labelled), desc="grading", leave=False)
     graded = grade_images(predictor, labelled, progress=lambda done, _: bar.update(done - bar.n))

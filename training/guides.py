@@ -30,7 +30,7 @@ from models.constants import LESION_CODES
 from models.registry import build_model, load_model
 from training.data import GradingData
 from training.prepare import load_index, prepare
-from workbench.idrid import IDRiD, load_mask, seg_to_grading
+from workbench.io.idrid import IDRiD, load_mask, seg_to_grading
 
 __all__ = [
     "GUIDE_SIDE",
@@ -95,7 +95,7 @@ def _ground_truth(record, original_size: tuple[int, int], matrix: np.ndarray, si
 def build_guides(data: Path, cache: Path, out: Path, workers: int = 2) -> Path:
     """Write the lesion-guide file (see the module docstring); returns its path."""
     from workbench.analysis import lesion_thresholds, segmenter_figures
-    from workbench.image_io import load_image
+    from workbench.io.image_io import load_image
     from workbench.predictors import SegmenterPredictor
 
     dataset = IDRiD(data)

@@ -23,9 +23,9 @@ import numpy as np
 from models.card import ModelCard
 from models.fov import detect_fov
 from models.localizer import LandmarkPrior
-from workbench.idrid import IDRiD, load_mask
-from workbench.image_io import load_image
-from workbench.splits import split_names, split_train_val
+from workbench.io.idrid import IDRiD, load_mask
+from workbench.io.image_io import load_image
+from workbench.io.splits import split_names, split_train_val
 
 __all__ = ["fit_landmark_prior", "fovea_offsets", "write_prior_to_card"]
 

@@ -1,7 +1,7 @@
 """Prepared cache: decode, field-of-view crop and resize every IDRiD image once.
 
 An epoch must never re-decode a 4288x2848 JPEG. ``prepare`` reads an IDRiD folder through
-``workbench.idrid`` and writes, per part and resolution:
+``workbench.io.idrid`` and writes, per part and resolution:
 
     <out>/<part>_<size>/index.json       one entry per image: labels, centres in crop pixels, transform
     <out>/<part>_<size>/<name>.png       the (size, size) RGB crop, exactly as models.preprocess makes it
@@ -27,8 +27,8 @@ import numpy as np
 
 from models.constants import LESION_CODES
 from models.preprocess import crop_to_fov
-from workbench.idrid import IDRiD, load_mask
-from workbench.image_io import load_image
+from workbench.io.idrid import IDRiD, load_mask
+from workbench.io.image_io import load_image
 
 __all__ = ["CacheEntry", "PART_SIZES", "load_index", "prepare"]
 

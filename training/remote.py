@@ -4,7 +4,7 @@
 
     <out>/data/        the IDRiD layout with labels, extras and *stand-in* image files: each holds the
                        sha256 of the real photograph, so byte-identical duplicates still group together
-                       in ``workbench.splits`` and no image leaves this machine through it
+                       in ``workbench.io.splits`` and no image leaves this machine through it
     <out>/cache/       the prepared crops re-encoded as JPEG (quality per part, below), masks, the lesion
                        guides and teacher logits; index files point at the JPEGs
     <out>/lite0_imagenet_fp16.safetensors   the offline ImageNet weights (``models.pretrained``)

@@ -28,9 +28,9 @@ from training.data import GradingData, LocalizationData, SegmentationData
 from training.guides import load_guides, load_teacher, seg_to_grading
 from training.landmark_prior import fit_landmark_prior
 from training.prepare import load_index, prepare
-from workbench.idrid import IDRiD
+from workbench.io.idrid import IDRiD
+from workbench.io.splits import assign_folds, split_names, split_train_val
 from workbench.metrics import PixelCurve, grading_metrics, localization_metrics, segmentation_metrics
-from workbench.splits import assign_folds, split_names, split_train_val
 
 __all__ = ["TASKS", "TrainTask", "register_task"]
 

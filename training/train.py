@@ -418,7 +418,7 @@ def _final_card(
         training={
             "data": f"IDRiD training images ({cfg.data}), deterministic split "
             f"val_fraction={cfg.val_fraction} "
-            f"seed={cfg.seed} (workbench.splits)",
+            f"seed={cfg.seed} (workbench.io.splits)",
             "command": command or "drwb train " + cfg.task,
             "commit": _git_commit(),
             "epochs_run": meta["epoch"],

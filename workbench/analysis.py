@@ -30,11 +30,11 @@ from models.preprocess import CropTransform, normalise, resize_crop
 from models.registry import default_model, load_model
 from models.registry import weights_dir as configured_weights_dir
 from workbench.anatomy import DmeRuleCheck, EtdrsGrid, dme_rule, etdrs_grid, region_of_points
-from workbench.explainers import ExplainableModel, Heatmap, get_explainer
-from workbench.explainers.budget import release_freed_memory
+from workbench.explain.explainers import ExplainableModel, Heatmap, get_explainer
+from workbench.explain.explainers.budget import release_freed_memory
 from workbench.fundus import prepare_fundus
-from workbench.image_io import LoadedImage, load_image
 from workbench.inference import model_lock
+from workbench.io.image_io import LoadedImage, load_image
 from workbench.landmarks import place_landmarks
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
 from workbench.quality import QualityReport

@@ -12,7 +12,7 @@ import numpy as np
 
 from models.fov import FieldOfView
 from models.preprocess import CropTransform, crop_to_fov
-from workbench.image_io import LoadedImage
+from workbench.io.image_io import LoadedImage
 from workbench.quality import QualityReport, QualityThresholds, assess_quality
 
 __all__ = ["PreparedFundus", "fov_in_crop", "prepare_fundus"]

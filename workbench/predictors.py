@@ -27,8 +27,8 @@ from models.card import ModelCard
 from models.localizer import LandmarkPrior, decode_landmarks
 from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
 from models.registry import load_model
-from workbench.image_io import LoadedImage
 from workbench.inference import model_lock, predict_tiles
+from workbench.io.image_io import LoadedImage
 
 __all__ = [
     "GraderPredictor",

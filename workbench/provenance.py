@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from models.card import ModelCard
-from workbench.idrid import IDRiD
-from workbench.splits import assign_folds, split_train_val
+from workbench.io.idrid import IDRiD
+from workbench.io.splits import assign_folds, split_train_val
 
 __all__ = ["MATCH_THRESHOLD", "image_signature", "matching_names", "trained_grading_names"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workbench.synthetic import make_fundus
+from workbench.io.synthetic import make_fundus
 from workbench.ui.gradio_app import APP_CSS, build_demo
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -118,7 +118,7 @@ def test_audit_report_opens_offline_with_its_plots(browser, tiny_workbench, tmp_
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from workbench.audit import read_labels, run_audit, write_audit_report
+    from workbench.reports.audit import read_labels, run_audit, write_audit_report
 
     folder = tmp_path / "photos"
     folder.mkdir()

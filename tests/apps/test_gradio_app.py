@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from workbench.synthetic import make_fundus, write_idrid_folder
+from workbench.io.synthetic import make_fundus, write_idrid_folder
 from workbench.ui.gradio_app import build_demo
 
 
@@ -126,7 +126,7 @@ def test_browse_and_inspect(served, served_idrid: Path, fundus_file: str) -> Non
     assert "Ground-truth grades" in text  # a synthetic folder has no mapping table: said, not guessed
     with pytest.raises(Exception, match="not in the list of choices|not a segmentation image of"):
         client.predict("nope", api_name="/browse")
-    from workbench.idrid import IDRiD
+    from workbench.io.idrid import IDRiD
 
     first = IDRiD(served_idrid).grading("train")[0]
     marks, table = client.predict(first.name, api_name="/browse_graded")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workbench.synthetic import make_fundus
+from workbench.io.synthetic import make_fundus
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import pytest
 from models.enhance import ENHANCEMENTS, ben_graham, clahe_luminance
 from models.fov import detect_fov
 from models.preprocess import crop_to_fov, normalise
-from workbench.synthetic import make_fundus
+from workbench.io.synthetic import make_fundus
 
 
 @pytest.mark.parametrize("size", [(712, 1072), (600, 600), (1000, 700)])

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from models.registry import SHIPPED_WEIGHTS_DIR, default_model, file_sha256, list_shipped, load_model
-from workbench.idrid import IDRiD, load_mask
-from workbench.image_io import load_image
+from workbench.io.idrid import IDRiD, load_mask
+from workbench.io.image_io import load_image
+from workbench.io.splits import split_names, split_train_val
 from workbench.metrics import PixelCurve, scaled_distances
 from workbench.predictors import (
     GRADING_CROP,
@@ -22,7 +23,6 @@ from workbench.predictors import (
     SegmenterPredictor,
     crop_for,
 )
-from workbench.splits import split_names, split_train_val
 
 SHIPPED = list_shipped(SHIPPED_WEIGHTS_DIR)
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="no shipped weights in models/weights")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from training.train import TrainConfig
-from workbench.idrid import IDRiD
-from workbench.splits import assign_folds, duplicate_groups
+from workbench.io.idrid import IDRiD
+from workbench.io.splits import assign_folds, duplicate_groups
 
 
 def test_folds_keep_duplicates_together_and_cover_every_image(real_idrid: Path) -> None:

@@ -18,7 +18,7 @@ from tests.training.test_train import _config
 from training.guides import GUIDE_SIDE, load_guides, load_teacher
 from training.tasks import TASKS, attention_loss, distillation_loss
 from training.train import TrainConfig, train
-from workbench.idrid import IDRiD
+from workbench.io.idrid import IDRiD
 
 
 def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it() -> None:

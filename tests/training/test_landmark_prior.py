@@ -11,9 +11,9 @@ import pytest
 from models.card import ModelCard
 from models.localizer import LandmarkPrior
 from training.landmark_prior import fit_landmark_prior, fovea_offsets, write_prior_to_card
-from workbench.idrid import IDRiD
+from workbench.io.idrid import IDRiD
+from workbench.io.splits import split_train_val
 from workbench.landmarks import MAX_DEVIATION
-from workbench.splits import split_train_val
 
 
 def test_offsets_are_temporal_and_downward_in_field_radii_for_either_eye() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from models.constants import LESION_CODES
 from training.prepare import load_index, prepare
-from workbench.idrid import IDRiD
+from workbench.io.idrid import IDRiD
 
 
 def test_grading_and_localization_cache(synthetic_idrid: Path, tmp_path: Path) -> None:

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 
 from models.constants import LESION_CODES
-from workbench.image_io import LoadedImage
-from workbench.render import curves_figure, landmarks_overlay, lesion_overlay, method_grid, probability_figure
-from workbench.synthetic import make_fundus
+from workbench.io.image_io import LoadedImage
+from workbench.io.synthetic import make_fundus
+from workbench.reports.render import (
+    curves_figure,
+    landmarks_overlay,
+    lesion_overlay,
+    method_grid,
+    probability_figure,
+)
 from workbench.targets import ReferableTarget
 
 
@@ -91,7 +97,7 @@ def test_explanations_are_not_disturbed_by_other_sessions_forward_passes(tiny_wo
 def _assert_legends(analysis) -> None:
     """Each overlay carries its key in the lower-left corner: a swatch of exactly each colour it uses."""
     from models.constants import LESIONS
-    from workbench.render import DISC_COLOUR, DOUBT_COLOUR, FOVEA_COLOUR
+    from workbench.reports.render import DISC_COLOUR, DOUBT_COLOUR, FOVEA_COLOUR
 
     def swatches(image: np.ndarray) -> np.ndarray:
         corner = image[-image.shape[0] // 3 :, : image.shape[1] // 25]  # the swatch column of the key
@@ -121,7 +127,7 @@ def test_render_functions(tiny_workbench, synthetic_fundus) -> None:
         assert image.dtype == np.uint8 and image.ndim == 3
     assert len(probability_figure(analysis).data) == 2
     _assert_legends(analysis)
-    from workbench.batch import score_analysis
+    from workbench.reports.batch import score_analysis
 
     scores = score_analysis(tiny_workbench, analysis, ReferableTarget())
     assert set(scores) == {"gradcam", "saliency"}
@@ -200,8 +206,8 @@ def test_a_segmenter_card_can_take_channels_from_another_model(
 
 
 def test_sparse_pixel_maps_stay_visible_and_every_overlay_has_a_colour_bar() -> None:
-    from workbench.explainers.base import Heatmap
-    from workbench.render import heatmap_overlay
+    from workbench.explain.explainers.base import Heatmap
+    from workbench.reports.render import heatmap_overlay
 
     crop = np.full((512, 512, 3), 90, np.uint8)
     rng = np.random.default_rng(0)

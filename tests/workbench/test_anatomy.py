@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from workbench.anatomy import dme_rule, etdrs_grid, region_of_points
-from workbench.synthetic import make_fundus
+from workbench.io.synthetic import make_fundus
 
 
 @pytest.mark.parametrize("dme", [0, 1, 2])

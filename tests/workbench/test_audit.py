@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.audit import LabelsError, read_labels
-from workbench.audit.figures import binary_reliability, operating_points
-from workbench.synthetic import make_fundus
+from workbench.io.synthetic import make_fundus
+from workbench.reports.audit import LabelsError, read_labels
+from workbench.reports.audit.figures import binary_reliability, operating_points
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,10 +120,10 @@ def test_same_figures_as_idrid_layout_evaluation(tmp_path: Path, tiny_weights: P
     """The IDRiD-layout evaluation and the any-folder audit grade identically, to the last digit."""
     from training.evaluate import evaluate
     from workbench.analysis import Workbench
-    from workbench.audit import run_audit
-    from workbench.idrid import IDRiD
-    from workbench.splits import split_train_val
-    from workbench.synthetic import write_idrid_folder
+    from workbench.io.idrid import IDRiD
+    from workbench.io.splits import split_train_val
+    from workbench.io.synthetic import write_idrid_folder
+    from workbench.reports.audit import run_audit
 
     monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))
     data = write_idrid_folder(tmp_path / "idrid", n_segmentation=1, n_grading=12)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.registry import load_model
-from workbench.explain_bench import explain_bench, mean_ci
+from workbench.explain.explain_bench import explain_bench, mean_ci
 from workbench.predictors import GraderPredictor
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from models.card import ModelCard
 from models.classifier import grader_card
 from models.registry import build_model
-from workbench.explainers import EXPLAINERS, ExplainableModel, get_explainer
+from workbench.explain.explainers import EXPLAINERS, ExplainableModel, get_explainer
 from workbench.targets import DMETarget, GradeTarget, LesionTarget, ReferableTarget, parse_target
 
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from models.card import ModelCard
-from workbench.explainers import ExplainableModel, get_explainer
-from workbench.explanation_quality import (
+from workbench.explain.explainers import ExplainableModel, get_explainer
+from workbench.explain.explanation_quality import (
     deletion_insertion,
     pointing_game,
     randomisation_correlation,

@@ -16,11 +16,11 @@ from captum.attr import IntegratedGradients, Occlusion
 
 from models.classifier import grader_card
 from models.registry import build_model
-from workbench.explainers import ExplainableModel, get_explainer
-from workbench.explainers.budget import batch_for_budget
-from workbench.explainers.captum_methods import CaptumExplainer, make_baseline
-from workbench.explainers.gradcam import CamExplainer, TopKScoreCAM
-from workbench.explanation_quality import spearman
+from workbench.explain.explainers import ExplainableModel, get_explainer
+from workbench.explain.explainers.budget import batch_for_budget
+from workbench.explain.explainers.captum_methods import CaptumExplainer, make_baseline
+from workbench.explain.explainers.gradcam import CamExplainer, TopKScoreCAM
+from workbench.explain.explanation_quality import spearman
 from workbench.targets import GradeTarget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def test_integrated_gradients_fast_path_on_the_shipped_grader(real_idrid: Path) 
     completeness error (|sum of attributions - (f(x) - f(baseline))|) <= 20% of f(x) - f(baseline)."""
     from models.registry import SHIPPED_WEIGHTS_DIR, default_model, load_model
     from workbench.fundus import prepare_fundus
-    from workbench.image_io import load_image
+    from workbench.io.image_io import load_image
     from workbench.predictors import GraderPredictor
 
     predictor = GraderPredictor(
@@ -108,7 +108,7 @@ def test_budget_sets_smaller_batches_for_smaller_budgets(small: ExplainableModel
 
 
 def test_budget_shrinks_to_the_headroom_below_the_process_ceiling(monkeypatch) -> None:
-    from workbench.explainers.budget import MIN_BUDGET_MB, RESERVE_MB, budget_bytes, current_rss_mb
+    from workbench.explain.explainers.budget import MIN_BUDGET_MB, RESERVE_MB, budget_bytes, current_rss_mb
 
     monkeypatch.setenv("DRWB_EXPLAIN_MEMORY_MB", "512")
     monkeypatch.setenv("DRWB_PROCESS_MEMORY_MB", "1000000")
@@ -200,8 +200,8 @@ _CEILING_SCRIPT = """
 import json, sys, torch
 from models.classifier import grader_card
 from models.registry import build_model
-from workbench.explainers import ExplainableModel, get_explainer
-from workbench.explainers.budget import peak_rss_mb
+from workbench.explain.explainers import ExplainableModel, get_explainer
+from workbench.explain.explainers.budget import peak_rss_mb
 from workbench.targets import GradeTarget
 torch.set_num_threads(1)
 card = grader_card("tf_efficientnet_lite0", 448)
@@ -225,8 +225,8 @@ import json, sys
 import torch
 from PIL import Image
 from workbench.analysis import Workbench
-from workbench.explainers.budget import peak_rss_mb
-from workbench.synthetic import make_fundus
+from workbench.explain.explainers.budget import peak_rss_mb
+from workbench.io.synthetic import make_fundus
 from workbench.ui.handlers import Handlers
 torch.set_num_threads(1)
 path = sys.argv[1]
@@ -255,7 +255,7 @@ def test_compare_with_slow_methods_under_a_memory_ceiling(tmp_path: Path) -> Non
 def test_freed_heap_memory_goes_back_to_the_system() -> None:
     """Freed blocks below the top of the heap stay resident until ``release_freed_memory`` (the ~350 MB
     Integrated Gradients left behind, which the next method's budget counted as used)."""
-    from workbench.explainers.budget import current_rss_mb, release_freed_memory
+    from workbench.explain.explainers.budget import current_rss_mb, release_freed_memory
 
     blocks = [np.ones(100_000 // 8) for _ in range(2000)]  # 100 kB each: heap, not mmap
     pin = np.ones(100_000 // 8)  # allocated last: keeps the top of the heap in use

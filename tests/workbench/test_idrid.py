@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from models.constants import LESION_CODES
-from workbench.idrid import IDRiD, IDRiDLayoutError, load_mask
+from workbench.io.idrid import IDRiD, IDRiDLayoutError, load_mask
 
 
 def test_grading_reads_labels_and_skips_trailing_columns(synthetic_idrid: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.image_io import (
+from workbench.io.image_io import (
     EmptyImageError,
     ImageTooLargeError,
     NotAnImageError,

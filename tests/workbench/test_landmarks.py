@@ -8,8 +8,8 @@ import pytest
 from models.fov import FieldOfView
 from models.localizer import LandmarkPrior
 from models.preprocess import CropTransform
+from workbench.io.synthetic import make_fundus
 from workbench.landmarks import check_fovea, choose_disc, fovea_doubts, place_landmarks
-from workbench.synthetic import make_fundus
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,17 @@ import torch
 from torch import nn
 
 from models.preprocess import CropTransform
-from workbench.explanation_quality import (
+from workbench.explain.explanation_quality import (
     deletion_insertion,
     pointing_game,
     relevance_mass,
     relevance_rank,
+)
+from workbench.explain.scoring import (
+    POINTING_TOLERANCE_PX,
+    lesion_union_in_input,
+    original_masks_to_crop,
+    pointing_tolerance,
 )
 from workbench.metrics import (
     grading_metrics,
@@ -27,12 +33,6 @@ from workbench.metrics import (
     pixel_curve,
     quadratic_weighted_kappa,
     scaled_distances,
-)
-from workbench.scoring import (
-    POINTING_TOLERANCE_PX,
-    lesion_union_in_input,
-    original_masks_to_crop,
-    pointing_tolerance,
 )
 
 
@@ -64,7 +64,7 @@ def test_deletion_removes_tied_pixels_in_no_particular_order() -> None:
             return torch.softmax(logits, 1)[:, 0]
 
     from models.classifier import grader_card
-    from workbench.explainers import ExplainableModel
+    from workbench.explain.explainers import ExplainableModel
 
     model = ExplainableModel(BottomHalf(), grader_card("test_convnext", 32))
     image = torch.ones(1, 3, 32, 32)
@@ -186,8 +186,8 @@ def test_compare_scores_the_grader_that_made_the_heatmaps(tmp_path: Path) -> Non
     from models.registry import build_model, save_model
     from tests.conftest import write_tiny_weights
     from workbench.analysis import Workbench
-    from workbench.batch import score_analysis
-    from workbench.synthetic import make_fundus
+    from workbench.io.synthetic import make_fundus
+    from workbench.reports.batch import score_analysis
     from workbench.targets import GradeTarget
 
     folder = write_tiny_weights(tmp_path / "weights")
@@ -226,8 +226,8 @@ def test_explain_bench_val_excludes_photographs_the_grader_trained_on(real_idrid
     import csv
 
     from models.classifier import grader_card
-    from workbench.explain_bench import _seen_by_grader
-    from workbench.idrid import IDRiD
+    from workbench.explain.explain_bench import _seen_by_grader
+    from workbench.io.idrid import IDRiD
     from workbench.predictors import GraderPredictor
 
     dataset = IDRiD(real_idrid)

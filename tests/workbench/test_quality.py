@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from workbench.fundus import prepare_fundus
-from workbench.idrid import IDRiD
-from workbench.image_io import LoadedImage, load_image
+from workbench.io.idrid import IDRiD
+from workbench.io.image_io import LoadedImage, load_image
 
 
 def _verdict(rgb: np.ndarray):

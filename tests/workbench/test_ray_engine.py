@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from workbench.engines.ray_engine import READ_RESERVE, pool_size
-from workbench.synthetic import make_fundus
+from workbench.io.synthetic import make_fundus
 
 pytest.importorskip("ray")
 
@@ -48,8 +48,8 @@ def test_ray_and_local_engines_agree_and_ray_resumes(
     import ray
 
     from workbench.analysis import Workbench
-    from workbench.batch import analyze_files
     from workbench.engines.ray_engine import analyze_with_ray
+    from workbench.reports.batch import analyze_files
 
     monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))  # inherited by the Ray workers
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one start for both runs

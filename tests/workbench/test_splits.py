@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.idrid import GradingRecord, IDRiD
-from workbench.splits import duplicate_groups, split_names, split_train_val
+from workbench.io.idrid import GradingRecord, IDRiD
+from workbench.io.splits import duplicate_groups, split_names, split_train_val
 
 
 def _records(tmp_path: Path, n: int = 50) -> list[GradingRecord]:

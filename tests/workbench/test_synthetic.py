@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.constants import LESION_CODES
-from workbench.synthetic import make_fundus
+from workbench.io.synthetic import make_fundus
 
 
 def test_deterministic_from_seed() -> None:

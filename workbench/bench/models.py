@@ -19,9 +19,9 @@ from PIL import Image
 
 from models.preprocess import crop_to_fov
 from workbench.fundus import fov_in_crop
-from workbench.image_io import load_image
+from workbench.io.image_io import load_image
+from workbench.io.synthetic import make_fundus
 from workbench.quality import assess_quality
-from workbench.synthetic import make_fundus
 
 __all__ = ["BENCHMARKS", "run_benchmarks", "time_call"]
 
@@ -122,7 +122,7 @@ EXPLAINER_TARGETS_MS: dict[str, float | None] = {
 
 def _grader_input(image_path: Path):
     from models.registry import default_model, load_model
-    from workbench.explainers import ExplainableModel
+    from workbench.explain.explainers import ExplainableModel
     from workbench.fundus import prepare_fundus
     from workbench.predictors import GraderPredictor
 
@@ -137,8 +137,8 @@ def _bare_calls(model, tensor, target) -> dict[str, Callable[[], object]]:
     from captum.attr import IntegratedGradients
     from pytorch_grad_cam import GradCAM
 
-    from workbench.explainers.budget import batch_for_budget
-    from workbench.explainers.captum_methods import make_baseline
+    from workbench.explain.explainers.budget import batch_for_budget
+    from workbench.explain.explainers.captum_methods import make_baseline
     from workbench.targets import per_sample
 
     @contextmanager
@@ -182,7 +182,7 @@ def bench_explainers(image_path: Path, repeats: int) -> dict[str, dict[str, floa
     (target <= 1.1x)."""
     import torch
 
-    from workbench.explainers import get_explainer
+    from workbench.explain.explainers import get_explainer
     from workbench.targets import GradeTarget
 
     model, tensor = _grader_input(image_path)
@@ -210,8 +210,8 @@ def bench_explainers(image_path: Path, repeats: int) -> dict[str, dict[str, floa
 
 
 def _explainer_peak_rss_mb(image_path: str, method: str) -> tuple[float, float]:
-    from workbench.explainers import get_explainer
-    from workbench.explainers.budget import peak_rss_mb
+    from workbench.explain.explainers import get_explainer
+    from workbench.explain.explainers.budget import peak_rss_mb
     from workbench.targets import GradeTarget
 
     model, tensor = _grader_input(Path(image_path))
@@ -254,7 +254,7 @@ def bench_throughput(image_path: Path, repeats: int, n_images: int = 32, batch: 
 
 
 def _server_peak_rss_mb(image_path: str) -> float:
-    from workbench.explainers.budget import peak_rss_mb
+    from workbench.explain.explainers.budget import peak_rss_mb
 
     workbench = _workbench()
     for _ in range(2):
@@ -282,9 +282,9 @@ def bench_engines(image_path: Path, repeats: int, n_images: int | None = None) -
 
     from PIL import Image
 
-    from workbench.batch import analyze_files
     from workbench.engines.ray_engine import analyze_with_ray
-    from workbench.synthetic import make_fundus
+    from workbench.io.synthetic import make_fundus
+    from workbench.reports.batch import analyze_files
 
     n = n_images or int(os.environ.get("DRWB_BENCH_ENGINE_IMAGES", "200"))
     with tempfile.TemporaryDirectory(prefix="drwb-engines-") as tmp:

@@ -47,7 +47,7 @@ def _wait_until_serving(url: str, server: subprocess.Popen, log: Path) -> None:
 
 
 def _peak_rss_mb(pid: int) -> float:
-    from workbench.explainers.budget import status_mb
+    from workbench.explain.explainers.budget import status_mb
 
     peak = status_mb("VmHWM", pid)
     if peak is None:

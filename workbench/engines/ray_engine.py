@@ -2,7 +2,7 @@
 
 One ``Workbench`` per actor (models load once per actor, not per image) in an actor pool sized from the
 resources Ray reports; each actor writes the per-image report folder exactly as the local engine does
-(``workbench.batch.analyze_one``) and returns the summary row. The driver appends rows to
+(``workbench.reports.batch.analyze_one``) and returns the summary row. The driver appends rows to
 ``summary.csv`` as they arrive (so a killed run keeps what it finished), shows images/s, and at the end
 writes ``summary.parquet`` beside it.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from workbench.batch import SUMMARY_FIELDS, analyze_one, content_sha256, expand_inputs
+from workbench.reports.batch import SUMMARY_FIELDS, analyze_one, content_sha256, expand_inputs
 from workbench.targets import Target
 
 __all__ = ["READ_RESERVE", "analyze_with_ray", "pool_size"]

@@ -1,7 +1,7 @@
 """The Gradio "Audit" tab: a zip of photographs plus a labels CSV (or a folder under the data root) in,
 the audit report out: figures, plots, the self-contained HTML and the per-image CSV to download.
 
-A face: it unpacks and validates the upload and calls ``workbench.audit``; nothing numeric happens here.
+A face: it unpacks and validates the upload and calls ``workbench.reports.audit``; no numbers here.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import gradio as gr
 
 from workbench.analysis import Workbench
-from workbench.audit import LabelsError, read_labels, run_audit, write_audit_report
-from workbench.audit.labels import IMAGE_SUFFIXES
-from workbench.audit.report import audit_plots
+from workbench.reports.audit import LabelsError, read_labels, run_audit, write_audit_report
+from workbench.reports.audit.labels import IMAGE_SUFFIXES
+from workbench.reports.audit.report import audit_plots
 from workbench.ui.handlers import LONG_WORK, NARROW_PX
 
 __all__ = ["MAX_ZIP_MEMBERS", "audit", "build_audit_tab"]

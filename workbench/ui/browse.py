@@ -13,10 +13,10 @@ import numpy as np
 
 from models.constants import DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, LesionSummary
-from workbench.idrid import IDRiD, load_mask, seg_to_grading
+from workbench.explain.scoring import original_masks_to_crop
+from workbench.io.idrid import IDRiD, load_mask, seg_to_grading
 from workbench.metrics import mask_dice, scaled_distances
-from workbench.render import landmarks_overlay, lesion_overlay
-from workbench.scoring import original_masks_to_crop
+from workbench.reports.render import landmarks_overlay, lesion_overlay
 from workbench.ui.summary import summary_markdown
 
 __all__ = ["BrowseHandlers"]

@@ -17,12 +17,12 @@ from PIL import Image
 from models.enhance import ENHANCEMENTS
 from models.registry import list_shipped
 from workbench.analysis import Workbench
-from workbench.explainers import EXPLAINERS
+from workbench.explain.explainers import EXPLAINERS
+from workbench.explain.scoring import SCORE_COLUMNS
+from workbench.io.synthetic import make_fundus
 from workbench.model_table import grader_label
-from workbench.render import LESION_COLOUR_MAP
-from workbench.report import LESION_COLUMNS
-from workbench.scoring import SCORE_COLUMNS
-from workbench.synthetic import make_fundus
+from workbench.reports.render import LESION_COLOUR_MAP
+from workbench.reports.report import LESION_COLUMNS
 from workbench.ui.audit_tab import build_audit_tab
 from workbench.ui.handlers import (
     BATCH_COLUMNS,

@@ -1,6 +1,6 @@
 """Gradio event handlers: validate the widget values, call the workbench, render, return widget values.
 
-No tensor maths here (a face): everything numeric comes from ``Workbench`` and ``workbench.render``.
+No tensor maths here (a face): everything numeric comes from ``Workbench`` and ``workbench.reports.render``.
 User errors become ``gr.Error`` with the loader's message, so the app answers and keeps serving.
 """
 
@@ -20,10 +20,10 @@ import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, Workbench
-from workbench.batch import score_analysis
-from workbench.image_io import ImageLoadError, LoadedImage, load_image
+from workbench.io.image_io import ImageLoadError, LoadedImage, load_image
 from workbench.model_table import models_markdown
-from workbench.render import (
+from workbench.reports.batch import score_analysis
+from workbench.reports.render import (
     curves_figure,
     heatmap_overlay,
     landmarks_overlay,
@@ -31,7 +31,7 @@ from workbench.render import (
     lesion_overlay,
     probability_figure,
 )
-from workbench.report import analysis_to_dict, lesion_rows, write_report
+from workbench.reports.report import analysis_to_dict, lesion_rows, write_report
 from workbench.targets import GradeTarget, parse_target
 from workbench.ui.browse import BrowseHandlers
 from workbench.ui.summary import summary_markdown

@@ -9,7 +9,7 @@ import numpy as np
 
 from models.enhance import ENHANCEMENTS
 from workbench.fundus import prepare_fundus
-from workbench.image_io import ImageLoadError, load_image
+from workbench.io.image_io import ImageLoadError, load_image
 from workbench.quality import QualityThresholds
 from workbench.ui.handlers import NO_UPLOAD
 

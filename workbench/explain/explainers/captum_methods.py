@@ -9,7 +9,7 @@ normalisation, "blur" a strongly blurred copy of the input (keeps colour, remove
 Speed and memory (measured in ``drwb bench``, tolerances held by tests): Integrated Gradients uses
 Gauss-Legendre quadrature with 16 steps (captum's default rule; the old 32 steps gave the same map
 within the tested tolerance at twice the cost); every method batches its model evaluations in chunks
-that fit the explanation memory budget (``workbench.explainers.budget``); Occlusion needs no gradient
+that fit the explanation memory budget (``workbench.explain.explainers.budget``); Occlusion needs no gradient
 and runs under ``torch.inference_mode``.
 """
 
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GradientShap, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 
-from workbench.explainers import register_explainer
-from workbench.explainers.base import ExplainableModel, Heatmap, to_input_size
-from workbench.explainers.budget import batch_for_budget
+from workbench.explain.explainers import register_explainer
+from workbench.explain.explainers.base import ExplainableModel, Heatmap, to_input_size
+from workbench.explain.explainers.budget import batch_for_budget
 from workbench.targets import Target
 
 __all__ = ["CaptumExplainer", "make_baseline"]

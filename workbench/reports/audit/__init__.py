@@ -5,10 +5,10 @@
 ``write_audit_report`` writes the JSON and the self-contained HTML.
 """
 
-from workbench.audit.figures import audit_figures
-from workbench.audit.labels import LabelledImage, LabelsError, read_labels
-from workbench.audit.report import write_audit_report
-from workbench.audit.run import GradedImage, grade_images, run_audit
+from workbench.reports.audit.figures import audit_figures
+from workbench.reports.audit.labels import LabelledImage, LabelsError, read_labels
+from workbench.reports.audit.report import write_audit_report
+from workbench.reports.audit.run import GradedImage, grade_images, run_audit
 
 __all__ = [
     "GradedImage",

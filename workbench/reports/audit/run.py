@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from workbench.audit.figures import audit_figures
-from workbench.audit.labels import LabelledImage, Labels
 from workbench.fundus import prepare_fundus
-from workbench.image_io import ImageLoadError, load_image
+from workbench.io.image_io import ImageLoadError, load_image
 from workbench.predictors import GRADING_CROP, GraderPredictor
+from workbench.reports.audit.figures import audit_figures
+from workbench.reports.audit.labels import LabelledImage, Labels
 
 __all__ = ["GradedImage", "grade_images", "run_audit"]
 
@@ -104,7 +104,7 @@ def run_audit(
     The worst errors (largest grade distance, then most confident) get one explanation each: the
     grader's own attention map for the predicted grade (the cheapest honest view of where it looked).
     """
-    from workbench.render import heatmap_overlay
+    from workbench.reports.render import heatmap_overlay
     from workbench.targets import GradeTarget
 
     predictor = workbench.grader_predictor(grader) if grader else workbench.grader

@@ -16,12 +16,17 @@ from typing import Any
 from tqdm import tqdm
 
 from workbench.analysis import Workbench
-from workbench.explainers import ExplainableModel
-from workbench.explainers.budget import release_freed_memory
-from workbench.image_io import ImageLoadError
+from workbench.explain.explainers import ExplainableModel
+from workbench.explain.explainers.budget import release_freed_memory
+from workbench.explain.scoring import (
+    ExplanationScore,
+    lesion_union_in_input,
+    pointing_tolerance,
+    score_heatmap,
+)
 from workbench.inference import model_lock
-from workbench.report import write_report
-from workbench.scoring import ExplanationScore, lesion_union_in_input, pointing_tolerance, score_heatmap
+from workbench.io.image_io import ImageLoadError
+from workbench.reports.report import write_report
 from workbench.targets import GradeTarget, Target
 
 __all__ = [

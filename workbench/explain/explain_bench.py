@@ -24,20 +24,20 @@ import numpy as np
 from tqdm import tqdm
 
 from models.constants import LESION_CODES
-from workbench.explainers import ExplainableModel, get_explainer
-from workbench.explanation_quality import randomisation_correlation, randomised_copy
-from workbench.fundus import prepare_fundus
-from workbench.idrid import IDRiD, load_mask
-from workbench.image_io import load_image
-from workbench.predictors import GRADING_CROP, GraderPredictor
-from workbench.provenance import matching_names, trained_grading_names
-from workbench.scoring import (
+from workbench.explain.explainers import ExplainableModel, get_explainer
+from workbench.explain.explanation_quality import randomisation_correlation, randomised_copy
+from workbench.explain.scoring import (
     POINTING_TOLERANCE_PX,
     lesion_union_in_input,
     original_masks_to_crop,
     pointing_tolerance,
     score_heatmap,
 )
+from workbench.fundus import prepare_fundus
+from workbench.io.idrid import IDRiD, load_mask
+from workbench.io.image_io import load_image
+from workbench.predictors import GRADING_CROP, GraderPredictor
+from workbench.provenance import matching_names, trained_grading_names
 from workbench.targets import GradeTarget
 
 __all__ = ["explain_bench", "mean_ci"]

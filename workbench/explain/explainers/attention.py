@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.explainers import register_explainer
-from workbench.explainers.base import ExplainableModel, Heatmap, to_input_size
+from workbench.explain.explainers import register_explainer
+from workbench.explain.explainers.base import ExplainableModel, Heatmap, to_input_size
 from workbench.targets import DMETarget, Target
 
 __all__ = ["AttentionExplainer"]

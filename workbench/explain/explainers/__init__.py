@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workbench.explainers.base import ExplainableModel, Explainer, Heatmap
+from workbench.explain.explainers.base import ExplainableModel, Explainer, Heatmap
 
 __all__ = ["EXPLAINERS", "ExplainableModel", "Explainer", "Heatmap", "get_explainer", "register_explainer"]
 
@@ -32,4 +32,4 @@ def get_explainer(name: str) -> Explainer:
 
 
 # Adapters register on import (kept last: they import register_explainer from here).
-from workbench.explainers import attention, captum_methods, gradcam  # noqa: E402, F401
+from workbench.explain.explainers import attention, captum_methods, gradcam  # noqa: E402, F401

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.hashing import file_sha256
-from workbench.idrid import GradingRecord
+from workbench.io.idrid import GradingRecord
 
 __all__ = ["Split", "assign_folds", "content_hash", "duplicate_groups", "split_names", "split_train_val"]
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES
 from workbench.analysis import Analysis
-from workbench.render import heatmap_overlay, landmarks_overlay, lesion_overlay, method_grid
-from workbench.scoring import ExplanationScore
+from workbench.explain.scoring import ExplanationScore
+from workbench.reports.render import heatmap_overlay, landmarks_overlay, lesion_overlay, method_grid
 
 __all__ = [
     "LESION_COLUMNS",

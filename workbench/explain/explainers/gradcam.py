@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 
-from workbench.explainers import register_explainer
-from workbench.explainers.base import ExplainableModel, Heatmap, frozen_weights, to_input_size
-from workbench.explainers.budget import batch_for_budget
+from workbench.explain.explainers import register_explainer
+from workbench.explain.explainers.base import ExplainableModel, Heatmap, frozen_weights, to_input_size
+from workbench.explain.explainers.budget import batch_for_budget
 from workbench.targets import Target, per_sample
 
 __all__ = ["TOP_K", "CamExplainer", "TopKScoreCAM"]

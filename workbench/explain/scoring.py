@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from models.preprocess import CropTransform
-from workbench.explainers import ExplainableModel, Heatmap
-from workbench.explanation_quality import (
+from workbench.explain.explainers import ExplainableModel, Heatmap
+from workbench.explain.explanation_quality import (
     Curves,
     deletion_insertion,
     has_evidence,

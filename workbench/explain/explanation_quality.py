@@ -7,7 +7,7 @@
   baseline punches into a fundus.
 - Pointing game (Zhang et al., 2016): is the map's maximum on a lesion, or within a disc of radius
   ``tolerance`` px around one? The caller states the tolerance in original-image pixels and converts it
-  to the map's frame (``workbench.scoring``). When several pixels share the maximum, the answer is the
+  to the map's frame (``workbench.explain.scoring``). When several pixels share the maximum, the answer is the
   share of them that hit (the expected result of picking one at random).
 - Relevance mass / rank (Arras et al., 2022): share of positive relevance inside the lesion mask, and
   share of the top-|mask| pixels that are lesion pixels (pixels tied at the cut count fractionally, so
@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 import torch
 
-from workbench.explainers.base import ExplainableModel, Explainer
-from workbench.explainers.budget import batch_for_budget
-from workbench.explainers.captum_methods import make_baseline
+from workbench.explain.explainers.base import ExplainableModel, Explainer
+from workbench.explain.explainers.budget import batch_for_budget
+from workbench.explain.explainers.captum_methods import make_baseline
 from workbench.targets import Target
 
 __all__ = [

@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis
-from workbench.explainers import Heatmap
-from workbench.explanation_quality import Curves
+from workbench.explain.explainers import Heatmap
+from workbench.explain.explanation_quality import Curves
 
 __all__ = [
     "curves_figure",
