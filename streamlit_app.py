@@ -163,4 +163,6 @@ if choices:
                 heat = get_workbench().explain(analysis.crop, [method], GradeTarget(analysis.dr_grade))[
                     method
                 ]
-            column.image(heatmap_overlay(analysis.crop, heat), caption=f"{method} ({heat.seconds:.2f} s)")
+            column.image(
+                heatmap_overlay(analysis.crop, heat), caption=f"{heat.named(method)}: {heat.seconds:.2f} s"
+            )

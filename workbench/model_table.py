@@ -2,7 +2,8 @@
 
 Figures come from the cards only. Graders show out-of-fold (cross-validated) figures when the card has
 them, else the single validation split (marked as such: it also chose the best epoch, so it flatters).
-A grader whose held-out QWK is below ``WEAK_QWK`` is marked weak wherever it can be chosen.
+A grader whose held-out QWK is below ``WEAK_QWK`` is marked weak wherever it can be chosen, and one whose
+attention heads were trained towards lesions says so (its attention maps are not unprompted evidence).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from models.card import ModelCard
 from models.registry import default_model, list_shipped
+from workbench.explain.explainers.attention import supervision_note
 
 __all__ = ["WEAK_QWK", "grader_label", "held_out", "models_markdown"]
 
@@ -66,9 +68,12 @@ def models_markdown(folder: Path | None = None) -> str:
     ]
     for card in (c for c in cards if c.arch == "grader"):
         source, m = held_out(card)
-        note = "default" if _stem(card) == defaults["grader"] else ""
+        notes = ["default"] if _stem(card) == defaults["grader"] else []
         if m.get("dr_qwk") is not None and m["dr_qwk"] < WEAK_QWK:
-            note = f"**weak** (QWK below {WEAK_QWK})"
+            notes = [f"**weak** (QWK below {WEAK_QWK})"]
+        if supervision_note(card):
+            notes.append("attention maps lesion-supervised (not unprompted evidence)")
+        note = "; ".join(notes)
         ece = (m.get("ece") or {}).get("dr_after")
         out.append(
             f"| {_stem(card)} | {card.encoder} | {card.input_size} | {source} | {_cell(m, 'dr_accuracy')} | "

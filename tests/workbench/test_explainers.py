@@ -147,3 +147,30 @@ def test_unknown_names_list_valid_ones() -> None:
     with pytest.raises(ValueError, match="valid: dr:0..4"):
         parse_target("grade:9")
     assert parse_target("lesion:EX") == LesionTarget("EX")
+
+
+def test_lesion_supervised_attention_says_so_in_captions_reports_and_the_models_table(
+    tiny: ExplainableModel, tmp_path
+) -> None:
+    from dataclasses import replace
+
+    from workbench.model_table import models_markdown
+    from workbench.reports.render import method_grid
+
+    image = torch.rand(1, 3, 64, 64)
+    plain = get_explainer("attention").explain(tiny, image, GradeTarget(2))
+    assert plain.note == "" and plain.named("attention") == "attention"
+    recipe = {"recipe": {"attention_supervision": {"weight": 0.5}}}
+    supervised_model = ExplainableModel(tiny.module, replace(tiny.card, training=recipe))
+    supervised = get_explainer("attention").explain(supervised_model, image, GradeTarget(2))
+    assert supervised.note == "lesion-supervised"
+    assert supervised.named("attention") == "attention (lesion-supervised)"
+    crop = np.zeros((64, 64, 3), np.uint8)
+    # the grid tile carries the note on a second line: more caption pixels than without it
+    with_note = method_grid(crop, {"attention": supervised}, columns=1)
+    without = method_grid(crop, {"attention": plain}, columns=1)
+    assert (with_note[30:45] > 200).sum() > (without[30:45] > 200).sum()
+    # the Models tab: the shipped card's recipe makes the same note there
+    card = replace(tiny.card, weights="tiny.safetensors", training=recipe)
+    (tmp_path / "tiny.json").write_text(card.to_json())
+    assert "lesion-supervised" in models_markdown(tmp_path)

@@ -214,20 +214,23 @@ def landmarks_overlay(
 def method_grid(
     crop: np.ndarray, heatmaps: dict[str, Heatmap], columns: int = 3, tile: int = 256
 ) -> np.ndarray:
-    """Side-by-side overlays of several methods, each captioned with its name and seconds."""
+    """Side-by-side overlays of several methods, each captioned with its name and seconds (and its note,
+    e.g. "lesion-supervised", on a second line)."""
     tiles = []
     for name, heat in heatmaps.items():
         overlay = cv2.resize(heatmap_overlay(crop, heat), (tile, tile), interpolation=cv2.INTER_AREA)
-        cv2.putText(
-            overlay,
-            f"{name} {heat.seconds:.2f}s",
-            (6, 18),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.5,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
+        lines = [f"{name} {heat.seconds:.2f}s"] + ([heat.note] if heat.note else [])
+        for row, text in enumerate(lines):
+            cv2.putText(
+                overlay,
+                text,
+                (6, 18 + 18 * row),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
         tiles.append(overlay)
     while len(tiles) % columns:
         tiles.append(np.zeros((tile, tile, 3), np.uint8))

@@ -167,6 +167,7 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
         out["explanations"] = {
             name: {
                 "method": h.method,
+                "note": h.note,
                 "target": h.target,
                 "signed": h.signed,
                 "seconds": _num(h.seconds),

@@ -167,8 +167,8 @@ class Handlers(BrowseHandlers):
                 one = replace(analysis, heatmaps={method: heat})
                 scores.update(score_analysis(self.workbench, one, target, grader=grader or None))
             overlays[method] = heatmap_overlay(analysis.crop, heat)
-            gallery.append((overlays[method], _caption(method, heat.seconds, scores.get(method))))
-            table.append(_score_row(method, heat.seconds, scores.get(method)))
+            gallery.append((overlays[method], _caption(heat.named(method), heat.seconds, scores.get(method))))
+            table.append(_score_row(heat.named(method), heat.seconds, scores.get(method)))
             curves = curves_figure({k: s.curves for k, s in scores.items()}) if scores else None
             first = methods[0]
             # the slider's pair and the Left / Right menus say the same thing

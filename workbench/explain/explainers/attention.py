@@ -3,6 +3,10 @@
 The DR head's attention answers DR targets (a grade, referable), the DME head's answers DME targets. The
 maps are distributions over the feature grid (sum 1, unsigned), upsampled to input size. Segmenter
 targets have no attention head and are refused with a clear error.
+
+A grader trained with attention supervision (its card's ``training.recipe.attention_supervision``: the
+heads pulled towards lesion masks) gives maps noted "lesion-supervised", so that nobody reads them as
+the network's unprompted evidence.
 """
 
 from __future__ import annotations
@@ -12,11 +16,18 @@ from dataclasses import dataclass
 
 import torch
 
+from models.card import ModelCard
 from workbench.explain.explainers import register_explainer
 from workbench.explain.explainers.base import ExplainableModel, Heatmap, to_input_size
 from workbench.targets import DMETarget, Target
 
-__all__ = ["AttentionExplainer"]
+__all__ = ["AttentionExplainer", "supervision_note"]
+
+
+def supervision_note(card: ModelCard) -> str:
+    """ "lesion-supervised" when the grader's attention was trained towards lesions, else ""."""
+    recipe = card.training.get("recipe") or {}
+    return "lesion-supervised" if recipe.get("attention_supervision") else ""
 
 
 @dataclass
@@ -31,9 +42,9 @@ class AttentionExplainer:
             maps = model.module.attention_maps(image)
         head = "dme" if isinstance(target, DMETarget) else "dr"
         values = to_input_size(maps[head][0].float(), image.shape[-1])
-        return Heatmap(
-            values, False, f"attention ({head.upper()} head)", target.label, time.perf_counter() - start
-        )
+        method = f"attention ({head.upper()} head)"
+        seconds = time.perf_counter() - start
+        return Heatmap(values, False, method, target.label, seconds, supervision_note(model.card))
 
 
 register_explainer("attention")(AttentionExplainer)

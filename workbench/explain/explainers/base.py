@@ -48,6 +48,11 @@ class Heatmap:
     method: str
     target: str
     seconds: float
+    note: str = ""  # how this map came to be, when a reader must know (e.g. "lesion-supervised attention")
+
+    def named(self, name: str) -> str:
+        """``name`` (the method's menu key) with this map's note, for captions and tables."""
+        return f"{name} ({self.note})" if self.note else name
 
     def positive(self) -> np.ndarray:
         """Evidence *for* the target, >= 0 (negative parts of signed maps dropped)."""
