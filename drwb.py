@@ -354,7 +354,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="speed benchmarks; medians of repeats, as JSON")
     bench.add_argument("--json", action="store_true", help="one JSON object on one line")
     bench.add_argument(
-        "--only", nargs="*", help="benchmark names (default: all but the slow 'engines' and 'server')"
+        "--only",
+        nargs="*",
+        help="benchmark names (default: all but the slow 'engines', 'server' and 'runtimes')",
     )
     bench.add_argument("--image", help="a JPEG to time instead of the synthetic 4288x2848 one")
     bench.add_argument("--repeats", type=int, default=15)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -50,7 +51,11 @@ def blend_window(tile: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict_tiles(
-    model: nn.Module, image: torch.Tensor, tile: int, overlap: int, batch: int = 1
+    model: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    tile: int,
+    overlap: int,
+    batch: int = 1,
 ) -> np.ndarray:
     """Sigmoid probabilities (C, H, W) for a normalised (3, H, W) image, by blended overlapping tiles.
 

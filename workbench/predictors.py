@@ -29,6 +29,7 @@ from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
 from models.registry import load_model
 from workbench.inference import model_lock, predict_tiles
 from workbench.io.image_io import LoadedImage
+from workbench.runtime import forward_for
 
 __all__ = [
     "GraderPredictor",
@@ -58,8 +59,9 @@ def _batch(crops: list[np.ndarray], card: ModelCard) -> torch.Tensor:
 class GraderPredictor:
     """DR / DME probabilities from 512-px field-of-view crops."""
 
-    def __init__(self, model: nn.Module, card: ModelCard) -> None:
+    def __init__(self, model: nn.Module, card: ModelCard, runtime: str | None = None) -> None:
         self.model, self.card = model.eval(), card
+        self.forward = forward_for(self.model, card, runtime)  # explainers use self.model (PyTorch)
 
     def input_tensor(self, crop512: np.ndarray) -> torch.Tensor:
         """(1, 3, S, S) normalised model input for one 512-px crop (used by explainers too)."""
@@ -73,7 +75,7 @@ class GraderPredictor:
         than single images (measured: 176 vs 75 ms), the activations no longer fitting in cache.
         """
         with model_lock(self.model):  # explainers hook this module (workbench.inference.model_lock)
-            logits = torch.cat([self.model(_batch([crop], self.card)) for crop in crops512]).float()
+            logits = torch.cat([self.forward(_batch([crop], self.card)) for crop in crops512]).float()
         num_dr = self.card.num_classes
         return torch.softmax(logits[:, :num_dr], 1).numpy(), torch.softmax(logits[:, num_dr:], 1).numpy()
 
@@ -99,8 +101,10 @@ class SegmenterPredictor:
         card: ModelCard,
         input_size: int | None = None,
         donors: Sequence[tuple[SegmenterPredictor, Sequence[str]]] = (),
+        runtime: str | None = None,
     ) -> None:
         self.model, self.card = model.eval(), card
+        self.forward = forward_for(self.model, card, runtime)
         self.input_size = int(input_size or card.input_size)
         self.tile = int(card.extra.get("tile", 512)) if input_size is None else self.input_size
         self.overlap = int(card.extra.get("overlap", 64))
@@ -118,7 +122,7 @@ class SegmenterPredictor:
         tensor = torch.from_numpy(normalise(crop, self.card.mean, self.card.std))
         del crop
         with model_lock(self.model):  # lesion targets are explained on this module
-            probs = predict_tiles(self.model, tensor, self.tile, self.overlap)
+            probs = predict_tiles(self.forward, tensor, self.tile, self.overlap)
         for code, channel in taken.items():
             # the donor segmented the same field-of-view square at its own size: resize onto this crop
             size = probs.shape[:0:-1]
@@ -163,15 +167,22 @@ class LocalizerPredictor:
     prior, else an annulus around the disc: ``models.localizer.decode_landmarks``); the card's
     ``extra.anatomical_prior`` sets it. ``prior`` is also what ``workbench.landmarks`` checks against."""
 
-    def __init__(self, model: nn.Module, card: ModelCard, anatomical_prior: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        anatomical_prior: bool | None = None,
+        runtime: str | None = None,
+    ) -> None:
         self.model, self.card = model.eval(), card
+        self.forward = forward_for(self.model, card, runtime)
         use = card.extra.get("anatomical_prior", True) if anatomical_prior is None else anatomical_prior
         self.anatomical_prior = bool(use)
         self.prior: LandmarkPrior | None = LandmarkPrior.from_card(card) if self.anatomical_prior else None
 
     @torch.inference_mode()
     def predict_crops(self, crops512: list[np.ndarray], transforms: list[CropTransform]) -> list[Landmarks]:
-        logits = self.model(_batch(crops512, self.card))
+        logits = self.forward(_batch(crops512, self.card))
         centres, peaks = decode_landmarks(logits, self.anatomical_prior, self.prior)
         factor = GRADING_CROP / self.card.input_size
         out = []

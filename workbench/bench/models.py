@@ -1,5 +1,6 @@
 """Benchmarks printed by ``drwb bench --json``: medians of repeated runs on this machine (``server``, the
-app under concurrent analysts, lives in ``workbench.bench.server``).
+app under concurrent analysts, lives in ``workbench.bench.server``; ``runtimes``, PyTorch against ONNX
+Runtime, in ``workbench.bench.runtimes``).
 
 Speed targets live here, never in timed unit tests, because a shared 2-core machine is noisy: we report
 the median and the spread (min, max) of several repeats and the reader judges against the target.
@@ -321,6 +322,12 @@ def _bench_server(image_path: Path, repeats: int) -> dict:
     return bench_server(image_path, repeats)
 
 
+def _bench_runtimes(image_path: Path, repeats: int) -> dict:
+    from workbench.bench.runtimes import bench_runtimes
+
+    return bench_runtimes(image_path, repeats)
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], dict]] = {
     "preprocess_4288_to_512": lambda path, repeats: bench_preprocess(path, 512, repeats),
     "quality_verdict_512": lambda path, repeats: bench_quality(path, repeats),
@@ -332,8 +339,9 @@ BENCHMARKS: dict[str, Callable[[Path, int], dict]] = {
     "peak_memory": bench_memory,
     "engines": bench_engines,
     "server": lambda path, repeats: _bench_server(path, repeats),
+    "runtimes": lambda path, repeats: _bench_runtimes(path, repeats),
 }
-ON_REQUEST = ("engines", "server")  # minutes each: run only when named
+ON_REQUEST = ("engines", "server", "runtimes")  # minutes each: run only when named
 
 
 def run_benchmarks(names: list[str] | None = None, image: Path | None = None, repeats: int = 15) -> dict:

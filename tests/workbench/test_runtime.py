@@ -1,0 +1,88 @@
+"""ONNX Runtime as an alternative to PyTorch for the forward-only paths: same outputs, exported once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.registry import load_model
+from workbench.io.image_io import load_image
+from workbench.io.synthetic import make_fundus
+from workbench.predictors import (
+    GRADING_CROP,
+    GraderPredictor,
+    LocalizerPredictor,
+    SegmenterPredictor,
+    crop_for,
+)
+from workbench.runtime import OnnxForward, configured_runtime, forward_for
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DRWB_CACHE", str(tmp_path))
+    return tmp_path / "onnx"
+
+
+def test_the_runtime_is_chosen_by_name_and_a_wrong_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DRWB_RUNTIME", raising=False)
+    assert configured_runtime() == "torch"
+    monkeypatch.setenv("DRWB_RUNTIME", "ONNX")
+    assert configured_runtime() == "onnx" and configured_runtime("torch") == "torch"
+    with pytest.raises(ValueError, match="valid runtimes: torch, onnx"):
+        configured_runtime("tensorrt")
+
+
+@pytest.mark.parametrize("stem", ["tiny_grader", "tiny_segmenter", "tiny_localizer"])
+def test_onnx_forward_matches_pytorch_at_any_size_and_batch(
+    tiny_weights: Path, cache: Path, stem: str
+) -> None:
+    model, card = load_model(stem, tiny_weights)
+    onnx = forward_for(model, card, "onnx")
+    assert isinstance(onnx, OnnxForward) and forward_for(model, card, "torch") is model
+    for side, batch in ((card.input_size, 1), (card.input_size + 32, 2)):
+        if card.arch == "grader" and side != card.input_size:
+            continue  # graders always see their own input size
+        x = torch.rand(batch, 3, side, side)
+        with torch.inference_mode():
+            expected = model(x).float().numpy()
+        assert np.abs(onnx(x).numpy() - expected).max() < 1e-4
+
+
+def test_a_model_is_exported_once_per_weights_file(tiny_weights: Path, cache: Path) -> None:
+    model, card = load_model("tiny_localizer", tiny_weights)
+    first = OnnxForward(model, card)
+    stamp = first.path.stat().st_mtime_ns
+    second = OnnxForward(model, card)
+    assert second.path == first.path and first.path.stat().st_mtime_ns == stamp
+    assert card.sha256[:16] in first.path.name and list(cache.glob("*.part")) == []
+
+
+def test_predictors_give_the_same_answers_in_either_runtime(
+    tiny_weights: Path, cache: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    path = tmp_path / "eye.png"
+    Image.fromarray(make_fundus(5, size=(356, 536)).image).save(path)
+    image = load_image(path)
+    crop, transform = crop_for(image, GRADING_CROP)
+    results = {}
+    for runtime in ("torch", "onnx"):
+        grader = GraderPredictor(*load_model("tiny_grader", tiny_weights), runtime=runtime)
+        segmenter = SegmenterPredictor(*load_model("tiny_segmenter", tiny_weights), runtime=runtime)
+        localizer = LocalizerPredictor(*load_model("tiny_localizer", tiny_weights), runtime=runtime)
+        results[runtime] = (
+            grader.predict([crop]),
+            segmenter.predict(image).probabilities,
+            localizer.predict_crops([crop], [transform])[0],
+        )
+    (dr_t, dme_t), seg_t, marks_t = results["torch"]
+    (dr_o, dme_o), seg_o, marks_o = results["onnx"]
+    assert np.allclose(dr_t, dr_o, atol=1e-5) and np.allclose(dme_t, dme_o, atol=1e-5)
+    assert np.abs(seg_t - seg_o).max() < 1e-4
+    assert np.allclose(marks_t.od_xy, marks_o.od_xy, atol=0.05)
+    assert np.allclose(marks_t.fovea_xy, marks_o.fovea_xy, atol=0.05)

@@ -1,0 +1,88 @@
+"""PyTorch against ONNX Runtime (``drwb bench --only runtimes``): each network's forward pass, then the
+whole analysis in both profiles and the grading throughput, in each runtime (``workbench.runtime``).
+
+Forward passes alternate between the runtimes on the same input, so a busy machine slows both alike;
+the ratio of the medians is the figure to read. Outputs are compared too (largest absolute difference of
+the logits), because a faster runtime that changes results would not be the same product.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.registry import default_model, load_model
+from workbench.runtime import OnnxForward
+
+__all__ = ["bench_runtimes", "compare_forwards"]
+
+# network -> input side it runs at in analyze (the segmenters: one tile of the quality profile, the fast
+# profile's single 640-px crop)
+_NETWORKS = {"grader": None, "localizer": None, "segmenter_lite0_hr": 512, "segmenter_lite0": 640}
+
+
+@contextmanager
+def _runtime(name: str) -> Iterator[None]:
+    before = os.environ.get("DRWB_RUNTIME")
+    os.environ["DRWB_RUNTIME"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DRWB_RUNTIME", None)
+        else:
+            os.environ["DRWB_RUNTIME"] = before
+
+
+def compare_forwards(name: str, size: int | None, repeats: int) -> dict[str, Any]:
+    """Median ms of the PyTorch and the ONNX Runtime forward of one shipped network, alternating."""
+    model, card = load_model(name)
+    side = size or card.input_size
+    batch = torch.rand(1, 3, side, side).contiguous(memory_format=torch.channels_last)
+    onnx = OnnxForward(model, card)
+    with torch.inference_mode():
+        reference = model(batch).float().numpy()
+    difference = float(np.abs(onnx(batch).numpy() - reference).max())
+    samples: dict[str, list[float]] = {"torch": [], "onnx": []}
+    for index in range(repeats + 2):
+        for runtime, forward in (("torch", model), ("onnx", onnx)):
+            start = time.perf_counter()
+            with torch.inference_mode():
+                forward(batch)
+            if index >= 2:  # two warm-up rounds
+                samples[runtime].append((time.perf_counter() - start) * 1000)
+    torch_ms, onnx_ms = (statistics.median(samples[k]) for k in ("torch", "onnx"))
+    return {
+        "input_px": side,
+        "torch_median_ms": torch_ms,
+        "onnx_median_ms": onnx_ms,
+        "onnx_over_torch": onnx_ms / torch_ms,
+        "max_abs_logit_difference": difference,
+    }
+
+
+def bench_runtimes(image_path: Path, repeats: int) -> dict[str, Any]:
+    from workbench.bench.models import bench_analyze, bench_throughput
+
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "forward": {}}
+    for key, size in _NETWORKS.items():
+        name = default_model(key) if key in ("grader", "localizer") else key
+        out["forward"][name] = compare_forwards(name, size, repeats)
+    for runtime in ("torch", "onnx"):
+        with _runtime(runtime):
+            out[runtime] = {
+                "analyze_4288": bench_analyze(image_path, repeats),
+                "analyze_4288_fast": bench_analyze(image_path, repeats, "fast"),
+                "grading_throughput": bench_throughput(image_path, repeats),
+            }
+    for key in ("analyze_4288", "analyze_4288_fast"):
+        out[f"{key}_onnx_over_torch"] = out["onnx"][key]["median_ms"] / out["torch"][key]["median_ms"]
+    return out
