@@ -2,10 +2,11 @@
 
 The fovea's position relative to the optic-disc centre, and the disc's size, are measured in radii of the
 field of view, which makes them independent of the image's resolution: on the 330 training images of the
-grading split the fovea lies 0.76 +- 0.05 R temporal and 0.08 +- 0.06 R below the disc centre, and the 43
-training segmentation masks give a disc diameter of 0.31 R (0.23-0.37), i.e. the fovea is 2.5 disc
+grading split the fovea lies 0.76 +- 0.05 R temporal and 0.08 +- 0.06 R below the disc centre, and 37
+training segmentation masks give a disc diameter of 0.31 R (0.23-0.37), i.e. the fovea is 2.4 disc
 diameters from the disc, as the anatomy books say. Only annotations are used, never a model's output, and
-only training images (the grading split's and the segmentation split's validation images are left out).
+only training images: the grading split's held-out images are left out, and so is the disc mask of any
+segmentation photograph that IDRiD also has among them (``seg_to_grading``).
 
 ``python -m training.landmark_prior --data ../shared/data/idrid-lite --write-card localizer_lite0`` adds
 the prior to a shipped localizer's card; ``drwb train localizer`` fits it itself (``LocalizerTask``).
@@ -23,7 +24,7 @@ import numpy as np
 from models.card import ModelCard
 from models.fov import detect_fov
 from models.localizer import LandmarkPrior
-from workbench.io.idrid import IDRiD, load_mask
+from workbench.io.idrid import IDRiD, load_mask, seg_to_grading
 from workbench.io.image_io import load_image
 from workbench.io.splits import split_names, split_train_val
 
@@ -42,23 +43,25 @@ def fovea_offsets(
     )
 
 
-def _field(path: Path) -> tuple[float, float, float]:
-    """(centre x, radius, scale) of an image's field of view in its own pixel frame."""
+def _field(path: Path) -> tuple[float, float, int]:
+    """(centre x, radius) of an image's field of view in its own pixel frame, and the frame's width."""
     image = load_image(path, min_side=_DECODE_SIDE)
     fov = detect_fov(image.rgb)
     scale = image.original_size[1] / image.rgb.shape[1]
-    return (fov.cx + 0.5) * scale - 0.5, fov.radius * scale, scale
+    return (fov.cx + 0.5) * scale - 0.5, fov.radius * scale, image.original_size[1]
 
 
-def _disc_diameters(dataset: IDRiD, names: Iterable[str]) -> np.ndarray:
-    keep, out = set(names), []
+def _disc_diameters(dataset: IDRiD, names: Iterable[str], excluded_photographs: set[str]) -> np.ndarray:
+    """Disc diameters in field radii from the OD masks of the segmentation images ``names``, leaving out
+    those whose photograph is also a grading image in ``excluded_photographs`` (held-out images)."""
+    keep, copies, out = set(names), seg_to_grading(dataset.root), []
     for record in dataset.segmentation("train"):
         path = record.mask_paths.get("OD")
-        if record.name not in keep or path is None:
+        if record.name not in keep or path is None or copies.get(record.name) in excluded_photographs:
             continue
         mask = load_mask(path)
-        _, radius, _ = _field(record.image_path)
-        scale = load_image(record.image_path, min_side=_DECODE_SIDE).original_size[1] / mask.shape[1]
+        _, radius, width = _field(record.image_path)
+        scale = width / mask.shape[1]
         out.append(2 * np.sqrt(mask.sum() * scale**2 / np.pi) / radius)
     return np.asarray(out, float)
 
@@ -78,7 +81,9 @@ def fit_landmark_prior(
     od, fovea = np.array([r.od_xy for r in records]), np.array([r.fovea_xy for r in records])
     offsets = fovea_offsets(od, fovea, fields[:, 0], fields[:, 1])
     seg_names = [r.name for r in dataset.segmentation("train")]
-    discs = _disc_diameters(dataset, split_names(seg_names, val_fraction, seed).train) if seg_names else []
+    held_out = {r.name for r in dataset.grading("train")} - set(train_names)
+    seg_train = split_names(seg_names, val_fraction, seed).train if seg_names else ()
+    discs = _disc_diameters(dataset, seg_train, held_out)
     if len(discs) == 0:  # no disc masks: the textbook 1/2.5 of the disc-fovea distance
         discs = np.array([float(np.hypot(*offsets.mean(axis=0))) / 2.5])
     return LandmarkPrior(

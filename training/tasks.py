@@ -292,9 +292,10 @@ class LocalizerTask(TrainTask):
 
     def validate(self, model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
         errors = []
+        use_prior = bool(self.card().extra.get("anatomical_prior", True))
         for images, _, points, challenge_px in batches:
             # the same decoder as inference and `drwb evaluate` (the landmark prior for the fovea)
-            centres, _ = decode_landmarks(model(images), True, self._prior)
+            centres, _ = decode_landmarks(model(images), use_prior, self._prior)
             # input px -> px of a 4288-wide original, per image (IDRiD challenge frame)
             errors.append((centres - points).norm(dim=-1) * challenge_px[:, None])
         err = torch.cat(errors).float().cpu().numpy()

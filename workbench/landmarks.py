@@ -190,6 +190,8 @@ def place_landmarks(
             centre = tuple(map(float, transform.to_original(np.array([centroid], float))[0]))
             if np.hypot(centre[0] - detector_od_xy[0], centre[1] - detector_od_xy[1]) > 2 * radius:
                 od_doubt = "the disc detector and the disc segmentation disagree"
+                if prior is not None:  # the segmented component is likely not the disc: not its size either
+                    radius = fallback_radius_px
             elif prior is not None:
                 size = 2 * radius / fov.radius
                 low, high = prior.disc_range[0] / DISC_SIZE_SLACK, prior.disc_range[1] * DISC_SIZE_SLACK

@@ -13,7 +13,7 @@ from typing import Any
 
 from models.card import ModelCard
 from models.registry import default_model, list_shipped
-from workbench.explain.explainers.attention import supervision_note
+from workbench.explain.notes import supervision_note
 
 __all__ = ["WEAK_QWK", "grader_label", "held_out", "models_markdown"]
 

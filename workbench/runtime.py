@@ -3,7 +3,7 @@
 Only the forward-only paths can move: grading, lesion tiles and landmarks. Explanations stay in PyTorch
 (they need gradients and hooks on the module). A model is exported once per weights file (its sha256)
 with dynamic batch, height and width, to ``$DRWB_CACHE/onnx`` (default ``~/.cache/drwb/onnx``), and
-reused by every later process; the export takes about two seconds a model.
+reused by every later process (``export_key``); the export takes about two seconds a model.
 
 Measured with ``drwb bench --only runtimes`` (README "Speed and memory"): ONNX Runtime's CPU kernels run
 each network faster than PyTorch's on this project's CPUs; outputs agree within 1e-4. It stays opt-in until
@@ -12,6 +12,9 @@ the served app's memory under eight analysts is measured with it.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import threading
 import warnings
@@ -24,11 +27,20 @@ from torch import nn
 
 from models.card import ModelCard
 
-__all__ = ["RUNTIMES", "Forward", "OnnxForward", "configured_runtime", "forward_for", "onnx_cache_dir"]
+__all__ = [
+    "RUNTIMES",
+    "Forward",
+    "OnnxForward",
+    "configured_runtime",
+    "export_key",
+    "forward_for",
+    "onnx_cache_dir",
+]
 
 RUNTIMES = ("torch", "onnx")
 Forward = Callable[[torch.Tensor], torch.Tensor]
 _EXPORT_LOCK = threading.Lock()
+_EXPORT_VERSION = 1  # bump when the export itself changes (names, axes, opset)
 
 
 def configured_runtime(value: str | None = None) -> str:
@@ -40,49 +52,78 @@ def configured_runtime(value: str | None = None) -> str:
 
 
 def onnx_cache_dir() -> Path:
+    """Where exported models are kept: ``$DRWB_CACHE/onnx``, default ``~/.cache/drwb/onnx``."""
     root = os.environ.get("DRWB_CACHE") or Path.home() / ".cache" / "drwb"
     return Path(root) / "onnx"
 
 
 class OnnxForward:
-    """A model's inference forward in ONNX Runtime, callable like the module (tensor in, tensor out)."""
+    """A model's inference forward in ONNX Runtime, callable like the module (tensor in, tensor out).
+
+    The exported file is named by ``export_key``: the weights, every card field the network is built
+    from (a grader's temperature is a constant in its graph) and the exporter's version, so an edited
+    card or a new torch never serves an old graph. A card without a sha256 (a model built in memory) is
+    exported to memory only.
+    """
 
     def __init__(self, module: nn.Module, card: ModelCard, cache_dir: Path | None = None) -> None:
         import onnxruntime as ort  # only when asked for: the default runtime needs none of it
 
-        key = card.sha256[:16] if card.sha256 else f"{card.name}-{id(module)}"
-        self.path = (cache_dir or onnx_cache_dir()) / f"{card.arch}-{key}.onnx"
-        with _EXPORT_LOCK:
-            if not self.path.is_file():
-                _export(module, card.input_size, self.path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if not card.sha256:
+            buffer = io.BytesIO()
+            _export(module, card.input_size, buffer)
+            self.path = None
+            self.session = ort.InferenceSession(buffer.getvalue(), options, providers=providers)
+            return
+        self.path = (cache_dir or onnx_cache_dir()) / f"{card.arch}-{export_key(card)}.onnx"
+        with _EXPORT_LOCK:
+            if not self.path.is_file():
+                _export_file(module, card.input_size, self.path)
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().float().cpu().numpy())
         return torch.from_numpy(self.session.run(None, {"image": array})[0])
 
 
-def _export(module: nn.Module, size: int, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.part")
+def export_key(card: ModelCard) -> str:
+    """16 hex digits naming one export: weights, the card without its training record, torch's version."""
+    described = {k: v for k, v in json.loads(card.to_json()).items() if k != "training"}
+    text = json.dumps([described, torch.__version__, _EXPORT_VERSION], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _export(module: nn.Module, size: int, target: str | io.BytesIO) -> None:
     axes = {0: "batch", 2: "height", 3: "width"}
     with torch.no_grad(), warnings.catch_warnings():
-        # the tracer's notes on Python branches (the grader's optional attention outputs) and the
-        # exporter's own deprecation notes: nothing a user of the export can act on
-        warnings.simplefilter("ignore")
+        # the tracer's note on the grader's optional attention outputs (a Python branch, constant for
+        # inference) and the exporter's own deprecation notes: nothing a user can act on
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         torch.onnx.export(
             module,
             (torch.zeros(1, 3, size, size),),
-            str(partial),
+            target,
             dynamo=False,
             input_names=["image"],
             output_names=["logits"],
             dynamic_axes={"image": axes, "logits": {0: "batch"}},
         )
-    partial.replace(path)  # atomic: another process never reads half a file
+
+
+def _export_file(module: nn.Module, size: int, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    try:
+        _export(module, size, str(partial))
+        partial.replace(path)  # atomic: another process never reads half a file
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def forward_for(module: nn.Module, card: ModelCard, runtime: str | None = None) -> Forward:

@@ -37,9 +37,10 @@ def test_fit_on_a_synthetic_idrid_and_write_it_into_a_card(synthetic_idrid: Path
     assert (after.sha256, after.weights, after.training) == (before.sha256, before.weights, before.training)
 
 
-def test_a_folder_without_localization_annotations_is_named(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match=str(tmp_path.name)):
-        fit_landmark_prior(tmp_path)
+def test_a_folder_with_too_few_annotated_images_is_named(synthetic_idrid: Path, tmp_path: Path) -> None:
+    one = {r.name for r in IDRiD(synthetic_idrid).localization("train")[:1]}
+    with pytest.raises(ValueError, match="fewer than two annotated localization images"):
+        fit_landmark_prior(synthetic_idrid, train_names=one)
 
 
 @pytest.mark.realdata

@@ -116,3 +116,28 @@ def test_an_implausibly_small_segmented_disc_gives_way_to_the_typical_size(eye) 
     assert "too small" in placed.od_doubt
     assert placed.od_radius_px == pytest.approx(prior.disc_diameter * fov.radius / 2)
     assert placed.fovea.doubt is None
+
+
+def test_analyze_uses_the_localizer_cards_prior(tiny_weights, tmp_path, eye) -> None:
+    """The wiring card -> LocalizerPredictor.prior -> place_landmarks: with a prior in the card, the
+    fovea is never judged by the segmented disc's size (the rule without a prior)."""
+    import shutil
+
+    from PIL import Image
+
+    from models.card import ModelCard
+    from workbench.analysis import Workbench
+
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    prior = _prior_for(eye)
+    card_path = folder / "tiny_localizer.json"
+    card = ModelCard.read(card_path)
+    card_path.write_text(card.with_updates(extra={**card.extra, "landmark_prior": prior.to_dict()}).to_json())
+    workbench = Workbench(weights_dir=folder)
+    assert workbench.localizer.prior == prior
+    path = tmp_path / "eye.png"
+    Image.fromarray(eye.image).save(path)
+    analysis = workbench.analyze(path)
+    assert analysis.fovea_doubt is None or "disc diameters from the disc" not in analysis.fovea_doubt
+    assert analysis.od_radius_px > 0

@@ -18,7 +18,7 @@ from workbench.predictors import (
     SegmenterPredictor,
     crop_for,
 )
-from workbench.runtime import OnnxForward, configured_runtime, forward_for
+from workbench.runtime import OnnxForward, configured_runtime, export_key, forward_for
 
 
 @pytest.fixture()
@@ -58,7 +58,7 @@ def test_a_model_is_exported_once_per_weights_file(tiny_weights: Path, cache: Pa
     stamp = first.path.stat().st_mtime_ns
     second = OnnxForward(model, card)
     assert second.path == first.path and first.path.stat().st_mtime_ns == stamp
-    assert card.sha256[:16] in first.path.name and list(cache.glob("*.part")) == []
+    assert export_key(card) in first.path.name and list(cache.glob("*.part")) == []
 
 
 def test_predictors_give_the_same_answers_in_either_runtime(
@@ -86,3 +86,17 @@ def test_predictors_give_the_same_answers_in_either_runtime(
     assert np.abs(seg_t - seg_o).max() < 1e-4
     assert np.allclose(marks_t.od_xy, marks_o.od_xy, atol=0.05)
     assert np.allclose(marks_t.fovea_xy, marks_o.fovea_xy, atol=0.05)
+
+
+def test_an_edited_card_or_an_unsaved_model_never_reuses_an_export(tiny_weights: Path, cache: Path) -> None:
+    """The export key covers what the graph is built from (a grader's temperature is a constant in it);
+    a model without a weights hash is exported to memory, never to the shared cache."""
+    model, card = load_model("tiny_grader", tiny_weights)
+    warmer = card.with_updates(extra={**card.extra, "temperature": {"dr": 2.0, "dme": 1.0}})
+    assert export_key(warmer) != export_key(card)
+    assert export_key(card.with_updates(training={"anything": 1})) == export_key(card)
+    unsaved = OnnxForward(model, card.with_updates(sha256=""))
+    assert unsaved.path is None and not cache.exists()
+    x = torch.rand(1, 3, card.input_size, card.input_size)
+    with torch.inference_mode():
+        assert np.abs(unsaved(x).numpy() - model(x).float().numpy()).max() < 1e-4

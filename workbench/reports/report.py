@@ -353,7 +353,8 @@ def _tables(data: dict[str, Any]) -> str:
             cells = [e.get(k) for k in keys]
             if e.get("evidence") is False:
                 cells[3:] = ["no evidence"] * 3
-            rows.append([name, e.get("target")] + cells)
+            label = f"{name} ({e['note']})" if e.get("note") else name
+            rows.append([label, e.get("target")] + cells)
         parts.append(
             _table(
                 "Explanations (deletion AUC: lower is more faithful; insertion AUC, pointing game, relevance "

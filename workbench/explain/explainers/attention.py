@@ -16,18 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from models.card import ModelCard
 from workbench.explain.explainers import register_explainer
 from workbench.explain.explainers.base import ExplainableModel, Heatmap, to_input_size
+from workbench.explain.notes import supervision_note
 from workbench.targets import DMETarget, Target
 
-__all__ = ["AttentionExplainer", "supervision_note"]
-
-
-def supervision_note(card: ModelCard) -> str:
-    """ "lesion-supervised" when the grader's attention was trained towards lesions, else ""."""
-    recipe = card.training.get("recipe") or {}
-    return "lesion-supervised" if recipe.get("attention_supervision") else ""
+__all__ = ["AttentionExplainer"]
 
 
 @dataclass

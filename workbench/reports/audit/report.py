@@ -228,7 +228,8 @@ def _html(figures: dict[str, Any], overlays: dict[str, np.ndarray], title: str) 
                 f"<figure>{img}<figcaption>{html.escape(row['image'])}: truth {row['dr_true']}, predicted "
                 f"{row['dr_pred']} (p {row['probability']:.2f}; "
                 f"referable p {row['referable_probability']:.2f}); "
-                "heatmap: grader attention for the predicted grade</figcaption></figure>"
+                f"heatmap: {html.escape(figures.get('worst_error_map', 'grader attention'))} for the "
+                "predicted grade</figcaption></figure>"
             )
         parts.append("</div>")
     if figures["ungradeable"] or figures["unreadable"]:

@@ -119,4 +119,5 @@ def run_audit(
         item = by_name[row["image"]]
         heat = workbench.explain(item.crop, ["attention"], GradeTarget(row["dr_pred"]), grader=grader)
         overlays[item.name] = heatmap_overlay(item.crop, heat["attention"])
+        figures["worst_error_map"] = heat["attention"].named("grader attention")
     return figures, graded, overlays
