@@ -41,6 +41,7 @@ models: $(STAMP)
 	$(BIN)/drwb prepare-guides --data $(DATA)
 	$(TRAIN) grader --folds 5 --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 448 --freeze-blocks 1 --sampling sqrt --ordinal-weight 0.5 --epochs 20 --batch-size 16 --lr 1e-3 --guides cache/guides_512.npz --attention-weight 0.5 --unlabelled --run-name grader_lite0_att --ship --ship-name grader_lite0
 	$(TRAIN) segmenter --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 2048 --tile 512 --tiles-per-image 48 --epochs 12 --stop-after 7 --batch-size 12 --lr 1e-3 --lesion-rates MA:0.3,HE:0.25,EX:0.15,SE:0.25 --focal-gamma 2 --select last --val-every 0 --channels-from segmenter_lite0@640:HE,OD --run-name segmenter_hr --ship --ship-name segmenter_lite0_hr
+	$(TRAIN) segmenter --backbone tf_efficientnet_lite0 --input-size 2048 --tile 512 --tiles-per-image 28 --epochs 4 --batch-size 8 --lr 3e-4 --lesion-rates MA:0.3,HE:0.25,EX:0.15,SE:0.25 --focal-gamma 2 --select last --val-every 0 --channels-from segmenter_lite0@640:HE,OD --init-from segmenter_lite0_hr --data $(DATA) --run-name segmenter_hr_ft --ship --ship-name segmenter_lite0_hr
 	$(TRAIN) grader --backbone convnext_atto --data $(DATA) --input-size 384 --epochs 10 --lr 0.002 --ship --ship-name grader_convnext_atto
 	$(BIN)/drwb evaluate --data $(DATA) --split val --task grading --model grader_convnext_atto --write-card
 	$(BIN)/drwb evaluate --data $(DATA) --split val --task localization --model localizer_lite0 --write-card
