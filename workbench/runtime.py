@@ -1,13 +1,14 @@
 """Where forward passes run: PyTorch (the default) or ONNX Runtime (``DRWB_RUNTIME=onnx``).
 
 Only the forward-only paths can move: grading, lesion tiles and landmarks. Explanations stay in PyTorch
-(they need gradients and hooks on the module). A model is exported once per weights file (its sha256)
+(they need gradients and hooks on the module). A model is exported once per weights file and card
 with dynamic batch, height and width, to ``$DRWB_CACHE/onnx`` (default ``~/.cache/drwb/onnx``), and
 reused by every later process (``export_key``); the export takes about two seconds a model.
 
-Measured with ``drwb bench --only runtimes`` (README "Speed and memory"): ONNX Runtime's CPU kernels run
-each network faster than PyTorch's on this project's CPUs; outputs agree within 1e-4. It stays opt-in until
-the served app's memory under eight analysts is measured with it.
+Measured with ``drwb bench --only runtimes`` (README "Speed and memory"): the networks run 1.1-3.6x faster
+in ONNX Runtime on this project's 2-core CPU with logits within 3e-4, a whole quality-profile analysis 16%
+faster (time outside the networks dominates). It stays opt-in until the served app's memory under eight
+analysts is measured with it.
 """
 
 from __future__ import annotations
