@@ -7,8 +7,8 @@ reused by every later process (``export_key``); the export takes about two secon
 
 Measured with ``drwb bench --only runtimes`` (README "Speed and memory"): the networks run 1.1-3.6x faster
 in ONNX Runtime on this project's 2-core CPU with logits within 3e-4, a whole quality-profile analysis 16%
-faster (time outside the networks dominates). It stays opt-in until the served app's memory under eight
-analysts is measured with it.
+faster (time outside the networks dominates). It stays opt-in: the served app under eight analysts peaked
+at 2.87 GB with it against 2.42 GB without (target 2.5 GB), its sessions coming on top of the PyTorch models.
 """
 
 from __future__ import annotations
