@@ -29,6 +29,7 @@ __all__ = [
     "LandmarkPrior",
     "decode_heatmaps",
     "decode_landmarks",
+    "fovea_position",
     "fovea_search_mask",
     "localizer_card",
 ]
@@ -36,6 +37,15 @@ __all__ = [
 LANDMARKS: tuple[str, ...] = ("optic_disc", "fovea")
 PRIOR_WIDENING = 2.0  # the prior's spread is doubled when choosing the peak: a clear peak anywhere
 # plausible wins; only a faint or far-off one gives way (chosen before measuring, README "localization")
+
+
+def fovea_position(
+    fovea_xy: tuple[float, float], od_xy: tuple[float, float], centre_x: float, radius: float
+) -> tuple[float, float]:
+    """Where a fovea lies relative to the disc centre, in field radii: (temporal, downward). Temporal is
+    towards the field's centre (``centre_x``), away from the side the disc is on, so both eyes compare."""
+    temporal = 1.0 if centre_x >= od_xy[0] else -1.0
+    return temporal * (fovea_xy[0] - od_xy[0]) / radius, (fovea_xy[1] - od_xy[1]) / radius
 
 
 @dataclass(frozen=True)
@@ -83,9 +93,7 @@ class LandmarkPrior:
     ) -> tuple[float, float]:
         """The fovea's offset from its expected place, per axis in spreads (0, 0: exactly expected).
         Any pixel frame; ``centre_x`` and ``radius`` are the field of view's in that frame."""
-        temporal = 1.0 if centre_x >= od_xy[0] else -1.0
-        dx = temporal * (fovea_xy[0] - od_xy[0]) / radius
-        dy = (fovea_xy[1] - od_xy[1]) / radius
+        dx, dy = fovea_position(fovea_xy, od_xy, centre_x, radius)
         return (
             (dx - self.fovea_offset[0]) / self.fovea_spread[0],
             (dy - self.fovea_offset[1]) / self.fovea_spread[1],

@@ -23,7 +23,7 @@ import numpy as np
 
 from models.card import ModelCard
 from models.fov import detect_fov
-from models.localizer import LandmarkPrior
+from models.localizer import LandmarkPrior, fovea_position
 from workbench.io.idrid import IDRiD, load_mask, seg_to_grading
 from workbench.io.image_io import load_image
 from workbench.io.splits import split_names, split_train_val
@@ -37,10 +37,8 @@ def fovea_offsets(
     od_xy: np.ndarray, fovea_xy: np.ndarray, centre_x: np.ndarray, radius: np.ndarray
 ) -> np.ndarray:
     """(N, 2) fovea positions relative to the disc in field radii: (temporal, downward)."""
-    temporal = np.where(centre_x >= od_xy[:, 0], 1.0, -1.0)
-    return np.stack(
-        [temporal * (fovea_xy[:, 0] - od_xy[:, 0]) / radius, (fovea_xy[:, 1] - od_xy[:, 1]) / radius], axis=1
-    )
+    rows = zip(fovea_xy, od_xy, centre_x, radius, strict=True)
+    return np.array([fovea_position(tuple(f), tuple(o), float(c), float(r)) for f, o, c, r in rows])
 
 
 def _field(path: Path) -> tuple[float, float, int]:
