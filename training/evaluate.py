@@ -140,7 +140,6 @@ def landmark_errors(records: list[Any], model_name: str) -> dict[str, np.ndarray
             marks.od_xy,
             marks.fovea_xy,
             marks.fovea_confidence,
-            fallback_radius_px=fov.radius * 0.125,
             od_mask=maps.probabilities[LESION_CODES.index("OD")] >= threshold,
             transform=maps.transform,
             prior=predictor.prior,

@@ -43,7 +43,6 @@ from workbench.targets import GradeTarget, Target
 __all__ = ["Analysis", "LesionSummary", "Workbench"]
 
 FAST_SEGMENT_SIZE = 640  # px of the field-of-view crop the fast profile segments, in one tile
-_OD_DIAMETER_PER_FOV = 0.125  # disc diameter / field diameter (fallback of a localizer without a prior)
 
 
 RELIABILITY_FLOOR = 0.30  # validated AUPR below which a lesion type's counts and areas are not facts
@@ -289,7 +288,6 @@ class Workbench:
             marks.od_xy,
             marks.fovea_xy,
             marks.fovea_confidence,
-            fallback_radius_px=prepared.fov.radius * _OD_DIAMETER_PER_FOV,
             od_mask=lesions["OD"].mask if "OD" in lesions else None,
             transform=lesion_transform,
             prior=self.localizer.prior,

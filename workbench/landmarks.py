@@ -46,6 +46,7 @@ __all__ = [
 DD_RANGE = (1.7, 3.4)  # without a prior: accepted fovea distance from the disc, in disc diameters
 LOW_CONFIDENCE = 0.1  # localizer peak height below which a fovea is doubtful whatever its position
 MAX_DEVIATION = 4.0  # with a prior: spreads from the expected place beyond which a fovea is doubtful
+FALLBACK_DISC_DIAMETER = 0.125  # disc diameter / field diameter on 45-degree photographs (no prior)
 DISC_SIZE_SLACK = 1.2  # a segmented disc may be this much smaller / larger than any annotated one
 
 
@@ -165,7 +166,7 @@ def place_landmarks(
     detector_od_xy: tuple[float, float],
     detector_fovea_xy: tuple[float, float],
     fovea_confidence: float,
-    fallback_radius_px: float,
+    fallback_radius_px: float | None = None,
     od_mask: np.ndarray | None = None,
     transform: CropTransform | None = None,
     prior: LandmarkPrior | None = None,
@@ -173,14 +174,16 @@ def place_landmarks(
     """One disc (module docstring, 1) then the fovea (2-4).
 
     Args:
-        fallback_radius_px: disc radius when no disc is segmented (from the field of view's size); with a
-            prior, the prior's typical disc is used instead.
+        fallback_radius_px: disc radius when no disc is segmented or its size is implausible; None: the
+            prior's typical disc, else ``FALLBACK_DISC_DIAMETER`` of the field's diameter.
         od_mask, transform: the segmenter's binary disc mask on its crop and that crop's transform, or
             None without a segmenter.
         prior: the localizer card's landmark prior (``LocalizerPredictor.prior``), or None.
     """
-    if prior is not None:
-        fallback_radius_px = prior.disc_diameter * fov.radius / 2
+    if fallback_radius_px is None:
+        # disc radius / field radius = disc diameter / field diameter
+        per_radius = prior.disc_diameter / 2 if prior is not None else FALLBACK_DISC_DIAMETER
+        fallback_radius_px = per_radius * fov.radius
     od_xy, radius, chosen, od_doubt = detector_od_xy, fallback_radius_px, None, None
     if od_mask is not None and transform is not None and od_mask.any():
         in_crop = tuple(map(float, transform.to_crop(np.array([detector_od_xy], float))[0]))

@@ -109,10 +109,10 @@ def test_an_implausibly_small_segmented_disc_gives_way_to_the_typical_size(eye) 
     yy, xx = np.mgrid[0 : eye.image.shape[0], 0 : eye.image.shape[1]]
     distance = np.hypot(xx - eye.od_xy[0], yy - eye.od_xy[1])
     whole = distance <= eye.od_radius
-    placed = place_landmarks(fov, eye.od_xy, eye.fovea_xy, 0.9, 1.0, whole, transform, prior)
+    placed = place_landmarks(fov, eye.od_xy, eye.fovea_xy, 0.9, None, whole, transform, prior)
     assert placed.od_doubt is None and placed.od_radius_px == pytest.approx(eye.od_radius, rel=0.05)
     sliver = distance <= 0.4 * eye.od_radius
-    placed = place_landmarks(fov, eye.od_xy, eye.fovea_xy, 0.9, 1.0, sliver, transform, prior)
+    placed = place_landmarks(fov, eye.od_xy, eye.fovea_xy, 0.9, None, sliver, transform, prior)
     assert "too small" in placed.od_doubt
     assert placed.od_radius_px == pytest.approx(prior.disc_diameter * fov.radius / 2)
     assert placed.fovea.doubt is None
