@@ -80,15 +80,15 @@ def _logits(model: torch.nn.Module, data: GradingData, batch: int = 16) -> tuple
     return np.concatenate(plain), np.concatenate(flipped)
 
 
-def predict_oof(cfg: TrainConfig) -> dict[str, np.ndarray]:
-    """Every image predicted once, by the fold model that did not train on it."""
+def predict_oof(cfg: TrainConfig, only: list[int] | None = None) -> dict[str, np.ndarray]:
+    """Every image predicted once, by the fold model that did not train on it (``only``: those folds)."""
     task = TASKS["grader"](_fold_config(cfg, 0))
     card = task.card()
     folder = task._cache("grading", 512)
     entries = {e.name: e for e in load_index(folder)}
     folds = assign_folds(IDRiD(cfg.data).grading("train"), cfg.folds, cfg.seed)
     names, fold_of, plain, flipped = [], [], [], []
-    for fold in range(cfg.folds):
+    for fold in range(cfg.folds) if only is None else only:
         held = sorted(n for n, f in folds.items() if f == fold and n in entries)
         if cfg.limit:
             held = held[: cfg.limit]
@@ -215,7 +215,62 @@ def train_piece(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     if cfg.folds < 2 or not (0 <= cfg.fold < cfg.folds or cfg.refit):
         raise ValueError(f"need --folds >= 2 and --fold in 0..{cfg.folds - 1} or --refit")
     base = replace(cfg, fold=-1, refit=False)
-    return train(_refit_config(base) if cfg.refit else _fold_config(base, cfg.fold), command)
+    result = train(_refit_config(base) if cfg.refit else _fold_config(base, cfg.fold), command)
+    if cfg.ship and not cfg.refit:
+        result["shipped"] = ship_fold_piece(replace(base, ship_fold=cfg.fold), command)
+    return result
+
+
+def _summary(cfg: TrainConfig, oof: dict[str, np.ndarray], command: str) -> dict[str, Any]:
+    return {
+        "folds": cfg.folds,
+        "n": int(len(oof["names"])),
+        "fold_sizes": np.bincount(oof["fold"], minlength=cfg.folds).tolist(),
+        "plain": oof_metrics(oof, tta=False),
+        "hflip_tta": oof_metrics(oof, tta=True),
+        "command": command,
+    }
+
+
+def ship_fold_piece(cfg: TrainConfig, command: str = "") -> str:
+    """Ship fold ``cfg.ship_fold``'s model of a run whose other folds were never trained (a CPU budget
+    buys one fold of a slow recipe): its figures are those of its own held-out fold only, said so."""
+    oof = predict_oof(cfg, only=[cfg.ship_fold])
+    return ship_cv_model(cfg, _summary(cfg, oof, command), command, oof)
+
+
+def teacher_comparison(cfg: TrainConfig, oof: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """The per-fold teacher (``--teacher-model .../fold{fold}``) on the same held-out images as the
+    student, from the teacher run's ``oof.npz``, and the paired student - teacher difference."""
+    if "{fold}" not in cfg.teacher_model:
+        return None
+    source = Path(cfg.teacher_model).parent / "oof.npz"
+    if not source.is_file():
+        return None
+    with np.load(source, allow_pickle=False) as arrays:
+        row = {str(n): i for i, n in enumerate(arrays["names"])}
+        teacher = arrays["logits"][[row[str(n)] for n in oof["names"]]]
+    t_dr, t_dme = oof["dr_true"].astype(int), oof["dme_true"].astype(int)
+    keys = ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc")
+
+    def figures(logits: np.ndarray, idx: np.ndarray) -> dict[str, float]:
+        m = grading_metrics(
+            softmax(logits[idx, :NUM_DR]), softmax(logits[idx, NUM_DR:]), t_dr[idx], t_dme[idx]
+        )
+        return {k: m[k] for k in keys}
+
+    every = np.arange(len(t_dr))
+    return {
+        "teacher": str(source.parent),
+        "n": len(every),
+        "teacher_figures": figures(teacher, every),
+        "student_figures": figures(oof["logits"], every),
+        "student_minus_teacher_ci95": bootstrap_intervals(
+            len(every),
+            lambda idx: {k: v - figures(teacher, idx)[k] for k, v in figures(oof["logits"], idx).items()},
+        ),
+        "note": "both without temperature scaling, plain images (no flip), the same held-out images",
+    }
 
 
 def train_folds(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
@@ -227,14 +282,7 @@ def train_folds(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         train(_fold_config(cfg, fold), command)
     oof = predict_oof(cfg)
     np.savez(root / "oof.npz", **oof)
-    summary = {
-        "folds": cfg.folds,
-        "n": int(len(oof["names"])),
-        "fold_sizes": np.bincount(oof["fold"], minlength=cfg.folds).tolist(),
-        "plain": oof_metrics(oof, tta=False),
-        "hflip_tta": oof_metrics(oof, tta=True),
-        "command": command,
-    }
+    summary = _summary(cfg, oof, command)
     (root / "oof.json").write_text(json.dumps(json_safe(summary), indent=1))
     log.info("OOF written to %s", root / "oof.json")
     if cfg.ship_fold < 0:
@@ -316,30 +364,45 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         )
     else:
         trained_on, own = f"all {summary['n']} images (refit)", None
+    partial = len(np.unique(oof["fold"])) < cfg.folds  # only some folds trained (``ship_fold_piece``)
+    if partial:
+        scored = f"fold {cfg.ship_fold} held out ({summary['n']} images; the other folds were not trained)"
+        held_key = f"held_out_fold_{cfg.ship_fold}"
+        own = None
+    else:
+        scored = f"{cfg.folds}-fold out-of-fold predictions of the same recipe"
+        held_key = "oof"
+    evaluation = {
+        held_key: {
+            **figures,
+            "folds": cfg.folds,
+            "fold_sizes": summary["fold_sizes"],
+            "note": (
+                f"fold {cfg.ship_fold}'s images only, predicted by the model that did not train on them"
+                if partial
+                else "each image predicted by the fold model that did not train on it"
+            )
+            + "; intervals are percentile bootstrap (1000 resamples) over images",
+            "reliability_dr": variant["reliability_dr"],
+        },
+        **({f"held_out_fold_{cfg.ship_fold}": own} if own else {}),
+        f"{held_key}_hflip_tta": {
+            k: summary["hflip_tta"][k]
+            for k in ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc", "ci95")
+        },
+    }
+    if cfg.teacher_model and (comparison := teacher_comparison(cfg, oof)):
+        evaluation["teacher_comparison"] = comparison
     training = {
-        "data": f"IDRiD grading training images ({cfg.data}): {trained_on}; figures: {cfg.folds}-fold "
-        "out-of-fold predictions of the same recipe (folds stratified by DR grade, duplicates together)",
+        "data": f"IDRiD grading training images ({cfg.data}): {trained_on}; figures: {scored} "
+        "(folds stratified by DR grade, duplicates together)",
         "command": command or "drwb train grader --folds",
         "commit": _git_commit(),
         "epochs_run": cfg.epochs,
         "schedule": f"fixed: {cfg.epochs} epochs, cosine, last epoch kept (no epoch chosen on held-out data)",
         "config": {f.name: getattr(source, f.name) for f in fields(source)},
         **({"recipe": recipe} if (recipe := TASKS["grader"](source).recipe()) else {}),
-        "evaluation": {
-            "oof": {
-                **figures,
-                "folds": cfg.folds,
-                "fold_sizes": summary["fold_sizes"],
-                "note": "each image predicted by the fold model that did not train on it; intervals are "
-                "percentile bootstrap (1000 resamples) over images",
-                "reliability_dr": variant["reliability_dr"],
-            },
-            **({f"held_out_fold_{cfg.ship_fold}": own} if own else {}),
-            "oof_hflip_tta": {
-                k: summary["hflip_tta"][k]
-                for k in ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc", "ci95")
-            },
-        },
+        "evaluation": evaluation,
         "storage": "fp16" if use_half else "fp32",
         "fp16_check": {
             "same_grades": same,
@@ -353,9 +416,8 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
     folder = Path(cfg.ship_dir or SHIPPED_WEIGHTS_DIR)
     folder.mkdir(parents=True, exist_ok=True)
     # the OOF predictions travel with the model, so anyone can re-score them (`drwb evaluate --oof`)
-    with np.load(Path(cfg.runs) / cfg.name / "oof.npz", allow_pickle=False) as arrays:
-        write_oof_csv({k: arrays[k] for k in arrays.files}, folder / f"{stem}.oof.csv")
-    training["evaluation"]["oof"]["predictions"] = {
+    write_oof_csv(oof, folder / f"{stem}.oof.csv")
+    training["evaluation"][held_key]["predictions"] = {
         "file": f"{stem}.oof.csv",
         "sha256": file_sha256(folder / f"{stem}.oof.csv"),
         "rescore": f"drwb evaluate --task grading --data {cfg.data} --oof models/weights/{stem}.oof.csv",

@@ -23,12 +23,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from models.card import ModelCard
 from models.constants import LESION_CODES
-from models.registry import build_model, load_model
+from models.registry import load_model
 from training.data import GradingData
+from training.distill import load_run_model
 from training.prepare import load_index, prepare
 from workbench.io.idrid import IDRiD, load_mask, seg_to_grading
 
@@ -173,11 +172,7 @@ def build_teacher(run: Path, cache: Path, data: Path, out: Path, folds: int = 5,
     names = [e.name for _, entries in datasets for e in entries]
     logits = []
     for fold in range(folds):
-        folder = Path(run) / f"fold{fold}"
-        card = ModelCard.read(folder / "best.json")
-        model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
-        model.load_state_dict(load_file(str(folder / "best.safetensors")))
-        model.eval()
+        model, card = load_run_model(Path(run) / f"fold{fold}")
         rows = []
         for cache_folder, entries in datasets:
             items = GradingData(cache_folder, entries, card, None)

@@ -25,6 +25,7 @@ from models.localizer import LandmarkPrior, decode_landmarks, localizer_card
 from models.segmenter import segmenter_card
 from training.augment import AugmentConfig
 from training.data import GradingData, LocalizationData, SegmentationData
+from training.distill import HintDistiller, distillation_loss, load_run_model
 from training.guides import load_guides, load_teacher, seg_to_grading
 from training.landmark_prior import fit_landmark_prior
 from training.prepare import load_index, prepare
@@ -64,6 +65,11 @@ class TrainTask:
 
     def prepare_model(self, model: nn.Module) -> None:
         """Called once after the model is built (before the optimiser sees its parameters)."""
+
+    def attach(self, model: nn.Module, device: torch.device) -> nn.Module | None:
+        """Called once with the model on ``device``; returns trainable modules that only training uses
+        (optimised and saved with the run's state, never shipped), or None."""
+        return None
 
     def train_mode(self, model: nn.Module) -> None:
         """Put the model in training mode at the start of each epoch."""
@@ -171,7 +177,19 @@ class GraderTask(TrainTask):
                 "of the shipped segmenter elsewhere (drwb prepare-guides)",
                 "file": Path(cfg.guides).name,
             }
-        if cfg.distill_weight > 0 and cfg.teacher:
+        if cfg.teacher_model:
+            out["distillation"] = {
+                "loss": "hard-label cross-entropy + ordinal term + distill weight x T^2 KL(teacher || "
+                "student) on the DR and DME heads + hint weight x (1 - cosine) between the student's "
+                "stride-16 and stride-32 feature maps (learnt 1x1 projections) and the teacher's",
+                "teacher": "online: the frozen teacher grades the same augmented batch as the student; "
+                "fold k's student learns from fold k's teacher, which never saw fold k",
+                "teacher_model": cfg.teacher_model,
+                "distill_weight": cfg.distill_weight,
+                "temperature": cfg.distill_temperature,
+                "hint_weight": cfg.hint_weight,
+            }
+        elif cfg.distill_weight > 0 and cfg.teacher:
             out["distillation"] = {
                 "loss": "hard-label cross-entropy + ordinal term + weight x T^2 KL(teacher || student) "
                 "on the DR and DME heads",
@@ -191,6 +209,21 @@ class GraderTask(TrainTask):
         for module in _frozen_modules(model, self.cfg.freeze_blocks):
             module.requires_grad_(False)
 
+    def attach(self, model: nn.Module, device: torch.device) -> nn.Module | None:
+        """With ``--teacher-model``: the frozen online teacher of this fold and the hint projections."""
+        self.distiller = None
+        if not self.cfg.teacher_model:
+            return None
+        # fold k's student learns from fold k's teacher, which never saw fold k
+        source = self.cfg.teacher_model
+        if "{fold}" in source:
+            if self.cfg.fold < 0:
+                raise ValueError(f"--teacher-model {source} names a teacher per fold: train with --fold K")
+            source = source.format(fold=self.cfg.fold)
+        teacher, teacher_card = load_run_model(Path(source))
+        self.distiller = HintDistiller(model, self.card(), teacher.to(device), teacher_card).to(device)
+        return self.distiller.projections
+
     def train_mode(self, model: nn.Module) -> None:
         model.train()
         for module in _frozen_modules(model, self.cfg.freeze_blocks):
@@ -208,24 +241,33 @@ class GraderTask(TrainTask):
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         images, dr, dme = batch[:3]
-        if len(batch) == 3:
+        distiller = getattr(self, "distiller", None)
+        if len(batch) == 3 and distiller is None:
             return self._label_loss(model(images).float(), dr, dme)
-        guide, has_guide, teacher, has_teacher = batch[3:]
         logits, dr_attention, dme_attention = model(images, with_attention=True)
         logits = logits.float()
         total = self._label_loss(logits, dr, dme)
         cfg = self.cfg
-        if cfg.attention_weight > 0:
+        if len(batch) > 3 and cfg.attention_weight > 0:
+            guide, has_guide = batch[3:5]
             # no lesion can be pointed at on an image graded "no DR" / "no DME risk"
             total = total + cfg.attention_weight * (
                 attention_loss(dr_attention, guide[:, 0], has_guide & (dr != 0))
                 + attention_loss(dme_attention, guide[:, 1], has_guide & (dme != 0))
             )
-        if cfg.distill_weight > 0 and bool(has_teacher.any()):
-            rows, temp = has_teacher, cfg.distill_temperature
+        if distiller is not None:  # the online teacher grades this very batch
+            teacher, hints = distiller.teach(images)
+            rows = torch.ones(len(images), dtype=torch.bool, device=images.device)
+            total = total + cfg.hint_weight * hints
+        elif len(batch) > 3:
+            teacher, rows = batch[5].float(), batch[6]
+        else:
+            rows = None
+        if cfg.distill_weight > 0 and rows is not None and bool(rows.any()):
+            temp = cfg.distill_temperature
             total = total + cfg.distill_weight * (
-                distillation_loss(logits[rows, :NUM_DR], teacher[rows, :NUM_DR].float(), temp)
-                + distillation_loss(logits[rows, NUM_DR:], teacher[rows, NUM_DR:].float(), temp)
+                distillation_loss(logits[rows, :NUM_DR], teacher[rows, :NUM_DR], temp)
+                + distillation_loss(logits[rows, NUM_DR:], teacher[rows, NUM_DR:], temp)
             )
         return total
 
@@ -344,16 +386,6 @@ def attention_loss(attention: torch.Tensor, guide: torch.Tensor, use: torch.Tens
         return attention.sum() * 0
     mass = (attention.float() * region).flatten(1).sum(dim=1)[rows]
     return -torch.log(mass.clamp_min(1e-4)).mean()
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al. (2015) soft-target loss: T^2 KL(softmax(teacher / T) || softmax(student / T)).
-
-    The T^2 factor keeps its gradients on the scale of the hard-label loss whatever T is.
-    """
-    log_student = F.log_softmax(student / temperature, dim=1)
-    soft_teacher = F.softmax(teacher / temperature, dim=1)
-    return F.kl_div(log_student, soft_teacher, reduction="batchmean") * temperature**2
 
 
 def _frozen_modules(model: nn.Module, blocks: int) -> list[nn.Module]:

@@ -86,6 +86,8 @@ class TrainConfig:
     teacher: str = ""  # grader: teacher-logit file (`drwb prepare-teacher`) for distillation
     distill_weight: float = 0.0  # grader: weight of the soft-target loss (0: off)
     distill_temperature: float = 2.0  # grader: softmax temperature of the soft targets
+    teacher_model: str = ""  # grader: run folder of an online teacher ("{fold}" for fold k's), for hints
+    hint_weight: float = 1.0  # grader, with teacher_model: weight of the feature-hint loss
     unlabelled: bool = False  # grader: add segmentation-only photographs as unlabelled inputs
     lesion_rates: str = ""  # segmenter: tile-centring rate per lesion, e.g. "MA:0.3,HE:0.15,EX:0.15,SE:0.2"
     focal_gamma: float = 0.0  # segmenter: focal-loss gamma on the BCE term (0: plain BCE)
@@ -106,8 +108,16 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+def _save_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    extra: nn.Module | None = None,
+) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if extra is not None:  # the task's training-only modules (``TrainTask.attach``)
+        tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in extra.state_dict().items()})
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensor = value if torch.is_tensor(value) else torch.tensor(value)
@@ -120,9 +130,13 @@ def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
     os.replace(meta_tmp, path.with_suffix(".json"))
 
 
-def _load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _load_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, extra: nn.Module | None = None
+) -> dict[str, Any]:
     tensors = load_file(str(path.with_suffix(".safetensors")))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if extra is not None:
+        extra.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
     opt_state = optimizer.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -225,7 +239,10 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     ranks.barrier()
     if not ranks.is_main:
         train_set, val_set = task.datasets(card)
+    extra = task.attach(model, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if extra is not None:
+        trainable += list(extra.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     run_dir = Path(cfg.runs) / cfg.name
     if ranks.is_main:
@@ -243,7 +260,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         "config": asdict(cfg),
     }
     if state_path.with_suffix(".json").is_file():
-        meta = _load_state(state_path, model, optimizer)
+        meta = _load_state(state_path, model, optimizer, extra)
         log.info("resuming %s after epoch %d", cfg.name, meta["epoch"])
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
     started = time.monotonic()
@@ -309,7 +326,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             if improved:
                 weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
                 save_file(weights, str(run_dir / "best.safetensors"))
-            _save_state(state_path, model, optimizer, meta)
+            _save_state(state_path, model, optimizer, meta, extra)
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(
                 f"{cfg.name} epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f} {shown}"

@@ -21,11 +21,16 @@ WEAK_QWK = 0.6
 
 
 def held_out(card: ModelCard) -> tuple[str, dict[str, Any]]:
-    """(where the figures come from, the figures) for a card: OOF, else validation, else training."""
+    """(where the figures come from, the figures) for a card: OOF, else one held-out fold, else the
+    validation split, else the training loop's validation."""
     evaluation = card.training.get("evaluation", {})
     if evaluation.get("oof"):
         oof = evaluation["oof"]
         return f"{oof.get('folds', '?')}-fold out-of-fold, n={oof.get('n')}", oof
+    fold = next((k for k in sorted(evaluation) if k.startswith("held_out_fold_") and "_hflip" not in k), None)
+    if fold:  # one fold of a cross-validation trained (``training.cv.ship_fold_piece``)
+        figures = evaluation[fold]
+        return f"fold {fold.removeprefix('held_out_fold_')} held out, n={figures.get('n', '?')}", figures
     if evaluation.get("val"):
         return f"validation split, n={evaluation['val'].get('n', '?')}", evaluation["val"]
     return "training-loop validation", card.training.get("validation", {})

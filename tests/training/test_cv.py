@@ -115,3 +115,40 @@ def test_cv_can_ship_one_fold_model_without_a_refit(synthetic_idrid: Path, tmp_p
     records = IDRiD(synthetic_idrid).grading("train")
     folds = assign_folds(records, 2, 0)
     assert trained_grading_names(card, IDRiD(synthetic_idrid)) == {n for n, f in folds.items() if f == 0}
+
+
+def test_one_trained_fold_ships_with_its_own_fold_figures_and_its_teacher_beside_them(
+    synthetic_idrid: Path, tmp_path: Path
+) -> None:
+    """A run whose other folds were never trained ships fold K with fold K's figures only, named so, and
+    a student of a per-fold teacher records the teacher on the same images."""
+    from models.registry import default_model, load_model
+    from training.cv import train_folds, train_piece
+    from workbench.model_table import held_out, models_markdown
+
+    teacher = _cv_config(synthetic_idrid, tmp_path, run_name="teacher", ship=False, ship_fold=0)
+    train_folds(teacher)
+    student = _cv_config(
+        synthetic_idrid,
+        tmp_path,
+        run_name="student",
+        fold=1,
+        ship_name="student_grader",
+        teacher_model=str(tmp_path / "runs" / "teacher" / "fold{fold}"),
+        distill_weight=1.0,
+    )
+    train_piece(student)
+    assert not (tmp_path / "runs" / "student" / "fold0").exists()
+    _, card = load_model("student_grader", tmp_path / "shipped")
+    evaluation = card.training["evaluation"]
+    held = assign_folds(IDRiD(synthetic_idrid).grading("train"), 2, 0)
+    assert "oof" not in evaluation
+    assert evaluation["held_out_fold_1"]["n"] == sum(f == 1 for f in held.values())
+    comparison = evaluation["teacher_comparison"]
+    assert comparison["n"] == evaluation["held_out_fold_1"]["n"]
+    assert set(comparison["student_minus_teacher_ci95"]) >= {"dr_accuracy", "referable_auc"}
+    assert held_out(card)[0].startswith("fold 1 held out")
+    assert "fold 1 held out" in models_markdown(tmp_path / "shipped")
+    rows = (tmp_path / "shipped" / "student_grader.oof.csv").read_text().splitlines()
+    assert len(rows) == 1 + evaluation["held_out_fold_1"]["n"]
+    assert default_model("grader", tmp_path / "shipped") == "student_grader"  # the only one there

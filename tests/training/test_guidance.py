@@ -15,8 +15,9 @@ from models.card import ModelCard
 from models.classifier import grader_card
 from models.registry import build_model
 from tests.training.test_train import _config
+from training.distill import distillation_loss
 from training.guides import GUIDE_SIDE, load_guides, load_teacher
-from training.tasks import TASKS, attention_loss, distillation_loss
+from training.tasks import TASKS, attention_loss
 from training.train import TrainConfig, train
 from workbench.io.idrid import IDRiD
 

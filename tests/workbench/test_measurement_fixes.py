@@ -244,3 +244,13 @@ def test_explain_bench_val_excludes_photographs_the_grader_trained_on(real_idrid
     assert _seen_by_grader(dataset, GraderPredictor(nn.Identity(), unlabelled), records) == {
         r.name for r in records
     }
+    # a fold model with unlabelled inputs: unseen are exactly the photographs of its held-out fold
+    from workbench.io.idrid import seg_to_grading
+    from workbench.io.splits import assign_folds
+
+    config = {"folds": 5, "fold": 0, "seed": 0, "unlabelled": True}
+    fold0 = refit.with_updates(training={"config": config})
+    folds = assign_folds(dataset.grading("train"), 5, 0)
+    held = {seg for seg, grading in seg_to_grading(real_idrid).items() if folds[grading] == 0}
+    seen = _seen_by_grader(dataset, GraderPredictor(nn.Identity(), fold0), records)
+    assert {r.name for r in records} - seen == held and len(held) >= 5

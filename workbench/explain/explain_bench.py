@@ -52,18 +52,20 @@ def mean_ci(values: Sequence[float]) -> dict[str, float | int | None]:
 
 
 def _seen_by_grader(dataset: IDRiD, predictor: GraderPredictor, records: list) -> set[str]:
-    """Segmentation names whose photograph is one of the grader's training images (by content).
+    """Segmentation names whose photograph the grader trained on, matched by content.
 
-    A grader trained with ``--unlabelled`` also saw every segmentation-only photograph, with its
-    annotated lesions as attention guides: for it, every segmentation training image is seen.
+    Seen: the same photograph as one of its grading training images and, for a grader trained with
+    ``--unlabelled``, every segmentation-only photograph (those in no grading image: they were its
+    unlabelled inputs, with their annotated lesions as attention guides).
     """
     config = predictor.card.training.get("config") or {}
-    if config.get("unlabelled"):
-        return {r.name for r in records}
     trained = trained_grading_names(predictor.card, dataset)
-    references = {r.name: r.image_path for r in dataset.grading("train") if r.name in trained}
+    references = {r.name: r.image_path for r in dataset.grading("train")}
     matches = matching_names([r.image_path for r in records], references)
-    return {records[i].name for i, names in matches.items() if names}
+    seen = {records[i].name for i, names in matches.items() if set(names) & trained}
+    if config.get("unlabelled"):
+        seen |= {records[i].name for i, names in matches.items() if not names}
+    return seen
 
 
 def explain_bench(

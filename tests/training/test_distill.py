@@ -1,0 +1,97 @@
+"""Online distillation with feature hints: the hint loss, the teacher's view of the batch, a run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from models.card import ModelCard
+from models.classifier import grader_card
+from models.registry import build_model
+from tests.training.test_train import _config
+from training.distill import HintDistiller, hint_loss
+from training.tasks import TASKS
+from training.train import train
+
+
+def test_hint_loss_is_scale_free_and_resamples_the_teacher_grid() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 6, 8, 8)
+    assert hint_loss(3.0 * teacher, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert hint_loss(-teacher, teacher).item() == pytest.approx(2.0, abs=1e-5)
+    assert 0.5 < hint_loss(torch.randn(2, 6, 8, 8), teacher).item() < 1.5
+    # a teacher seen at a larger input: its map is area-pooled onto the student's grid
+    student = torch.nn.functional.adaptive_avg_pool2d(teacher, (4, 4))
+    assert hint_loss(student, teacher).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _pair(student_size: int = 64, teacher_size: int = 96) -> tuple[HintDistiller, torch.nn.Module, ModelCard]:
+    torch.manual_seed(0)
+    student_card = grader_card("test_convnext", student_size, name="test_tiny_cls")
+    teacher_card = grader_card("tf_efficientnet_lite0", teacher_size, name="grader", imagenet_init=False)
+    student = build_model(student_card)
+    teacher = build_model(teacher_card)
+    return HintDistiller(student, student_card, teacher, teacher_card), student, teacher_card
+
+
+def test_the_teacher_sees_the_same_pixels_in_its_own_normalisation_and_size() -> None:
+    distiller, _, teacher_card = _pair()
+    raw = torch.rand(2, 3, 64, 64)
+    mean = torch.tensor(distiller.student_card.mean)[None, :, None, None]
+    std = torch.tensor(distiller.student_card.std)[None, :, None, None]
+    converted = distiller._teacher_input((raw - mean) / std)
+    assert converted.shape == (2, 3, teacher_card.input_size, teacher_card.input_size)
+    expected = torch.nn.functional.interpolate((raw - 0.5) / 0.5, size=96, mode="bilinear")
+    torch.testing.assert_close(converted, expected, atol=1e-5, rtol=1e-5)
+    assert not any(p.requires_grad for p in distiller.teacher.parameters())
+
+
+def test_a_few_steps_bring_the_student_features_towards_the_teacher() -> None:
+    distiller, student, _ = _pair()
+    images = torch.randn(4, 3, 64, 64)
+    params = list(student.parameters()) + list(distiller.projections.parameters())
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(30):
+        student(images)
+        _, loss = distiller.teach(images)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses[::10]
+
+
+def test_online_distillation_run_resumes_with_its_projections_and_says_so(
+    synthetic_idrid: Path, tmp_path: Path
+) -> None:
+    base = _config(synthetic_idrid, tmp_path, 1)
+    teacher = replace(base, run_name="teacher/fold0", folds=3, fold=0)
+    train(teacher)
+    cfg = replace(
+        base,
+        run_name="student/fold0",
+        folds=3,
+        fold=0,
+        teacher_model=str(tmp_path / "runs" / "teacher" / "fold{fold}"),
+        distill_weight=1.0,
+        hint_weight=2.0,
+        unlabelled=True,
+    )
+    first = train(cfg)
+    assert len(first["history"]) == 1
+    state = tmp_path / "runs/student/fold0/state.safetensors"
+    with safe_open(str(state), "pt") as handle:
+        extra = [k for k in handle.keys() if k.startswith("extra.")]
+    assert {k.split(".")[1] for k in extra} == {"16", "32"}
+    resumed = train(replace(cfg, epochs=2))  # picks up epoch 2 with the saved projections
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    recipe = ModelCard.read(tmp_path / "runs/student/fold0/best.json").training["recipe"]["distillation"]
+    assert recipe["hint_weight"] == 2.0 and "online" in recipe["teacher"]
+    # a per-fold teacher needs a fold to pick
+    with pytest.raises(ValueError, match="--fold"):
+        TASKS["grader"](replace(cfg, fold=-1)).attach(build_model(TASKS["grader"](cfg).card()), "cpu")
