@@ -87,7 +87,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.labels:
         return _audit(args)
     if args.oof:
-        from training.cv import evaluate_oof
+        from training.oof import evaluate_oof
 
         print(json.dumps(evaluate_oof(Path(args.oof), Path(args.data)), indent=None if args.json else 1))
         return 0

@@ -38,24 +38,16 @@ from safetensors.torch import load_file
 from models.classifier import NUM_DR
 from models.registry import build_model
 from training.data import GradingData
+from training.oof import oof_summary, teacher_comparison, write_oof_csv
 from training.prepare import load_index
 from training.tasks import TASKS
 from training.train import FILE_LIMIT_MB, TrainConfig, exact_device, over_file_limit, train
-from workbench.calibration import expected_calibration_error, fit_temperature, reliability, softmax
-from workbench.intervals import bootstrap_intervals
+from workbench.calibration import softmax
 from workbench.io.idrid import IDRiD
 from workbench.io.splits import assign_folds
-from workbench.metrics import confusion_matrix, grading_metrics, json_safe
+from workbench.metrics import grading_metrics, json_safe
 
-__all__ = [
-    "evaluate_oof",
-    "oof_metrics",
-    "predict_oof",
-    "read_oof_csv",
-    "train_folds",
-    "train_piece",
-    "write_oof_csv",
-]
+__all__ = ["predict_oof", "ship_cv_model", "ship_fold_piece", "train_folds", "train_piece"]
 
 log = logging.getLogger(__name__)
 
@@ -112,101 +104,6 @@ def predict_oof(cfg: TrainConfig, only: list[int] | None = None) -> dict[str, np
     }
 
 
-_HEADS = [f"dr{i}" for i in range(NUM_DR)] + [f"dme{i}" for i in range(3)]
-
-
-def write_oof_csv(oof: dict[str, np.ndarray], path: Path) -> None:
-    """OOF logits (plain and mirrored) per image as CSV: small, diffable, no pickles. Labels are not
-    stored: whoever re-scores the file reads them from the dataset."""
-    header = ["image", "fold"] + [f"logit_{h}" for h in _HEADS] + [f"flip_logit_{h}" for h in _HEADS]
-    lines = [",".join(header)]
-    for i, name in enumerate(oof["names"]):
-        values = np.concatenate([oof["logits"][i], oof["logits_flip"][i]])
-        lines.append(",".join([str(name), str(int(oof["fold"][i]))] + [f"{v:.6g}" for v in values]))
-    path.write_text("\n".join(lines) + "\n")
-
-
-def read_oof_csv(path: Path) -> dict[str, np.ndarray]:
-    """The arrays ``write_oof_csv`` wrote (without labels)."""
-    import csv
-
-    with Path(path).open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "image" not in rows[0]:
-        raise ValueError(f"{path}: not an OOF predictions file (expected columns image, fold, logit_dr0...)")
-    return {
-        "names": np.array([r["image"] for r in rows]),
-        "fold": np.array([int(r["fold"]) for r in rows]),
-        "logits": np.array([[float(r[f"logit_{h}"]) for h in _HEADS] for r in rows]),
-        "logits_flip": np.array([[float(r[f"flip_logit_{h}"]) for h in _HEADS] for r in rows]),
-    }
-
-
-def evaluate_oof(source: Path, data: Path) -> dict[str, Any]:
-    """OOF metrics of a ``--folds`` run folder (its ``oof.npz``) or an OOF CSV, labels from ``data``."""
-    source = Path(source)
-    if source.is_dir():
-        with np.load(source / "oof.npz", allow_pickle=False) as arrays:
-            oof = {k: arrays[k] for k in ("names", "fold", "logits", "logits_flip")}
-    else:
-        oof = read_oof_csv(source)
-    labels = {r.name: r for r in IDRiD(data).grading("train")}
-    missing = [str(n) for n in oof["names"] if str(n) not in labels]
-    if missing:
-        raise ValueError(f"{len(missing)} OOF images have no label in {data}: {', '.join(missing[:5])}")
-    oof["dr_true"] = np.array([labels[str(n)].dr_grade for n in oof["names"]])
-    oof["dme_true"] = np.array([labels[str(n)].dme_grade for n in oof["names"]])
-    return json_safe(
-        {
-            "source": str(source),
-            "n": len(oof["names"]),
-            "plain": oof_metrics(oof, False),
-            "hflip_tta": oof_metrics(oof, True),
-        }
-    )
-
-
-def _with_intervals(p_dr: np.ndarray, p_dme: np.ndarray, t_dr: np.ndarray, t_dme: np.ndarray) -> dict:
-    metrics = grading_metrics(p_dr, p_dme, t_dr, t_dme)
-    metrics["confusion_matrix"] = confusion_matrix(t_dr, p_dr.argmax(1), NUM_DR).tolist()
-    metrics["ci95"] = bootstrap_intervals(
-        len(t_dr), lambda idx: grading_metrics(p_dr[idx], p_dme[idx], t_dr[idx], t_dme[idx])
-    )
-    return metrics
-
-
-def oof_metrics(oof: dict[str, np.ndarray], tta: bool) -> dict[str, Any]:
-    """OOF metrics (with bootstrap 95% intervals) after temperature scaling fitted on the OOF logits.
-
-    With ``tta`` the logits of the image and its mirror are averaged before anything else.
-    """
-    logits = (oof["logits"] + oof["logits_flip"]) / 2 if tta else oof["logits"]
-    t_dr, t_dme = oof["dr_true"].astype(int), oof["dme_true"].astype(int)
-    dr_logits, dme_logits = logits[:, :NUM_DR], logits[:, NUM_DR:]
-    temp_dr, temp_dme = fit_temperature(dr_logits, t_dr), fit_temperature(dme_logits, t_dme)
-    p_dr, p_dme = softmax(dr_logits, temp_dr), softmax(dme_logits, temp_dme)
-    raw_dr, raw_dme = softmax(dr_logits), softmax(dme_logits)
-    diagram = reliability(p_dr, t_dr)
-    return {
-        **_with_intervals(p_dr, p_dme, t_dr, t_dme),
-        "tta": "horizontal flip (mean of logits)" if tta else "none",
-        "temperature": {"dr": temp_dr, "dme": temp_dme},
-        "ece": {
-            "dr_before": expected_calibration_error(raw_dr, t_dr),
-            "dr_after": expected_calibration_error(p_dr, t_dr),
-            "dme_before": expected_calibration_error(raw_dme, t_dme),
-            "dme_after": expected_calibration_error(p_dme, t_dme),
-            "bins": 10,
-            "note": "temperature fitted on the same OOF logits it is scored on (one parameter per head)",
-        },
-        "reliability_dr": {
-            "counts": diagram.counts.tolist(),
-            "confidence": [None if np.isnan(v) else float(v) for v in diagram.confidence],
-            "accuracy": [None if np.isnan(v) else float(v) for v in diagram.accuracy],
-        },
-    }
-
-
 def train_piece(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     """Run (or resume) one piece of a ``--folds`` run: fold ``cfg.fold``, or the refit (``cfg.refit``).
 
@@ -221,56 +118,11 @@ def train_piece(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     return result
 
 
-def _summary(cfg: TrainConfig, oof: dict[str, np.ndarray], command: str) -> dict[str, Any]:
-    return {
-        "folds": cfg.folds,
-        "n": int(len(oof["names"])),
-        "fold_sizes": np.bincount(oof["fold"], minlength=cfg.folds).tolist(),
-        "plain": oof_metrics(oof, tta=False),
-        "hflip_tta": oof_metrics(oof, tta=True),
-        "command": command,
-    }
-
-
 def ship_fold_piece(cfg: TrainConfig, command: str = "") -> str:
     """Ship fold ``cfg.ship_fold``'s model of a run whose other folds were never trained (a CPU budget
     buys one fold of a slow recipe): its figures are those of its own held-out fold only, said so."""
     oof = predict_oof(cfg, only=[cfg.ship_fold])
-    return ship_cv_model(cfg, _summary(cfg, oof, command), command, oof)
-
-
-def teacher_comparison(cfg: TrainConfig, oof: dict[str, np.ndarray]) -> dict[str, Any] | None:
-    """The per-fold teacher (``--teacher-model .../fold{fold}``) on the same held-out images as the
-    student, from the teacher run's ``oof.npz``, and the paired student - teacher difference."""
-    if "{fold}" not in cfg.teacher_model:
-        return None
-    source = Path(cfg.teacher_model).parent / "oof.npz"
-    if not source.is_file():
-        return None
-    with np.load(source, allow_pickle=False) as arrays:
-        row = {str(n): i for i, n in enumerate(arrays["names"])}
-        teacher = arrays["logits"][[row[str(n)] for n in oof["names"]]]
-    t_dr, t_dme = oof["dr_true"].astype(int), oof["dme_true"].astype(int)
-    keys = ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc")
-
-    def figures(logits: np.ndarray, idx: np.ndarray) -> dict[str, float]:
-        m = grading_metrics(
-            softmax(logits[idx, :NUM_DR]), softmax(logits[idx, NUM_DR:]), t_dr[idx], t_dme[idx]
-        )
-        return {k: m[k] for k in keys}
-
-    every = np.arange(len(t_dr))
-    return {
-        "teacher": str(source.parent),
-        "n": len(every),
-        "teacher_figures": figures(teacher, every),
-        "student_figures": figures(oof["logits"], every),
-        "student_minus_teacher_ci95": bootstrap_intervals(
-            len(every),
-            lambda idx: {k: v - figures(teacher, idx)[k] for k, v in figures(oof["logits"], idx).items()},
-        ),
-        "note": "both without temperature scaling, plain images (no flip), the same held-out images",
-    }
+    return ship_cv_model(cfg, oof_summary(cfg.folds, oof, command), command, oof)
 
 
 def train_folds(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
@@ -282,7 +134,7 @@ def train_folds(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         train(_fold_config(cfg, fold), command)
     oof = predict_oof(cfg)
     np.savez(root / "oof.npz", **oof)
-    summary = _summary(cfg, oof, command)
+    summary = oof_summary(cfg.folds, oof, command)
     (root / "oof.json").write_text(json.dumps(json_safe(summary), indent=1))
     log.info("OOF written to %s", root / "oof.json")
     if cfg.ship_fold < 0:
@@ -391,7 +243,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
             for k in ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc", "ci95")
         },
     }
-    if cfg.teacher_model and (comparison := teacher_comparison(cfg, oof)):
+    if cfg.teacher_model and (comparison := teacher_comparison(cfg.teacher_model, oof)):
         evaluation["teacher_comparison"] = comparison
     training = {
         "data": f"IDRiD grading training images ({cfg.data}): {trained_on}; figures: {scored} "

@@ -80,7 +80,7 @@ def test_default_grader_oof_predictions_rescore_to_its_card_and_beat_the_baselin
     """The OOF predictions shipped beside the default grader, re-scored against the real labels, give the
     card's figures exactly; they beat the majority-grade baseline and predict grade 1 at least once."""
     from models.card import ModelCard
-    from training.cv import evaluate_oof
+    from training.oof import evaluate_oof
 
     card = ModelCard.read(SHIPPED_WEIGHTS_DIR / f"{default_model('grader', SHIPPED_WEIGHTS_DIR)}.json")
     oof = card.training.get("evaluation", {}).get("oof")

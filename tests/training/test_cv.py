@@ -91,7 +91,7 @@ def test_cv_run_scores_every_image_once_and_refits(synthetic_idrid: Path, tmp_pa
         scaled, unscaled = model(x), raw(x)
     assert torch.allclose(scaled[:, :5], unscaled[:, :5] / oof["temperature"]["dr"], atol=1e-5)
     # the OOF predictions shipped beside the card re-score to the card's figures
-    from training.cv import evaluate_oof
+    from training.oof import evaluate_oof
 
     rescored = evaluate_oof(shipped / oof["predictions"]["file"], synthetic_idrid)
     assert rescored["plain"]["dr_accuracy"] == pytest.approx(oof["dr_accuracy"])

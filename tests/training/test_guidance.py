@@ -17,7 +17,8 @@ from models.registry import build_model
 from tests.training.test_train import _config
 from training.distill import distillation_loss
 from training.guides import GUIDE_SIDE, load_guides, load_teacher
-from training.tasks import TASKS, attention_loss
+from training.losses import attention_loss
+from training.tasks import TASKS
 from training.train import TrainConfig, train
 from workbench.io.idrid import IDRiD
 

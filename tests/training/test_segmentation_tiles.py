@@ -12,7 +12,8 @@ from torch import nn
 from models.segmenter import segmenter_card
 from training.data import SegmentationData
 from training.prepare import load_index, prepare
-from training.tasks import TASKS, parse_rates
+from training.tasks import TASKS
+from training.tasks.segmenter import parse_rates
 from training.train import TrainConfig
 from workbench.inference import predict_tiles
 
