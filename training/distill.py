@@ -5,7 +5,7 @@ Two ways to learn from a teacher grader:
 - soft targets cached once (``drwb prepare-teacher``, ``--teacher``): the teacher's logits on the plain
   image, whatever augmentation the student sees;
 - an online teacher (``--teacher-model``): the frozen teacher grades the very batch the student sees,
-  augmentation included ("consistent teaching", Beyer et al. 2022), and its feature maps at strides 16
+  augmentation included ("consistent teaching", Beyer et al. 2022), and its feature maps at strides 8, 16
   and 32 are hints (FitNets, Romero et al. 2015) that the student's own maps, through a learnt 1x1
   projection, must point the same way (cosine per feature cell). A from-scratch ConvNeXt on 400
   photographs learns little from one label per image; a hint gives it a target at every cell.
@@ -27,7 +27,7 @@ from models.registry import build_model
 
 __all__ = ["HintDistiller", "distillation_loss", "hint_loss", "load_run_model"]
 
-HINT_STRIDES = (16, 32)
+HINT_STRIDES = (8, 16, 32)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -76,7 +76,7 @@ def _hint_modules(backbone: nn.Module) -> dict[int, nn.Module]:
 class HintDistiller:
     """A frozen teacher grader and the student's hint projections.
 
-    ``attach`` hooks the student's stride-16 and -32 maps; after each student forward, ``teach`` runs
+    ``attach`` hooks the student's maps at ``HINT_STRIDES``; after each student forward, ``teach`` runs
     the teacher on the same batch (converted to its normalisation and input size) and returns its logits
     and the summed hint loss.
     """

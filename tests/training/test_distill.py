@@ -87,7 +87,7 @@ def test_online_distillation_run_resumes_with_its_projections_and_says_so(
     state = tmp_path / "runs/student/fold0/state.safetensors"
     with safe_open(str(state), "pt") as handle:
         extra = [k for k in handle.keys() if k.startswith("extra.")]
-    assert {k.split(".")[1] for k in extra} == {"16", "32"}
+    assert {k.split(".")[1] for k in extra} == {"8", "16", "32"}
     resumed = train(replace(cfg, epochs=2))  # picks up epoch 2 with the saved projections
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     recipe = ModelCard.read(tmp_path / "runs/student/fold0/best.json").training["recipe"]["distillation"]

@@ -101,7 +101,7 @@ class GraderTask(TrainTask):
             out["distillation"] = {
                 "loss": "hard-label cross-entropy + ordinal term + distill weight x T^2 KL(teacher || "
                 "student) on the DR and DME heads + hint weight x (1 - cosine) between the student's "
-                "stride-16 and stride-32 feature maps (learnt 1x1 projections) and the teacher's",
+                "stride-8, -16 and -32 feature maps (learnt 1x1 projections) and the teacher's",
                 "teacher": "online: the frozen teacher grades the same augmented batch as the student; "
                 "fold k's student learns from fold k's teacher, which never saw fold k",
                 "teacher_model": cfg.teacher_model,
