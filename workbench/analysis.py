@@ -17,152 +17,33 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from models.constants import LESION_CODES, REFERABLE_MIN_GRADE
+from models.constants import LESION_CODES
 from models.fov import FieldOfView
 from models.preprocess import CropTransform, normalise, resize_crop
 from models.registry import default_model, load_model
 from models.registry import weights_dir as configured_weights_dir
-from workbench.anatomy import DmeRuleCheck, EtdrsGrid, dme_rule, etdrs_grid, region_of_points
+from workbench.anatomy import EtdrsGrid, dme_rule, etdrs_grid, region_of_points
 from workbench.explain.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.explain.explainers.budget import release_freed_memory
 from workbench.fundus import prepare_fundus
 from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage, load_image
 from workbench.landmarks import place_landmarks
+from workbench.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
-from workbench.quality import QualityReport
+from workbench.result import Analysis, LesionSummary
 from workbench.targets import GradeTarget, Target
 
 __all__ = ["Analysis", "LesionSummary", "Workbench"]
 
 FAST_SEGMENT_SIZE = 640  # px of the field-of-view crop the fast profile segments, in one tile
-
-
-RELIABILITY_FLOOR = 0.30  # validated AUPR below which a lesion type's counts and areas are not facts
-
-
-@dataclass(frozen=True)
-class LesionReliability:
-    """How far one lesion type's masks can be trusted: the segmenter card's validated AUPR (original
-    resolution, held-out IDRiD images) against ``RELIABILITY_FLOOR``."""
-
-    code: str
-    aupr: float | None
-    reliable: bool
-    note: str
-
-
-def segmenter_figures(card_training: dict, profile: str = "quality") -> dict:
-    """A segmenter card's validation figures for a profile (see ``Workbench._measured``)."""
-    evaluation = card_training.get("evaluation", {})
-    if profile != "quality" and evaluation.get(f"val_{profile}"):
-        return evaluation[f"val_{profile}"]
-    return evaluation.get("val") or card_training.get("validation", {})
-
-
-def lesion_thresholds(measured: dict) -> dict[str, float]:
-    """Best-Dice threshold per lesion type from a segmenter's validation figures (0.5 where missing)."""
-    return {code: float(measured.get(f"threshold_{code}") or 0.5) for code in LESION_CODES}
-
-
-def lesion_reliability(measured: dict) -> dict[str, LesionReliability]:
-    """Per lesion type, from a segmenter's validation figures (``segmenter_figures``)."""
-    out = {}
-    for code in LESION_CODES:
-        aupr = measured.get(f"aupr_{code}")
-        if aupr is None:
-            out[code] = LesionReliability(
-                code, None, False, "unreliable: no validated AUPR in the model card"
-            )
-        elif aupr < RELIABILITY_FLOOR:
-            note = (
-                f"unreliable: validated AUPR {aupr:.2f} < {RELIABILITY_FLOOR:.2f}; counts and areas are noise"
-            )
-            out[code] = LesionReliability(code, float(aupr), False, note)
-        else:
-            out[code] = LesionReliability(code, float(aupr), True, f"validated AUPR {aupr:.2f}")
-    return out
-
-
-@dataclass(frozen=True)
-class LesionSummary:
-    """One lesion type: binary mask on the segmenter crop, probability map, count and area (original px)."""
-
-    code: str
-    count: int
-    area_px: float
-    mask: np.ndarray
-    probability: np.ndarray
-    centroids_xy: np.ndarray  # (N, 2) component centroids in original pixels
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """Everything known about one image. Arrays are crop-frame with their transform, points original."""
-
-    name: str
-    original_size: tuple[int, int]
-    quality: QualityReport
-    fov: FieldOfView
-    graded: bool
-    crop: np.ndarray
-    crop_transform: CropTransform
-    dr_probabilities: np.ndarray | None = None
-    dme_probabilities: np.ndarray | None = None
-    lesions: dict[str, LesionSummary] = field(default_factory=dict)
-    lesion_transform: CropTransform | None = None
-    od_xy: tuple[float, float] | None = None
-    od_radius_px: float | None = None
-    od_confidence: float | None = None
-    fovea_xy: tuple[float, float] | None = None
-    fovea_confidence: float | None = None
-    fovea_doubt: str | None = None  # why the fovea is not trusted (None: trusted); grid/regions/rule then off
-    od_doubt: str | None = None
-    etdrs: EtdrsGrid | None = None
-    dme_check: DmeRuleCheck | None = None
-    lesions_by_region: dict[str, dict[str, int]] = field(default_factory=dict)
-    heatmaps: dict[str, Heatmap] = field(default_factory=dict)
-    lesion_reliability: dict[str, LesionReliability] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    models: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def dr_grade(self) -> int | None:
-        return None if self.dr_probabilities is None else int(np.argmax(self.dr_probabilities))
-
-    @property
-    def dme_grade(self) -> int | None:
-        return None if self.dme_probabilities is None else int(np.argmax(self.dme_probabilities))
-
-    @property
-    def referable_probability(self) -> float | None:
-        if self.dr_probabilities is None:
-            return None
-        return float(self.dr_probabilities[REFERABLE_MIN_GRADE:].sum())
-
-    def lesion_quantities(self, code: str) -> dict[str, float | None]:
-        """Area of one lesion type in comparable units: original px, % of the field of view, disc areas."""
-        summary = self.lesions[code]
-        field_area = np.pi * self.fov.radius**2
-        disc_area = np.pi * self.od_radius_px**2 if self.od_radius_px else None
-        return {
-            "area_px": summary.area_px,
-            "area_percent_of_field": 100.0 * summary.area_px / field_area if field_area else None,
-            "area_disc_areas": summary.area_px / disc_area if disc_area else None,
-        }
-
-    @property
-    def referable(self) -> bool | None:
-        p = self.referable_probability
-        return None if p is None else p >= 0.5
-
 
 # Analysis profiles: "quality" segments with the best shipped segmenter at its own resolution; "fast"
 # with the low-resolution one on a smaller crop, one tile, to stay within about a second on two cores

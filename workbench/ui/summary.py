@@ -4,7 +4,8 @@ landmarks and their doubt, unreliable lesion types, stage timings. Shared by Ana
 from __future__ import annotations
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES
-from workbench.analysis import RELIABILITY_FLOOR, Analysis
+from workbench.analysis import Analysis
+from workbench.lesion_trust import RELIABILITY_FLOOR
 
 __all__ = ["summary_markdown"]
 

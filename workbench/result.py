@@ -1,0 +1,93 @@
+"""What ``Workbench.analyze`` returns: one image's grades, lesions, landmarks, anatomy and explanations.
+
+Arrays are in the crop frame with their transform; points are in the original image's pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.constants import REFERABLE_MIN_GRADE
+from models.fov import FieldOfView
+from models.preprocess import CropTransform
+from workbench.anatomy import DmeRuleCheck, EtdrsGrid
+from workbench.explain.explainers import Heatmap
+from workbench.lesion_trust import LesionReliability
+from workbench.quality import QualityReport
+
+__all__ = ["Analysis", "LesionSummary"]
+
+
+@dataclass(frozen=True)
+class LesionSummary:
+    """One lesion type: binary mask on the segmenter crop, probability map, count and area (original px)."""
+
+    code: str
+    count: int
+    area_px: float
+    mask: np.ndarray
+    probability: np.ndarray
+    centroids_xy: np.ndarray  # (N, 2) component centroids in original pixels
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything known about one image. Arrays are crop-frame with their transform, points original."""
+
+    name: str
+    original_size: tuple[int, int]
+    quality: QualityReport
+    fov: FieldOfView
+    graded: bool
+    crop: np.ndarray
+    crop_transform: CropTransform
+    dr_probabilities: np.ndarray | None = None
+    dme_probabilities: np.ndarray | None = None
+    lesions: dict[str, LesionSummary] = field(default_factory=dict)
+    lesion_transform: CropTransform | None = None
+    od_xy: tuple[float, float] | None = None
+    od_radius_px: float | None = None
+    od_confidence: float | None = None
+    fovea_xy: tuple[float, float] | None = None
+    fovea_confidence: float | None = None
+    fovea_doubt: str | None = None  # why the fovea is not trusted (None: trusted); grid/regions/rule then off
+    od_doubt: str | None = None
+    etdrs: EtdrsGrid | None = None
+    dme_check: DmeRuleCheck | None = None
+    lesions_by_region: dict[str, dict[str, int]] = field(default_factory=dict)
+    heatmaps: dict[str, Heatmap] = field(default_factory=dict)
+    lesion_reliability: dict[str, LesionReliability] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dr_grade(self) -> int | None:
+        return None if self.dr_probabilities is None else int(np.argmax(self.dr_probabilities))
+
+    @property
+    def dme_grade(self) -> int | None:
+        return None if self.dme_probabilities is None else int(np.argmax(self.dme_probabilities))
+
+    @property
+    def referable_probability(self) -> float | None:
+        if self.dr_probabilities is None:
+            return None
+        return float(self.dr_probabilities[REFERABLE_MIN_GRADE:].sum())
+
+    def lesion_quantities(self, code: str) -> dict[str, float | None]:
+        """Area of one lesion type in comparable units: original px, % of the field of view, disc areas."""
+        summary = self.lesions[code]
+        field_area = np.pi * self.fov.radius**2
+        disc_area = np.pi * self.od_radius_px**2 if self.od_radius_px else None
+        return {
+            "area_px": summary.area_px,
+            "area_percent_of_field": 100.0 * summary.area_px / field_area if field_area else None,
+            "area_disc_areas": summary.area_px / disc_area if disc_area else None,
+        }
+
+    @property
+    def referable(self) -> bool | None:
+        p = self.referable_probability
+        return None if p is None else p >= 0.5
