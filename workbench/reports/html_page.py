@@ -1,0 +1,178 @@
+"""The self-contained HTML page of one analysis: tables of every number and the overlays as base64 PNGs,
+so the page opens offline and can be mailed as one file (``report.write_report`` writes it)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from models.constants import DME_NAMES, DR_GRADE_NAMES
+
+__all__ = ["LESION_COLUMNS", "report_html"]
+
+# the lesion table everywhere it is shown (report, Gradio, Streamlit); ``report.lesion_rows`` fills it
+LESION_COLUMNS = [
+    "lesion",
+    "count",
+    "area (px)",
+    "area (% of field)",
+    "area (disc areas)",
+    "validated AUPR",
+    "reliability",
+]
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v, 0 if digits == 0 else digits) for v in value)
+    return html.escape(str(value))
+
+
+def _table(caption: str, header: list[str], rows: list[list[Any]], digits: int = 3) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c, digits)}</td>" for c in row) + "</tr>" for row in rows)
+    return (
+        f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def _tables(data: dict[str, Any]) -> str:
+    """The report's numbers as readable tables (the full JSON stays beside it as report.json)."""
+    parts = []
+    if data.get("graded"):
+        parts.append(
+            _table(
+                "DR grade probabilities",
+                ["grade", "name", "probability"],
+                [[g, DR_GRADE_NAMES[g], p] for g, p in enumerate(data["dr_probabilities"])],
+            )
+        )
+        parts.append(
+            _table(
+                "DME risk probabilities",
+                ["risk", "name", "probability"],
+                [[g, DME_NAMES[g], p] for g, p in enumerate(data["dme_probabilities"])],
+            )
+        )
+        parts.append(
+            _table(
+                "Lesions (segmenter; the optic disc is listed with the landmarks). Types whose validated "
+                "AUPR is below the reliability floor are not findings.",
+                LESION_COLUMNS,
+                [
+                    [
+                        code,
+                        v["count"],
+                        v["area_px"],
+                        v.get("area_percent_of_field"),
+                        v.get("area_disc_areas"),
+                        v.get("validated_aupr"),
+                        v.get("reliability", "n/a"),
+                    ]
+                    for code, v in data["lesions"].items()
+                    if code != "OD"
+                ],
+                digits=3,
+            )
+        )
+        od, fovea = data["optic_disc"], data["fovea"]
+        parts.append(
+            _table(
+                "Landmarks (original pixels)",
+                ["landmark", "x", "y", "confidence", "state"],
+                [
+                    ["optic disc", od["xy"][0], od["xy"][1], od["confidence"], od.get("doubt") or "trusted"],
+                    [
+                        "fovea",
+                        fovea["xy"][0],
+                        fovea["xy"][1],
+                        fovea["confidence"],
+                        f"doubtful: {fovea['doubt']}" if fovea.get("doubt") else "trusted",
+                    ],
+                ],
+                digits=1,
+            )
+        )
+        if "fovea_dependent" in data:
+            parts.append(
+                "<p class='doubt'>ETDRS grid, lesions by region, DME rule check: "
+                f"{html.escape(data['fovea_dependent'])}</p>"
+            )
+        if "dme_rule_check" in data:
+            check = data["dme_rule_check"]
+            parts.append(
+                _table(
+                    "DME cross-check by the IDRiD rule (segmented exudates vs the grader's DME head)",
+                    ["rule grade", "grader grade", "agrees", "nearest exudate (disc diameters from fovea)"],
+                    [
+                        [
+                            check["rule_grade"],
+                            check["grader_grade"],
+                            check["agrees"],
+                            check["nearest_exudate_disc_diameters"],
+                        ]
+                    ],
+                )
+            )
+    if data.get("explanations"):
+        keys = [
+            "seconds",
+            "deletion_auc",
+            "insertion_auc",
+            "pointing_game",
+            "relevance_mass",
+            "relevance_rank",
+        ]
+        rows = []
+        for name, e in data["explanations"].items():
+            cells = [e.get(k) for k in keys]
+            if e.get("evidence") is False:
+                cells[3:] = ["no evidence"] * 3
+            label = f"{name} ({e['note']})" if e.get("note") else name
+            rows.append([label, e.get("target")] + cells)
+        parts.append(
+            _table(
+                "Explanations (deletion AUC: lower is more faithful; insertion AUC, pointing game, relevance "
+                "mass / rank on lesions: higher is better)",
+                ["method", "target", *keys],
+                rows,
+            )
+        )
+    measures = data.get("quality_measures", {})
+    parts.append(_table("Image quality measures", list(measures), [list(measures.values())], digits=2))
+    return "".join(parts)
+
+
+def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
+    title = html.escape(str(data["file"]))
+    if data.get("graded"):
+        headline = (
+            f"DR grade {data['dr_grade']} ({html.escape(data['dr_grade_name'])}, grade probability "
+            f"{data['dr_probabilities'][data['dr_grade']]:.2f}); "
+            f"{'REFERABLE' if data['referable'] else 'not referable'} (referable probability "
+            f"{data['referable_probability']:.2f}); DME risk {data['dme_grade']} "
+            f"({html.escape(data['dme_grade_name'])})"
+        )
+    else:
+        headline = "NOT GRADEABLE: " + html.escape("; ".join(data["quality_reasons"]))
+    figures = "".join(
+        f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{b}">'
+        f"<figcaption>{html.escape(n)}</figcaption></figure>"
+        for n, b in images.items()
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>DR Workbench: {title}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px}"
+        "img{max-width:384px}table{border-collapse:collapse;margin:1em 0}caption{text-align:left;"
+        "font-weight:bold;padding:4px 0}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>"
+        f"<h1>{title}</h1><h2 id='headline'>{headline}</h2>{figures}{_tables(data)}"
+        "<p>All numbers are in report.json beside this file. DR Workbench: research and audit tool, not a "
+        "medical device.</p></body></html>"
+    )
