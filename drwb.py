@@ -53,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     )
     values["task"] = args.task
-    cfg, command = TrainConfig(**values), "drwb " + " ".join(sys.argv[1:])
+    cfg, command = TrainConfig(**values), args.command_line
     if cfg.folds and (cfg.fold >= 0 or cfg.refit):
         # one piece of a --folds run (fold K, or the refit), so that pieces can run in parallel; the
         # full --folds command afterwards finds them finished and only scores and ships
@@ -95,7 +95,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.write_card:
         from training.evaluate import record_in_card
 
-        record_in_card(result, "drwb " + " ".join(sys.argv[1:]))
+        record_in_card(result, args.command_line)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -181,6 +181,13 @@ def _cmd_explain_bench(args: argparse.Namespace) -> int:
     predictor = GraderPredictor(*load_model(args.grader or default_model("grader")))
     methods = args.methods.split(",")
     result = explain_bench(predictor, Path(args.data), args.split, methods, args.limit, args.sanity_images)
+    if args.write_card:
+        from training.evaluate import record_in_card
+
+        record_in_card(
+            {**result, "model": result["grader"], "card_key": f"explain_bench_{args.split}"},
+            args.command_line,
+        )
     if args.json:
         print(json.dumps(result))
         return 0
@@ -353,6 +360,11 @@ def _build_parser() -> argparse.ArgumentParser:
     eb.add_argument("--sanity-images", type=int, default=2)
     eb.add_argument("--grader", help="shipped grader name (default: best)")
     eb.add_argument("--json", action="store_true")
+    eb.add_argument(
+        "--write-card",
+        action="store_true",
+        help="store the table in the grader's card (the Models tab shows it)",
+    )
     eb.set_defaults(handler=_cmd_explain_bench)
 
     bench = sub.add_parser("bench", help="speed benchmarks; medians of repeats, as JSON")
@@ -371,6 +383,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``drwb`` console script."""
     args = _build_parser().parse_args(argv)
+    # the command as typed, for the cards that record how they were made
+    args.command_line = "drwb " + " ".join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )

@@ -15,7 +15,7 @@ from models.card import ModelCard
 from models.registry import default_model, list_shipped
 from workbench.explain.notes import supervision_note
 
-__all__ = ["WEAK_QWK", "grader_label", "held_out", "models_markdown"]
+__all__ = ["WEAK_QWK", "explanations_markdown", "grader_label", "held_out", "models_markdown"]
 
 WEAK_QWK = 0.6
 
@@ -104,5 +104,63 @@ def models_markdown(folder: Path | None = None) -> str:
                 size = f" at {entry['input_size']} px" if entry.get("input_size") else ""
                 notes.append(f"{', '.join(entry['channels'])} from {entry['model']}{size}")
             out.append(f"| {_stem(card)} | {source} | {cells} | {'; '.join(notes)} |")
+    out += ["", *explanations_markdown([c for c in cards if c.arch == "grader"])]
     out += ["", "Reproduce each model with the command in its card (`training.command`); see the README."]
     return "\n".join(out)
+
+
+_EXPLAIN_COLUMNS = (
+    ("pointing_game", "pointing game"),
+    ("relevance_mass", "relevance mass"),
+    ("insertion_auc", "insertion AUC"),
+    ("deletion_auc", "deletion AUC"),
+)
+
+
+def _mean_ci(stats: dict[str, Any], key: str) -> str:
+    cell = stats.get(key) or {}
+    if cell.get("mean") is None:
+        return "n/a"
+    return f"{cell['mean']:.2f} +- {cell['ci95']:.2f}"
+
+
+def explanations_markdown(graders: list[ModelCard]) -> list[str]:
+    """Lines: each grader's ``drwb explain-bench --write-card`` rows (segmentation photographs it never
+    trained on), or why it has none."""
+    out = [
+        "**Explanation quality per grader** (`drwb explain-bench --split val --write-card`: IDRiD "
+        "segmentation photographs the grader never trained on, its predicted grade as target; "
+        "mean +- 95% CI)",
+        "",
+        "| grader | images | method | "
+        + " | ".join(t for _, t in _EXPLAIN_COLUMNS)
+        + " | randomisation rho |",
+        "|" + "---|" * (len(_EXPLAIN_COLUMNS) + 4),
+    ]
+    for card in graders:
+        evaluation = card.training.get("evaluation", {})
+        bench = evaluation.get("explain_bench_val")
+        if not bench:
+            config = card.training.get("config") or {}
+            why = (
+                "none left: trained on every IDRiD segmentation photograph"
+                if config.get("refit") and config.get("unlabelled")
+                else "not measured"
+            )
+            out.append(f"| {_stem(card)} | {why} |" + " |" * (len(_EXPLAIN_COLUMNS) + 2))
+            continue
+        for method, stats in bench["methods"].items():
+            label = (
+                f"{method} (lesion-supervised)"
+                if method == "attention" and supervision_note(card)
+                else method
+            )
+            rho = (stats.get("randomisation_spearman") or {}).get("mean")
+            sanity = (
+                "n/a"
+                if rho is None
+                else f"{rho:.2f}" + (" (fails)" if stats.get("fails_sanity_check") else "")
+            )
+            cells = " | ".join(_mean_ci(stats, key) for key, _ in _EXPLAIN_COLUMNS)
+            out.append(f"| {_stem(card)} | {bench['images']} | {label} | {cells} | {sanity} |")
+    return out

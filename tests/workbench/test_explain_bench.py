@@ -30,3 +30,25 @@ def test_explain_bench_table(synthetic_idrid: Path, tiny_weights: Path) -> None:
             assert stats[key]["n"] == 2 and stats[key]["mean"] is not None
         assert stats["randomisation_spearman"]["n"] == 1
         assert isinstance(stats["fails_sanity_check"], bool)
+
+
+def test_explain_bench_writes_its_table_into_the_grader_card(
+    synthetic_idrid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``drwb explain-bench --write-card``: the Models tab then shows the rows; the weights stay as they
+    were (sha256 still matches)."""
+    from drwb import main
+    from tests.conftest import write_tiny_weights
+    from workbench.model_table import models_markdown
+
+    folder = write_tiny_weights(tmp_path)
+    monkeypatch.setenv("DRWB_WEIGHTS", str(folder))
+    args = ["explain-bench", "--data", str(synthetic_idrid), "--split", "train", "--methods", "attention"]
+    assert (
+        main([*args, "--grader", "tiny_grader", "--limit", "2", "--sanity-images", "0", "--write-card"]) == 0
+    )
+    _, card = load_model("tiny_grader", folder)  # sha256 checked
+    bench = card.training["evaluation"]["explain_bench_train"]
+    assert bench["images"] == 2 and "attention" in bench["methods"] and "explain-bench" in bench["command"]
+    assert card.training["evaluation"].get("explain_bench_val") is None
+    assert "| tiny_grader | not measured |" in models_markdown(folder)  # only --split val rows are shown

@@ -51,3 +51,35 @@ def test_models_table_names_the_channels_a_segmenter_takes_from_another(tmp_path
     card_path.write_text(json.dumps(card))
     row = next(line for line in models_markdown(folder).splitlines() if line.startswith("| tiny_segmenter"))
     assert "HE, OD from segmenter_lite0 at 640 px" in row
+
+
+def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(tmp_path: Path) -> None:
+    folder = write_tiny_weights(tmp_path)
+    card_path = folder / "tiny_grader.json"
+    card = json.loads(card_path.read_text())
+    row = {"mean": 0.5, "ci95": 0.2, "n": 6}
+    rho_low, rho_high = {"mean": 0.2, "ci95": 0.1, "n": 2}, {"mean": 0.7, "ci95": 0.1, "n": 2}
+    card["training"]["evaluation"] = {
+        "explain_bench_val": {
+            "images": 6,
+            "methods": {
+                "attention": {"pointing_game": row, "relevance_mass": {"mean": 0.04, "ci95": 0.01, "n": 6},
+                              "randomisation_spearman": rho_low,
+                              "fails_sanity_check": False},
+                "gradcam": {"pointing_game": row, "randomisation_spearman": rho_high,
+                            "fails_sanity_check": True},
+            },
+        }
+    }  # fmt: skip
+    card["training"]["recipe"] = {"attention_supervision": {"weight": 0.5}}
+    card_path.write_text(json.dumps(card))
+    refit = dict(card, weights="refit.safetensors")
+    refit["training"] = {"config": {"refit": True, "unlabelled": True}}
+    (folder / "refit.json").write_text(json.dumps(refit))
+    (folder / "refit.safetensors").write_bytes((folder / "tiny_grader.safetensors").read_bytes())
+    lines = models_markdown(folder).splitlines()
+    attention = next(line for line in lines if line.startswith("| tiny_grader | 6 | attention"))
+    assert "(lesion-supervised)" in attention and "0.50 +- 0.20" in attention and "0.04 +- 0.01" in attention
+    gradcam = next(line for line in lines if line.startswith("| tiny_grader | 6 | gradcam"))
+    assert "0.70 (fails)" in gradcam and "n/a" in gradcam  # no relevance mass recorded
+    assert any(line.startswith("| refit | none left: trained on every") for line in lines)
