@@ -290,6 +290,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("distill-temperature", float),
         ("teacher-model", str),
         ("hint-weight", float),
+        ("layer-scale-init", float),
         ("weight-decay", float),
         ("warmup-epochs", float),
         ("lesion-rates", str),
@@ -307,6 +308,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--unlabelled", action="store_true", default=None, help="grader: add segmentation-only photographs"
+    )
+    tr.add_argument(
+        "--no-norm-decay", action="store_true", default=None, help="no weight decay on 1-D parameters"
     )
     tr.set_defaults(handler=_cmd_train)
 

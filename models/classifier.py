@@ -64,12 +64,17 @@ class Grader(nn.Module):
         num_dme: int = NUM_DME,
         drop_rate: float = 0.2,
         temperature: tuple[float, float] = (1.0, 1.0),
+        layer_scale_init: float | None = None,
     ) -> None:
         super().__init__()
         # Temperature scaling of the DR and DME logits (fitted after training on out-of-fold logits,
         # stored in the card). Not persistent: weights files stay the same with or without it.
         self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float32), persistent=False)
-        self.backbone = timm.create_model(encoder, pretrained=False, num_classes=0, global_pool="")
+        # ConvNeXt's layer scale starts its blocks at 1e-6 (identity); trained from scratch on a few
+        # hundred photographs they stay near it, so a from-scratch run may start them larger (training
+        # only: loaded weights carry their own values)
+        kwargs = {"ls_init_value": layer_scale_init} if layer_scale_init else {}
+        self.backbone = timm.create_model(encoder, pretrained=False, num_classes=0, global_pool="", **kwargs)
         channels = self.backbone.num_features
         self.dr_pool = AttentionPool(channels)
         self.dme_pool = AttentionPool(channels)
@@ -116,6 +121,7 @@ def _create_grader(card: ModelCard) -> Grader:
         num_dr=card.num_classes,
         drop_rate=float(card.extra.get("drop_rate", 0.2)),
         temperature=(float(temperature.get("dr", 1.0)), float(temperature.get("dme", 1.0))),
+        layer_scale_init=card.extra.get("layer_scale_init"),
     )
     if card.extra.get("imagenet_init", False):
         if card.encoder not in LITE0_ENCODERS:

@@ -88,6 +88,8 @@ class TrainConfig:
     distill_temperature: float = 2.0  # grader: softmax temperature of the soft targets
     teacher_model: str = ""  # grader: run folder of an online teacher ("{fold}" for fold k's), for hints
     hint_weight: float = 1.0  # grader, with teacher_model: weight of the feature-hint loss
+    layer_scale_init: float = 0.0  # grader, ConvNeXt from scratch: start layer scale here (0: timm's 1e-6)
+    no_norm_decay: bool = False  # no weight decay on biases, norms and layer scales (1-D parameters)
     unlabelled: bool = False  # grader: add segmentation-only photographs as unlabelled inputs
     lesion_rates: str = ""  # segmenter: tile-centring rate per lesion, e.g. "MA:0.3,HE:0.15,EX:0.15,SE:0.2"
     focal_gamma: float = 0.0  # segmenter: focal-loss gamma on the BCE term (0: plain BCE)
@@ -113,6 +115,17 @@ def _collate(items: list[tuple]) -> tuple:
         torch.stack(list(col)) if torch.is_tensor(col[0]) else torch.tensor(col)
         for col in zip(*items, strict=True)
     )
+
+
+def _param_groups(params: list[nn.Parameter], cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One AdamW group, or with ``no_norm_decay`` two: 1-D parameters (biases, norm weights, layer
+    scales) without weight decay, as timm trains ConvNeXt from scratch."""
+    if not cfg.no_norm_decay:
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
+    return [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
 
 
 def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
@@ -150,7 +163,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     if extra is not None:
         trainable += list(extra.parameters())
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(trainable, cfg), lr=cfg.lr)
     run_dir = Path(cfg.runs) / cfg.name
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

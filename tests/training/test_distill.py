@@ -95,3 +95,24 @@ def test_online_distillation_run_resumes_with_its_projections_and_says_so(
     # a per-fold teacher needs a fold to pick
     with pytest.raises(ValueError, match="--fold"):
         TASKS["grader"](replace(cfg, fold=-1)).attach(build_model(TASKS["grader"](cfg).card()), "cpu")
+
+
+def test_from_scratch_convnext_options_layer_scale_and_no_decay_on_1d_parameters() -> None:
+    from training.train import TrainConfig, _param_groups
+
+    card = TASKS["grader"](TrainConfig(backbone="test_convnext", layer_scale_init=0.1)).card()
+    assert card.extra["layer_scale_init"] == 0.1
+    model = build_model(card.with_updates(name="grader"))
+    gammas = [p for n, p in model.named_parameters() if n.endswith("gamma")]
+    assert gammas and all(torch.allclose(g, torch.full_like(g, 0.1)) for g in gammas)
+    default = build_model(
+        TASKS["grader"](TrainConfig(backbone="test_convnext")).card().with_updates(name="grader")
+    )
+    assert all(float(p.abs().max()) < 1e-5 for n, p in default.named_parameters() if n.endswith("gamma"))
+    params = list(model.parameters())
+    decayed, plain = _param_groups(params, TrainConfig(weight_decay=0.05, no_norm_decay=True))
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(params)
+    (single,) = _param_groups(params, TrainConfig(weight_decay=0.05))
+    assert single["weight_decay"] == 0.05 and len(single["params"]) == len(params)

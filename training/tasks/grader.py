@@ -34,6 +34,7 @@ class GraderTask(TrainTask):
             self.cfg.input_size or 384,
             name=self.cfg.model_name or "grader",
             imagenet_init=lite and not self.cfg.no_pretrained,
+            **({"layer_scale_init": self.cfg.layer_scale_init} if self.cfg.layer_scale_init else {}),
         )
 
     def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
