@@ -291,6 +291,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("teacher-model", str),
         ("hint-weight", float),
         ("layer-scale-init", float),
+        ("feature-weight", float),
         ("weight-decay", float),
         ("warmup-epochs", float),
         ("lesion-rates", str),
@@ -311,6 +312,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--no-norm-decay", action="store_true", default=None, help="no weight decay on 1-D parameters"
+    )
+    tr.add_argument(
+        "--reuse-teacher-head",
+        action="store_true",
+        default=None,
+        help="grader: a 1x1 neck into the teacher's feature space, starting from its pools and heads",
     )
     tr.set_defaults(handler=_cmd_train)
 

@@ -65,6 +65,7 @@ class Grader(nn.Module):
         drop_rate: float = 0.2,
         temperature: tuple[float, float] = (1.0, 1.0),
         layer_scale_init: float | None = None,
+        neck_channels: int | None = None,
     ) -> None:
         super().__init__()
         # Temperature scaling of the DR and DME logits (fitted after training on out-of-fold logits,
@@ -76,6 +77,16 @@ class Grader(nn.Module):
         kwargs = {"ls_init_value": layer_scale_init} if layer_scale_init else {}
         self.backbone = timm.create_model(encoder, pretrained=False, num_classes=0, global_pool="", **kwargs)
         channels = self.backbone.num_features
+        # optional 1x1 neck (conv, batch norm, ReLU6) to ``neck_channels``: a distilled student's features
+        # then live in its teacher's feature space and start from the teacher's own pools and heads
+        self.neck: nn.Module = nn.Identity()
+        if neck_channels:
+            self.neck = nn.Sequential(
+                nn.Conv2d(channels, neck_channels, kernel_size=1, bias=False),
+                nn.BatchNorm2d(neck_channels),
+                nn.ReLU6(),
+            )
+            channels = neck_channels
         self.dr_pool = AttentionPool(channels)
         self.dme_pool = AttentionPool(channels)
         self.dropout = nn.Dropout(drop_rate)
@@ -84,8 +95,8 @@ class Grader(nn.Module):
         self.num_dr = num_dr
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised RGB -> (B, C, h, w) feature map."""
-        return self.backbone.forward_features(x)
+        """(B, 3, S, S) normalised RGB -> (B, C, h, w) feature map (through the neck, if any)."""
+        return self.neck(self.backbone.forward_features(x))
 
     def forward_head(
         self, features: torch.Tensor, with_attention: bool = False
@@ -122,6 +133,7 @@ def _create_grader(card: ModelCard) -> Grader:
         drop_rate=float(card.extra.get("drop_rate", 0.2)),
         temperature=(float(temperature.get("dr", 1.0)), float(temperature.get("dme", 1.0))),
         layer_scale_init=card.extra.get("layer_scale_init"),
+        neck_channels=card.extra.get("neck_channels"),
     )
     if card.extra.get("imagenet_init", False):
         if card.encoder not in LITE0_ENCODERS:

@@ -9,6 +9,9 @@ Two ways to learn from a teacher grader:
   and 32 are hints (FitNets, Romero et al. 2015) that the student's own maps, through a learnt 1x1
   projection, must point the same way (cosine per feature cell). A from-scratch ConvNeXt on 400
   photographs learns little from one label per image; a hint gives it a target at every cell.
+- with ``--reuse-teacher-head`` (SimKD, Chen et al. 2022) the student also gets a 1x1 neck into the
+  teacher's final feature space, starts from the teacher's attention pools and heads, and matches the
+  teacher's final feature map by mean squared error: once its features match, it grades as the teacher.
 
 The projections exist only in training (saved with the run's state, never shipped).
 """
@@ -82,7 +85,12 @@ class HintDistiller:
     """
 
     def __init__(
-        self, student: nn.Module, student_card: ModelCard, teacher: nn.Module, teacher_card: ModelCard
+        self,
+        student: nn.Module,
+        student_card: ModelCard,
+        teacher: nn.Module,
+        teacher_card: ModelCard,
+        final: bool = False,
     ) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
         self.student_card, self.teacher_card = student_card, teacher_card
@@ -93,6 +101,11 @@ class HintDistiller:
             self._hooks.append(module.register_forward_hook(self._keep(self._student_maps, stride)))
         for stride, module in _hint_modules(self.teacher.backbone).items():
             self._hooks.append(module.register_forward_hook(self._keep(self._teacher_maps, stride)))
+        self.final = final  # also match the student's final (neck) features to the teacher's, by MSE
+        if final:
+            if isinstance(student.neck, nn.Identity):
+                raise ValueError("matching the teacher's final features needs a student with a neck")
+            self._hooks.append(student.neck.register_forward_hook(self._keep(self._student_maps, 0)))
         channels = self._channels(student, student_card, teacher, teacher_card)
         self.projections = nn.ModuleDict(
             {str(s): nn.Conv2d(channels[s][0], channels[s][1], kernel_size=1) for s in HINT_STRIDES}
@@ -108,10 +121,13 @@ class HintDistiller:
     def _channels(
         self, student: nn.Module, student_card: ModelCard, teacher: nn.Module, teacher_card: ModelCard
     ) -> dict[int, tuple[int, int]]:
+        was_training = student.training
+        student.eval()  # a probe: no batch-norm statistics updated
         with torch.no_grad():
             device = next(student.parameters()).device
             student.forward_features(torch.zeros(1, 3, 64, 64, device=device))
             teacher.forward_features(torch.zeros(1, 3, 64, 64, device=device))
+        student.train(was_training)
         return {s: (self._student_maps[s].shape[1], self._teacher_maps[s].shape[1]) for s in HINT_STRIDES}
 
     def to(self, device: torch.device) -> HintDistiller:
@@ -132,12 +148,21 @@ class HintDistiller:
             out = F.interpolate(out, size=(t.input_size, t.input_size), mode="bilinear", align_corners=False)
         return out.contiguous(memory_format=torch.channels_last)
 
-    def teach(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(teacher logits (B, 8), hint loss) for the batch the student has just seen."""
+    def teach(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(teacher logits (B, 8), hint loss, final-feature loss) for the batch the student has just seen.
+
+        The final-feature loss (0 unless ``final``) is the mean squared difference between the student's
+        neck output and the teacher's final feature map, area-resampled to the student's grid (SimKD).
+        """
         with torch.no_grad():
-            logits = self.teacher(self._teacher_input(images)).float()
+            features = self.teacher.forward_features(self._teacher_input(images))
+            logits = self.teacher.forward_head(features).float()
         losses = [
             hint_loss(self.projections[str(s)](self._student_maps[s]), self._teacher_maps[s])
             for s in HINT_STRIDES
         ]
-        return logits, torch.stack(losses).mean()
+        final = torch.zeros((), device=images.device)
+        if self.final:
+            student = self._student_maps[0].float()
+            final = F.mse_loss(student, F.adaptive_avg_pool2d(features.float(), student.shape[-2:]))
+        return logits, torch.stack(losses).mean(), final

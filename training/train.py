@@ -88,6 +88,10 @@ class TrainConfig:
     distill_temperature: float = 2.0  # grader: softmax temperature of the soft targets
     teacher_model: str = ""  # grader: run folder of an online teacher ("{fold}" for fold k's), for hints
     hint_weight: float = 1.0  # grader, with teacher_model: weight of the feature-hint loss
+    reuse_teacher_head: bool = (
+        False  # grader, with teacher_model: a neck to the teacher's features + its heads
+    )
+    feature_weight: float = 1.0  # grader, with reuse_teacher_head: weight of the final-feature MSE
     layer_scale_init: float = 0.0  # grader, ConvNeXt from scratch: start layer scale here (0: timm's 1e-6)
     no_norm_decay: bool = False  # no weight decay on biases, norms and layer scales (1-D parameters)
     unlabelled: bool = False  # grader: add segmentation-only photographs as unlabelled inputs

@@ -58,7 +58,7 @@ def test_a_few_steps_bring_the_student_features_towards_the_teacher() -> None:
     losses = []
     for _ in range(30):
         student(images)
-        _, loss = distiller.teach(images)
+        _, loss, _ = distiller.teach(images)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -116,3 +116,49 @@ def test_from_scratch_convnext_options_layer_scale_and_no_decay_on_1d_parameters
     assert len(decayed["params"]) + len(plain["params"]) == len(params)
     (single,) = _param_groups(params, TrainConfig(weight_decay=0.05))
     assert single["weight_decay"] == 0.05 and len(single["params"]) == len(params)
+
+
+def test_a_student_with_a_neck_starts_from_its_teachers_heads_and_matches_its_features(
+    synthetic_idrid: Path, tmp_path: Path
+) -> None:
+    """SimKD: the neck maps into the teacher's feature space, the pools and heads are the teacher's, and
+    a few steps on the final-feature loss bring the student's features towards the teacher's."""
+    base = _config(synthetic_idrid, tmp_path, 1)
+    train(replace(base, run_name="teacher/fold0", folds=3, fold=0))
+    cfg = replace(
+        base,
+        folds=3,
+        fold=0,
+        teacher_model=str(tmp_path / "runs" / "teacher" / "fold{fold}"),
+        reuse_teacher_head=True,
+        feature_weight=1.0,
+    )
+    task = TASKS["grader"](cfg)
+    card = task.card()
+    teacher_card = ModelCard.read(tmp_path / "runs/teacher/fold0/best.json")
+    teacher = build_model(teacher_card)
+    assert card.extra["neck_channels"] == teacher.dr_head.in_features
+    student = build_model(card)
+    assert isinstance(student.neck, torch.nn.Sequential)
+    task.attach(student, torch.device("cpu"))
+    taught = task.distiller.teacher
+    for part in ("dr_head", "dme_head", "dr_pool", "dme_pool"):
+        pairs = zip(getattr(student, part).parameters(), getattr(taught, part).parameters(), strict=True)
+        for mine, theirs in pairs:
+            torch.testing.assert_close(mine, theirs)
+    images = torch.randn(4, 3, 64, 64)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        student(images)
+        _, _, final = task.distiller.teach(images)
+        optimizer.zero_grad()
+        final.backward()
+        optimizer.step()
+        losses.append(final.item())
+    assert losses[-1] < 0.7 * losses[0], losses[::5]
+    # the neck travels in the card: a saved student loads back with it
+    student.load_state_dict(build_model(card).state_dict())
+    with pytest.raises(ValueError, match="neck"):
+        HintDistiller(build_model(grader_card("test_convnext", 64, name="test_tiny_cls")),
+                      card, taught, teacher_card, final=True)  # fmt: skip

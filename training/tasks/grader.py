@@ -35,7 +35,24 @@ class GraderTask(TrainTask):
             name=self.cfg.model_name or "grader",
             imagenet_init=lite and not self.cfg.no_pretrained,
             **({"layer_scale_init": self.cfg.layer_scale_init} if self.cfg.layer_scale_init else {}),
+            **({"neck_channels": self._teacher_channels()} if self.cfg.reuse_teacher_head else {}),
         )
+
+    def _teacher_source(self) -> Path:
+        """The teacher run folder of this fold (fold k's student learns from fold k's teacher)."""
+        source = self.cfg.teacher_model
+        if "{fold}" in source:
+            if self.cfg.fold < 0:
+                raise ValueError(f"--teacher-model {source} names a teacher per fold: train with --fold K")
+            source = source.format(fold=self.cfg.fold)
+        return Path(source)
+
+    def _teacher_channels(self) -> int:
+        """Channels of the teacher's final feature map (what its pools and heads read)."""
+        if not self.cfg.teacher_model:
+            raise ValueError("--reuse-teacher-head needs --teacher-model")
+        teacher, _ = load_run_model(self._teacher_source())
+        return int(teacher.dr_head.in_features)
 
     def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
         folder = self._cache("grading", 512)
@@ -135,14 +152,13 @@ class GraderTask(TrainTask):
         self.distiller = None
         if not self.cfg.teacher_model:
             return None
-        # fold k's student learns from fold k's teacher, which never saw fold k
-        source = self.cfg.teacher_model
-        if "{fold}" in source:
-            if self.cfg.fold < 0:
-                raise ValueError(f"--teacher-model {source} names a teacher per fold: train with --fold K")
-            source = source.format(fold=self.cfg.fold)
-        teacher, teacher_card = load_run_model(Path(source))
-        self.distiller = HintDistiller(model, self.card(), teacher.to(device), teacher_card).to(device)
+        teacher, teacher_card = load_run_model(self._teacher_source())
+        if self.cfg.reuse_teacher_head:  # SimKD (Chen et al. 2022): start from the teacher's pools and heads
+            for part in ("dr_pool", "dme_pool", "dr_head", "dme_head"):
+                getattr(model, part).load_state_dict(getattr(teacher, part).state_dict())
+        self.distiller = HintDistiller(
+            model, self.card(), teacher.to(device), teacher_card, final=self.cfg.reuse_teacher_head
+        ).to(device)
         return self.distiller.projections
 
     def train_mode(self, model: nn.Module) -> None:
@@ -177,9 +193,9 @@ class GraderTask(TrainTask):
                 + attention_loss(dme_attention, guide[:, 1], has_guide & (dme != 0))
             )
         if distiller is not None:  # the online teacher grades this very batch
-            teacher, hints = distiller.teach(images)
+            teacher, hints, final = distiller.teach(images)
             rows = torch.ones(len(images), dtype=torch.bool, device=images.device)
-            total = total + cfg.hint_weight * hints
+            total = total + cfg.hint_weight * hints + cfg.feature_weight * final
         elif len(batch) > 3:
             teacher, rows = batch[5].float(), batch[6]
         else:
