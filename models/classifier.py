@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.layers import LayerNorm2d
 from torch import nn
 
 from models._registry import register_model
@@ -77,14 +78,13 @@ class Grader(nn.Module):
         kwargs = {"ls_init_value": layer_scale_init} if layer_scale_init else {}
         self.backbone = timm.create_model(encoder, pretrained=False, num_classes=0, global_pool="", **kwargs)
         channels = self.backbone.num_features
-        # optional 1x1 neck (conv, batch norm, ReLU6) to ``neck_channels``: a distilled student's features
-        # then live in its teacher's feature space and start from the teacher's own pools and heads
+        # optional neck to ``neck_channels`` (layer norm, 1x1 conv, ReLU6): a distilled student's features
+        # then live in its teacher's feature space and start from the teacher's own pools and heads. Layer
+        # norm, not batch norm: batch statistics of 8 augmented photographs did not carry over to eval.
         self.neck: nn.Module = nn.Identity()
         if neck_channels:
             self.neck = nn.Sequential(
-                nn.Conv2d(channels, neck_channels, kernel_size=1, bias=False),
-                nn.BatchNorm2d(neck_channels),
-                nn.ReLU6(),
+                LayerNorm2d(channels), nn.Conv2d(channels, neck_channels, kernel_size=1), nn.ReLU6()
             )
             channels = neck_channels
         self.dr_pool = AttentionPool(channels)
