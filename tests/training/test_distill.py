@@ -91,7 +91,7 @@ def test_online_distillation_run_resumes_with_its_projections_and_says_so(
     resumed = train(replace(cfg, epochs=2))  # picks up epoch 2 with the saved projections
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     recipe = ModelCard.read(tmp_path / "runs/student/fold0/best.json").training["recipe"]["distillation"]
-    assert recipe["hint_weight"] == 2.0 and "online" in recipe["teacher"]
+    assert recipe["hint_weight"] == 2.0 and "online" in recipe["teacher"] and "simkd" not in recipe
     # a per-fold teacher needs a fold to pick
     with pytest.raises(ValueError, match="--fold"):
         TASKS["grader"](replace(cfg, fold=-1)).attach(build_model(TASKS["grader"](cfg).card()), "cpu")

@@ -127,6 +127,18 @@ class GraderTask(TrainTask):
                 "temperature": cfg.distill_temperature,
                 "hint_weight": cfg.hint_weight,
             }
+            if cfg.reuse_teacher_head:
+                out["distillation"]["simkd"] = (
+                    "a neck (layer norm, 1x1 conv, ReLU6) into the teacher's final feature space; the "
+                    "attention pools and heads start from the teacher's; + feature weight x MSE between "
+                    "the neck's output and the teacher's final feature map (Chen et al., CVPR 2022)"
+                )
+                out["distillation"]["feature_weight"] = cfg.feature_weight
+        if cfg.layer_scale_init or cfg.no_norm_decay:
+            out["from_scratch"] = (
+                f"layer scale starts at {cfg.layer_scale_init or 'timm default'}; "
+                + ("no weight decay on biases, norms and layer scales" if cfg.no_norm_decay else "")
+            ).strip("; ")
         elif cfg.distill_weight > 0 and cfg.teacher:
             out["distillation"] = {
                 "loss": "hard-label cross-entropy + ordinal term + weight x T^2 KL(teacher || student) "
