@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``drwb`` console script."""
     args = _build_parser().parse_args(argv)
     # the command as typed, for the cards that record how they were made
-    args.command_line = "drwb " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command_line = "drwb " + shlex.join(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )

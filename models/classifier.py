@@ -75,6 +75,8 @@ class Grader(nn.Module):
         # ConvNeXt's layer scale starts its blocks at 1e-6 (identity); trained from scratch on a few
         # hundred photographs they stay near it, so a from-scratch run may start them larger (training
         # only: loaded weights carry their own values)
+        if layer_scale_init and not encoder.startswith(("convnext", "test_convnext")):
+            raise ValueError(f"layer_scale_init is for ConvNeXt backbones, not {encoder}")
         kwargs = {"ls_init_value": layer_scale_init} if layer_scale_init else {}
         self.backbone = timm.create_model(encoder, pretrained=False, num_classes=0, global_pool="", **kwargs)
         channels = self.backbone.num_features

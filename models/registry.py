@@ -126,7 +126,15 @@ def default_model(arch: str, folder: Path | None = None) -> str:
             continue
         evaluation = card.training.get("evaluation", {})
         # Prefer the product-pipeline measurement (drwb evaluate --write-card) over the training loop's.
-        measured = evaluation.get("oof") or evaluation.get("val") or card.training.get("validation", {})
+        fold = next(
+            (k for k in sorted(evaluation) if k.startswith("held_out_fold_") and "_hflip" not in k), ""
+        )
+        measured = (
+            evaluation.get("oof")
+            or evaluation.get(fold)  # one held-out fold of a cross-validation: as good as a validation split
+            or evaluation.get("val")
+            or card.training.get("validation", {})
+        )
         score = measured.get("score")
         ranked.append(("oof" in evaluation, float("-inf") if score is None else float(score), path.stem))
     if not ranked:

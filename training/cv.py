@@ -76,7 +76,7 @@ def _logits(model: torch.nn.Module, data: GradingData, batch: int = 16) -> tuple
 
 def predict_oof(cfg: TrainConfig, only: list[int] | None = None) -> dict[str, np.ndarray]:
     """Every image predicted once, by the fold model that did not train on it (``only``: those folds)."""
-    task = TASKS["grader"](_fold_config(cfg, 0))
+    task = TASKS["grader"](_fold_config(cfg, only[0] if only else 0))
     card = task.card()
     folder = task._cache("grading", 512)
     entries = {e.name: e for e in load_index(folder)}
@@ -113,9 +113,15 @@ def train_piece(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     """
     if cfg.folds < 2 or not (0 <= cfg.fold < cfg.folds or cfg.refit):
         raise ValueError(f"need --folds >= 2 and --fold in 0..{cfg.folds - 1} or --refit")
+    _check_teacher(cfg)
     base = replace(cfg, fold=-1, refit=False)
     result = train(_refit_config(base) if cfg.refit else _fold_config(base, cfg.fold), command)
     if cfg.ship and not cfg.refit:
+        if result.get("stopped_early_at_epoch") and not cfg.stop_after:
+            raise ValueError(
+                f"fold {cfg.fold} stopped at epoch {result['epoch']} of {cfg.epochs} (time budget): not "
+                "shipped; run the command again to finish it, or add --stop-after N to ship the cut run"
+            )
         result["shipped"] = ship_fold_piece(replace(base, ship_fold=cfg.fold), command)
     return result
 
@@ -127,10 +133,21 @@ def ship_fold_piece(cfg: TrainConfig, command: str = "") -> str:
     return ship_cv_model(cfg, oof_summary(cfg.folds, oof, command), command, oof)
 
 
+def _check_teacher(cfg: TrainConfig) -> None:
+    """A per-fold teacher (``{fold}`` in ``--teacher-model``) has no teacher for a refit on all images."""
+    per_fold = "{fold}" in cfg.teacher_model
+    if per_fold and (cfg.refit or (cfg.fold < 0 and cfg.ship_fold < 0)):
+        raise ValueError(
+            f"--teacher-model {cfg.teacher_model} names one teacher per fold, so there is none for a refit: "
+            "give --ship-fold K (ship fold K's model) or one teacher folder"
+        )
+
+
 def train_folds(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     """Run (or resume) every fold, the OOF evaluation and the refit; returns the OOF summary."""
     if cfg.folds < 2:
         raise ValueError(f"--folds must be >= 2, got {cfg.folds}")
+    _check_teacher(cfg)
     root = Path(cfg.runs) / cfg.name
     for fold in range(cfg.folds):
         train(_fold_config(cfg, fold), command)
@@ -184,6 +201,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
     card = base.with_updates(extra=extra)
     model = build_model(card)
     model.load_state_dict(load_file(str(Path(cfg.runs) / source.name / "best.safetensors")))
+    epochs_run = int(json.loads((Path(cfg.runs) / source.name / "state.json").read_text())["epoch"])
     model.eval()
     half = build_model(card)
     half.load_state_dict(
@@ -203,9 +221,12 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
     max_diff = float(np.abs(p32 - p16).max())
     use_half = same or over_file_limit(model)
     figures = {k: v for k, v in variant.items() if k != "reliability_dr"}
+    assigned = assign_folds(IDRiD(cfg.data).grading("train"), cfg.folds, cfg.seed)
+    fold_sizes = np.bincount(list(assigned.values()), minlength=cfg.folds).tolist()
     if cfg.ship_fold >= 0:
         held = oof["fold"] == cfg.ship_fold
-        trained_on = f"folds other than {cfg.ship_fold} ({int((~held).sum())} of {summary['n']} images)"
+        trained = len(assigned) - fold_sizes[cfg.ship_fold]
+        trained_on = f"folds other than {cfg.ship_fold} ({trained} of {len(assigned)} images)"
         own = grading_metrics(
             softmax(oof["logits"][held][:, :NUM_DR], temperature["dr"]),
             softmax(oof["logits"][held][:, NUM_DR:], temperature["dme"]),
@@ -226,7 +247,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         held_key: {
             **figures,
             "folds": cfg.folds,
-            "fold_sizes": summary["fold_sizes"],
+            "fold_sizes": fold_sizes,
             "note": (
                 f"fold {cfg.ship_fold}'s images only, predicted by the model that did not train on them"
                 if partial
@@ -248,8 +269,9 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         "(folds stratified by DR grade, duplicates together)",
         "command": command or "drwb train grader --folds",
         "commit": git_commit(),
-        "epochs_run": cfg.epochs,
-        "schedule": f"fixed: {cfg.epochs} epochs, cosine, last epoch kept (no epoch chosen on held-out data)",
+        "epochs_run": epochs_run,
+        "schedule": f"fixed: {cfg.epochs} epochs, cosine, last epoch kept (no epoch chosen on held-out data)"
+        + (f"; stopped after epoch {epochs_run}" if epochs_run < cfg.epochs else ""),
         "config": {f.name: getattr(source, f.name) for f in fields(source)},
         **({"recipe": recipe} if (recipe := TASKS["grader"](source).recipe()) else {}),
         "evaluation": evaluation,

@@ -118,6 +118,14 @@ class HintDistiller:
 
         return hook
 
+    def close(self) -> None:
+        """Remove the hooks (training is over) and drop the kept feature maps."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._student_maps.clear()
+        self._teacher_maps.clear()
+
     def _channels(
         self, student: nn.Module, student_card: ModelCard, teacher: nn.Module, teacher_card: ModelCard
     ) -> dict[int, tuple[int, int]]:
@@ -149,7 +157,8 @@ class HintDistiller:
         return out.contiguous(memory_format=torch.channels_last)
 
     def teach(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(teacher logits (B, 8), hint loss, final-feature loss) for the batch the student has just seen.
+        """(teacher logits (B, 8), hint loss (mean over strides), final-feature loss) for the batch the
+        student has just seen.
 
         The final-feature loss (0 unless ``final``) is the mean squared difference between the student's
         neck output and the teacher's final feature map, area-resampled to the student's grid (SimKD).

@@ -212,7 +212,7 @@ def record_in_card(result: dict[str, Any], command: str, folder: Path | None = N
 
     path = Path(folder or weights_dir()) / f"{result['model']}.json"
     card = json.loads(path.read_text())
-    metrics = {k: v for k, v in result.items() if k not in ("model", "data")}
+    metrics = {k: v for k, v in result.items() if k not in ("model", "data", "card_key")}
     key = result.get("card_key", result["split"])
     card["training"].setdefault("evaluation", {})[key] = {"command": command, **metrics}
     path.write_text(json.dumps(card, indent=2) + "\n")

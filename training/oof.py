@@ -144,7 +144,14 @@ def teacher_comparison(teacher_model: str, oof: dict[str, np.ndarray]) -> dict[s
         return None
     with np.load(source, allow_pickle=False) as arrays:
         row = {str(n): i for i, n in enumerate(arrays["names"])}
-        teacher = arrays["logits"][[row[str(n)] for n in oof["names"]]]
+        missing = [str(n) for n in oof["names"] if str(n) not in row]
+        if missing:
+            raise ValueError(f"{source}: no teacher prediction for {len(missing)} images: {missing[:5]}")
+        rows = [row[str(n)] for n in oof["names"]]
+        teacher = arrays["logits"][rows]
+        if not np.array_equal(arrays["fold"][rows], oof["fold"]):
+            # the teacher of fold k must not have trained on fold k: same folds, same seed
+            raise ValueError(f"{source}: the teacher's folds differ from the student's (--folds, --seed)")
     t_dr, t_dme = oof["dr_true"].astype(int), oof["dme_true"].astype(int)
     keys = ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc")
 
@@ -154,15 +161,16 @@ def teacher_comparison(teacher_model: str, oof: dict[str, np.ndarray]) -> dict[s
         )
         return {k: m[k] for k in keys}
 
+    def difference(idx: np.ndarray) -> dict[str, float]:
+        theirs = figures(teacher, idx)
+        return {k: v - theirs[k] for k, v in figures(oof["logits"], idx).items()}
+
     every = np.arange(len(t_dr))
     return {
         "teacher": str(source.parent),
         "n": len(every),
         "teacher_figures": figures(teacher, every),
         "student_figures": figures(oof["logits"], every),
-        "student_minus_teacher_ci95": bootstrap_intervals(
-            len(every),
-            lambda idx: {k: v - figures(teacher, idx)[k] for k, v in figures(oof["logits"], idx).items()},
-        ),
+        "student_minus_teacher_ci95": bootstrap_intervals(len(every), difference),
         "note": "both without temperature scaling, plain images (no flip), the same held-out images",
     }

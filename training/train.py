@@ -132,6 +132,20 @@ def _param_groups(params: list[nn.Parameter], cfg: TrainConfig) -> list[dict[str
     ]
 
 
+# settings that decide which tensors the saved optimiser state belongs to: a resume must not change them
+_STATE_SHAPING = ("task", "backbone", "teacher_model", "reuse_teacher_head", "no_norm_decay", "freeze_blocks")
+
+
+def _check_resumable(path: Path, cfg: TrainConfig) -> None:
+    saved = json.loads(path.read_text()).get("config", {})
+    changed = [k for k in _STATE_SHAPING if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        raise ValueError(
+            f"{path.parent} was started with other {', '.join(changed)}: resuming would pair the saved "
+            "optimiser state with the wrong parameters; use another --run-name"
+        )
+
+
 def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     """Run (or resume) training; returns the final state dict (history, best metrics, card).
 
@@ -164,6 +178,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     if not ranks.is_main:
         train_set, val_set = task.datasets(card)
     extra = task.attach(model, device)
+    if extra is not None and ranks.world > 1:
+        raise ValueError("online distillation (--teacher-model) runs in one process, not under torchrun")
     trainable = [p for p in model.parameters() if p.requires_grad]
     if extra is not None:
         trainable += list(extra.parameters())
@@ -184,6 +200,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         "config": asdict(cfg),
     }
     if state_path.with_suffix(".json").is_file():
+        _check_resumable(state_path.with_suffix(".json"), cfg)
         meta = load_state(state_path, model, optimizer, extra)
         log.info("resuming %s after epoch %d", cfg.name, meta["epoch"])
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
@@ -266,6 +283,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             break
         if epoch + 1 == last_epoch < cfg.epochs:
             meta["stopped_early_at_epoch"] = epoch + 1  # --stop-after: the schedule stays --epochs long
+    task.detach()
     card = final_card(card, cfg, meta, command, task.recipe())
     if ranks.is_main:
         (run_dir / "best.json").write_text(card.to_json())

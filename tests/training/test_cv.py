@@ -149,6 +149,36 @@ def test_one_trained_fold_ships_with_its_own_fold_figures_and_its_teacher_beside
     assert set(comparison["student_minus_teacher_ci95"]) >= {"dr_accuracy", "referable_auc"}
     assert held_out(card)[0].startswith("fold 1 held out")
     assert "fold 1 held out" in models_markdown(tmp_path / "shipped")
+    folds = evaluation["held_out_fold_1"]["fold_sizes"]
+    assert sum(folds) == len(held) and folds[1] == evaluation["held_out_fold_1"]["n"]
+    assert f"folds other than 1 ({folds[0]} of {len(held)} images)" in card.training["data"]
     rows = (tmp_path / "shipped" / "student_grader.oof.csv").read_text().splitlines()
     assert len(rows) == 1 + evaluation["held_out_fold_1"]["n"]
     assert default_model("grader", tmp_path / "shipped") == "student_grader"  # the only one there
+
+
+def test_a_per_fold_teacher_needs_a_fold_to_ship_and_the_same_folds(
+    synthetic_idrid: Path, tmp_path: Path
+) -> None:
+    """No refit can learn from one teacher per fold; a teacher run with other folds is refused."""
+    import pytest
+
+    from training.cv import train_folds, train_piece
+    from training.oof import teacher_comparison
+
+    per_fold = str(tmp_path / "runs" / "teacher" / "fold{fold}")
+    cfg = _cv_config(synthetic_idrid, tmp_path, run_name="student", teacher_model=per_fold)
+    with pytest.raises(ValueError, match="--ship-fold"):
+        train_folds(cfg)
+    with pytest.raises(ValueError, match="refit"):
+        train_piece(TrainConfig(**{**cfg.__dict__, "refit": True}))
+    folder = tmp_path / "runs" / "teacher"
+    folder.mkdir(parents=True)
+    names = np.array(["a", "b"])
+    np.savez(folder / "oof.npz", names=names, fold=np.array([1, 0]), logits=np.zeros((2, 8)))
+    oof = {"names": names, "fold": np.array([0, 1]), "logits": np.zeros((2, 8)),
+           "dr_true": np.array([0, 2]), "dme_true": np.array([0, 1])}  # fmt: skip
+    with pytest.raises(ValueError, match="folds differ"):
+        teacher_comparison(per_fold, oof)
+    with pytest.raises(ValueError, match="no teacher prediction"):
+        teacher_comparison(per_fold, {**oof, "names": np.array(["a", "c"])})

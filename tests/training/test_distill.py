@@ -162,3 +162,26 @@ def test_a_student_with_a_neck_starts_from_its_teachers_heads_and_matches_its_fe
     with pytest.raises(ValueError, match="neck"):
         HintDistiller(build_model(grader_card("test_convnext", 64, name="test_tiny_cls")),
                       card, taught, teacher_card, final=True)  # fmt: skip
+
+
+def test_the_recipe_names_each_teacher_and_refuses_two(synthetic_idrid: Path, tmp_path: Path) -> None:
+    from training.train import TrainConfig
+
+    offline = TrainConfig(teacher="cache/t.npz", distill_weight=1.0, layer_scale_init=0.1, no_norm_decay=True)
+    recipe = TASKS["grader"](offline).recipe()
+    assert "cached" not in recipe["distillation"]["teacher"] and recipe["distillation"]["file"] == "t.npz"
+    assert "layer scale starts at 0.1" in recipe["from_scratch"]
+    both = replace(offline, teacher_model=str(tmp_path / "teacher"))
+    with pytest.raises(ValueError, match="one teacher"):
+        TASKS["grader"](both).attach(
+            build_model(grader_card("test_convnext", 64, name="test_tiny_cls")), "cpu"
+        )
+    with pytest.raises(ValueError, match="ConvNeXt"):
+        build_model(grader_card("tf_efficientnet_lite0", 64, name="grader", layer_scale_init=0.1))
+
+
+def test_a_resume_with_other_optimiser_groups_is_refused(synthetic_idrid: Path, tmp_path: Path) -> None:
+    cfg = replace(_config(synthetic_idrid, tmp_path, 1), run_name="groups")
+    train(cfg)
+    with pytest.raises(ValueError, match="no_norm_decay"):
+        train(replace(cfg, epochs=2, no_norm_decay=True))

@@ -52,3 +52,24 @@ def test_explain_bench_writes_its_table_into_the_grader_card(
     assert bench["images"] == 2 and "attention" in bench["methods"] and "explain-bench" in bench["command"]
     assert card.training["evaluation"].get("explain_bench_val") is None
     assert "| tiny_grader | not measured |" in models_markdown(folder)  # only --split val rows are shown
+
+
+def test_unlabelled_inputs_count_as_seen_by_the_rule_training_used(synthetic_idrid: Path) -> None:
+    """Without IDRiD's segmentation-to-grading table, training took every segmentation photograph as an
+    unlabelled input, so a fold model trained with --unlabelled has seen all of them."""
+    from torch import nn
+
+    from models.classifier import grader_card
+    from workbench.explain.explain_bench import _seen_by_grader
+    from workbench.io.idrid import IDRiD, seg_to_grading
+
+    dataset = IDRiD(synthetic_idrid)
+    records = dataset.segmentation("train")
+    assert not seg_to_grading(synthetic_idrid)  # the synthetic copy has no table
+    config = {"folds": 2, "fold": 0, "seed": 0}
+    plain = grader_card("test_convnext", 64).with_updates(training={"config": config})
+    unlabelled = plain.with_updates(training={"config": {**config, "unlabelled": True}})
+    assert _seen_by_grader(dataset, GraderPredictor(nn.Identity(), unlabelled), records) == {
+        r.name for r in records
+    }
+    assert len(_seen_by_grader(dataset, GraderPredictor(nn.Identity(), plain), records)) < len(records)

@@ -83,3 +83,10 @@ def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(
     gradcam = next(line for line in lines if line.startswith("| tiny_grader | 6 | gradcam"))
     assert "0.70 (fails)" in gradcam and "n/a" in gradcam  # no relevance mass recorded
     assert any(line.startswith("| refit | none left: trained on every") for line in lines)
+    start = next(i for i, line in enumerate(lines) if line.startswith("**Explanation quality"))
+    section = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        section.append(line)
+    assert len(section) == 5 and {row.count("|") for row in section} == {9}  # 8 cells in every row

@@ -55,6 +55,9 @@ class TrainTask:
         (optimised and saved with the run's state, never shipped), or None."""
         return None
 
+    def detach(self) -> None:
+        """Called once when training ends: release what ``attach`` hooked into the model."""
+
     def train_mode(self, model: nn.Module) -> None:
         """Put the model in training mode at the start of each epoch."""
         model.train()

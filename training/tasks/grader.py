@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -27,6 +28,9 @@ __all__ = ["GraderTask"]
 
 @register_task("grader")
 class GraderTask(TrainTask):
+    """DR and DME heads on one backbone: cross-entropy + ordinal term, class-balanced sampling, and
+    optionally attention supervision and distillation (cached soft targets or an online teacher)."""
+
     def card(self) -> ModelCard:
         lite = self.cfg.backbone.startswith("tf_efficientnet_lite")
         return grader_card(
@@ -48,11 +52,12 @@ class GraderTask(TrainTask):
         return Path(source)
 
     def _teacher_channels(self) -> int:
-        """Channels of the teacher's final feature map (what its pools and heads read)."""
+        """Channels of the teacher's final feature map (what its pools and heads read), from the shape of
+        its DR head in the weights file (nothing loaded)."""
         if not self.cfg.teacher_model:
             raise ValueError("--reuse-teacher-head needs --teacher-model")
-        teacher, _ = load_run_model(self._teacher_source())
-        return int(teacher.dr_head.in_features)
+        with safe_open(str(self._teacher_source() / "best.safetensors"), "pt") as weights:
+            return int(weights.get_slice("dr_head.weight").get_shape()[1])
 
     def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
         folder = self._cache("grading", 512)
@@ -134,11 +139,6 @@ class GraderTask(TrainTask):
                     "the neck's output and the teacher's final feature map (Chen et al., CVPR 2022)"
                 )
                 out["distillation"]["feature_weight"] = cfg.feature_weight
-        if cfg.layer_scale_init or cfg.no_norm_decay:
-            out["from_scratch"] = (
-                f"layer scale starts at {cfg.layer_scale_init or 'timm default'}; "
-                + ("no weight decay on biases, norms and layer scales" if cfg.no_norm_decay else "")
-            ).strip("; ")
         elif cfg.distill_weight > 0 and cfg.teacher:
             out["distillation"] = {
                 "loss": "hard-label cross-entropy + ordinal term + weight x T^2 KL(teacher || student) "
@@ -149,6 +149,11 @@ class GraderTask(TrainTask):
                 "from the mean of all teachers (drwb prepare-teacher)",
                 "file": Path(cfg.teacher).name,
             }
+        if cfg.layer_scale_init or cfg.no_norm_decay:
+            out["from_scratch"] = (
+                f"layer scale starts at {cfg.layer_scale_init or 'timm default'}; "
+                + ("no weight decay on biases, norms and layer scales" if cfg.no_norm_decay else "")
+            ).strip("; ")
         if cfg.unlabelled:
             out["unlabelled_inputs"] = (
                 "segmentation-only IDRiD photographs (no grade): teacher and guide only"
@@ -164,6 +169,10 @@ class GraderTask(TrainTask):
         self.distiller = None
         if not self.cfg.teacher_model:
             return None
+        if self.cfg.teacher:
+            raise ValueError(
+                "give one teacher: --teacher (cached logits) or --teacher-model (online), not both"
+            )
         teacher, teacher_card = load_run_model(self._teacher_source())
         if self.cfg.reuse_teacher_head:  # SimKD (Chen et al. 2022): start from the teacher's pools and heads
             for part in ("dr_pool", "dme_pool", "dr_head", "dme_head"):
@@ -172,6 +181,10 @@ class GraderTask(TrainTask):
             model, self.card(), teacher.to(device), teacher_card, final=self.cfg.reuse_teacher_head
         ).to(device)
         return self.distiller.projections
+
+    def detach(self) -> None:
+        if getattr(self, "distiller", None) is not None:
+            self.distiller.close()
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()

@@ -34,7 +34,7 @@ from workbench.explain.scoring import (
     score_heatmap,
 )
 from workbench.fundus import prepare_fundus
-from workbench.io.idrid import IDRiD, load_mask
+from workbench.io.idrid import IDRiD, load_mask, seg_to_grading
 from workbench.io.image_io import load_image
 from workbench.predictors import GRADING_CROP, GraderPredictor
 from workbench.provenance import matching_names, trained_grading_names
@@ -55,8 +55,9 @@ def _seen_by_grader(dataset: IDRiD, predictor: GraderPredictor, records: list) -
     """Segmentation names whose photograph the grader trained on, matched by content.
 
     Seen: the same photograph as one of its grading training images and, for a grader trained with
-    ``--unlabelled``, every segmentation-only photograph (those in no grading image: they were its
-    unlabelled inputs, with their annotated lesions as attention guides).
+    ``--unlabelled``, every photograph training took as an unlabelled input (with its annotated lesions
+    as attention guides): by the same rule as training, those not in IDRiD's segmentation-to-grading
+    table (all of them where a copy of the data has no such table).
     """
     config = predictor.card.training.get("config") or {}
     trained = trained_grading_names(predictor.card, dataset)
@@ -64,7 +65,8 @@ def _seen_by_grader(dataset: IDRiD, predictor: GraderPredictor, records: list) -
     matches = matching_names([r.image_path for r in records], references)
     seen = {records[i].name for i, names in matches.items() if set(names) & trained}
     if config.get("unlabelled"):
-        seen |= {records[i].name for i, names in matches.items() if not names}
+        in_grading = seg_to_grading(dataset.root)
+        seen |= {r.name for r in records if r.name not in in_grading}
     return seen
 
 
