@@ -20,13 +20,13 @@ from models.constants import LESION_CODES
 from models.preprocess import crop_to_fov
 from models.registry import default_model, load_model
 from workbench.analysis import PROFILES, inside_field
+from workbench.analysis.lesion_trust import lesion_thresholds, segmenter_figures
 from workbench.fundus import prepare_fundus
 from workbench.intervals import bootstrap_intervals
 from workbench.io.idrid import IDRiD, load_mask
 from workbench.io.image_io import load_image
 from workbench.io.splits import split_names, split_train_val
 from workbench.landmarks import place_landmarks
-from workbench.lesion_trust import lesion_thresholds, segmenter_figures
 from workbench.metrics import (
     PixelCurve,
     confusion_matrix,

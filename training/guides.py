@@ -93,8 +93,8 @@ def _ground_truth(record, original_size: tuple[int, int], matrix: np.ndarray, si
 
 def build_guides(data: Path, cache: Path, out: Path, workers: int = 2) -> Path:
     """Write the lesion-guide file (see the module docstring); returns its path."""
+    from workbench.analysis.lesion_trust import lesion_thresholds, segmenter_figures
     from workbench.io.image_io import load_image
-    from workbench.lesion_trust import lesion_thresholds, segmenter_figures
     from workbench.predictors import SegmenterPredictor
 
     dataset = IDRiD(data)

@@ -157,7 +157,7 @@ def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, m
 
 
 def test_lesion_reliability_from_the_card() -> None:
-    from workbench.lesion_trust import RELIABILITY_FLOOR, lesion_reliability, segmenter_figures
+    from workbench.analysis.lesion_trust import RELIABILITY_FLOOR, lesion_reliability, segmenter_figures
 
     training = {"evaluation": {"val": {"aupr_MA": 0.01, "aupr_EX": 0.54, "aupr_HE": RELIABILITY_FLOOR}}}
     table = lesion_reliability(segmenter_figures(training))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES
 from workbench.analysis import Analysis
-from workbench.lesion_trust import RELIABILITY_FLOOR
+from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
 
 __all__ = ["summary_markdown"]
 

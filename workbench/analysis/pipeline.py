@@ -29,6 +29,8 @@ from models.fov import FieldOfView
 from models.preprocess import CropTransform, normalise, resize_crop
 from models.registry import default_model, load_model
 from models.registry import weights_dir as configured_weights_dir
+from workbench.analysis.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
+from workbench.analysis.result import Analysis, LesionSummary
 from workbench.anatomy import EtdrsGrid, dme_rule, etdrs_grid, region_of_points
 from workbench.explain.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.explain.explainers.budget import release_freed_memory
@@ -36,12 +38,10 @@ from workbench.fundus import prepare_fundus
 from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage, load_image
 from workbench.landmarks import place_landmarks
-from workbench.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
-from workbench.result import Analysis, LesionSummary
 from workbench.targets import GradeTarget, Target
 
-__all__ = ["Analysis", "LesionSummary", "Workbench"]
+__all__ = ["FAST_SEGMENT_SIZE", "PROFILES", "Workbench", "inside_field", "profile_from_env"]
 
 FAST_SEGMENT_SIZE = 640  # px of the field-of-view crop the fast profile segments, in one tile
 

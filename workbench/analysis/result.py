@@ -12,9 +12,9 @@ import numpy as np
 from models.constants import REFERABLE_MIN_GRADE
 from models.fov import FieldOfView
 from models.preprocess import CropTransform
+from workbench.analysis.lesion_trust import LesionReliability
 from workbench.anatomy import DmeRuleCheck, EtdrsGrid
 from workbench.explain.explainers import Heatmap
-from workbench.lesion_trust import LesionReliability
 from workbench.quality import QualityReport
 
 __all__ = ["Analysis", "LesionSummary"]
