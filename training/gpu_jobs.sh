@@ -10,8 +10,10 @@
 # which (default: those still pending):
 #   lite0     grader_lite0_cv5b, lite0 448 px, 5 folds + refit; grader_lite0_att, the same + lesion-supervised
 #             attention (done 2026-11-30: grader_lite0 is the _att refit)
-#   convnext  ConvNeXt-atto from scratch, distilled from the lite0 CV folds, attention; femto fold 0 (pending:
-#             beside 18 other jobs it was data-loading bound, 20 of 50 epochs in 5 minutes)
+#   convnext  ConvNeXt-atto from scratch, 5 folds, each distilled online from the lite0 fold model that never
+#             saw its fold (SimKD neck + feature hints + soft targets, attention supervision); the lite0
+#             teacher folds (grader_lite0_cv5b) train first unless the lite0 job runs anyway (pending: the
+#             CPU trained fold 0 only; see the README)
 #   segmenter UNet++ on 2048-px field-of-view crops, lesion-rate tile sampler, focal + Dice (done: shipped
 #             as segmenter_lite0_hr after 7 of 12 epochs; run again with more time to finish its schedule)
 # A 600-s call leaves ~4 minutes of training after the start, the ship step and the tar: MAXMIN=4.
@@ -34,17 +36,22 @@ BASE=(--data $BUNDLE/data --cache $BUNDLE/cache --runs "$RUNS" --threads 1 --lim
 LITE=(grader --folds 5 --backbone tf_efficientnet_lite0 --input-size 448 --freeze-blocks 1 --sampling sqrt
       --ordinal-weight 0.5 --epochs "$(ep 20)" --batch-size 16 --lr 1e-3)
 ATT=(--guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
-CNX=(grader --folds 5 --input-size 448 --sampling sqrt --ordinal-weight 0.5 --epochs "$(ep 50)" --batch-size 32
-     --lr 2e-3 --teacher $BUNDLE/cache/teacher_lite0_cv5.npz --distill-weight 1.0 --distill-temperature 2
+CNX=(grader --folds 5 --input-size 448 --sampling sqrt --ordinal-weight 0.5 --epochs "$(ep 60)" --batch-size 16
+     --lr 1e-3 --weight-decay 0.05 --no-norm-decay --layer-scale-init 0.1 --warmup-epochs 2
+     --teacher-model "$RUNS/grader_lite0_cv5b/fold{fold}" --reuse-teacher-head --feature-weight 4
+     --distill-weight 1 --distill-temperature 2 --hint-weight 2
      --guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
+TEACHMIN=${TEACHMIN:-3}  # minutes for the lite0 teacher folds when only the convnext job asks for them
 SEG=(segmenter --backbone tf_efficientnet_lite0 --input-size 2048 --tile 512 --tiles-per-image 48
      --epochs "$(ep 12)" --batch-size 12 --lr 1e-3 --lesion-rates MA:0.3,HE:0.25,EX:0.15,SE:0.25
      --focal-gamma 2 --select last --val-every 0 --loader-workers 6 --channels-from segmenter_lite0@640:HE,OD)
 
+declare -A FOLD_PIDS  # run name -> process ids of its fold pieces
 pieces() {  # name, then the argument array of the run: 5 folds and the refit, in the background
   local name=$1; shift
   for k in 0 1 2 3 4; do
     python3 drwb.py train "$@" "${BASE[@]}" --run-name "$name" --fold "$k" >"$LOGS/$name.fold$k.log" 2>&1 &
+    FOLD_PIDS[$name]+=" $!"
   done
   python3 drwb.py train "$@" "${BASE[@]}" --run-name "$name" --refit >"$LOGS/$name.refit.log" 2>&1 &
 }
@@ -60,9 +67,21 @@ if want lite0; then
   pieces grader_lite0_att "${LITE[@]}" "${ATT[@]}"
 fi
 if want convnext; then
-  pieces grader_convnext_atto "${CNX[@]}" --backbone convnext_atto
-  python3 drwb.py train "${CNX[@]}" --backbone convnext_femto "${BASE[@]}" --run-name grader_convnext_femto \
-    --fold 0 >"$LOGS/grader_convnext_femto.fold0.log" 2>&1 &
+  # the students need their teachers: the lite0 folds first (the lite0 job trains them too)
+  if ! want lite0; then
+    for k in 0 1 2 3 4; do
+      python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --max-minutes "$TEACHMIN" --run-name grader_lite0_cv5b \
+        --fold "$k" >"$LOGS/grader_lite0_cv5b.fold$k.log" 2>&1 &
+      FOLD_PIDS[grader_lite0_cv5b]+=" $!"
+    done
+  fi
+  # shellcheck disable=SC2086  # word splitting of the pid list is intended
+  wait ${FOLD_PIDS[grader_lite0_cv5b]}
+  date +%s >"$LOGS/teachers_trained"
+  for k in 0 1 2 3 4; do  # a per-fold teacher has no refit: fold models only
+    python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" --run-name grader_convnext_atto \
+      --fold "$k" >"$LOGS/grader_convnext_atto.fold$k.log" 2>&1 &
+  done
 fi
 wait
 date +%s >"$LOGS/trained"
@@ -76,8 +95,17 @@ if want lite0; then
     --ship-dir "$OUT/lite0_att" --ship-name grader_lite0 --stop-after 1 >"$LOGS/ship_lite0_att.log" 2>&1 &
 fi
 if want convnext; then
+  # the teachers' OOF predictions first (the card compares each student with its teacher), then the students':
+  # fold 0's model ships with the 5-fold OOF figures
+  if want lite0; then
+    wait  # the lite0 ship step above writes the teachers' OOF predictions
+  else
+    python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship-fold 0 --stop-after 1 \
+      >"$LOGS/oof_teacher.log" 2>&1
+  fi
   python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" --run-name grader_convnext_atto --ship \
-    --ship-dir "$OUT/convnext" --ship-name grader_convnext_atto --stop-after 1 >"$LOGS/ship_convnext.log" 2>&1 &
+    --ship-fold 0 --ship-dir "$OUT/convnext" --ship-name grader_convnext_atto --stop-after 1 \
+    >"$LOGS/ship_convnext.log" 2>&1 &
 fi
 wait
 date +%s >"$LOGS/shipped"
