@@ -185,3 +185,34 @@ def test_a_resume_with_other_optimiser_groups_is_refused(synthetic_idrid: Path, 
     train(cfg)
     with pytest.raises(ValueError, match="no_norm_decay"):
         train(replace(cfg, epochs=2, no_norm_decay=True))
+
+
+def test_a_simkd_run_trains_resumes_and_ships_its_neck(synthetic_idrid: Path, tmp_path: Path) -> None:
+    """End to end: the run's card carries the neck, its projections and neck survive a resume, and the
+    best weights load into the card's architecture."""
+    from safetensors.torch import load_file
+
+    base = _config(synthetic_idrid, tmp_path, 1)
+    train(replace(base, run_name="teacher/fold0", folds=3, fold=0))
+    cfg = replace(
+        base,
+        run_name="simkd/fold0",
+        folds=3,
+        fold=0,
+        teacher_model=str(tmp_path / "runs" / "teacher" / "fold{fold}"),
+        reuse_teacher_head=True,
+        feature_weight=4.0,
+        no_norm_decay=True,
+    )
+    train(cfg)
+    state = tmp_path / "runs/simkd/fold0/state.safetensors"
+    before = load_file(str(state))
+    resumed = train(replace(cfg, epochs=2))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    after = load_file(str(state))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("extra."))
+    card = ModelCard.read(tmp_path / "runs/simkd/fold0/best.json")
+    assert card.extra["neck_channels"] > 0 and "simkd" in card.training["recipe"]["distillation"]
+    model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+    model.load_state_dict(load_file(str(tmp_path / "runs/simkd/fold0/best.safetensors")))
+    assert isinstance(model.neck, torch.nn.Sequential)
