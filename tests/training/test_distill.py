@@ -66,22 +66,18 @@ def test_a_few_steps_bring_the_student_features_towards_the_teacher() -> None:
     assert losses[-1] < 0.6 * losses[0], losses[::10]
 
 
+def _student(synthetic_idrid: Path, tmp_path: Path, name: str, **changes: object):
+    """Fold 0 of a 3-fold run taught online by a tiny teacher trained here first (one epoch each)."""
+    base = _config(synthetic_idrid, tmp_path, 1)
+    train(replace(base, run_name="teacher/fold0", folds=3, fold=0))
+    teacher = str(tmp_path / "runs" / "teacher" / "fold{fold}")
+    return replace(base, run_name=f"{name}/fold0", folds=3, fold=0, teacher_model=teacher, **changes)
+
+
 def test_online_distillation_run_resumes_with_its_projections_and_says_so(
     synthetic_idrid: Path, tmp_path: Path
 ) -> None:
-    base = _config(synthetic_idrid, tmp_path, 1)
-    teacher = replace(base, run_name="teacher/fold0", folds=3, fold=0)
-    train(teacher)
-    cfg = replace(
-        base,
-        run_name="student/fold0",
-        folds=3,
-        fold=0,
-        teacher_model=str(tmp_path / "runs" / "teacher" / "fold{fold}"),
-        distill_weight=1.0,
-        hint_weight=2.0,
-        unlabelled=True,
-    )
+    cfg = _student(synthetic_idrid, tmp_path, "student", distill_weight=1.0, hint_weight=2.0, unlabelled=True)
     first = train(cfg)
     assert len(first["history"]) == 1
     state = tmp_path / "runs/student/fold0/state.safetensors"
@@ -192,17 +188,8 @@ def test_a_simkd_run_trains_resumes_and_ships_its_neck(synthetic_idrid: Path, tm
     best weights load into the card's architecture."""
     from safetensors.torch import load_file
 
-    base = _config(synthetic_idrid, tmp_path, 1)
-    train(replace(base, run_name="teacher/fold0", folds=3, fold=0))
-    cfg = replace(
-        base,
-        run_name="simkd/fold0",
-        folds=3,
-        fold=0,
-        teacher_model=str(tmp_path / "runs" / "teacher" / "fold{fold}"),
-        reuse_teacher_head=True,
-        feature_weight=4.0,
-        no_norm_decay=True,
+    cfg = _student(
+        synthetic_idrid, tmp_path, "simkd", reuse_teacher_head=True, feature_weight=4.0, no_norm_decay=True
     )
     train(cfg)
     state = tmp_path / "runs/simkd/fold0/state.safetensors"
