@@ -27,6 +27,7 @@ __all__ = [
     "build_model",
     "default_model",
     "file_sha256",
+    "held_out_fold_key",
     "list_shipped",
     "load_model",
     "register_model",
@@ -108,6 +109,12 @@ def load_model(name: str, folder: Path | None = None) -> tuple[nn.Module, ModelC
     return model.to(memory_format=torch.channels_last).eval(), card
 
 
+def held_out_fold_key(evaluation: dict) -> str | None:
+    """The ``held_out_fold_K`` entry of a card's ``training.evaluation`` (a grader shipped from one trained
+    fold of a cross-validation, ``training.cv.ship_fold_piece``), or None."""
+    return next((k for k in sorted(evaluation) if k.startswith("held_out_fold_") and "_hflip" not in k), None)
+
+
 def default_model(arch: str, folder: Path | None = None) -> str:
     """Stem of the shipped model of ``arch`` with the best held-out score (the default in every face).
 
@@ -126,12 +133,10 @@ def default_model(arch: str, folder: Path | None = None) -> str:
             continue
         evaluation = card.training.get("evaluation", {})
         # Prefer the product-pipeline measurement (drwb evaluate --write-card) over the training loop's.
-        fold = next(
-            (k for k in sorted(evaluation) if k.startswith("held_out_fold_") and "_hflip" not in k), ""
-        )
+        fold = held_out_fold_key(evaluation)
         measured = (
             evaluation.get("oof")
-            or evaluation.get(fold)  # one held-out fold of a cross-validation: as good as a validation split
+            or evaluation.get(fold or "")  # one held-out fold of a cross-validation: as good as a val split
             or evaluation.get("val")
             or card.training.get("validation", {})
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.card import ModelCard
-from models.registry import default_model, list_shipped
+from models.registry import default_model, held_out_fold_key, list_shipped
 from workbench.explain.notes import supervision_note
 
 __all__ = ["WEAK_QWK", "explanations_markdown", "grader_label", "held_out", "models_markdown"]
@@ -27,8 +27,8 @@ def held_out(card: ModelCard) -> tuple[str, dict[str, Any]]:
     if evaluation.get("oof"):
         oof = evaluation["oof"]
         return f"{oof.get('folds', '?')}-fold out-of-fold, n={oof.get('n')}", oof
-    fold = next((k for k in sorted(evaluation) if k.startswith("held_out_fold_") and "_hflip" not in k), None)
-    if fold:  # one fold of a cross-validation trained (``training.cv.ship_fold_piece``)
+    fold = held_out_fold_key(evaluation)
+    if fold:
         figures = evaluation[fold]
         return f"fold {fold.removeprefix('held_out_fold_')} held out, n={figures.get('n', '?')}", figures
     if evaluation.get("val"):
