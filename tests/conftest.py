@@ -51,10 +51,11 @@ def synthetic_idrid(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_tiny_weights(folder: Path) -> Path:
-    """Tiny random grader, segmenter and localizer saved as shipped models (cards + safetensors)."""
+    """Tiny random grader, segmenter, localizer and disc refiner saved as shipped models."""
     import torch
 
     from models.classifier import grader_card
+    from models.disc import disc_card
     from models.localizer import localizer_card
     from models.registry import build_model, save_model
     from models.segmenter import segmenter_card
@@ -65,6 +66,7 @@ def write_tiny_weights(folder: Path) -> Path:
             input_size=128, name="test_tiny_seg", tile=64, overlap=16
         ).with_updates(target_layer="encoder.model.blocks.2"),
         "tiny_localizer": localizer_card(input_size=64, name="test_tiny_loc"),
+        "tiny_disc": disc_card(input_size=64, name="test_tiny_disc"),
     }
     for stem, card in cards.items():
         torch.manual_seed(0)

@@ -90,7 +90,7 @@ def test_analyze_real_image_with_shipped_models(tmp_path: Path, real_idrid: Path
 
     from models.registry import SHIPPED_WEIGHTS_DIR, list_shipped
 
-    if {c.arch for c in list_shipped(SHIPPED_WEIGHTS_DIR)} != {"grader", "segmenter", "localizer"}:
+    if not {"grader", "segmenter", "localizer"} <= {c.arch for c in list_shipped(SHIPPED_WEIGHTS_DIR)}:
         pytest.skip("shipped grader, segmenter and localizer are not all present")
     image = real_idrid / "A. Segmentation/1. Original Images/a. Training Set/IDRiD_01.jpg"
     env = {k: v for k, v in os.environ.items() if k != "DRWB_WEIGHTS"}

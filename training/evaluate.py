@@ -174,10 +174,17 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
     }
 
 
+def _disc(dataset: IDRiD, split: str, model_name: str, seed: int, profile: str = "quality") -> dict[str, Any]:
+    from training.evaluate_disc import evaluate_disc  # imports localization_records from here
+
+    return evaluate_disc(dataset, split, model_name, seed, profile)
+
+
 EVALUATORS = {
     "grading": ("grader", _grading),
     "segmentation": ("segmenter", _segmentation),
     "localization": ("localizer", _localization),
+    "disc": ("disc", _disc),
 }
 
 
@@ -186,7 +193,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of ``model`` (default: the best shipped one of the task's family) on one split.
 
-    ``profile`` (segmentation only) measures the fast profile's smaller crop; its figures go to the card
+    ``profile`` (segmentation and disc) measures the fast profile's smaller crop; its figures go to the card
     under ``<split>_fast`` so they never replace the model's own-resolution figures."""
     if task not in EVALUATORS:
         raise KeyError(f"unknown task {task!r}; valid tasks: {', '.join(EVALUATORS)}")
@@ -194,7 +201,7 @@ def evaluate(
         raise ValueError(f"unknown split {split!r}; valid splits: train, val, test")
     arch, fn = EVALUATORS[task]
     name = model or default_model(arch)
-    if task == "segmentation":
+    if task in ("segmentation", "disc"):
         result = fn(IDRiD(data), split, name, seed, profile)
         result["card_key"] = split if profile == "quality" else f"{split}_{profile}"
     else:

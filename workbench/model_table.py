@@ -57,10 +57,10 @@ def grader_label(card: ModelCard) -> str:
 
 
 def models_markdown(folder: Path | None = None) -> str:
-    """Markdown: one table per model family (graders, segmenters, localizers)."""
+    """Markdown: one table per model family (graders, segmenters, localizers, disc refiners)."""
     cards = list_shipped(folder)
     defaults = {}
-    for arch in ("grader", "segmenter", "localizer"):
+    for arch in ("grader", "segmenter", "localizer", "disc"):
         try:
             defaults[arch] = default_model(arch, folder)
         except ValueError:
@@ -92,6 +92,8 @@ def models_markdown(folder: Path | None = None) -> str:
         ("localizer", "**Landmark localizers** (centre error, px in a 4288-px-wide photograph)",
          [("od_mean_px", "disc mean", 1), ("od_median_px", "disc median", 1),
           ("fovea_mean_px", "fovea mean", 1), ("fovea_median_px", "fovea median", 1)]),
+        ("disc", "**Optic-disc refiners** (the disc segmented again around the detected disc; original px)",
+         [("aupr_OD", "OD AUPR", 3), ("jaccard_OD", "OD Jaccard", 3), ("dice_OD", "OD Dice", 3)]),
     )  # fmt: skip
     for arch, title, columns in families:
         out += ["", title, "", "| model | figures from | " + " | ".join(c[1] for c in columns) + " | note |"]

@@ -12,6 +12,7 @@ from torch import nn
 
 from models.card import ModelCard
 from models.classifier import Grader, grader_card
+from models.disc import disc_card
 from models.localizer import decode_heatmaps, localizer_card
 from models.registry import (
     MODEL_REGISTRY,
@@ -29,11 +30,13 @@ TINY_CARDS = {
     "test_tiny_cls": grader_card("test_convnext", 64, name="test_tiny_cls"),
     "test_tiny_seg": segmenter_card(input_size=64, name="test_tiny_seg"),
     "test_tiny_loc": localizer_card(input_size=64, name="test_tiny_loc"),
+    "test_tiny_disc": disc_card(input_size=64, name="test_tiny_disc"),
 }
 PRODUCTION_CARDS = {
     "grader": grader_card("tf_efficientnet_lite0", 64),
     "segmenter": segmenter_card(input_size=64),
     "localizer": localizer_card(input_size=64),
+    "disc": disc_card(input_size=64),
 }
 
 
@@ -48,7 +51,13 @@ def test_builds_and_runs_forward_backward(name: str) -> None:
     model = build_model(card)
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
     out = model(x)
-    expected = {"grader": (2, 8), "segmenter": (2, 5, 64, 64), "localizer": (2, 2, 64, 64)}[card.arch]
+    expected = {
+        "grader": (2, 8),
+        "segmenter": (2, 5, 64, 64),
+        "localizer": (2, 2, 64, 64),
+        "disc": (2, 1, 64, 64),
+    }
+    expected = expected[card.arch]
     assert tuple(out.shape) == expected
     out.float().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tests.training.steps import losses_over_steps
 from training.train import TrainConfig, train
 
 
@@ -46,14 +47,7 @@ def test_a_few_steps_lower_the_loss(synthetic_idrid: Path, tmp_path: Path) -> No
     batch = tuple(
         torch.stack([torch.as_tensor(item[i]) for item in (train_set[j] for j in range(4))]) for i in range(3)
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        loss = task.loss(model, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = losses_over_steps(task, model, batch, 15)
     assert losses[-1] < 0.7 * losses[0]
 
 

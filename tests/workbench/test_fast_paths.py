@@ -244,7 +244,7 @@ def test_compare_with_slow_methods_under_a_memory_ceiling(tmp_path: Path) -> Non
     fresh process with the default budget: every method answers and the process peaks below 2 GB."""
     from models.registry import SHIPPED_WEIGHTS_DIR, list_shipped
 
-    if {c.arch for c in list_shipped(SHIPPED_WEIGHTS_DIR)} != {"grader", "segmenter", "localizer"}:
+    if not {"grader", "segmenter", "localizer"} <= {c.arch for c in list_shipped(SHIPPED_WEIGHTS_DIR)}:
         pytest.skip("the shipped grader, segmenter and localizer are not all present")
     result = _fresh_process(_COMPARE_SCRIPT, str(tmp_path / "fundus.png"))
     # the shipped grader's attention was trained towards lesions, and its row says so

@@ -27,11 +27,12 @@ import torch
 from models.constants import LESION_CODES
 from models.fov import FieldOfView
 from models.preprocess import CropTransform, normalise, resize_crop
-from models.registry import default_model, load_model
+from models.registry import WeightsError, default_model, load_model
 from models.registry import weights_dir as configured_weights_dir
 from workbench.analysis.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
 from workbench.analysis.result import Analysis, LesionSummary
 from workbench.anatomy import EtdrsGrid, dme_rule, etdrs_grid, region_of_points
+from workbench.disc import DiscRefiner, load_disc_refiner
 from workbench.explain.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.explain.explainers.budget import release_freed_memory
 from workbench.fundus import prepare_fundus
@@ -77,6 +78,8 @@ class Workbench:
 
     Args:
         grader, segmenter, localizer: shipped model names; the best of each family when None.
+        disc: the disc refiner (``workbench.disc``); the best shipped one when None, none when "" or when
+            none is shipped (the segmenter's own disc is used then).
         weights_dir: where the cards and weights live.
         segment: run the lesion segmenter (the slowest stage) in ``analyze``.
         profile: "quality" or "fast" (``PROFILES``); an explicit ``segmenter`` wins over the profile's.
@@ -90,6 +93,7 @@ class Workbench:
         weights_dir: Path | None = None,
         segment: bool = True,
         profile: str = "quality",
+        disc: str | None = None,
     ) -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
@@ -110,6 +114,15 @@ class Workbench:
         size = chosen["segment_size"]
         self.segmenter = load_segmenter(names["segmenter"], self.weights_dir, int(size) if size else None)
         self.localizer = LocalizerPredictor(*load_model(names["localizer"], self.weights_dir))
+        self.disc: DiscRefiner | None = None
+        if disc is None:
+            try:
+                disc = default_model("disc", self.weights_dir)
+            except WeightsError:
+                disc = ""
+        if disc:
+            self.disc = load_disc_refiner(disc, self.weights_dir)
+            names["disc"] = disc
         self.segment = segment
         self._explain_lock = threading.Lock()
 
@@ -134,7 +147,7 @@ class Workbench:
         def lap(stage: str) -> None:
             nonlocal clock
             now = time.perf_counter()
-            timings[stage] = (now - clock) * 1000
+            timings[stage] = timings.get(stage, 0.0) + (now - clock) * 1000
             clock = now
 
         side = self.segmenter.input_size if self.segment else GRADING_CROP
@@ -155,15 +168,18 @@ class Workbench:
             return Analysis(graded=False, timings_ms=timings, **base)
         dr, dme = self.grader.predict([prepared.crop])
         lap("grading")
+        marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
+        lap("landmarks")
         lesions, lesion_transform = {}, None
         if self.segment:
             maps = self.segmenter.predict(image)
             lesion_transform = maps.transform
+            if self.disc is not None:  # the disc re-segmented around the detected disc (workbench.disc)
+                self.disc.refine(maps, image, marks.od_xy, prepared.fov)
             lesions = self._summaries(
                 inside_field(maps.probabilities, maps.transform, prepared.fov), maps.transform
             )
             lap("lesions")
-        marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
         placed = place_landmarks(
             prepared.fov,
             marks.od_xy,
@@ -241,8 +257,13 @@ class Workbench:
     def _measured(self) -> dict:
         """The segmenter's validation figures at the crop this profile segments: ``evaluation.val_fast``
         for the fast profile's smaller crop when the card has it, else ``evaluation.val`` (original
-        resolution, exact masks, `drwb evaluate --write-card`), else the training loop's."""
-        return segmenter_figures(self.segmenter.card.training, self.profile)
+        resolution, exact masks, `drwb evaluate --write-card`), else the training loop's. With a disc
+        refiner, the disc's figures (AUPR, threshold) are the refiner's (`drwb evaluate --task disc`)."""
+        measured = segmenter_figures(self.segmenter.card.training, self.profile)
+        if self.disc is not None:
+            own = segmenter_figures(self.disc.card.training, self.profile)
+            measured = {**measured, **{k: v for k, v in own.items() if k.endswith("_OD")}}
+        return measured
 
     def _thresholds(self) -> dict[str, float]:
         # Best-Dice thresholds of the same measurement the reliability comes from

@@ -1,0 +1,99 @@
+"""The disc-refiner task: windows centred on the annotated disc (moved within the jitter in training), a
+run that learns and ships a card saying how, and training photographs that leave the held-out ones out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.training.steps import losses_over_steps
+from training.tasks.disc import JITTER_R, disc_training_names
+from training.train import TrainConfig, train
+from workbench.io.idrid import IDRiD, seg_to_grading
+from workbench.io.splits import split_names, split_train_val
+
+
+def _config(synthetic_idrid: Path, tmp_path: Path) -> TrainConfig:
+    return TrainConfig(
+        task="disc",
+        data=str(synthetic_idrid),
+        cache=str(tmp_path / "cache"),
+        runs=str(tmp_path / "runs"),
+        run_name="disc",
+        model_name="test_tiny_disc",
+        epochs=1,
+        batch_size=2,
+        lr=3e-3,
+        input_size=64,
+        tiles_per_image=2,
+        workers=1,
+        val_fraction=0.25,
+        no_pretrained=True,
+    )
+
+
+def _centroid(mask: torch.Tensor) -> np.ndarray:
+    ys, xs = np.nonzero(mask[0].numpy() >= 0.5)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def test_windows_hold_the_disc_at_their_centre(synthetic_idrid: Path, tmp_path: Path) -> None:
+    from training.tasks import TASKS
+
+    task = TASKS["disc"](_config(synthetic_idrid, tmp_path))
+    card = task.card()
+    train_set, val_set = task.datasets(card)
+    assert len(train_set) == 3 and len(val_set) == 1
+    size, centre = card.input_size, (card.input_size - 1) / 2
+    image, mask = val_set[0]
+    assert image.shape == (3, size, size) and mask.shape == (1, size, size)
+    assert np.hypot(*(_centroid(mask) - centre)) < 1.0  # validation: on the annotated disc
+    # training: moved by at most JITTER_R field radii (x zoom 1.1, in window px), rotation about the centre
+    reach = JITTER_R * size / (2 * card.extra["window_r"]) * 1.1 * np.sqrt(2)
+    offsets = []
+    for epoch in range(3):
+        train_set.set_epoch(epoch)
+        offsets += [np.hypot(*(_centroid(train_set[i][1]) - centre)) for i in range(len(train_set))]
+    assert max(offsets) <= reach + 1.0 and max(offsets) > 1.0  # jittered, within the bound
+
+
+def test_a_disc_run_learns_and_ships_its_card(synthetic_idrid: Path, tmp_path: Path) -> None:
+    import json
+
+    from training.tasks import TASKS
+
+    cfg = _config(synthetic_idrid, tmp_path)
+    task = TASKS["disc"](cfg)
+    card = task.card()
+    from models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model(card)
+    train_set, _ = task.datasets(card)
+    batch = tuple(torch.stack([train_set[j][i] for j in range(3)]) for i in range(2))
+    losses = losses_over_steps(task, model, batch, 12)
+    assert losses[-1] < 0.8 * losses[0]
+
+    shipped = replace(cfg, ship=True, ship_name="tiny_disc_shipped", ship_dir=str(tmp_path / "weights"))
+    result = train(shipped, command="drwb train disc --test")
+    assert 0 <= result["best_metrics"]["dice_OD"] <= 1
+    written = json.loads((tmp_path / "weights/tiny_disc_shipped.json").read_text())
+    assert written["arch"] == "disc" and written["extra"]["window_r"] == card.extra["window_r"]
+    assert "annotated disc" in written["training"]["recipe"]["windows"]
+
+
+def test_training_photographs_leave_out_every_held_out_one(real_idrid: Path) -> None:
+    """No refiner training photograph is a segmentation validation image or a copy of a grading
+    validation image (the disc-centre figures are measured on those)."""
+    names = [r.name for r in IDRiD(real_idrid).segmentation("train") if r.mask_paths["OD"] is not None]
+    train_names, val_names = disc_training_names(str(real_idrid), names, 0.2, 0)
+    assert set(val_names) == set(split_names(names, 0.2, 0).val)
+    held_grading = set(split_train_val(IDRiD(real_idrid).grading("train"), 0.2, 0).val)
+    copies = seg_to_grading(real_idrid)
+    assert not set(train_names) & set(val_names)
+    assert not {copies.get(n) for n in train_names} & held_grading
+    # the rule removes some photographs that would otherwise train (the test would pass vacuously if not)
+    assert len(train_names) < len(names) - len(val_names)

@@ -1,0 +1,110 @@
+"""The disc refiner's geometry: its window lands on the disc, and what it segments there lands back on
+the disc in the lesion maps, from a full-size or a reduced decode alike; the Workbench uses its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.disc import disc_card, extract_window, window_matrix
+from models.preprocess import crop_to_fov
+from workbench.disc import DiscRefiner
+from workbench.io.image_io import LoadedImage
+from workbench.io.synthetic import SyntheticFundus
+from workbench.predictors import LesionMaps
+
+OD = 4
+
+
+class _DiscAtWindowCentre(nn.Module):
+    """Stands in for a trained refiner: a disc of ``radius`` window px at the window's centre."""
+
+    def __init__(self, size: int, radius: float) -> None:
+        super().__init__()
+        ys, xs = np.mgrid[0:size, 0:size]
+        centre = (size - 1) / 2
+        inside = np.hypot(xs - centre, ys - centre) <= radius
+        self.register_buffer("logits", torch.from_numpy(np.where(inside, 12.0, -12.0)).float()[None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1, -1, -1)
+
+
+def test_window_is_centred_on_the_point_at_the_requested_scale() -> None:
+    image = np.zeros((1500, 2000), np.float32)
+    cv2.circle(image, (1300, 600), 100, 1.0, -1)
+    size, radius, window_r = 256, 1000.0, 0.35
+    window = extract_window(image, window_matrix((1300, 600), radius, window_r, size), size)
+    ys, xs = np.nonzero(window > 0.5)
+    assert abs(xs.mean() - (size - 1) / 2) < 0.5 and abs(ys.mean() - (size - 1) / 2) < 0.5
+    expected = 100 * size / (2 * window_r * radius)  # disc radius in window px
+    assert np.sqrt((window > 0.5).sum() / np.pi) == pytest.approx(expected, abs=1.0)
+
+
+def test_window_leaving_the_image_is_black_there() -> None:
+    image = np.full((400, 400, 3), 200, np.uint8)
+    window = extract_window(image, window_matrix((10, 200), 300, 0.35, 64), 64)
+    assert window[32, 0].max() == 0 and window[32, 63].min() == 200
+
+
+@pytest.mark.parametrize("decode_factor", [1, 2])
+def test_refined_disc_lands_on_the_disc_in_the_lesion_maps(
+    synthetic_fundus: SyntheticFundus, decode_factor: int
+) -> None:
+    """The stub refiner puts a disc of the true radius at its window's centre: after ``refine`` the disc
+    channel of the maps holds it at the true disc, in the crop frame, within a pixel; outside the window
+    the segmenter's channel is untouched."""
+    truth = synthetic_fundus
+    height, width = truth.image.shape[:2]
+    rgb = cv2.resize(
+        truth.image, (width // decode_factor, height // decode_factor), interpolation=cv2.INTER_AREA
+    )
+    image = LoadedImage(rgb, (height, width), "PNG", "RGB", "synthetic.png")
+    crop, transform, fov = crop_to_fov(image.rgb, 512, image.original_size)
+    size = 96
+    card = disc_card(input_size=size, name="test_tiny_disc")
+    scale = window_matrix(truth.od_xy, fov.radius, card.extra["window_r"], size)[0, 0]
+    refiner = DiscRefiner(_DiscAtWindowCentre(size, truth.od_radius * scale), card)
+    maps = LesionMaps(np.full((5, 512, 512), 0.25, np.float32), transform)
+    refiner.refine(maps, image, truth.od_xy, fov)
+    disc = maps.probabilities[OD] > 0.5
+    ys, xs = np.nonzero(disc)
+    expected = transform.to_crop(np.array([truth.od_xy]))[0]
+    assert np.hypot(xs.mean() - expected[0], ys.mean() - expected[1]) < 1.0
+    assert np.sqrt(disc.sum() / np.pi) == pytest.approx(truth.od_radius * transform.scale, abs=1.0)
+    assert maps.probabilities[OD, 0, 0] == pytest.approx(0.25)  # far from the disc: the segmenter's
+    assert (maps.probabilities[:OD] == 0.25).all()  # the lesion channels are not touched
+
+
+def test_workbench_takes_the_disc_figures_from_the_refiner(tiny_weights: Path, tmp_path: Path) -> None:
+    """With a shipped refiner the disc's threshold and reliability are the refiner's measurement; with
+    ``disc=""`` there is no refiner and the segmenter's own are used."""
+    import json
+    import shutil
+
+    from workbench.analysis import Workbench
+
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    card = json.loads((folder / "tiny_disc.json").read_text())
+    card["training"]["evaluation"] = {"val": {"aupr_OD": 0.91, "threshold_OD": 0.37, "jaccard_OD": 0.8}}
+    (folder / "tiny_disc.json").write_text(json.dumps(card))
+    with_disc = Workbench(weights_dir=folder)
+    assert with_disc.disc is not None and with_disc.model_names["disc"] == "tiny_disc"
+    assert with_disc._thresholds()["OD"] == pytest.approx(0.37)
+    assert Workbench(weights_dir=folder, disc="").disc is None
+    without = Workbench(weights_dir=folder, disc="")._thresholds()["OD"]
+    assert without != pytest.approx(0.37)
+
+
+def test_analyze_with_a_refiner_reports_it(tiny_workbench, synthetic_fundus: SyntheticFundus) -> None:
+    image = synthetic_fundus.image
+    result = tiny_workbench.analyze(LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png"), force=True)
+    assert result.models["disc"] == "tiny_disc"
+    assert result.lesions["OD"].count <= 1  # still one disc at most
+    assert {"landmarks", "lesions"} <= set(result.timings_ms)

@@ -1,0 +1,169 @@
+"""``drwb evaluate --task disc``: the disc refiner as analyze uses it, against the segmenter's own disc.
+
+Two measurements, both on images the refiner never trained on (``training.tasks.disc``):
+
+- **outline** (the segmentation validation split, scored at the original resolution as lesions are):
+  the analysis profile's segmenter disc channel, then the refiner's window centred on the localizer's
+  disc pasted over it; AUPR, best Dice, Jaccard at that threshold, for both, with a paired bootstrap
+  interval of the per-image Jaccard difference;
+- **centre** (the grading validation split's localization images, 4288-px frame): the localizer's disc
+  centre against the centroid of the refined disc (the component holding the window's centre).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from models.constants import LESION_CODES
+from models.registry import default_model, load_model
+from workbench.disc import DiscRefiner, load_disc_refiner
+from workbench.fundus import prepare_fundus
+from workbench.intervals import bootstrap_intervals
+from workbench.io.idrid import IDRiD, load_mask
+from workbench.io.image_io import load_image
+from workbench.io.splits import split_names
+from workbench.landmarks import choose_disc
+from workbench.metrics import PixelCurve, scaled_distances
+from workbench.predictors import GRADING_CROP, LocalizerPredictor, load_segmenter
+
+__all__ = ["evaluate_disc", "refined_centre"]
+
+_OD = LESION_CODES.index("OD")
+_BOOTSTRAP_BINS = 4096  # per-image probability histograms (intervals and per-image Jaccard)
+
+
+def refined_centre(
+    refiner: DiscRefiner, window: np.ndarray, od_xy: tuple[float, float], fov: Any, threshold: float
+) -> tuple[float, float] | None:
+    """Centroid (original pixels) of the refined disc component at the window's centre, or None."""
+    mask = window >= threshold
+    if not mask.any():
+        return None
+    half = (refiner.card.input_size - 1) / 2
+    _, centroid, _ = choose_disc(mask, (half, half))
+    inverse = np.linalg.inv(np.vstack([refiner.window_transform(od_xy, fov), [0, 0, 1]]))
+    x, y = inverse[:2] @ np.array([centroid[0], centroid[1], 1.0])
+    return float(x), float(y)
+
+
+def _curve_figures(curve: PixelCurve) -> dict[str, float]:
+    dice, threshold = curve.best_dice()
+    return {
+        "aupr_OD": curve.aupr(),
+        "dice_OD": dice,
+        "threshold_OD": threshold,
+        "jaccard_OD": curve.jaccard_at(threshold),
+    }
+
+
+def _outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str) -> dict[str, Any]:
+    from workbench.analysis import PROFILES, inside_field
+
+    records = dataset.segmentation("test" if split == "test" else "train")
+    if split == "val":
+        val = set(split_names([r.name for r in records], 0.2, seed).val)
+        records = [r for r in records if r.name in val]
+    records = [r for r in records if r.mask_paths["OD"] is not None]
+    chosen = PROFILES[profile]
+    size = int(chosen["segment_size"]) if chosen["segment_size"] else None
+    segmenter = load_segmenter(str(chosen["segmenter"] or default_model("segmenter")), input_size=size)
+    localizer, refiner = LocalizerPredictor(*load_model(default_model("localizer"))), load_disc_refiner(name)
+    curves = {"segmenter": PixelCurve(), "refined": PixelCurve()}
+    per_image: dict[str, list[PixelCurve]] = {"segmenter": [], "refined": []}
+    for record in tqdm(records, desc="disc outline", leave=False):
+        image = load_image(record.image_path, min_side=segmenter.input_size)
+        prepared = prepare_fundus(image, GRADING_CROP)
+        marks = localizer.predict_crops([prepared.crop], [prepared.transform])[0]
+        maps = segmenter.predict(image)
+        maps.probabilities[:] = inside_field(maps.probabilities, maps.transform, prepared.fov)
+        coarse = maps.transform.warp_to_original(maps.probabilities[_OD].copy())
+        refiner.refine(maps, image, marks.od_xy, prepared.fov)
+        refined = maps.transform.warp_to_original(maps.probabilities[_OD])
+        truth = load_mask(record.mask_paths["OD"])
+        for key, prob in (("segmenter", coarse), ("refined", refined)):
+            curves[key].add(prob, truth)
+            per_image[key].append(PixelCurve(bins=_BOOTSTRAP_BINS))
+            per_image[key][-1].add(prob, truth)
+    figures = {key: _curve_figures(curve) for key, curve in curves.items()}
+    thresholds = {key: figures[key]["threshold_OD"] for key in figures}
+    jaccard = {k: np.array([c.jaccard_at(thresholds[k]) for c in per_image[k]]) for k in per_image}
+    difference = jaccard["refined"] - jaccard["segmenter"]
+
+    def pooled(rows: np.ndarray) -> dict[str, float]:  # the refined figures over a resample of images
+        curve = PixelCurve(bins=_BOOTSTRAP_BINS)
+        curve.positive = sum(per_image["refined"][i].positive for i in rows)
+        curve.negative = sum(per_image["refined"][i].negative for i in rows)
+        return {"aupr_OD": curve.aupr(), "jaccard_OD": curve.jaccard_at(thresholds["refined"])}
+
+    return {
+        **figures["refined"],
+        "ci95": bootstrap_intervals(len(records), pooled),
+        "n": len(records),
+        "segmenter_alone": {
+            **figures["segmenter"],
+            "model": segmenter.card.name,
+            "crop_px": segmenter.input_size,
+        },
+        "paired_jaccard_difference": {
+            "mean": float(difference.mean()),
+            "ci95": bootstrap_intervals(len(difference), lambda i: {"d": float(difference[i].mean())})["d"],
+            "images_better": int((difference > 0).sum()),
+            "images_worse": int((difference < 0).sum()),
+        },
+    }
+
+
+def _centre(dataset: IDRiD, split: str, name: str, seed: int, threshold: float) -> dict[str, Any]:
+    from training.evaluate import localization_records
+
+    records = localization_records(dataset, split, seed)
+    localizer, refiner = LocalizerPredictor(*load_model(default_model("localizer"))), load_disc_refiner(name)
+    detector, refined = [], []
+    for record in tqdm(records, desc="disc centre", leave=False):
+        image = load_image(record.image_path, min_side=GRADING_CROP)
+        prepared = prepare_fundus(image, GRADING_CROP)
+        marks = localizer.predict_crops([prepared.crop], [prepared.transform])[0]
+        window = refiner.predict(image, marks.od_xy, prepared.fov)
+        centre = refined_centre(refiner, window, marks.od_xy, prepared.fov, threshold) or marks.od_xy
+        width = np.array([image.original_size[1]])
+        detector.append(scaled_distances([marks.od_xy], [record.od_xy], width)[0])
+        refined.append(scaled_distances([centre], [record.od_xy], width)[0])
+    detector_px, refined_px = np.array(detector), np.array(refined)
+    difference = refined_px - detector_px
+    return {
+        "n": len(records),
+        "detector_mean_px": float(detector_px.mean()),
+        "refined_mean_px": float(refined_px.mean()),
+        "detector_median_px": float(np.median(detector_px)),
+        "refined_median_px": float(np.median(refined_px)),
+        "ci95": bootstrap_intervals(
+            len(difference),
+            lambda i: {
+                "detector_mean_px": float(detector_px[i].mean()),
+                "refined_mean_px": float(refined_px[i].mean()),
+                "refined_minus_detector_px": float(difference[i].mean()),
+            },
+        ),
+        "refined_minus_detector_px": float(difference.mean()),
+    }
+
+
+def evaluate_disc(
+    dataset: IDRiD, split: str, name: str, seed: int, profile: str = "quality"
+) -> dict[str, Any]:
+    """Outline and centre figures of the disc refiner ``name`` on ``split`` ("val" or "test"; it trained
+    on the rest of the training images)."""
+    if split == "train":
+        raise ValueError("the disc refiner trained on --split train: evaluate it on val or test")
+    outline = _outline(dataset, split, name, seed, profile)
+    return {
+        **outline,
+        "profile": profile,
+        # the centroid of the disc binarised at the outline's best-Dice threshold, as analyze binarises it
+        "centre": _centre(dataset, split, name, seed, outline["threshold_OD"]),
+        "pipeline": "localizer disc centre -> refiner window pasted over the profile's segmenter disc "
+        "channel (workbench.disc), as in analyze",
+    }

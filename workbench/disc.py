@@ -1,0 +1,101 @@
+"""The optic disc re-segmented around the localizer's disc (``models.disc``), pasted into the lesion maps.
+
+``DiscRefiner.refine`` cuts the window the refiner was trained on (centred on the detected disc, its
+side in field-of-view radii) from the decoded photograph, segments the disc there, and replaces (in
+place) the segmenter's disc channel inside that window; outside it the segmenter's channel stays, so a
+disc the localizer missed by more than the window is still there to be found. ``threshold`` is the refiner's
+best-Dice threshold at original resolution (its card's ``training.evaluation.val``), which the disc
+mask is binarised with instead of the segmenter's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from models.card import ModelCard
+from models.constants import LESION_CODES
+from models.disc import extract_window, window_matrix
+from models.fov import FieldOfView
+from models.preprocess import normalise
+from models.registry import load_model
+from workbench.inference import model_lock
+from workbench.io.image_io import LoadedImage
+from workbench.predictors import LesionMaps
+from workbench.runtime import forward_for
+
+__all__ = ["DiscRefiner", "load_disc_refiner"]
+
+_OD = LESION_CODES.index("OD")
+
+
+def _to_decoded(image: LoadedImage) -> np.ndarray:
+    """3x3 affine, original frame -> the decoded (possibly reduced) pixels (pixel centres at integers)."""
+    k = image.decode_factor
+    return np.array([[1 / k, 0, 0.5 / k - 0.5], [0, 1 / k, 0.5 / k - 0.5], [0, 0, 1]], np.float64)
+
+
+class DiscRefiner:
+    """The disc probability in a window around a disc centre, and that window pasted into lesion maps."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, runtime: str | None = None) -> None:
+        self.model, self.card = model.eval(), card
+        self.forward = forward_for(self.model, card, runtime)
+        self.window_r = float(card.extra["window_r"])
+        measured = card.training.get("evaluation", {}).get("val") or card.training.get("validation", {})
+        self.threshold = float(measured.get("threshold_OD") or 0.5)
+        self.measured = measured
+
+    def window_transform(self, od_xy: tuple[float, float], fov: FieldOfView) -> np.ndarray:
+        """2x3 affine, original frame -> the refiner's window around ``od_xy`` (``fov`` in the original
+        frame, as ``prepare_fundus`` gives it)."""
+        return window_matrix(od_xy, fov.radius, self.window_r, self.card.input_size)
+
+    @torch.inference_mode()
+    def predict(self, image: LoadedImage, od_xy: tuple[float, float], fov: FieldOfView) -> np.ndarray:
+        """(S, S) disc probabilities in the window ``window_transform`` gives."""
+        to_window = np.vstack([self.window_transform(od_xy, fov), [0, 0, 1]])
+        from_decoded = (to_window @ np.linalg.inv(_to_decoded(image)))[:2]
+        window = extract_window(image.rgb, from_decoded, self.card.input_size)
+        tensor = torch.from_numpy(normalise(window, self.card.mean, self.card.std))[None]
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        with model_lock(self.model):
+            logits = self.forward(tensor)
+        return torch.sigmoid(logits.float())[0, 0].numpy()
+
+    def refine(
+        self, maps: LesionMaps, image: LoadedImage, od_xy: tuple[float, float], fov: FieldOfView
+    ) -> None:
+        """Replace, in place, the disc channel of ``maps`` inside the window by the refiner's (in place:
+        a quality-profile map is 84 MB and analyze holds no other reference to it)."""
+        window = self.predict(image, od_xy, fov)
+        # lesion-map crop px -> original -> window; only the crop's box under the window is resampled
+        crop_to_window = np.vstack([self.window_transform(od_xy, fov), [0, 0, 1]]) @ np.vstack(
+            [maps.transform.inverse, [0, 0, 1]]
+        )
+        size, side = self.card.input_size, maps.probabilities.shape[-1]
+        corners = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], float)
+        in_crop = corners @ np.linalg.inv(crop_to_window)[:2].T
+        x0, y0 = (int(np.clip(np.floor(in_crop[:, i].min()), 0, side)) for i in (0, 1))
+        x1, y1 = (int(np.clip(np.ceil(in_crop[:, i].max()) + 1, 0, side)) for i in (0, 1))
+        if x1 <= x0 or y1 <= y0:
+            return
+        box_to_window = crop_to_window[:2].copy()
+        box_to_window[:, 2] += box_to_window[:, :2] @ np.array([x0, y0], np.float64)
+
+        def onto_box(array: np.ndarray) -> np.ndarray:
+            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+            return cv2.warpAffine(array, box_to_window, (x1 - x0, y1 - y0), flags=flags, borderValue=0)
+
+        covered = onto_box(np.ones_like(window)) > 0.999
+        channel = maps.probabilities[_OD, y0:y1, x0:x1]
+        channel[covered] = onto_box(window)[covered]
+
+
+def load_disc_refiner(name: str, weights_dir: Path | None = None) -> DiscRefiner:
+    """A shipped disc refiner by card stem."""
+    return DiscRefiner(*load_model(name, weights_dir))
