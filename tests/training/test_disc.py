@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from tests.training.steps import losses_over_steps
+from tests.training.test_train import _config as train_config
 from training.tasks.disc import JITTER_R, disc_training_names
 from training.train import TrainConfig, train
 from workbench.io.idrid import IDRiD, seg_to_grading
@@ -17,22 +18,7 @@ from workbench.io.splits import split_names, split_train_val
 
 
 def _config(synthetic_idrid: Path, tmp_path: Path) -> TrainConfig:
-    return TrainConfig(
-        task="disc",
-        data=str(synthetic_idrid),
-        cache=str(tmp_path / "cache"),
-        runs=str(tmp_path / "runs"),
-        run_name="disc",
-        model_name="test_tiny_disc",
-        epochs=1,
-        batch_size=2,
-        lr=3e-3,
-        input_size=64,
-        tiles_per_image=2,
-        workers=1,
-        val_fraction=0.25,
-        no_pretrained=True,
-    )
+    return replace(train_config(synthetic_idrid, tmp_path, 1, "disc"), batch_size=2, tiles_per_image=2)
 
 
 def _centroid(mask: torch.Tensor) -> np.ndarray:

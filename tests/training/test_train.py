@@ -12,7 +12,12 @@ from training.train import TrainConfig, train
 
 
 def _config(synthetic_idrid: Path, tmp_path: Path, epochs: int, task: str = "grader") -> TrainConfig:
-    names = {"grader": "test_tiny_cls", "localizer": "test_tiny_loc", "segmenter": "test_tiny_seg"}
+    names = {
+        "grader": "test_tiny_cls",
+        "localizer": "test_tiny_loc",
+        "segmenter": "test_tiny_seg",
+        "disc": "test_tiny_disc",
+    }
     return TrainConfig(
         task=task,
         backbone="test_convnext" if task == "grader" else "tf_efficientnet_lite0",
