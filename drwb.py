@@ -250,8 +250,8 @@ def _build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--folds", type=int, default=5)
     teacher.set_defaults(handler=_cmd_prepare_teacher)
 
-    tr = sub.add_parser("train", help="train a model (grader, segmenter, localizer) on IDRiD")
-    tr.add_argument("task", choices=["grader", "segmenter", "localizer", "disc"])
+    tr = sub.add_parser("train", help="train a model (grader, segmenter, localizer, disc/fovea refiner)")
+    tr.add_argument("task", choices=["grader", "segmenter", "localizer", "disc", "fovea"])
     tr.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     for flag, kind in (
         ("data", str),
@@ -325,7 +325,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="metrics of a shipped model on an IDRiD-layout folder")
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", choices=["train", "val", "test"], default="val")
-    ev.add_argument("--task", choices=["grading", "segmentation", "localization", "disc"], required=True)
+    ev.add_argument(
+        "--task", choices=["grading", "segmentation", "localization", "disc", "fovea"], required=True
+    )
     ev.add_argument("--model", help="shipped model name (default: best of its family)")
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--labels", help="labels CSV for a plain image folder --data (audit; any grader)")
@@ -341,7 +343,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=["quality", "fast"],
         default="quality",
-        help="segmentation: the fast profile's crop",
+        help="segmentation and disc: the fast profile's crop",
     )
     ev.set_defaults(handler=_cmd_evaluate)
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models import classifier, disc, localizer, segmenter  # noqa: F401  (the families fill the registry)
+from models import classifier, localizer, refiners, segmenter  # noqa: F401  (the families fill the registry)
 from models._registry import MODEL_REGISTRY, register_model
 from models.card import ModelCard
 from models.hashing import file_sha256

@@ -51,12 +51,12 @@ def synthetic_idrid(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_tiny_weights(folder: Path) -> Path:
-    """Tiny random grader, segmenter, localizer and disc refiner saved as shipped models."""
+    """Tiny random grader, segmenter, localizer and landmark refiners saved as shipped models."""
     import torch
 
     from models.classifier import grader_card
-    from models.disc import disc_card
     from models.localizer import localizer_card
+    from models.refiners import disc_card, fovea_card
     from models.registry import build_model, save_model
     from models.segmenter import segmenter_card
 
@@ -67,6 +67,7 @@ def write_tiny_weights(folder: Path) -> Path:
         ).with_updates(target_layer="encoder.model.blocks.2"),
         "tiny_localizer": localizer_card(input_size=64, name="test_tiny_loc"),
         "tiny_disc": disc_card(input_size=64, name="test_tiny_disc"),
+        "tiny_fovea": fovea_card(input_size=64, name="test_tiny_fovea"),
     }
     for stem, card in cards.items():
         torch.manual_seed(0)

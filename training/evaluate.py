@@ -175,9 +175,15 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
 
 
 def _disc(dataset: IDRiD, split: str, model_name: str, seed: int, profile: str = "quality") -> dict[str, Any]:
-    from training.evaluate_disc import evaluate_disc  # imports localization_records from here
+    from training.evaluate_refiners import evaluate_disc  # imports localization_records from here
 
     return evaluate_disc(dataset, split, model_name, seed, profile)
+
+
+def _fovea(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str, Any]:
+    from training.evaluate_refiners import evaluate_fovea
+
+    return evaluate_fovea(dataset, split, model_name, seed)
 
 
 EVALUATORS = {
@@ -185,6 +191,7 @@ EVALUATORS = {
     "segmentation": ("segmenter", _segmentation),
     "localization": ("localizer", _localization),
     "disc": ("disc", _disc),
+    "fovea": ("fovea", _fovea),
 }
 
 

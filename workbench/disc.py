@@ -1,4 +1,4 @@
-"""The optic disc re-segmented around the localizer's disc (``models.disc``), pasted into the lesion maps.
+"""The optic disc re-segmented around the localizer's disc (``models.refiners``), pasted into the lesion maps.
 
 ``DiscRefiner.refine`` cuts the window the refiner was trained on (centred on the detected disc, its
 side in field-of-view radii) from the decoded photograph, segments the disc there, and replaces (in
@@ -19,10 +19,10 @@ from torch import nn
 
 from models.card import ModelCard
 from models.constants import LESION_CODES
-from models.disc import extract_window, window_matrix
 from models.fov import FieldOfView
 from models.preprocess import normalise
 from models.registry import load_model
+from models.window import extract_window, window_matrix
 from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage
 from workbench.predictors import LesionMaps
@@ -31,12 +31,6 @@ from workbench.runtime import forward_for
 __all__ = ["DiscRefiner", "load_disc_refiner"]
 
 _OD = LESION_CODES.index("OD")
-
-
-def _to_decoded(image: LoadedImage) -> np.ndarray:
-    """3x3 affine, original frame -> the decoded (possibly reduced) pixels (pixel centres at integers)."""
-    k = image.decode_factor
-    return np.array([[1 / k, 0, 0.5 / k - 0.5], [0, 1 / k, 0.5 / k - 0.5], [0, 0, 1]], np.float64)
 
 
 class DiscRefiner:
@@ -59,7 +53,7 @@ class DiscRefiner:
     def predict(self, image: LoadedImage, od_xy: tuple[float, float], fov: FieldOfView) -> np.ndarray:
         """(S, S) disc probabilities in the window ``window_transform`` gives."""
         to_window = np.vstack([self.window_transform(od_xy, fov), [0, 0, 1]])
-        from_decoded = (to_window @ np.linalg.inv(_to_decoded(image)))[:2]
+        from_decoded = (to_window @ image.decoded_to_original)[:2]
         window = extract_window(image.rgb, from_decoded, self.card.input_size)
         tensor = torch.from_numpy(normalise(window, self.card.mean, self.card.std))[None]
         tensor = tensor.contiguous(memory_format=torch.channels_last)

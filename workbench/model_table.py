@@ -57,10 +57,10 @@ def grader_label(card: ModelCard) -> str:
 
 
 def models_markdown(folder: Path | None = None) -> str:
-    """Markdown: one table per model family (graders, segmenters, localizers, disc refiners)."""
+    """Markdown: one table per model family (graders, segmenters, localizers, landmark refiners)."""
     cards = list_shipped(folder)
     defaults = {}
-    for arch in ("grader", "segmenter", "localizer", "disc"):
+    for arch in ("grader", "segmenter", "localizer", "disc", "fovea"):
         try:
             defaults[arch] = default_model(arch, folder)
         except ValueError:
@@ -94,6 +94,9 @@ def models_markdown(folder: Path | None = None) -> str:
           ("fovea_mean_px", "fovea mean", 1), ("fovea_median_px", "fovea median", 1)]),
         ("disc", "**Optic-disc refiners** (the disc segmented again around the detected disc; original px)",
          [("aupr_OD", "OD AUPR", 3), ("jaccard_OD", "OD Jaccard", 3), ("dice_OD", "OD Dice", 3)]),
+        ("fovea", "**Fovea refiners** (the fovea found again around the localizer's; px in a 4288-px frame)",
+         [("refined_mean_px", "fovea mean", 1), ("refined_median_px", "fovea median", 1),
+          ("detector_mean_px", "localizer alone, mean", 1)]),
     )  # fmt: skip
     for arch, title, columns in families:
         out += ["", title, "", "| model | figures from | " + " | ".join(c[1] for c in columns) + " | note |"]

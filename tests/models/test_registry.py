@@ -12,8 +12,8 @@ from torch import nn
 
 from models.card import ModelCard
 from models.classifier import Grader, grader_card
-from models.disc import disc_card
 from models.localizer import decode_heatmaps, localizer_card
+from models.refiners import disc_card, fovea_card
 from models.registry import (
     MODEL_REGISTRY,
     WeightsError,
@@ -31,12 +31,14 @@ TINY_CARDS = {
     "test_tiny_seg": segmenter_card(input_size=64, name="test_tiny_seg"),
     "test_tiny_loc": localizer_card(input_size=64, name="test_tiny_loc"),
     "test_tiny_disc": disc_card(input_size=64, name="test_tiny_disc"),
+    "test_tiny_fovea": fovea_card(input_size=64, name="test_tiny_fovea"),
 }
 PRODUCTION_CARDS = {
     "grader": grader_card("tf_efficientnet_lite0", 64),
     "segmenter": segmenter_card(input_size=64),
     "localizer": localizer_card(input_size=64),
     "disc": disc_card(input_size=64),
+    "fovea": fovea_card(input_size=64),
 }
 
 
@@ -56,6 +58,7 @@ def test_builds_and_runs_forward_backward(name: str) -> None:
         "segmenter": (2, 5, 64, 64),
         "localizer": (2, 2, 64, 64),
         "disc": (2, 1, 64, 64),
+        "fovea": (2, 1, 64, 64),
     }
     expected = expected[card.arch]
     assert tuple(out.shape) == expected

@@ -17,6 +17,7 @@ def _config(synthetic_idrid: Path, tmp_path: Path, epochs: int, task: str = "gra
         "localizer": "test_tiny_loc",
         "segmenter": "test_tiny_seg",
         "disc": "test_tiny_disc",
+        "fovea": "test_tiny_fovea",
     }
     return TrainConfig(
         task=task,

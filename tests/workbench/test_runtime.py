@@ -36,7 +36,9 @@ def test_the_runtime_is_chosen_by_name_and_a_wrong_name_is_refused(monkeypatch: 
         configured_runtime("tensorrt")
 
 
-@pytest.mark.parametrize("stem", ["tiny_grader", "tiny_segmenter", "tiny_localizer", "tiny_disc"])
+@pytest.mark.parametrize(
+    "stem", ["tiny_grader", "tiny_segmenter", "tiny_localizer", "tiny_disc", "tiny_fovea"]
+)
 def test_onnx_forward_matches_pytorch_at_any_size_and_batch(
     tiny_weights: Path, cache: Path, stem: str
 ) -> None:

@@ -7,7 +7,7 @@ registry live in ``_base`` (which imports no task); importing this package regis
 
 from __future__ import annotations
 
-from training.tasks import disc, grader, localizer, segmenter  # noqa: F401  (registers the tasks)
+from training.tasks import disc, fovea, grader, localizer, segmenter  # noqa: F401  (registers the tasks)
 from training.tasks._base import TASKS, TrainTask, register_task
 
 __all__ = ["TASKS", "TrainTask", "register_task"]

@@ -1,4 +1,4 @@
-"""The disc-refiner task: the optic disc segmented in a window around its centre (``models.disc``).
+"""The disc-refiner task: the optic disc segmented in a window around its centre (``models.refiners``).
 
 Windows are cut from the 2048-px segmentation cache. Training windows are centred on the annotated
 disc's centroid moved by up to ``JITTER_R`` field radii (the localizer that centres them at inference is
@@ -21,8 +21,9 @@ from torch.utils.data import Dataset
 
 from models.card import ModelCard
 from models.constants import LESION_CODES
-from models.disc import disc_card, extract_window, window_matrix
 from models.preprocess import CROP_MARGIN
+from models.refiners import disc_card
+from models.window import extract_window, window_matrix
 from training.augment import AugmentConfig
 from training.data import _CacheData
 from training.prepare import CacheEntry, load_index

@@ -35,6 +35,7 @@ from workbench.anatomy import EtdrsGrid, dme_rule, etdrs_grid, region_of_points
 from workbench.disc import DiscRefiner, load_disc_refiner
 from workbench.explain.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.explain.explainers.budget import release_freed_memory
+from workbench.fovea import FoveaRefiner, load_fovea_refiner
 from workbench.fundus import prepare_fundus
 from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage, load_image
@@ -78,8 +79,8 @@ class Workbench:
 
     Args:
         grader, segmenter, localizer: shipped model names; the best of each family when None.
-        disc: the disc refiner (``workbench.disc``); the best shipped one when None, none when "" or when
-            none is shipped (the segmenter's own disc is used then).
+        disc, fovea: the landmark refiners (``workbench.disc``, ``workbench.fovea``); the best shipped
+            one when None, none when "" or when none is shipped (the coarse disc and fovea stand then).
         weights_dir: where the cards and weights live.
         segment: run the lesion segmenter (the slowest stage) in ``analyze``.
         profile: "quality" or "fast" (``PROFILES``); an explicit ``segmenter`` wins over the profile's.
@@ -94,6 +95,7 @@ class Workbench:
         segment: bool = True,
         profile: str = "quality",
         disc: str | None = None,
+        fovea: str | None = None,
     ) -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
@@ -114,17 +116,24 @@ class Workbench:
         size = chosen["segment_size"]
         self.segmenter = load_segmenter(names["segmenter"], self.weights_dir, int(size) if size else None)
         self.localizer = LocalizerPredictor(*load_model(names["localizer"], self.weights_dir))
-        self.disc: DiscRefiner | None = None
-        if disc is None:
-            try:
-                disc = default_model("disc", self.weights_dir)
-            except WeightsError:
-                disc = ""
-        if disc:
-            self.disc = load_disc_refiner(disc, self.weights_dir)
-            names["disc"] = disc
+        # the landmark refiners are optional: without one shipped, the coarse disc and fovea stand
+        disc, fovea = self._optional("disc", disc), self._optional("fovea", fovea)
+        self.disc: DiscRefiner | None = load_disc_refiner(disc, self.weights_dir) if disc else None
+        self.fovea: FoveaRefiner | None = load_fovea_refiner(fovea, self.weights_dir) if fovea else None
         self.segment = segment
         self._explain_lock = threading.Lock()
+
+    def _optional(self, arch: str, name: str | None) -> str:
+        """``name``, else the best shipped model of ``arch``, else "" (none shipped); noted in
+        ``model_names`` when there is one."""
+        if name is None:
+            try:
+                name = default_model(arch, self.weights_dir)
+            except WeightsError:
+                name = ""
+        if name:
+            self.model_names[arch] = name
+        return name
 
     def grader_predictor(self, name: str) -> GraderPredictor:
         """A (cached) predictor for any shipped grader, so two backbones can be compared."""
@@ -169,6 +178,9 @@ class Workbench:
         dr, dme = self.grader.predict([prepared.crop])
         lap("grading")
         marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
+        if self.fovea is not None:  # the fovea found again around the localizer's (workbench.fovea)
+            refined = self.fovea.refine(image, marks.fovea_xy, prepared.fov)
+            marks = replace(marks, fovea_xy=refined) if refined else marks
         lap("landmarks")
         lesions, lesion_transform = {}, None
         if self.segment:

@@ -85,6 +85,12 @@ class LoadedImage:
         """Original pixels per decoded pixel (1.0 when decoded at full size)."""
         return self.original_size[1] / self.rgb.shape[1]
 
+    @property
+    def decoded_to_original(self) -> np.ndarray:
+        """3x3 affine from ``rgb``'s pixels to the original frame (pixel centres at integers)."""
+        k = self.decode_factor
+        return np.array([[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5], [0, 0, 1]], np.float64)
+
 
 def _open(source: str | Path | bytes, name: str) -> Image.Image:
     if isinstance(source, bytes | bytearray):

@@ -1,5 +1,6 @@
-"""The disc-refiner task: windows centred on the annotated disc (moved within the jitter in training), a
-run that learns and ships a card saying how, and training photographs that leave the held-out ones out."""
+"""The landmark-refiner tasks: disc windows centred on the annotated disc (moved within the jitter in
+training), a run that learns and ships a card saying how, training photographs that leave the held-out
+ones out; fovea windows whose heatmap peaks on the annotated fovea."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.registry import build_model
 from tests.training.steps import losses_over_steps
 from tests.training.test_train import _config as train_config
 from training.tasks.disc import JITTER_R, disc_training_names
@@ -54,8 +56,6 @@ def test_a_disc_run_learns_and_ships_its_card(synthetic_idrid: Path, tmp_path: P
     cfg = _config(synthetic_idrid, tmp_path)
     task = TASKS["disc"](cfg)
     card = task.card()
-    from models.registry import build_model
-
     torch.manual_seed(0)
     model = build_model(card)
     train_set, _ = task.datasets(card)
@@ -83,3 +83,39 @@ def test_training_photographs_leave_out_every_held_out_one(real_idrid: Path) -> 
     assert not {copies.get(n) for n in train_names} & held_grading
     # the rule removes some photographs that would otherwise train (the test would pass vacuously if not)
     assert len(train_names) < len(names) - len(val_names)
+
+
+def test_fovea_windows_put_the_heatmap_peak_on_the_fovea(synthetic_idrid: Path, tmp_path: Path) -> None:
+    """Each fovea window's heatmap peaks on the annotated fovea, which is within the jitter of the window's
+    centre; validation windows are the same every epoch, training windows are not."""
+    from training.tasks import TASKS
+    from training.tasks.fovea import JITTER_R as FOVEA_JITTER
+
+    cfg = replace(train_config(synthetic_idrid, tmp_path, 1, "fovea"), val_fraction=0.3)
+    task = TASKS["fovea"](cfg)
+    card = task.card()
+    train_set, val_set = task.datasets(card)
+    size, centre = card.input_size, (card.input_size - 1) / 2
+    reach = FOVEA_JITTER * size / (2 * card.extra["window_r"]) * 1.1 * np.sqrt(2) + 1
+    seen = []
+    for epoch in (0, 1):
+        train_set.set_epoch(epoch)
+        val_set.set_epoch(epoch)
+        for dataset in (train_set, val_set):
+            _, heat, point, challenge_px = dataset[0]
+            peak = np.unravel_index(int(heat[0].argmax()), heat[0].shape)[::-1]
+            assert np.abs(np.array(peak) - point.numpy()).max() <= 0.5 + 1e-6
+            assert np.hypot(*(point.numpy() - centre)) <= reach and challenge_px > 0
+            seen.append(point.numpy())
+    assert np.allclose(seen[1], seen[3])  # validation: one fixed window per image
+    assert not np.allclose(seen[0], seen[2])  # training: a new window each epoch
+
+    model = build_model(card)
+    batch = tuple(
+        torch.stack([torch.as_tensor(train_set[j][i]) for j in range(len(train_set))]) for i in range(4)
+    )
+    losses = losses_over_steps(task, model, batch, 12)
+    assert losses[-1] < 0.7 * losses[0]
+    with torch.no_grad():
+        metrics = task.validate(model.eval(), [batch])
+    assert metrics["fovea_mean_px"] > 0 and metrics["score"] == -metrics["fovea_mean_px"]

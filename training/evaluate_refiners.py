@@ -1,6 +1,7 @@
-"""``drwb evaluate --task disc``: the disc refiner as analyze uses it, against the segmenter's own disc.
+"""``drwb evaluate --task disc`` and ``--task fovea``: the landmark refiners as analyze uses them, against
+what they refine (the segmenter's disc, the localizer's centres), on images they never trained on.
 
-Two measurements, both on images the refiner never trained on (``training.tasks.disc``):
+The disc refiner (``training.tasks.disc``), two measurements:
 
 - **outline** (the segmentation validation split, scored at the original resolution as lesions are):
   the analysis profile's segmenter disc channel, then the refiner's window centred on the localizer's
@@ -8,6 +9,10 @@ Two measurements, both on images the refiner never trained on (``training.tasks.
   interval of the per-image Jaccard difference;
 - **centre** (the grading validation split's localization images, 4288-px frame): the localizer's disc
   centre against the centroid of the refined disc (the component holding the window's centre).
+
+The fovea refiner (``training.tasks.fovea``): on the same localization images, the localizer's fovea (chosen
+with the landmark prior) against the refined one where the refiner found it (``workbench.fovea.FOUND``).
+Photographs are decoded as the quality profile decodes them (at least 2048 px on the short side).
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from workbench.landmarks import choose_disc
 from workbench.metrics import PixelCurve, scaled_distances
 from workbench.predictors import GRADING_CROP, LocalizerPredictor, load_segmenter
 
-__all__ = ["evaluate_disc", "refined_centre"]
+__all__ = ["evaluate_disc", "evaluate_fovea", "refined_centre"]
 
 _OD = LESION_CODES.index("OD")
 _BOOTSTRAP_BINS = 4096  # per-image probability histograms (intervals and per-image Jaccard)
+LOAD_SIDE = 2048  # decoded short side, as the quality profile loads photographs
 
 
 def refined_centre(
@@ -123,7 +129,7 @@ def _centre(dataset: IDRiD, split: str, name: str, seed: int, threshold: float) 
     localizer, refiner = LocalizerPredictor(*load_model(default_model("localizer"))), load_disc_refiner(name)
     detector, refined = [], []
     for record in tqdm(records, desc="disc centre", leave=False):
-        image = load_image(record.image_path, min_side=GRADING_CROP)
+        image = load_image(record.image_path, min_side=LOAD_SIDE)
         prepared = prepare_fundus(image, GRADING_CROP)
         marks = localizer.predict_crops([prepared.crop], [prepared.transform])[0]
         window = refiner.predict(image, marks.od_xy, prepared.fov)
@@ -131,10 +137,14 @@ def _centre(dataset: IDRiD, split: str, name: str, seed: int, threshold: float) 
         width = np.array([image.original_size[1]])
         detector.append(scaled_distances([marks.od_xy], [record.od_xy], width)[0])
         refined.append(scaled_distances([centre], [record.od_xy], width)[0])
-    detector_px, refined_px = np.array(detector), np.array(refined)
+    return _paired_errors(np.array(detector), np.array(refined))
+
+
+def _paired_errors(detector_px: np.ndarray, refined_px: np.ndarray) -> dict[str, Any]:
+    """Mean / median of both, the paired mean difference, bootstrap intervals of all three."""
     difference = refined_px - detector_px
     return {
-        "n": len(records),
+        "n": len(difference),
         "detector_mean_px": float(detector_px.mean()),
         "refined_mean_px": float(refined_px.mean()),
         "detector_median_px": float(np.median(detector_px)),
@@ -166,4 +176,31 @@ def evaluate_disc(
         "centre": _centre(dataset, split, name, seed, outline["threshold_OD"]),
         "pipeline": "localizer disc centre -> refiner window pasted over the profile's segmenter disc "
         "channel (workbench.disc), as in analyze",
+    }
+
+
+def evaluate_fovea(dataset: IDRiD, split: str, name: str, seed: int) -> dict[str, Any]:
+    """Fovea errors (4288-px frame) of the localizer alone and with the refiner ``name``, paired."""
+    from training.evaluate import localization_records
+    from workbench.fovea import load_fovea_refiner
+
+    if split == "train":
+        raise ValueError("the fovea refiner trained on --split train: evaluate it on val or test")
+    records = localization_records(dataset, split, seed)
+    localizer, refiner = LocalizerPredictor(*load_model(default_model("localizer"))), load_fovea_refiner(name)
+    detector, refined, found = [], [], 0
+    for record in tqdm(records, desc="fovea", leave=False):
+        image = load_image(record.image_path, min_side=LOAD_SIDE)
+        prepared = prepare_fundus(image, GRADING_CROP)
+        marks = localizer.predict_crops([prepared.crop], [prepared.transform])[0]
+        better = refiner.refine(image, marks.fovea_xy, prepared.fov)
+        found += better is not None
+        width = np.array([image.original_size[1]])
+        detector.append(scaled_distances([marks.fovea_xy], [record.fovea_xy], width)[0])
+        refined.append(scaled_distances([better or marks.fovea_xy], [record.fovea_xy], width)[0])
+    return {
+        **_paired_errors(np.array(detector), np.array(refined)),
+        "found": found,
+        "pipeline": "localizer fovea (landmark prior) -> refiner window around it (workbench.fovea), "
+        "the localizer's fovea kept where the refiner's peak is below FOUND",
     }

@@ -1,5 +1,6 @@
-"""The disc refiner's geometry: its window lands on the disc, and what it segments there lands back on
-the disc in the lesion maps, from a full-size or a reduced decode alike; the Workbench uses its figures."""
+"""The landmark refiners' geometry: a window lands on its point, what the disc refiner segments there
+lands back on the disc in the lesion maps and the fovea refiner's peak back on the photograph, from a
+full-size or a reduced decode alike; the Workbench uses the disc's figures and a found fovea only."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ import pytest
 import torch
 from torch import nn
 
-from models.disc import disc_card, extract_window, window_matrix
 from models.preprocess import crop_to_fov
+from models.refiners import disc_card
+from models.window import extract_window, window_matrix
 from workbench.disc import DiscRefiner
 from workbench.io.image_io import LoadedImage
 from workbench.io.synthetic import SyntheticFundus
 from workbench.predictors import LesionMaps
 
 OD = 4
+
+
+def _decoded(truth: SyntheticFundus, factor: int) -> LoadedImage:
+    """The synthetic photograph as a loader decoding it ``factor`` x smaller would give it."""
+    height, width = truth.image.shape[:2]
+    rgb = cv2.resize(truth.image, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
+    return LoadedImage(rgb, (height, width), "PNG", "RGB", "synthetic.png")
 
 
 class _DiscAtWindowCentre(nn.Module):
@@ -60,11 +69,7 @@ def test_refined_disc_lands_on_the_disc_in_the_lesion_maps(
     channel of the maps holds it at the true disc, in the crop frame, within a pixel; outside the window
     the segmenter's channel is untouched."""
     truth = synthetic_fundus
-    height, width = truth.image.shape[:2]
-    rgb = cv2.resize(
-        truth.image, (width // decode_factor, height // decode_factor), interpolation=cv2.INTER_AREA
-    )
-    image = LoadedImage(rgb, (height, width), "PNG", "RGB", "synthetic.png")
+    image = _decoded(truth, decode_factor)
     crop, transform, fov = crop_to_fov(image.rgb, 512, image.original_size)
     size = 96
     card = disc_card(input_size=size, name="test_tiny_disc")
@@ -108,3 +113,57 @@ def test_analyze_with_a_refiner_reports_it(tiny_workbench, synthetic_fundus: Syn
     assert result.models["disc"] == "tiny_disc"
     assert result.lesions["OD"].count <= 1  # still one disc at most
     assert {"landmarks", "lesions"} <= set(result.timings_ms)
+
+
+class _PeakAt(nn.Module):
+    """Stands in for a trained fovea refiner: one hot heatmap pixel at ``(x, y)`` (window px), of
+    probability ``height``."""
+
+    def __init__(self, size: int, xy: tuple[int, int], height: float) -> None:
+        super().__init__()
+        logits = torch.full((1, 1, size, size), -12.0)
+        logits[0, 0, xy[1], xy[0]] = float(np.log(height / (1 - height)))
+        self.register_buffer("logits", logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1, -1, -1)
+
+
+@pytest.mark.parametrize("decode_factor", [1, 2])
+def test_refined_fovea_maps_back_to_the_original_frame(
+    synthetic_fundus: SyntheticFundus, decode_factor: int
+) -> None:
+    """A peak (dx, dy) window pixels from the window's centre is the coarse fovea moved by (dx, dy) / scale
+    original pixels, whatever the decode; a faint peak means not found (None)."""
+    from models.refiners import fovea_card
+    from workbench.fovea import FOUND, FoveaRefiner
+
+    truth = synthetic_fundus
+    image = _decoded(truth, decode_factor)
+    _, _, fov = crop_to_fov(image.rgb, 512, image.original_size)
+    size = 64
+    card = fovea_card(input_size=size, name="test_tiny_fovea")
+    centre = (size - 1) / 2
+    peak = (int(centre) + 10, int(centre) - 6)
+    scale = window_matrix(truth.fovea_xy, fov.radius, card.extra["window_r"], size)[0, 0]
+    found = FoveaRefiner(_PeakAt(size, peak, 0.8), card).refine(image, truth.fovea_xy, fov)
+    expected = np.array(truth.fovea_xy) + (np.array(peak) - centre) / scale
+    assert found is not None and np.hypot(*(np.array(found) - expected)) < 0.5
+    assert FoveaRefiner(_PeakAt(size, peak, FOUND / 2), card).refine(image, truth.fovea_xy, fov) is None
+
+
+def test_analyze_uses_the_refined_fovea_only_when_found(
+    tiny_weights: Path, synthetic_fundus: SyntheticFundus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.analysis import Workbench
+    from workbench.fovea import FoveaRefiner
+
+    image = synthetic_fundus.image
+    loaded = LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png")
+    coarse = Workbench(weights_dir=tiny_weights, fovea="", segment=False).analyze(loaded, force=True).fovea_xy
+    bench = Workbench(weights_dir=tiny_weights, segment=False)
+    assert bench.model_names["fovea"] == "tiny_fovea"
+    monkeypatch.setattr(FoveaRefiner, "predict", lambda self, img, xy, fov: ((xy[0] + 7.0, xy[1] - 3.0), 0.9))
+    assert bench.analyze(loaded, force=True).fovea_xy == pytest.approx((coarse[0] + 7.0, coarse[1] - 3.0))
+    monkeypatch.setattr(FoveaRefiner, "predict", lambda self, img, xy, fov: ((0.0, 0.0), 0.01))
+    assert bench.analyze(loaded, force=True).fovea_xy == pytest.approx(coarse)

@@ -1,0 +1,66 @@
+"""The fovea found again around the localizer's fovea (``models.refiners``).
+
+``FoveaRefiner.refine`` cuts the refiner's window (centred on the localizer's fovea, its side in field
+radii) from the decoded photograph and decodes the heatmap's peak. A peak below ``FOUND`` means the
+fovea is not in the window (the localizer's was far off): the localizer's fovea then stands, and the
+anatomy check (``workbench.landmarks``) judges it as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.card import ModelCard
+from models.fov import FieldOfView
+from models.localizer import decode_heatmaps
+from models.preprocess import normalise
+from models.registry import load_model
+from models.window import extract_window, window_matrix
+from workbench.inference import model_lock
+from workbench.io.image_io import LoadedImage
+from workbench.runtime import forward_for
+
+__all__ = ["FOUND", "FoveaRefiner", "load_fovea_refiner"]
+
+FOUND = 0.1  # heatmap peak below which the refiner found no fovea in its window (the localizer's stands)
+
+
+class FoveaRefiner:
+    """The fovea centre in a window around a coarse fovea, in original pixels, with its peak height."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, runtime: str | None = None) -> None:
+        self.model, self.card = model.eval(), card
+        self.forward = forward_for(self.model, card, runtime)
+        self.window_r = float(card.extra["window_r"])
+
+    @torch.inference_mode()
+    def predict(
+        self, image: LoadedImage, fovea_xy: tuple[float, float], fov: FieldOfView
+    ) -> tuple[tuple[float, float], float]:
+        """(refined fovea in original pixels, heatmap peak in [0, 1]) for a window around ``fovea_xy``."""
+        to_window = np.vstack(
+            [window_matrix(fovea_xy, fov.radius, self.window_r, self.card.input_size), [0, 0, 1]]
+        )
+        window = extract_window(image.rgb, (to_window @ image.decoded_to_original)[:2], self.card.input_size)
+        tensor = torch.from_numpy(normalise(window, self.card.mean, self.card.std))[None]
+        with model_lock(self.model):
+            logits = self.forward(tensor.contiguous(memory_format=torch.channels_last))
+        centre, peak = decode_heatmaps(logits.float())
+        x, y = np.linalg.inv(to_window)[:2] @ np.array([*centre[0, 0].tolist(), 1.0])
+        return (float(x), float(y)), float(peak[0, 0])
+
+    def refine(
+        self, image: LoadedImage, fovea_xy: tuple[float, float], fov: FieldOfView
+    ) -> tuple[float, float] | None:
+        """The refined fovea, or None when the refiner found none in its window (peak < ``FOUND``)."""
+        xy, peak = self.predict(image, fovea_xy, fov)
+        return xy if peak >= FOUND else None
+
+
+def load_fovea_refiner(name: str, weights_dir: Path | None = None) -> FoveaRefiner:
+    """A shipped fovea refiner by card stem."""
+    return FoveaRefiner(*load_model(name, weights_dir))
