@@ -20,18 +20,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from models.constants import LESION_CODES
-from models.fov import FieldOfView
-from models.preprocess import CropTransform, normalise, resize_crop
+from models.preprocess import normalise, resize_crop
 from models.registry import WeightsError, default_model, load_model
 from models.registry import weights_dir as configured_weights_dir
+from workbench.analysis.lesion_maps import inside_field, lesions_by_region, one_disc, summarise_lesions
 from workbench.analysis.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
-from workbench.analysis.result import Analysis, LesionSummary
-from workbench.anatomy import EtdrsGrid, dme_rule, etdrs_grid, region_of_points
+from workbench.analysis.result import Analysis
+from workbench.anatomy import dme_rule, etdrs_grid
 from workbench.disc import DiscRefiner, load_disc_refiner
 from workbench.explain.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.explain.explainers.budget import release_freed_memory
@@ -43,7 +41,7 @@ from workbench.landmarks import place_landmarks
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
 from workbench.targets import GradeTarget, Target
 
-__all__ = ["FAST_SEGMENT_SIZE", "PROFILES", "Workbench", "inside_field", "profile_from_env"]
+__all__ = ["FAST_SEGMENT_SIZE", "PROFILES", "Workbench", "profile_from_env"]
 
 FAST_SEGMENT_SIZE = 640  # px of the field-of-view crop the fast profile segments, in one tile
 
@@ -62,16 +60,6 @@ def profile_from_env() -> str:
     if name not in PROFILES:
         raise ValueError(f"DRWB_PROFILE={name!r}: valid profiles are {', '.join(PROFILES)}")
     return name
-
-
-def inside_field(probabilities: np.ndarray, transform: CropTransform, fov: FieldOfView) -> np.ndarray:
-    """Probabilities with everything outside the field of view (a 2% margin in) set to 0: no lesion
-    lies on the black surround or on the cut edge of the field."""
-    side = probabilities.shape[-1]
-    centre = transform.to_crop(np.array([[fov.cx, fov.cy]]))[0]
-    ys, xs = np.mgrid[0:side, 0:side]
-    inside = (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 <= (0.98 * fov.radius * transform.scale) ** 2
-    return probabilities * inside[None]
 
 
 class Workbench:
@@ -188,8 +176,10 @@ class Workbench:
             lesion_transform = maps.transform
             if self.disc is not None:  # the disc re-segmented around the detected disc (workbench.disc)
                 self.disc.refine(maps, image, marks.od_xy, prepared.fov)
-            lesions = self._summaries(
-                inside_field(maps.probabilities, maps.transform, prepared.fov), maps.transform
+            lesions = summarise_lesions(
+                inside_field(maps.probabilities, maps.transform, prepared.fov),
+                maps.transform,
+                self._thresholds(),
             )
             lap("lesions")
         placed = place_landmarks(
@@ -202,7 +192,7 @@ class Workbench:
             prior=self.localizer.prior,
         )
         if "OD" in lesions:
-            lesions["OD"] = self._one_disc(lesions["OD"], placed.od_mask, lesion_transform)
+            lesions["OD"] = one_disc(lesions["OD"], placed.od_mask, lesion_transform)
         lap("landmarks")
         od_radius, fovea = placed.od_radius_px, placed.fovea
         grid, check, by_region = None, None, {}
@@ -214,7 +204,7 @@ class Workbench:
                     lesion_transform.to_original(np.stack([xs, ys], 1)) if xs.size else np.zeros((0, 2))
                 )
                 check = dme_rule(exudates, fovea.xy, od_radius, int(np.argmax(dme[0])))
-                by_region = self._by_region(grid, lesions)
+                by_region = lesions_by_region(grid, lesions)
         lap("anatomy")
         heatmaps = {}
         if explain:
@@ -280,47 +270,3 @@ class Workbench:
     def _thresholds(self) -> dict[str, float]:
         # Best-Dice thresholds of the same measurement the reliability comes from
         return lesion_thresholds(self._measured())
-
-    def _summaries(self, probabilities: np.ndarray, transform: CropTransform) -> dict[str, LesionSummary]:
-        thresholds = self._thresholds()
-        area_scale = 1.0 / transform.scale**2
-        out = {}
-        for channel, code in enumerate(LESION_CODES):
-            mask = probabilities[channel] >= thresholds[code]
-            count, _, stats, centroids = cv2.connectedComponentsWithStats(
-                mask.astype(np.uint8), connectivity=8
-            )
-            centres = transform.to_original(centroids[1:]) if count > 1 else np.zeros((0, 2))
-            out[code] = LesionSummary(
-                code,
-                count - 1,
-                float(mask.sum() * area_scale),
-                mask,
-                probabilities[channel].astype(np.float16),
-                centres,
-            )
-        return out
-
-    @staticmethod
-    def _one_disc(disc: LesionSummary, chosen: np.ndarray | None, transform: CropTransform) -> LesionSummary:
-        """The disc summary reduced to the one component ``place_landmarks`` chose (at most one disc)."""
-        if chosen is None or not chosen.any():
-            return replace(
-                disc, count=0, area_px=0.0, mask=np.zeros_like(disc.mask), centroids_xy=np.zeros((0, 2))
-            )
-        ys, xs = np.nonzero(chosen)
-        centre = transform.to_original(np.array([[xs.mean(), ys.mean()]]))
-        area = float(chosen.sum() / transform.scale**2)
-        return replace(disc, count=1, area_px=area, mask=chosen, centroids_xy=centre)
-
-    @staticmethod
-    def _by_region(grid: EtdrsGrid, lesions: dict[str, LesionSummary]) -> dict[str, dict[str, int]]:
-        table: dict[str, dict[str, int]] = {}
-        for code, summary in lesions.items():
-            if code == "OD" or not len(summary.centroids_xy):
-                continue
-            for region in region_of_points(grid, summary.centroids_xy):
-                if region is not None:
-                    table.setdefault(region, {}).setdefault(code, 0)
-                    table[region][code] += 1
-        return table
