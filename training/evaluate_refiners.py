@@ -56,12 +56,15 @@ def refined_centre(
 
 
 def _curve_figures(curve: PixelCurve) -> dict[str, float]:
+    """AUPR, best Dice and its threshold, Jaccard at that threshold (the mask the apps show: they binarise
+    at the card's best-Dice threshold) and at 0.5 (no threshold chosen on these images)."""
     dice, threshold = curve.best_dice()
     return {
         "aupr_OD": curve.aupr(),
         "dice_OD": dice,
         "threshold_OD": threshold,
         "jaccard_OD": curve.jaccard_at(threshold),
+        "jaccard_OD_at_0.5": curve.jaccard_at(0.5),
     }
 
 
@@ -75,7 +78,8 @@ def _outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str) -> 
     records = [r for r in records if r.mask_paths["OD"] is not None]
     chosen = PROFILES[profile]
     size = int(chosen["segment_size"]) if chosen["segment_size"] else None
-    segmenter = load_segmenter(str(chosen["segmenter"] or default_model("segmenter")), input_size=size)
+    segmenter_name = str(chosen["segmenter"] or default_model("segmenter"))
+    segmenter = load_segmenter(segmenter_name, input_size=size)
     localizer, refiner = LocalizerPredictor(*load_model(default_model("localizer"))), load_disc_refiner(name)
     curves = {"segmenter": PixelCurve(), "refined": PixelCurve()}
     per_image: dict[str, list[PixelCurve]] = {"segmenter": [], "refined": []}
@@ -102,7 +106,11 @@ def _outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str) -> 
         curve = PixelCurve(bins=_BOOTSTRAP_BINS)
         curve.positive = sum(per_image["refined"][i].positive for i in rows)
         curve.negative = sum(per_image["refined"][i].negative for i in rows)
-        return {"aupr_OD": curve.aupr(), "jaccard_OD": curve.jaccard_at(thresholds["refined"])}
+        return {
+            "aupr_OD": curve.aupr(),
+            "jaccard_OD": curve.jaccard_at(thresholds["refined"]),
+            "jaccard_OD_at_0.5": curve.jaccard_at(0.5),
+        }
 
     return {
         **figures["refined"],
@@ -110,7 +118,7 @@ def _outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str) -> 
         "n": len(records),
         "segmenter_alone": {
             **figures["segmenter"],
-            "model": segmenter.card.name,
+            "model": segmenter_name,
             "crop_px": segmenter.input_size,
         },
         "paired_jaccard_difference": {
