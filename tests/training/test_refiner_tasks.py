@@ -95,6 +95,10 @@ def test_fovea_windows_put_the_heatmap_peak_on_the_fovea(synthetic_idrid: Path, 
     task = TASKS["fovea"](cfg)
     card = task.card()
     train_set, val_set = task.datasets(card)
+    # the training windows' side in the photographs' own pixels (synthetic: 1072 px wide, field ~0.45 of it)
+    assert (
+        0.3 * 1072 * card.extra["window_r"] < card.extra["source_window_px"] < 1072 * card.extra["window_r"]
+    )
     size, centre = card.input_size, (card.input_size - 1) / 2
     reach = FOVEA_JITTER * size / (2 * card.extra["window_r"]) * 1.1 * np.sqrt(2) + 1
     seen = []

@@ -167,3 +167,36 @@ def test_analyze_uses_the_refined_fovea_only_when_found(
     assert bench.analyze(loaded, force=True).fovea_xy == pytest.approx((coarse[0] + 7.0, coarse[1] - 3.0))
     monkeypatch.setattr(FoveaRefiner, "predict", lambda self, img, xy, fov: ((0.0, 0.0), 0.01))
     assert bench.analyze(loaded, force=True).fovea_xy == pytest.approx(coarse)
+
+
+class _Recorder(_PeakAt):
+    """A fovea refiner stub that keeps the window it was given."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.detach().clone()
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("detail", [0.0, 40.0])
+def test_fovea_window_shows_the_same_square_at_the_training_detail(detail: float) -> None:
+    """A photograph sharper than the training ones is cut at the training windows' side and resized
+    (``extra.source_window_px``); either way a mark 30 px right of the centre of the window's square
+    appears at the same window pixel."""
+    from models.refiners import fovea_card
+    from workbench.fovea import FoveaRefiner
+
+    rgb = np.zeros((1200, 1600, 3), np.uint8)
+    cv2.circle(rgb, (800, 600), 560, (90, 60, 40), -1)
+    cv2.circle(rgb, (830, 600), 6, (255, 255, 255), -1)
+    image = LoadedImage(rgb, (1200, 1600), "PNG", "RGB", "marks.png")
+    _, _, fov = crop_to_fov(image.rgb, 512, image.original_size)
+    card = fovea_card(input_size=96, name="test_tiny_fovea", source_window_px=detail)
+    recorder = _Recorder(96, (48, 48), 0.8)
+    refiner = FoveaRefiner(recorder, card)
+    refiner.predict(image, (800.0, 600.0), fov)
+    side = 2 * card.extra["window_r"] * fov.radius
+    assert refiner.cut_size(image, fov) == (96 if not detail else 40) and side > 1.25 * 40
+    brightness = recorder.seen[0].mean(0).numpy()
+    ys, xs = np.nonzero(brightness > brightness.max() - 0.3 * (brightness.max() - np.median(brightness)))
+    scale = window_matrix((800.0, 600.0), fov.radius, card.extra["window_r"], 96)[0, 0]
+    assert abs(xs.mean() - (47.5 + 30 * scale)) < 1.5 and abs(ys.mean() - 47.5) < 1.5

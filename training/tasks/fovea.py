@@ -84,12 +84,23 @@ class FoveaTask(TrainTask):
         }
 
     def card(self) -> ModelCard:
-        return fovea_card(
+        card = fovea_card(
             self.cfg.backbone,
             self.cfg.input_size or 256,
             name=self.cfg.model_name or "fovea",
             imagenet_init=not self.cfg.no_pretrained,
         )
+        return card.with_updates(extra={**card.extra, "source_window_px": self._source_window_px(card)})
+
+    def _source_window_px(self, card: ModelCard) -> float:
+        """Median side of a training window in the photographs' own pixels (IDRiD's grading photographs
+        are 1072 px wide here): inference on sharper photographs brings its window down to this detail
+        first (``workbench.fovea``), so the refiner never sees finer detail than it learnt from."""
+        train_names, _ = self._grading_split()
+        entries = [e for e in load_index(self._cache("localization", CACHE_SIZE)) if e.name in train_names]
+        radius = CACHE_SIZE / (2 * (1 + CROP_MARGIN))
+        sides = [2 * card.extra["window_r"] * radius / e.matrix[0][0] for e in entries]
+        return round(float(np.median(sides)), 1) if sides else 0.0
 
     def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
         folder = self._cache("localization", CACHE_SIZE)
