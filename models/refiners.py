@@ -13,7 +13,7 @@ window (``models.window``) centred on the coarse detection, ``2 x window_r`` fie
   in this window": the localizer's fovea then stands.
 
 ``models.window`` is the one geometry training (``training.tasks.disc``, ``training.tasks.fovea``) and
-inference (``workbench.disc``, ``workbench.fovea``) share.
+inference (``workbench.landmarks.disc``, ``workbench.landmarks.fovea``) share.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ The disc refiner (``training.tasks.disc``), two measurements:
 - **centre** (the grading validation split's localization images, 4288-px frame): the localizer's disc
   centre against the centroid of the refined disc (the component holding the window's centre).
 
-The fovea refiner (``training.tasks.fovea``): on the same localization images, the localizer's fovea (chosen
-with the landmark prior) against the refined one where the refiner found it (``workbench.fovea.FOUND``).
+The fovea refiner (``training.tasks.fovea``): on the same localization images, the localizer's fovea
+(chosen with the landmark prior) against the refined one where the refiner found it
+(``workbench.landmarks.fovea.FOUND``).
 Photographs are decoded as the quality profile decodes them (at least 2048 px on the short side).
 """
 
@@ -24,13 +25,13 @@ from tqdm import tqdm
 
 from models.constants import LESION_CODES
 from models.registry import default_model, load_model
-from workbench.disc import DiscRefiner, load_disc_refiner
 from workbench.fundus import prepare_fundus
 from workbench.intervals import bootstrap_intervals
 from workbench.io.idrid import IDRiD, load_mask
 from workbench.io.image_io import load_image
 from workbench.io.splits import split_names
 from workbench.landmarks import choose_disc
+from workbench.landmarks.disc import DiscRefiner, load_disc_refiner
 from workbench.metrics import PixelCurve, scaled_distances
 from workbench.predictors import GRADING_CROP, LocalizerPredictor, load_segmenter
 
@@ -183,14 +184,14 @@ def evaluate_disc(
         # the centroid of the disc binarised at the outline's best-Dice threshold, as analyze binarises it
         "centre": _centre(dataset, split, name, seed, outline["threshold_OD"]),
         "pipeline": "localizer disc centre -> refiner window pasted over the profile's segmenter disc "
-        "channel (workbench.disc), as in analyze",
+        "channel (workbench.landmarks.disc), as in analyze",
     }
 
 
 def evaluate_fovea(dataset: IDRiD, split: str, name: str, seed: int) -> dict[str, Any]:
     """Fovea errors (4288-px frame) of the localizer alone and with the refiner ``name``, paired."""
     from training.evaluate import localization_records
-    from workbench.fovea import load_fovea_refiner
+    from workbench.landmarks.fovea import load_fovea_refiner
 
     if split == "train":
         raise ValueError("the fovea refiner trained on --split train: evaluate it on val or test")
@@ -209,6 +210,6 @@ def evaluate_fovea(dataset: IDRiD, split: str, name: str, seed: int) -> dict[str
     return {
         **_paired_errors(np.array(detector), np.array(refined)),
         "found": found,
-        "pipeline": "localizer fovea (landmark prior) -> refiner window around it (workbench.fovea), "
-        "the localizer's fovea kept where the refiner's peak is below FOUND",
+        "pipeline": "localizer fovea (landmark prior) -> refiner window around it "
+        "(workbench.landmarks.fovea), the localizer's fovea kept where the refiner's peak is below FOUND",
     }

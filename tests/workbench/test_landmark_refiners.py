@@ -15,9 +15,9 @@ from torch import nn
 from models.preprocess import crop_to_fov
 from models.refiners import disc_card
 from models.window import extract_window, window_matrix
-from workbench.disc import DiscRefiner
 from workbench.io.image_io import LoadedImage
 from workbench.io.synthetic import SyntheticFundus
+from workbench.landmarks.disc import DiscRefiner
 from workbench.predictors import LesionMaps
 
 OD = 4
@@ -136,7 +136,7 @@ def test_refined_fovea_maps_back_to_the_original_frame(
     """A peak (dx, dy) window pixels from the window's centre is the coarse fovea moved by (dx, dy) / scale
     original pixels, whatever the decode; a faint peak means not found (None)."""
     from models.refiners import fovea_card
-    from workbench.fovea import FOUND, FoveaRefiner
+    from workbench.landmarks.fovea import FOUND, FoveaRefiner
 
     truth = synthetic_fundus
     image = _decoded(truth, decode_factor)
@@ -156,7 +156,7 @@ def test_analyze_uses_the_refined_fovea_only_when_found(
     tiny_weights: Path, synthetic_fundus: SyntheticFundus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from workbench.analysis import Workbench
-    from workbench.fovea import FoveaRefiner
+    from workbench.landmarks.fovea import FoveaRefiner
 
     image = synthetic_fundus.image
     loaded = LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png")
@@ -183,7 +183,7 @@ def test_fovea_window_shows_the_same_square_at_the_training_detail(detail: float
     (``extra.source_window_px``); either way a mark 30 px right of the centre of the window's square
     appears at the same window pixel."""
     from models.refiners import fovea_card
-    from workbench.fovea import FoveaRefiner
+    from workbench.landmarks.fovea import FoveaRefiner
 
     rgb = np.zeros((1200, 1600, 3), np.uint8)
     cv2.circle(rgb, (800, 600), 560, (90, 60, 40), -1)

@@ -95,7 +95,7 @@ class FoveaTask(TrainTask):
     def _source_window_px(self, card: ModelCard) -> float:
         """Median side of a training window in the photographs' own pixels (IDRiD's grading photographs
         are 1072 px wide here): inference on sharper photographs brings its window down to this detail
-        first (``workbench.fovea``), so the refiner never sees finer detail than it learnt from."""
+        first (``workbench.landmarks.fovea``), so the refiner never sees finer detail than it learnt from."""
         train_names, _ = self._grading_split()
         entries = [e for e in load_index(self._cache("localization", CACHE_SIZE)) if e.name in train_names]
         radius = CACHE_SIZE / (2 * (1 + CROP_MARGIN))

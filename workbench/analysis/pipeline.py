@@ -30,14 +30,14 @@ from workbench.analysis.lesion_maps import inside_field, lesions_by_region, one_
 from workbench.analysis.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
 from workbench.analysis.result import Analysis
 from workbench.anatomy import dme_rule, etdrs_grid
-from workbench.disc import DiscRefiner, load_disc_refiner
 from workbench.explain.explainers import ExplainableModel, Heatmap, get_explainer
 from workbench.explain.explainers.budget import release_freed_memory
-from workbench.fovea import FoveaRefiner, load_fovea_refiner
 from workbench.fundus import prepare_fundus
 from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage, load_image
 from workbench.landmarks import place_landmarks
+from workbench.landmarks.disc import DiscRefiner, load_disc_refiner
+from workbench.landmarks.fovea import FoveaRefiner, load_fovea_refiner
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
 from workbench.targets import GradeTarget, Target
 
@@ -67,7 +67,7 @@ class Workbench:
 
     Args:
         grader, segmenter, localizer: shipped model names; the best of each family when None.
-        disc, fovea: the landmark refiners (``workbench.disc``, ``workbench.fovea``); the best shipped
+        disc, fovea: the landmark refiners (``workbench.landmarks.disc``, ``.fovea``); the best shipped
             one when None, none when "" or when none is shipped (the coarse disc and fovea stand then).
         weights_dir: where the cards and weights live.
         segment: run the lesion segmenter (the slowest stage) in ``analyze``.
@@ -166,7 +166,7 @@ class Workbench:
         dr, dme = self.grader.predict([prepared.crop])
         lap("grading")
         marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
-        if self.fovea is not None:  # the fovea found again around the localizer's (workbench.fovea)
+        if self.fovea is not None:  # the fovea found again around the localizer's (workbench.landmarks.fovea)
             refined = self.fovea.refine(image, marks.fovea_xy, prepared.fov)
             marks = replace(marks, fovea_xy=refined) if refined else marks
         lap("landmarks")
@@ -174,7 +174,9 @@ class Workbench:
         if self.segment:
             maps = self.segmenter.predict(image)
             lesion_transform = maps.transform
-            if self.disc is not None:  # the disc re-segmented around the detected disc (workbench.disc)
+            if (
+                self.disc is not None
+            ):  # the disc re-segmented around the detected disc (workbench.landmarks.disc)
                 self.disc.refine(maps, image, marks.od_xy, prepared.fov)
             lesions = summarise_lesions(
                 inside_field(maps.probabilities, maps.transform, prepared.fov),
