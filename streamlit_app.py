@@ -26,6 +26,7 @@ from workbench.reports.batch import expand_inputs
 from workbench.reports.render import heatmap_overlay, landmarks_overlay, lesion_overlay, probability_figure
 from workbench.reports.report import LESION_COLUMNS, lesion_rows, summary_row
 from workbench.targets import GradeTarget
+from workbench.ui.summary import landmarks_caption
 
 
 @st.cache_resource
@@ -139,7 +140,7 @@ if choices:
         left.image(lesion_overlay(analysis), caption="lesions (legend: unreliable types marked)")
         right.image(
             landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"], legend=False)),
-            caption="optic disc, fovea and ETDRS grid",
+            caption=landmarks_caption(analysis),
         )
         st.plotly_chart(probability_figure(analysis), use_container_width=True)
         if analysis.fovea_doubt:

@@ -157,6 +157,8 @@ def test_analyze_uses_the_refined_fovea_only_when_found(
 ) -> None:
     from workbench.analysis import Workbench
     from workbench.landmarks.fovea import FoveaRefiner
+    from workbench.reports.report import analysis_to_dict
+    from workbench.ui.summary import landmarks_caption, summary_markdown
 
     image = synthetic_fundus.image
     loaded = LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png")
@@ -164,9 +166,15 @@ def test_analyze_uses_the_refined_fovea_only_when_found(
     bench = Workbench(weights_dir=tiny_weights, segment=False)
     assert bench.model_names["fovea"] == "tiny_fovea"
     monkeypatch.setattr(FoveaRefiner, "predict", lambda self, img, xy, fov: ((xy[0] + 7.0, xy[1] - 3.0), 0.9))
-    assert bench.analyze(loaded, force=True).fovea_xy == pytest.approx((coarse[0] + 7.0, coarse[1] - 3.0))
+    refined = bench.analyze(loaded, force=True)
+    assert refined.fovea_xy == pytest.approx((coarse[0] + 7.0, coarse[1] - 3.0)) and refined.fovea_refined
     monkeypatch.setattr(FoveaRefiner, "predict", lambda self, img, xy, fov: ((0.0, 0.0), 0.01))
-    assert bench.analyze(loaded, force=True).fovea_xy == pytest.approx(coarse)
+    kept = bench.analyze(loaded, force=True)
+    assert kept.fovea_xy == pytest.approx(coarse) and kept.fovea_refined is False
+    # what the faces and report.json say about it
+    assert "refined at higher resolution" in summary_markdown(refined)
+    assert "the refiner found no fovea near it" in landmarks_caption(kept)
+    assert analysis_to_dict(refined)["fovea"]["refined"] is True
 
 
 class _Recorder(_PeakAt):

@@ -166,9 +166,11 @@ class Workbench:
         dr, dme = self.grader.predict([prepared.crop])
         lap("grading")
         marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
+        fovea_refined = None
         if self.fovea is not None:  # the fovea found again around the localizer's (workbench.landmarks.fovea)
             refined = self.fovea.refine(image, marks.fovea_xy, prepared.fov)
             marks = replace(marks, fovea_xy=refined) if refined else marks
+            fovea_refined = refined is not None
         lap("landmarks")
         lesions, lesion_transform = {}, None
         if self.segment:
@@ -226,6 +228,8 @@ class Workbench:
             fovea_xy=fovea.xy,
             fovea_confidence=marks.fovea_confidence,
             fovea_doubt=fovea.doubt,
+            fovea_refined=fovea_refined,
+            disc_outline_refined=(self.disc is not None) if self.segment else None,
             etdrs=grid,
             dme_check=check,
             lesions_by_region=by_region,

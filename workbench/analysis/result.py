@@ -53,6 +53,10 @@ class Analysis:
     fovea_xy: tuple[float, float] | None = None
     fovea_confidence: float | None = None
     fovea_doubt: str | None = None  # why the fovea is not trusted (None: trusted); grid/regions/rule then off
+    # the landmark refiners (workbench.landmarks): None without one; for the fovea, False when the refiner
+    # found none in its window (the localizer's stands)
+    fovea_refined: bool | None = None
+    disc_outline_refined: bool | None = None
     od_doubt: str | None = None
     etdrs: EtdrsGrid | None = None
     dme_check: DmeRuleCheck | None = None

@@ -110,11 +110,13 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
                     "radius_px": _num(analysis.od_radius_px),
                     "confidence": _num(analysis.od_confidence),
                     "doubt": analysis.od_doubt,
+                    "outline_refined": analysis.disc_outline_refined,
                 },
                 "fovea": {
                     "xy": _num(analysis.fovea_xy),
                     "confidence": _num(analysis.fovea_confidence),
                     "doubt": analysis.fovea_doubt,
+                    "refined": analysis.fovea_refined,
                 },
                 "lesions": {
                     code: {

@@ -7,7 +7,21 @@ from models.constants import DME_NAMES, DR_GRADE_NAMES
 from workbench.analysis import Analysis
 from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
 
-__all__ = ["summary_markdown"]
+__all__ = ["FOVEA_REFINED", "landmarks_caption", "summary_markdown"]
+
+# what the fovea refiner did (workbench.landmarks.fovea), by ``Analysis.fovea_refined``
+FOVEA_REFINED = {
+    None: "",
+    True: "refined at higher resolution",
+    False: "not refined: the refiner found no fovea near it",
+}
+
+
+def landmarks_caption(analysis: Analysis) -> str:
+    """Caption of the landmarks view: what is drawn and what the refiners did."""
+    disc = "optic disc (outline refined)" if analysis.disc_outline_refined else "optic disc"
+    refined = FOVEA_REFINED[analysis.fovea_refined]
+    return f"{disc}, fovea{f' ({refined})' if refined else ''} and ETDRS grid"
 
 
 def summary_markdown(analysis: Analysis) -> str:
@@ -42,11 +56,13 @@ def summary_markdown(analysis: Analysis) -> str:
         )
     fovea_state = "doubtful" if analysis.fovea_doubt else "trusted"
     disc_doubt = f" (doubtful: {analysis.od_doubt})" if analysis.od_doubt else ""
+    outline = ", outline refined around it" if analysis.disc_outline_refined else ""
+    refined = f", {FOVEA_REFINED[analysis.fovea_refined]}" if analysis.fovea_refined is not None else ""
     lines.append(
         f"**Optic disc** ({analysis.od_xy[0]:.0f}, {analysis.od_xy[1]:.0f}) px, confidence "
-        f"{analysis.od_confidence:.2f}{disc_doubt}; "
+        f"{analysis.od_confidence:.2f}{outline}{disc_doubt}; "
         f"**fovea** ({analysis.fovea_xy[0]:.0f}, {analysis.fovea_xy[1]:.0f}) px, detector confidence "
-        f"{analysis.fovea_confidence:.2f}, {fovea_state}"
+        f"{analysis.fovea_confidence:.2f}{refined}, {fovea_state}"
     )
     unreliable = [r.code for r in analysis.lesion_reliability.values() if not r.reliable and r.code != "OD"]
     if unreliable:
