@@ -3,9 +3,9 @@
 ``DiscRefiner.refine`` cuts the window the refiner was trained on (centred on the detected disc, its
 side in field-of-view radii) from the decoded photograph, segments the disc there, and replaces (in
 place) the segmenter's disc channel inside that window; outside it the segmenter's channel stays, so a
-disc the localizer missed by more than the window is still there to be found. ``threshold`` is the refiner's
-best-Dice threshold at original resolution (its card's ``training.evaluation.val``), which the disc
-mask is binarised with instead of the segmenter's.
+disc the localizer missed by more than the window is still there to be found. The analysis then
+binarises the disc with the refiner's own best-Dice threshold and shows the refiner's validated figures
+(its card's ``training.evaluation``, ``Workbench._measured``), not the segmenter's.
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ class DiscRefiner:
         self.model, self.card = model.eval(), card
         self.forward = forward_for(self.model, card, runtime)
         self.window_r = float(card.extra["window_r"])
-        measured = card.training.get("evaluation", {}).get("val") or card.training.get("validation", {})
-        self.threshold = float(measured.get("threshold_OD") or 0.5)
-        self.measured = measured
 
     def window_transform(self, od_xy: tuple[float, float], fov: FieldOfView) -> np.ndarray:
         """2x3 affine, original frame -> the refiner's window around ``od_xy`` (``fov`` in the original
