@@ -35,7 +35,7 @@ from workbench.landmarks.disc import DiscRefiner, load_disc_refiner
 from workbench.metrics import PixelCurve, scaled_distances
 from workbench.predictors import GRADING_CROP, LocalizerPredictor, load_segmenter
 
-__all__ = ["evaluate_disc", "evaluate_fovea", "refined_centre"]
+__all__ = ["disc_outline", "evaluate_disc", "evaluate_fovea", "refined_centre"]
 
 _OD = LESION_CODES.index("OD")
 _BOOTSTRAP_BINS = 4096  # per-image probability histograms (intervals and per-image Jaccard)
@@ -69,7 +69,8 @@ def _curve_figures(curve: PixelCurve) -> dict[str, float]:
     }
 
 
-def _outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str) -> dict[str, Any]:
+def disc_outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str) -> dict[str, Any]:
+    """The disc outline at the original resolution, refined and the profile's segmenter alone (paired)."""
     from workbench.analysis import PROFILES, inside_field
 
     records = dataset.segmentation("test" if split == "test" else "train")
@@ -177,7 +178,7 @@ def evaluate_disc(
     on the rest of the training images)."""
     if split == "train":
         raise ValueError("the disc refiner trained on --split train: evaluate it on val or test")
-    outline = _outline(dataset, split, name, seed, profile)
+    outline = disc_outline(dataset, split, name, seed, profile)
     return {
         **outline,
         "profile": profile,
