@@ -181,6 +181,7 @@ def evaluate_disc(
     outline = disc_outline(dataset, split, name, seed, profile)
     return {
         **outline,
+        "score": outline["jaccard_OD"],  # what default_model ranks disc refiners by
         "profile": profile,
         # the centroid of the disc binarised at the outline's best-Dice threshold, as analyze binarises it
         "centre": _centre(dataset, split, name, seed, outline["threshold_OD"]),
@@ -208,8 +209,10 @@ def evaluate_fovea(dataset: IDRiD, split: str, name: str, seed: int) -> dict[str
         width = np.array([image.original_size[1]])
         detector.append(scaled_distances([marks.fovea_xy], [record.fovea_xy], width)[0])
         refined.append(scaled_distances([better or marks.fovea_xy], [record.fovea_xy], width)[0])
+    errors = _paired_errors(np.array(detector), np.array(refined))
     return {
-        **_paired_errors(np.array(detector), np.array(refined)),
+        **errors,
+        "score": -errors["refined_mean_px"],  # what default_model ranks fovea refiners by
         "found": found,
         "pipeline": "localizer fovea (landmark prior) -> refiner window around it "
         "(workbench.landmarks.fovea), the localizer's fovea kept where the refiner's peak is below FOUND",
