@@ -27,8 +27,9 @@ from models.pretrained import load_lite0_into
 
 __all__ = ["DISC_WINDOW_R", "FOVEA_WINDOW_R", "disc_card", "fovea_card"]
 
-DISC_WINDOW_R = 0.35  # half-side of the disc window in field radii: ~2.3 disc diameters across, room for
-# a centre off by 0.15 R (the localizer's mean error is ~0.01 R)
+DISC_WINDOW_R = 0.35  # half-side of the disc window in field radii: ~2.3 disc diameters across; a disc
+# (radius ~0.16 R) stays inside for a centre off by ~0.19 R (the localizer's mean error is ~0.01 R;
+# training moves the centre by up to 0.08 R per axis)
 FOVEA_WINDOW_R = 0.25  # half-side of the fovea window (~430 px of a 4288-px photograph): room for a
 # coarse fovea off by 0.1 R (the localizer's worst validation errors are ~0.09 R)
 _DISC_DECODER = (128, 64, 32, 16, 16)
@@ -36,7 +37,14 @@ _FOVEA_DECODER = (64, 32, 16, 16)
 
 
 def _card(
-    arch: str, encoder: str, input_size: int, name: str, label: str, task: str, **extra: object
+    arch: str,
+    encoder: str,
+    input_size: int,
+    name: str,
+    label: str,
+    task: str,
+    target_layer: str,
+    **extra: object,
 ) -> ModelCard:
     return ModelCard(
         name=name,
@@ -45,7 +53,7 @@ def _card(
         num_classes=1,
         input_size=input_size,
         label_names=(label,),
-        target_layer="encoder.model.blocks.6",
+        target_layer=target_layer,
         task=task,
         extra=extra,
     )
@@ -60,7 +68,9 @@ def disc_card(
 ) -> ModelCard:
     """Card of a disc refiner; ``input_size`` is the window's side in pixels."""
     task = "per-pixel sigmoid probability of the optic disc in a window centred on the detected disc"
-    return _card("disc", encoder, input_size, name, "OD", task, window_r=window_r, **extra)
+    # deepest encoder stage: where Grad-CAM of a segmentation is meaningful (as the lesion segmenter)
+    layer = "encoder.model.blocks.6"
+    return _card("disc", encoder, input_size, name, "OD", task, layer, window_r=window_r, **extra)
 
 
 def fovea_card(
@@ -72,7 +82,10 @@ def fovea_card(
 ) -> ModelCard:
     """Card of a fovea refiner; ``input_size`` is the window's side in pixels."""
     task = "Gaussian heatmap of the fovea centre in a window centred on the detected fovea"
-    return _card("fovea", encoder, input_size, name, "fovea", task, window_r=window_r, sigma_px=3.0, **extra)
+    # its 4-level decoder reads the encoder up to stride 16: the decoder is the layer to explain (localizer)
+    return _card(
+        "fovea", encoder, input_size, name, "fovea", task, "decoder", window_r=window_r, sigma_px=3.0, **extra
+    )
 
 
 def _create(card: ModelCard, decoder: tuple[int, ...], heatmap: bool) -> nn.Module:

@@ -17,7 +17,7 @@ __all__ = ["extract_window", "window_matrix"]
 
 
 def window_matrix(centre_xy: tuple[float, float], radius: float, window_r: float, size: int) -> np.ndarray:
-    """2x3 affine from a frame (where the disc centre ``centre_xy`` and the field radius ``radius`` are
+    """2x3 affine from a frame (where the window's centre ``centre_xy`` and the field radius ``radius`` are
     in that frame's pixels) to a ``size`` x ``size`` window of half-side ``window_r`` x ``radius``,
     centred on ``centre_xy`` (pixel centres at integers, as ``models.preprocess``)."""
     if radius <= 0 or window_r <= 0 or size <= 0:

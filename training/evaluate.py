@@ -166,7 +166,8 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
         "ci95": bootstrap_intervals(len(od), means),  # the key every figure's interval goes under
         "pipeline": f"localizer (fovea chosen with the card's landmark prior), one disc from "
         f"{LANDMARK_SEGMENTER} (its size: the disc diameter unless implausible), fovea anatomy check "
-        "(workbench.landmarks), as in analyze",
+        "(workbench.landmarks), as in analyze before the refiners (drwb evaluate --task disc / fovea "
+        "measure those)",
         "detector_only": localization_metrics(errors["raw_od"], errors["raw_fovea"]),
         "fovea_doubtful": int(flagged.sum()),
         "fovea_mean_px_trusted": float(fovea[~flagged].mean()) if (~flagged).any() else None,

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.constants import LESION_CODES
+from models.fov import FieldOfView
 from models.registry import default_model, load_model
 from workbench.fundus import prepare_fundus
 from workbench.intervals import bootstrap_intervals
@@ -38,12 +39,11 @@ from workbench.predictors import GRADING_CROP, LocalizerPredictor, load_segmente
 __all__ = ["disc_outline", "evaluate_disc", "evaluate_fovea", "refined_centre"]
 
 _OD = LESION_CODES.index("OD")
-_BOOTSTRAP_BINS = 4096  # per-image probability histograms (intervals and per-image Jaccard)
 LOAD_SIDE = 2048  # decoded short side, as the quality profile loads photographs
 
 
 def refined_centre(
-    refiner: DiscRefiner, window: np.ndarray, od_xy: tuple[float, float], fov: Any, threshold: float
+    refiner: DiscRefiner, window: np.ndarray, od_xy: tuple[float, float], fov: FieldOfView, threshold: float
 ) -> tuple[float, float] | None:
     """Centroid (original pixels) of the refined disc component at the window's centre, or None."""
     mask = window >= threshold
@@ -70,8 +70,14 @@ def _curve_figures(curve: PixelCurve) -> dict[str, float]:
 
 
 def disc_outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str) -> dict[str, Any]:
-    """The disc outline at the original resolution, refined and the profile's segmenter alone (paired)."""
+    """The disc outline at the original resolution, refined and the profile's segmenter alone (paired).
+
+    On "val" each is binarised at its own best-Dice threshold on these images (what ``--write-card``
+    stores and the apps then use); on "test" at the thresholds the cards already hold (nothing tuned on
+    test). Intervals resample images with those thresholds held fixed.
+    """
     from workbench.analysis import PROFILES, inside_field
+    from workbench.analysis.lesion_trust import segmenter_figures
 
     records = dataset.segmentation("test" if split == "test" else "train")
     if split == "val":
@@ -83,31 +89,44 @@ def disc_outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str)
     segmenter_name = str(chosen["segmenter"] or default_model("segmenter"))
     segmenter = load_segmenter(segmenter_name, input_size=size)
     localizer, refiner = LocalizerPredictor(*load_model(default_model("localizer"))), load_disc_refiner(name)
-    curves = {"segmenter": PixelCurve(), "refined": PixelCurve()}
     per_image: dict[str, list[PixelCurve]] = {"segmenter": [], "refined": []}
     for record in tqdm(records, desc="disc outline", leave=False):
         image = load_image(record.image_path, min_side=segmenter.input_size)
         prepared = prepare_fundus(image, GRADING_CROP)
         marks = localizer.predict_crops([prepared.crop], [prepared.transform])[0]
         maps = segmenter.predict(image)
-        maps.probabilities[:] = inside_field(maps.probabilities, maps.transform, prepared.fov)
-        coarse = maps.transform.warp_to_original(maps.probabilities[_OD].copy())
+        # as analyze: the refined window is pasted first, then nothing outside the field is disc
+        coarse = inside_field(maps.probabilities[_OD : _OD + 1], maps.transform, prepared.fov)[0]
         refiner.refine(maps, image, marks.od_xy, prepared.fov)
-        refined = maps.transform.warp_to_original(maps.probabilities[_OD])
+        refined = inside_field(maps.probabilities[_OD : _OD + 1], maps.transform, prepared.fov)[0]
         truth = load_mask(record.mask_paths["OD"])
         for key, prob in (("segmenter", coarse), ("refined", refined)):
-            curves[key].add(prob, truth)
-            per_image[key].append(PixelCurve(bins=_BOOTSTRAP_BINS))
-            per_image[key][-1].add(prob, truth)
-    figures = {key: _curve_figures(curve) for key, curve in curves.items()}
+            per_image[key].append(PixelCurve())
+            per_image[key][-1].add(maps.transform.warp_to_original(prob), truth)
+
+    def pooled(key: str, rows: np.ndarray) -> PixelCurve:
+        curve = PixelCurve()
+        curve.positive = sum(per_image[key][i].positive for i in rows)
+        curve.negative = sum(per_image[key][i].negative for i in rows)
+        return curve
+
+    every = np.arange(len(records))
+    figures = {key: _curve_figures(pooled(key, every)) for key in per_image}
+    if split == "test":  # the validation thresholds the cards hold
+        held = {
+            "segmenter": segmenter_figures(segmenter.card.training, profile).get("threshold_OD"),
+            "refined": segmenter_figures(refiner.card.training, profile).get("threshold_OD"),
+        }
+        for key, threshold in held.items():
+            if threshold is not None:
+                curve = pooled(key, every)
+                figures[key] |= {"threshold_OD": threshold, "jaccard_OD": curve.jaccard_at(threshold)}
     thresholds = {key: figures[key]["threshold_OD"] for key in figures}
     jaccard = {k: np.array([c.jaccard_at(thresholds[k]) for c in per_image[k]]) for k in per_image}
     difference = jaccard["refined"] - jaccard["segmenter"]
 
-    def pooled(rows: np.ndarray) -> dict[str, float]:  # the refined figures over a resample of images
-        curve = PixelCurve(bins=_BOOTSTRAP_BINS)
-        curve.positive = sum(per_image["refined"][i].positive for i in rows)
-        curve.negative = sum(per_image["refined"][i].negative for i in rows)
+    def refined_figures(rows: np.ndarray) -> dict[str, float]:
+        curve = pooled("refined", rows)
         return {
             "aupr_OD": curve.aupr(),
             "jaccard_OD": curve.jaccard_at(thresholds["refined"]),
@@ -116,7 +135,7 @@ def disc_outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str)
 
     return {
         **figures["refined"],
-        "ci95": bootstrap_intervals(len(records), pooled),
+        "ci95": bootstrap_intervals(len(records), refined_figures),
         "n": len(records),
         "segmenter_alone": {
             **figures["segmenter"],
@@ -199,21 +218,24 @@ def evaluate_fovea(dataset: IDRiD, split: str, name: str, seed: int) -> dict[str
         raise ValueError("the fovea refiner trained on --split train: evaluate it on val or test")
     records = localization_records(dataset, split, seed)
     localizer, refiner = LocalizerPredictor(*load_model(default_model("localizer"))), load_fovea_refiner(name)
-    detector, refined, found = [], [], 0
+    detector, refined, found = [], [], []
     for record in tqdm(records, desc="fovea", leave=False):
         image = load_image(record.image_path, min_side=LOAD_SIDE)
         prepared = prepare_fundus(image, GRADING_CROP)
         marks = localizer.predict_crops([prepared.crop], [prepared.transform])[0]
         better = refiner.refine(image, marks.fovea_xy, prepared.fov)
-        found += better is not None
+        found.append(better is not None)
         width = np.array([image.original_size[1]])
         detector.append(scaled_distances([marks.fovea_xy], [record.fovea_xy], width)[0])
         refined.append(scaled_distances([better or marks.fovea_xy], [record.fovea_xy], width)[0])
     errors = _paired_errors(np.array(detector), np.array(refined))
+    hit = np.array(found, bool)
     return {
         **errors,
         "score": -errors["refined_mean_px"],  # what default_model ranks fovea refiners by
-        "found": found,
+        "found": int(hit.sum()),
+        # where the refiner found no fovea the localizer's stands: how far off those were
+        "not_found_detector_mean_px": float(np.array(detector)[~hit].mean()) if (~hit).any() else None,
         "pipeline": "localizer fovea (landmark prior) -> refiner window around it "
         "(workbench.landmarks.fovea), the localizer's fovea kept where the refiner's peak is below FOUND",
     }

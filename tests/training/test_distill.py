@@ -12,7 +12,7 @@ from safetensors import safe_open
 from models.card import ModelCard
 from models.classifier import grader_card
 from models.registry import build_model
-from tests.training.test_train import _config
+from tests.training.steps import train_config as _config
 from training.distill import HintDistiller, hint_loss
 from training.tasks import TASKS
 from training.train import train

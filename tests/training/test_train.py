@@ -8,35 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.training.steps import losses_over_steps
-from training.train import TrainConfig, train
-
-
-def _config(synthetic_idrid: Path, tmp_path: Path, epochs: int, task: str = "grader") -> TrainConfig:
-    names = {
-        "grader": "test_tiny_cls",
-        "localizer": "test_tiny_loc",
-        "segmenter": "test_tiny_seg",
-        "disc": "test_tiny_disc",
-        "fovea": "test_tiny_fovea",
-    }
-    return TrainConfig(
-        task=task,
-        backbone="test_convnext" if task == "grader" else "tf_efficientnet_lite0",
-        data=str(synthetic_idrid),
-        cache=str(tmp_path / "cache"),
-        runs=str(tmp_path / "runs"),
-        run_name="run",
-        model_name=names[task],
-        epochs=epochs,
-        batch_size=4,
-        lr=3e-3,
-        input_size=64,
-        tile=64,
-        tiles_per_image=1,
-        workers=1,
-        val_fraction=0.25,
-        no_pretrained=True,
-    )
+from tests.training.steps import train_config as _config
+from training.train import train
 
 
 def test_a_few_steps_lower_the_loss(synthetic_idrid: Path, tmp_path: Path) -> None:

@@ -107,12 +107,20 @@ def test_workbench_takes_the_disc_figures_from_the_refiner(tiny_weights: Path, t
     assert without != pytest.approx(0.37)
 
 
-def test_analyze_with_a_refiner_reports_it(tiny_workbench, synthetic_fundus: SyntheticFundus) -> None:
+def test_analyze_with_a_refiner_changes_the_disc_and_says_so(
+    tiny_workbench, tiny_weights: Path, synthetic_fundus: SyntheticFundus
+) -> None:
+    from workbench.analysis import Workbench
+
     image = synthetic_fundus.image
-    result = tiny_workbench.analyze(LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png"), force=True)
-    assert result.models["disc"] == "tiny_disc"
+    loaded = LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png")
+    result = tiny_workbench.analyze(loaded, force=True)
+    plain = Workbench(weights_dir=tiny_weights, disc="").analyze(loaded, force=True)
+    assert result.models["disc"] == "tiny_disc" and "disc" not in plain.models
+    assert result.disc_outline_refined is True and plain.disc_outline_refined is None
+    assert not np.array_equal(result.lesions["OD"].probability, plain.lesions["OD"].probability)
+    assert np.array_equal(result.lesions["EX"].probability, plain.lesions["EX"].probability)
     assert result.lesions["OD"].count <= 1  # still one disc at most
-    assert {"landmarks", "lesions"} <= set(result.timings_ms)
 
 
 class _PeakAt(nn.Module):
@@ -186,24 +194,26 @@ class _Recorder(_PeakAt):
 
 
 @pytest.mark.parametrize("detail", [0.0, 40.0])
-def test_fovea_window_shows_the_same_square_at_the_training_detail(detail: float) -> None:
+@pytest.mark.parametrize("decode_factor", [1, 2])
+def test_fovea_window_shows_the_same_square_at_the_training_detail(detail: float, decode_factor: int) -> None:
     """A photograph sharper than the training ones is cut at the training windows' side and resized
-    (``extra.source_window_px``); either way a mark 30 px right of the centre of the window's square
-    appears at the same window pixel."""
+    (``extra.source_window_px``); either way, and from a full or a reduced decode, a mark 30 px right of
+    the centre of the window's square appears at the same window pixel."""
     from models.refiners import fovea_card
     from workbench.landmarks.fovea import FoveaRefiner
 
     rgb = np.zeros((1200, 1600, 3), np.uint8)
     cv2.circle(rgb, (800, 600), 560, (90, 60, 40), -1)
     cv2.circle(rgb, (830, 600), 6, (255, 255, 255), -1)
-    image = LoadedImage(rgb, (1200, 1600), "PNG", "RGB", "marks.png")
+    reduced = cv2.resize(rgb, (1600 // decode_factor, 1200 // decode_factor), interpolation=cv2.INTER_AREA)
+    image = LoadedImage(reduced, (1200, 1600), "PNG", "RGB", "marks.png")
     _, _, fov = crop_to_fov(image.rgb, 512, image.original_size)
     card = fovea_card(input_size=96, name="test_tiny_fovea", source_window_px=detail)
     recorder = _Recorder(96, (48, 48), 0.8)
     refiner = FoveaRefiner(recorder, card)
     refiner.predict(image, (800.0, 600.0), fov)
     side = 2 * card.extra["window_r"] * fov.radius
-    assert refiner.cut_size(image, fov) == (96 if not detail else 40) and side > 1.25 * 40
+    assert refiner.cut_size(image, fov) == (96 if not detail else 40) and side / decode_factor > 1.25 * 40
     brightness = recorder.seen[0].mean(0).numpy()
     ys, xs = np.nonzero(brightness > brightness.max() - 0.3 * (brightness.max() - np.median(brightness)))
     scale = window_matrix((800.0, 600.0), fov.radius, card.extra["window_r"], 96)[0, 0]

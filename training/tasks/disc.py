@@ -10,6 +10,7 @@ centres `drwb evaluate --task disc` scores on the 83 grading validation images a
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import cv2
@@ -34,6 +35,8 @@ from workbench.metrics import PixelCurve
 
 __all__ = ["DiscData", "DiscTask", "disc_training_names"]
 
+log = logging.getLogger(__name__)
+
 CACHE_SIZE = 2048  # the segmentation cache the windows are cut from
 JITTER_R = 0.08  # training windows' centre: the annotated disc's, moved by up to this many field radii
 OD = LESION_CODES.index("OD")
@@ -45,6 +48,12 @@ def disc_training_names(data: str, names: list[str], val_fraction: float, seed: 
     val = set(split_names(names, val_fraction, seed).val)
     held_grading = set(split_train_val(IDRiD(data).grading("train"), val_fraction, seed).val)
     copies = seg_to_grading(data)
+    if not copies:
+        log.warning(
+            "%s has no table of segmentation photographs that are also grading photographs (extras/): "
+            "held-out grading photographs cannot be kept out of the disc refiner's training",
+            data,
+        )
     train = [n for n in names if n not in val and copies.get(n) not in held_grading]
     return sorted(train), sorted(val)
 
@@ -58,11 +67,11 @@ class DiscData(_CacheData):
         self._discs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _disc(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(soft disc mask of the cached crop, its centroid)."""
+        """(soft disc mask of the cached crop as uint8, its centroid)."""
         if index not in self._discs:
             with np.load(self.folder / f"{self.entries[index].name}.masks.npz", allow_pickle=False) as data:
-                mask = data["masks"][OD].astype(np.float32) / 255.0
-            ys, xs = np.nonzero(mask >= 0.5)
+                mask = np.ascontiguousarray(data["masks"][OD])  # uint8 area fractions x 255 (4 MB, not 17)
+            ys, xs = np.nonzero(mask >= 128)
             if not len(xs):
                 raise ValueError(f"{self.entries[index].name}: the optic-disc mask is empty")
             self._discs[index] = mask, np.array([xs.mean(), ys.mean()])
@@ -85,8 +94,8 @@ class DiscData(_CacheData):
                 turn = turn @ np.array([[-1, 0, size - 1], [0, 1, 0], [0, 0, 1]], np.float64)
             matrix = (turn @ np.vstack([matrix, [0, 0, 1]]))[:2]
         window = extract_window(image, matrix, size)
-        target = extract_window(mask, matrix, size)
-        return self._tensor(window, rng), torch.from_numpy(np.clip(target, 0, 1)[None].astype(np.float32))
+        target = extract_window(mask, matrix, size).astype(np.float32) / 255.0
+        return self._tensor(window, rng), torch.from_numpy(target[None])
 
 
 @register_task("disc")
@@ -146,6 +155,6 @@ class DiscTask(TrainTask):
             "threshold_OD": threshold,
             "jaccard_OD": curve.jaccard_at(threshold),
             "aupr_OD": curve.aupr(),
-            "score": dice,
+            "score": curve.jaccard_at(threshold),  # as `drwb evaluate --task disc` scores (default_model)
             "note": "windows centred on the annotated disc, at the window's resolution",
         }

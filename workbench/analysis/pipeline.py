@@ -105,7 +105,8 @@ class Workbench:
         self.segmenter = load_segmenter(names["segmenter"], self.weights_dir, int(size) if size else None)
         self.localizer = LocalizerPredictor(*load_model(names["localizer"], self.weights_dir))
         # the landmark refiners are optional: without one shipped, the coarse disc and fovea stand
-        disc, fovea = self._optional("disc", disc), self._optional("fovea", fovea)
+        disc = self._optional("disc", disc) if segment else ""  # it refines the lesion maps' disc
+        fovea = self._optional("fovea", fovea)
         self.disc: DiscRefiner | None = load_disc_refiner(disc, self.weights_dir) if disc else None
         self.fovea: FoveaRefiner | None = load_fovea_refiner(fovea, self.weights_dir) if fovea else None
         self.segment = segment
@@ -167,19 +168,18 @@ class Workbench:
         lap("grading")
         marks = self.localizer.predict_crops([prepared.crop], [prepared.transform])[0]
         fovea_refined = None
-        if self.fovea is not None:  # the fovea found again around the localizer's (workbench.landmarks.fovea)
+        if self.fovea is not None:
+            # the fovea found again around the localizer's (workbench.landmarks.fovea), if it is there
             refined = self.fovea.refine(image, marks.fovea_xy, prepared.fov)
-            marks = replace(marks, fovea_xy=refined) if refined else marks
+            marks = replace(marks, fovea_xy=refined) if refined is not None else marks
             fovea_refined = refined is not None
         lap("landmarks")
-        lesions, lesion_transform = {}, None
+        lesions, lesion_transform, disc_refined = {}, None, None
         if self.segment:
             maps = self.segmenter.predict(image)
             lesion_transform = maps.transform
-            if (
-                self.disc is not None
-            ):  # the disc re-segmented around the detected disc (workbench.landmarks.disc)
-                self.disc.refine(maps, image, marks.od_xy, prepared.fov)
+            if self.disc is not None:  # the disc segmented again around the detected disc
+                disc_refined = self.disc.refine(maps, image, marks.od_xy, prepared.fov)
             lesions = summarise_lesions(
                 inside_field(maps.probabilities, maps.transform, prepared.fov),
                 maps.transform,
@@ -229,7 +229,7 @@ class Workbench:
             fovea_confidence=marks.fovea_confidence,
             fovea_doubt=fovea.doubt,
             fovea_refined=fovea_refined,
-            disc_outline_refined=(self.disc is not None) if self.segment else None,
+            disc_outline_refined=disc_refined,
             etdrs=grid,
             dme_check=check,
             lesions_by_region=by_region,
@@ -269,7 +269,10 @@ class Workbench:
         refiner, the disc's figures (AUPR, threshold) are the refiner's (`drwb evaluate --task disc`)."""
         measured = segmenter_figures(self.segmenter.card.training, self.profile)
         if self.disc is not None:
-            own = segmenter_figures(self.disc.card.training, self.profile)
+            # only a product-pipeline measurement of the refiner replaces the segmenter's disc figures: its
+            # training loop scored windows centred on the annotated disc (optimistic)
+            evaluation = self.disc.card.training.get("evaluation", {})
+            own = evaluation.get(f"val_{self.profile}") or evaluation.get("val") or {}
             measured = {**measured, **{k: v for k, v in own.items() if k.endswith("_OD")}}
         return measured
 

@@ -60,9 +60,10 @@ class DiscRefiner:
 
     def refine(
         self, maps: LesionMaps, image: LoadedImage, od_xy: tuple[float, float], fov: FieldOfView
-    ) -> None:
+    ) -> bool:
         """Replace, in place, the disc channel of ``maps`` inside the window by the refiner's (in place:
-        a quality-profile map is 84 MB and analyze holds no other reference to it)."""
+        a quality-profile map is 84 MB and analyze holds no other reference to it); False when the
+        window lies outside the maps' crop (nothing replaced)."""
         window = self.predict(image, od_xy, fov)
         # lesion-map crop px -> original -> window; only the crop's box under the window is resampled
         crop_to_window = np.vstack([self.window_transform(od_xy, fov), [0, 0, 1]]) @ np.vstack(
@@ -74,7 +75,7 @@ class DiscRefiner:
         x0, y0 = (int(np.clip(np.floor(in_crop[:, i].min()), 0, side)) for i in (0, 1))
         x1, y1 = (int(np.clip(np.ceil(in_crop[:, i].max()) + 1, 0, side)) for i in (0, 1))
         if x1 <= x0 or y1 <= y0:
-            return
+            return False
         box_to_window = crop_to_window[:2].copy()
         box_to_window[:, 2] += box_to_window[:, :2] @ np.array([x0, y0], np.float64)
 
@@ -85,6 +86,7 @@ class DiscRefiner:
         covered = onto_box(np.ones_like(window)) > 0.999
         channel = maps.probabilities[_OD, y0:y1, x0:x1]
         channel[covered] = onto_box(window)[covered]
+        return True
 
 
 def load_disc_refiner(name: str, weights_dir: Path | None = None) -> DiscRefiner:
