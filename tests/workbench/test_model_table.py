@@ -90,3 +90,17 @@ def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(
             break
         section.append(line)
     assert len(section) == 5 and {row.count("|") for row in section} == {9}  # 8 cells in every row
+
+
+def test_models_table_shows_shipped_refiners_and_skips_families_with_none(tmp_path: Path) -> None:
+    folder = write_tiny_weights(tmp_path)
+    card_path = folder / "tiny_disc.json"
+    card = json.loads(card_path.read_text())
+    card["training"]["evaluation"] = {"val": {"n": 11, "jaccard_OD": 0.882, "jaccard_OD_at_0.5": 0.879}}
+    card_path.write_text(json.dumps(card))
+    for suffix in (".json", ".safetensors"):
+        (folder / f"tiny_fovea{suffix}").unlink()
+    table = models_markdown(folder)
+    row = next(line for line in table.splitlines() if line.startswith("| tiny_disc"))
+    assert "validation split, n=11" in row and "0.882" in row and "0.879" in row and "default" in row
+    assert "Optic-disc refiners" in table and "Fovea refiners" not in table
