@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import workbench  # noqa: F401  (sets the offline environment first)
+from training.cli import add_train_arguments  # flags only: imports nothing heavy
 
 __all__ = ["main"]
 
@@ -43,43 +44,9 @@ def _cmd_prepare_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from training.train import TrainConfig, train
+    from training.cli import run_train
 
-    values: dict[str, object] = {}
-    if args.config:
-        import yaml
-
-        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
-    values.update(
-        {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    )
-    values["task"] = args.task
-    cfg, command = TrainConfig(**values), args.command_line
-    if cfg.folds and (cfg.fold >= 0 or cfg.refit):
-        # one piece of a --folds run (fold K, or the refit), so that pieces can run in parallel; the
-        # full --folds command afterwards finds them finished and only scores and ships
-        from training.cv import train_piece
-
-        result = train_piece(cfg, command)
-        print(json.dumps({"run": result["config"]["run_name"], "epochs": result["epoch"]}))
-        return 0
-    if cfg.folds:
-        from training.cv import train_folds
-
-        summary = train_folds(cfg, command)
-        print(json.dumps({k: summary[k] for k in ("folds", "n", "fold_sizes")}))
-        return 0
-    result = train(cfg, command=command)
-    print(
-        json.dumps(
-            {
-                "best_epoch": result.get("best_epoch"),
-                "best": result.get("best_metrics"),
-                "shipped": result.get("shipped"),
-            }
-        )
-    )
-    return 0
+    return run_train(args)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -251,75 +218,7 @@ def _build_parser() -> argparse.ArgumentParser:
     teacher.set_defaults(handler=_cmd_prepare_teacher)
 
     tr = sub.add_parser("train", help="train a model (grader, segmenter, localizer, disc/fovea refiner)")
-    tr.add_argument("task", choices=["grader", "segmenter", "localizer", "disc", "fovea"])
-    tr.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
-    for flag, kind in (
-        ("data", str),
-        ("cache", str),
-        ("runs", str),
-        ("run-name", str),
-        ("model-name", str),
-        ("backbone", str),
-        ("epochs", int),
-        ("batch-size", int),
-        ("lr", float),
-        ("input-size", int),
-        ("tile", int),
-        ("tiles-per-image", int),
-        ("seed", int),
-        ("limit", int),
-        ("threads", int),
-        ("max-minutes", float),
-        ("stop-after", int),
-        ("ship-name", str),
-        ("ship-dir", str),
-        ("val-fraction", float),
-        ("folds", int),
-        ("select", str),
-        ("freeze-blocks", int),
-        ("ordinal-weight", float),
-        ("sampling", str),
-        ("ship-fold", int),
-        ("device", str),
-        ("init-from", str),
-        ("loader-workers", int),
-        ("val-every", int),
-        ("guides", str),
-        ("attention-weight", float),
-        ("teacher", str),
-        ("distill-weight", float),
-        ("distill-temperature", float),
-        ("teacher-model", str),
-        ("hint-weight", float),
-        ("layer-scale-init", float),
-        ("feature-weight", float),
-        ("weight-decay", float),
-        ("warmup-epochs", float),
-        ("lesion-rates", str),
-        ("focal-gamma", float),
-        ("channels-from", str),
-        ("fold", int),
-    ):
-        tr.add_argument(f"--{flag}", type=kind, default=None)
-    tr.add_argument(
-        "--ship", action="store_true", default=None, help="export the best checkpoint to models/weights"
-    )
-    tr.add_argument("--no-pretrained", action="store_true", default=None, help="random init (no ImageNet)")
-    tr.add_argument(
-        "--refit", action="store_true", default=None, help="with --folds: train only the refit on all images"
-    )
-    tr.add_argument(
-        "--unlabelled", action="store_true", default=None, help="grader: add segmentation-only photographs"
-    )
-    tr.add_argument(
-        "--no-norm-decay", action="store_true", default=None, help="no weight decay on 1-D parameters"
-    )
-    tr.add_argument(
-        "--reuse-teacher-head",
-        action="store_true",
-        default=None,
-        help="grader: a 1x1 neck into the teacher's feature space, starting from its pools and heads",
-    )
+    add_train_arguments(tr)
     tr.set_defaults(handler=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="metrics of a shipped model on an IDRiD-layout folder")

@@ -109,3 +109,24 @@ def test_analyze_real_image_with_shipped_models(tmp_path: Path, real_idrid: Path
         report["referable"] is True
     )  # IDRiD_01 has exudates and haemorrhages (= IDRiD_102: DR grade 2, DME 2)
     assert report["lesions"]["EX"]["count"] > 0
+
+
+def test_train_flags_reach_the_run_and_its_card(tmp_path: Path, synthetic_idrid: Path) -> None:
+    """`drwb train`: the flags become the run's TrainConfig, a --config file fills what they leave
+    unset, and the shipped card records the command as typed."""
+    from drwb import main
+
+    (tmp_path / "run.yaml").write_text("tiles_per_image: 2\nbatch_size: 2\n")
+    argv = [
+        "train", "disc", "--data", str(synthetic_idrid), "--cache", str(tmp_path / "cache"),
+        "--runs", str(tmp_path / "runs"), "--run-name", "cli", "--model-name", "test_tiny_disc",
+        "--input-size", "64", "--epochs", "1", "--val-fraction", "0.25", "--no-pretrained",
+        "--config", str(tmp_path / "run.yaml"), "--batch-size", "3",
+        "--ship", "--ship-dir", str(tmp_path / "weights"), "--ship-name", "cli_disc",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "runs/cli/state.json").read_text())["config"]
+    assert config["task"] == "disc" and config["input_size"] == 64 and config["no_pretrained"] is True
+    assert config["tiles_per_image"] == 2 and config["batch_size"] == 3  # the file, then the flag over it
+    card = json.loads((tmp_path / "weights/cli_disc.json").read_text())
+    assert card["arch"] == "disc" and card["training"]["command"].startswith("drwb train disc --data")
