@@ -1,7 +1,9 @@
 """``drwb bench``: speed and memory measured on this machine, printed as JSON.
 
-``models``: preprocessing, analysis, explainers, throughput and peak memory of single processes;
-``server``: the Gradio app in its own process driven by concurrent ``gradio_client`` analysts.
+``models``: preprocessing, analysis, throughput and peak memory of single processes (the table of every
+benchmark); ``explainers``: each explanation method's time and memory; ``server``: the Gradio app in its
+own process driven by concurrent ``gradio_client`` analysts; ``runtimes``: PyTorch against ONNX Runtime;
+``timing``: the median-of-repeats rule they share.
 """
 
 from __future__ import annotations
