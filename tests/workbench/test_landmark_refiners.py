@@ -87,8 +87,9 @@ def test_refined_disc_lands_on_the_disc_in_the_lesion_maps(
 
 
 def test_workbench_takes_the_disc_figures_from_the_refiner(tiny_weights: Path, tmp_path: Path) -> None:
-    """With a shipped refiner the disc's threshold and reliability are the refiner's measurement; with
-    ``disc=""`` there is no refiner and the segmenter's own are used."""
+    """With a shipped refiner the disc's threshold and reliability are the refiner's product-pipeline
+    measurement (never its training loop's); with ``disc=""`` there is no refiner and the segmenter's own
+    are used."""
     import json
     import shutil
 
@@ -105,6 +106,10 @@ def test_workbench_takes_the_disc_figures_from_the_refiner(tiny_weights: Path, t
     assert Workbench(weights_dir=folder, disc="").disc is None
     without = Workbench(weights_dir=folder, disc="")._thresholds()["OD"]
     assert without != pytest.approx(0.37)
+    # the training loop's figures (windows centred on the annotated disc) never stand in for them
+    card["training"] = {"validation": {"threshold_OD": 0.11, "aupr_OD": 0.99}}
+    (folder / "tiny_disc.json").write_text(json.dumps(card))
+    assert Workbench(weights_dir=folder)._thresholds()["OD"] == pytest.approx(without)
 
 
 def test_analyze_with_a_refiner_changes_the_disc_and_says_so(
