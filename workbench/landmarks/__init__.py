@@ -3,7 +3,8 @@
 - ``placement``: one optic disc from the segmented disc, the fovea checked against anatomy (landmark
   prior), and the doubt the faces show (``place_landmarks``);
 - ``disc``: the disc segmented again in a window around the localizer's disc (``DiscRefiner``);
-- ``fovea``: the fovea found again in a window around the localizer's fovea (``FoveaRefiner``).
+- ``fovea``: the fovea found again in a window around the localizer's fovea (``FoveaRefiner``);
+- ``window_model``: what both refiners share (cut the window, run the network).
 """
 
 from __future__ import annotations

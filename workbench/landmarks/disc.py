@@ -15,48 +15,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
-from models.card import ModelCard
 from models.constants import LESION_CODES
 from models.fov import FieldOfView
-from models.preprocess import normalise
 from models.registry import load_model
-from models.window import extract_window, window_matrix
-from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage
+from workbench.landmarks.window_model import WindowModel
 from workbench.predictors import LesionMaps
-from workbench.runtime import forward_for
 
 __all__ = ["DiscRefiner", "load_disc_refiner"]
 
 _OD = LESION_CODES.index("OD")
 
 
-class DiscRefiner:
+class DiscRefiner(WindowModel):
     """The disc probability in a window around a disc centre, and that window pasted into lesion maps."""
 
-    def __init__(self, model: nn.Module, card: ModelCard, runtime: str | None = None) -> None:
-        self.model, self.card = model.eval(), card
-        self.forward = forward_for(self.model, card, runtime)
-        self.window_r = float(card.extra["window_r"])
-
-    def window_transform(self, od_xy: tuple[float, float], fov: FieldOfView) -> np.ndarray:
-        """2x3 affine, original frame -> the refiner's window around ``od_xy`` (``fov`` in the original
-        frame, as ``prepare_fundus`` gives it)."""
-        return window_matrix(od_xy, fov.radius, self.window_r, self.card.input_size)
-
-    @torch.inference_mode()
     def predict(self, image: LoadedImage, od_xy: tuple[float, float], fov: FieldOfView) -> np.ndarray:
         """(S, S) disc probabilities in the window ``window_transform`` gives."""
-        to_window = np.vstack([self.window_transform(od_xy, fov), [0, 0, 1]])
-        from_decoded = (to_window @ image.decoded_to_original)[:2]
-        window = extract_window(image.rgb, from_decoded, self.card.input_size)
-        tensor = torch.from_numpy(normalise(window, self.card.mean, self.card.std))[None]
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
-        with model_lock(self.model):
-            logits = self.forward(tensor)
-        return torch.sigmoid(logits.float())[0, 0].numpy()
+        return torch.sigmoid(self.window_logits(image, od_xy, fov))[0, 0].numpy()
 
     def refine(
         self, maps: LesionMaps, image: LoadedImage, od_xy: tuple[float, float], fov: FieldOfView

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
-from torch import nn
 
-from models.card import ModelCard
 from models.fov import FieldOfView
 from models.localizer import decode_heatmaps
-from models.preprocess import normalise
 from models.registry import load_model
-from models.window import extract_window, window_matrix
-from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage
-from workbench.runtime import forward_for
+from workbench.landmarks.window_model import WindowModel
 
 __all__ = ["FOUND", "FoveaRefiner", "load_fovea_refiner"]
 
@@ -31,13 +24,8 @@ FOUND = 0.1  # heatmap peak below which the refiner found no fovea in its window
 SHARPER = 1.25  # a window this much sharper than the training ones is brought down to their detail
 
 
-class FoveaRefiner:
+class FoveaRefiner(WindowModel):
     """The fovea centre in a window around a coarse fovea, in original pixels, with its peak height."""
-
-    def __init__(self, model: nn.Module, card: ModelCard, runtime: str | None = None) -> None:
-        self.model, self.card = model.eval(), card
-        self.forward = forward_for(self.model, card, runtime)
-        self.window_r = float(card.extra["window_r"])
 
     def cut_size(self, image: LoadedImage, fov: FieldOfView) -> int:
         """Side at which the window is cut before it is resized to the input: the input size, or, for a
@@ -49,22 +37,13 @@ class FoveaRefiner:
             return max(8, min(self.card.input_size, int(round(detail))))
         return self.card.input_size
 
-    @torch.inference_mode()
     def predict(
         self, image: LoadedImage, fovea_xy: tuple[float, float], fov: FieldOfView
     ) -> tuple[tuple[float, float], float]:
         """(refined fovea in original pixels, heatmap peak in [0, 1]) for a window around ``fovea_xy``."""
-        size = self.card.input_size
-        cut = self.cut_size(image, fov)
-        to_cut = np.vstack([window_matrix(fovea_xy, fov.radius, self.window_r, cut), [0, 0, 1]])
-        window = extract_window(image.rgb, (to_cut @ image.decoded_to_original)[:2], cut)
-        if cut != size:  # edges aligned: the same square of the photograph at the input size
-            window = cv2.resize(window, (size, size), interpolation=cv2.INTER_LINEAR)
-        to_window = np.vstack([window_matrix(fovea_xy, fov.radius, self.window_r, size), [0, 0, 1]])
-        tensor = torch.from_numpy(normalise(window, self.card.mean, self.card.std))[None]
-        with model_lock(self.model):
-            logits = self.forward(tensor.contiguous(memory_format=torch.channels_last))
-        centre, peak = decode_heatmaps(logits.float())
+        logits = self.window_logits(image, fovea_xy, fov, self.cut_size(image, fov))
+        centre, peak = decode_heatmaps(logits)
+        to_window = np.vstack([self.window_transform(fovea_xy, fov), [0, 0, 1]])
         x, y = np.linalg.inv(to_window)[:2] @ np.array([*centre[0, 0].tolist(), 1.0])
         return (float(x), float(y)), float(peak[0, 0])
 
