@@ -31,7 +31,8 @@ bench: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Reproduce every shipped model from IDRiD (CPU, about 2.5 hours on 2 cores, sequentially), then
+# Reproduce every shipped model from IDRiD (sequentially; on 2 CPU cores well over half a day: the 5-fold
+# grader alone is ~6 h, README "Models" gives each run's time; on a GPU see training/gpu_jobs.sh), then
 # measure the others on the validation split with the product pipeline and record it in their cards.
 # The grader is 5-fold cross-validated: its card holds out-of-fold figures (no validation split).
 TRAIN := $(BIN)/drwb train
