@@ -92,7 +92,7 @@ def _segmentation(
     predictor = load_segmenter(model_name, input_size=int(size) if size else None)
     curves = {code: PixelCurve() for code in LESION_CODES}
     for record in tqdm(records, desc="segmentation", leave=False):
-        image = load_image(record.image_path, min_side=predictor.input_size)
+        image = load_image(record.image_path, min_side=predictor.decode_side)
         maps = predictor.predict(image)
         # as analyze does: nothing outside the field of view is a lesion
         probabilities = inside_field(
@@ -132,7 +132,7 @@ def landmark_errors(records: list[Any], model_name: str) -> dict[str, np.ndarray
     threshold = lesion_thresholds(segmenter_figures(segmenter.card.training))["OD"]
     out: dict[str, list] = {"raw_od": [], "raw_fovea": [], "od": [], "fovea": [], "doubtful": []}
     for record in tqdm(records, desc="localization", leave=False):
-        image = load_image(record.image_path, min_side=segmenter.card.input_size)
+        image = load_image(record.image_path, min_side=segmenter.decode_side)
         crop, transform, fov = crop_to_fov(image.rgb, GRADING_CROP, image.original_size)
         marks = predictor.predict_crops([crop], [transform])[0]
         maps = segmenter.predict(image)

@@ -91,7 +91,7 @@ def disc_outline(dataset: IDRiD, split: str, name: str, seed: int, profile: str)
     localizer, refiner = LocalizerPredictor(*load_model(default_model("localizer"))), load_disc_refiner(name)
     per_image: dict[str, list[PixelCurve]] = {"segmenter": [], "refined": []}
     for record in tqdm(records, desc="disc outline", leave=False):
-        image = load_image(record.image_path, min_side=segmenter.input_size)
+        image = load_image(record.image_path, min_side=segmenter.decode_side)
         prepared = prepare_fundus(image, GRADING_CROP)
         marks = localizer.predict_crops([prepared.crop], [prepared.transform])[0]
         maps = segmenter.predict(image)

@@ -144,7 +144,7 @@ def test_segmenter_beats_empty_mask(real_idrid: Path) -> None:
     curves = {code: PixelCurve() for code in ("EX", "OD")}
     prevalence = {code: [] for code in curves}
     for record in records:
-        maps = predictor.predict(load_image(record.image_path, min_side=predictor.card.input_size))
+        maps = predictor.predict(load_image(record.image_path, min_side=predictor.decode_side))
         for code in curves:
             channel = ("MA", "HE", "EX", "SE", "OD").index(code)
             truth = maps.transform.warp_to_crop(load_mask(record.mask_paths[code])) > 0.5
@@ -161,7 +161,7 @@ def _aupr_on(predictor: SegmenterPredictor, records: list, codes: tuple[str, ...
 
     curves = {code: PixelCurve() for code in codes}
     for record in records:
-        maps = predictor.predict(load_image(record.image_path, min_side=predictor.input_size))
+        maps = predictor.predict(load_image(record.image_path, min_side=predictor.decode_side))
         for code in codes:
             channel = ("MA", "HE", "EX", "SE", "OD").index(code)
             truth = load_mask(record.mask_paths[code])

@@ -156,6 +156,31 @@ def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, m
     assert profile_from_env() == "fast"
 
 
+def test_the_fast_profile_decodes_a_large_jpeg_at_twice_its_crop(
+    tiny_weights, synthetic_fundus, monkeypatch
+) -> None:
+    """Not at the crop's own size: a 1/4-scale decode straight to the 640-px crop lost haemorrhage AUPR."""
+    import cv2
+
+    from workbench.analysis import FAST_SEGMENT_SIZE, Workbench, pipeline
+
+    big = cv2.resize(synthetic_fundus.image, (4288, 2848), interpolation=cv2.INTER_LINEAR)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    assert ok
+    decoded = []
+    real_load = pipeline.load_image
+
+    def spy(*args, **kwargs):
+        image = real_load(*args, **kwargs)
+        decoded.append(image.rgb.shape[:2])
+        return image
+
+    monkeypatch.setattr(pipeline, "load_image", spy)
+    Workbench(weights_dir=tiny_weights, profile="fast").analyze(jpeg.tobytes(), name="big.jpg")
+    assert min(decoded[0]) >= 2 * FAST_SEGMENT_SIZE  # 1/2 scale (1424 px), not 1/4 (712 px)
+    assert min(decoded[0]) < 2848  # still a reduced decode
+
+
 def test_lesion_reliability_from_the_card() -> None:
     from workbench.analysis.lesion_trust import RELIABILITY_FLOOR, lesion_reliability, segmenter_figures
 

@@ -148,7 +148,7 @@ class Workbench:
             timings[stage] = timings.get(stage, 0.0) + (now - clock) * 1000
             clock = now
 
-        side = self.segmenter.input_size if self.segment else GRADING_CROP
+        side = self.segmenter.decode_side if self.segment else GRADING_CROP
         image = source if isinstance(source, LoadedImage) else load_image(source, min_side=side, name=name)
         lap("load")
         prepared = prepare_fundus(image, GRADING_CROP)
