@@ -258,8 +258,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=["quality", "fast"],
         default="quality",
-        help="quality: the best segmenter at its resolution (5-7 s a 4288-px photograph on 2 cores); "
-        "fast: a 640-px crop, about 0.6 s (README: Speed and memory)",
+        help="quality: the best segmenter at its resolution (5.5-7.2 s a 4288-px photograph on 2 cores); "
+        "fast: a 640-px crop, about 0.65 s (README: Speed and memory)",
     )
     an.add_argument("--no-scores", action="store_true", help="skip faithfulness / localisation scores")
     an.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: actor pool, resumable")

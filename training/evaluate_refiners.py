@@ -39,7 +39,7 @@ from workbench.predictors import GRADING_CROP, LocalizerPredictor, load_segmente
 __all__ = ["disc_outline", "evaluate_disc", "evaluate_fovea", "refined_centre"]
 
 _OD = LESION_CODES.index("OD")
-LOAD_SIDE = 2048  # decoded short side, as the quality profile loads photographs
+LOAD_SIDE = 2048  # decoded short side: an IDRiD photograph at full size, as the quality profile decodes it
 
 
 def refined_centre(

@@ -112,13 +112,15 @@ class SegmenterPredictor:
 
     @property
     def decode_side(self) -> int:
-        """The shorter side to decode a JPEG at for this predictor (``load_image(min_side=...)``): at least
-        twice the crop, which is then area-resized. The training caches' crops were resized from at least
-        that much; the fast profile's 640-px crop taken from a 1/4-scale decode (a 4288-px photograph
-        decoded at 1072 px) lost haemorrhage AUPR on the 11 validation photographs, 0.331 -> 0.306 (README
-        "Models"). For the 2048-px crop it changes nothing: the photograph decodes at full size either way.
+        """The shorter side to decode a JPEG at for this predictor (``load_image(min_side=...)``): as the
+        training cache decoded this model's photographs (``training/prepare.py``: ``min_side`` = the card's
+        input size), and never below the crop. A 4288-px IDRiD photograph then decodes at 1/2 scale for
+        ``segmenter_lite0`` whether it reads its 1024-px crop or the fast profile's 640-px one, and at full
+        size for the 2048-px segmenter. Measured on the 11 validation photographs (README "Models"): the
+        640-px crop from a 1/4-scale decode (the crop's own size) lost haemorrhage AUPR, 0.331 -> 0.306; the
+        1024-px crop from a full-size decode lost it too, 0.348 -> 0.324.
         """
-        return 2 * self.input_size
+        return max(self.input_size, self.card.input_size)
 
     @torch.inference_mode()
     def predict(self, image: LoadedImage) -> LesionMaps:

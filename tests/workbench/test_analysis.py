@@ -156,14 +156,24 @@ def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, m
     assert profile_from_env() == "fast"
 
 
-def test_the_fast_profile_decodes_a_large_jpeg_at_twice_its_crop(
-    tiny_weights, synthetic_fundus, monkeypatch
+def test_segmentation_decodes_a_jpeg_as_the_segmenters_training_cache_did(
+    tiny_weights, synthetic_fundus, monkeypatch, tmp_path
 ) -> None:
-    """Not at the crop's own size: a 1/4-scale decode straight to the 640-px crop lost haemorrhage AUPR."""
+    """At the card's input size, not the crop's: the fast profile's 640-px crop from a 1/4-scale decode
+    lost haemorrhage AUPR, the 1024-px crop from a full-size decode too."""
+    import json
+    import shutil
+
     import cv2
 
-    from workbench.analysis import FAST_SEGMENT_SIZE, Workbench, pipeline
+    from workbench.analysis import Workbench, pipeline
 
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    card_path = weights / "tiny_segmenter.json"
+    card = json.loads(card_path.read_text())
+    card["input_size"] = 1024  # as segmenter_lite0's, whose training cache decoded photographs at 1024
+    card_path.write_text(json.dumps(card))
     big = cv2.resize(synthetic_fundus.image, (4288, 2848), interpolation=cv2.INTER_LINEAR)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
     assert ok
@@ -176,9 +186,12 @@ def test_the_fast_profile_decodes_a_large_jpeg_at_twice_its_crop(
         return image
 
     monkeypatch.setattr(pipeline, "load_image", spy)
-    Workbench(weights_dir=tiny_weights, profile="fast").analyze(jpeg.tobytes(), name="big.jpg")
-    assert min(decoded[0]) >= 2 * FAST_SEGMENT_SIZE  # 1/2 scale (1424 px), not 1/4 (712 px)
-    assert min(decoded[0]) < 2848  # still a reduced decode
+    fast = Workbench(weights_dir=weights, segmenter="tiny_segmenter", profile="fast")
+    assert fast.segmenter.input_size == 640
+    fast.analyze(jpeg.tobytes(), name="big.jpg")
+    assert decoded[-1] == (1424, 2144)  # 1/2 scale, as the cache; not 1/4 (712 px, the crop's own size)
+    Workbench(weights_dir=weights, segmenter="tiny_segmenter").analyze(jpeg.tobytes(), name="big.jpg")
+    assert decoded[-1] == (1424, 2144)  # its own 1024-px crop: the same decode, not full size
 
 
 def test_lesion_reliability_from_the_card() -> None:

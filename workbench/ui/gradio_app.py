@@ -250,7 +250,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     with gr.Column():
                         crop = gr.Image(label="Field-of-view crop (512 px)", type="numpy")
                         quality = gr.Markdown(elem_id="quality-report")
-                decode_side = workbench.segmenter.input_size if workbench.segment else 512
+                decode_side = workbench.segmenter.decode_side if workbench.segment else 512
                 run_inspect.click(
                     lambda path, enhancement: inspect_fundus(path, enhancement, decode_side),
                     [inspect_upload, enhancement],
