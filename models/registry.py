@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models import classifier, localizer, refiners, segmenter  # noqa: F401  (the families fill the registry)
+from models import classifier, ensemble, localizer, refiners, segmenter  # noqa: F401  (families fill the registry)
 from models._registry import MODEL_REGISTRY, register_model
 from models.card import ModelCard
 from models.hashing import file_sha256
@@ -81,22 +81,32 @@ def save_model(model: nn.Module, card: ModelCard, folder: Path, half: bool = Tru
 
 
 def load_model(name: str, folder: Path | None = None) -> tuple[nn.Module, ModelCard]:
-    """Load a shipped model by card stem, verify its hash and return ``(model.eval(), card)``."""
+    """Load a shipped model by card stem, verify its hash and return ``(model.eval(), card)``.
+
+    ``name`` may name a card in a subfolder (``members/grader_x``: a network that ships only as part of
+    an ensemble); its weights file lies beside its card. An ensemble's card (``extra.members``) loads each
+    member the same way and checks that the member is the one the ensemble was built with.
+    """
     folder = Path(folder) if folder else weights_dir()
     card_path = Path(folder) / f"{name}.json"
     if not card_path.is_file():
         available = ", ".join(p.stem for p in sorted(Path(folder).glob("*.json"))) or "none"
         raise WeightsError(f"no model card {card_path}; shipped models: {available}")
     card = ModelCard.read(card_path)
-    weights_path = Path(folder) / card.weights
+    weights_path = card_path.parent / card.weights
     if not card.weights or not weights_path.is_file():
         raise WeightsError(f"{name}: weights file {weights_path} is missing")
     actual = file_sha256(weights_path)
     if actual != card.sha256:
         raise WeightsError(f"{name}: sha256 of {weights_path.name} is {actual}, card says {card.sha256}")
-    model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if "members" in card.extra:
+        model = _ensemble_of_members(name, card, folder)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("members.")]  # loaded from their own files
+    else:
+        model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+        missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(
             f"{name}: weights do not fit {card.name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -109,18 +119,35 @@ def load_model(name: str, folder: Path | None = None) -> tuple[nn.Module, ModelC
     return model.to(memory_format=torch.channels_last).eval(), card
 
 
+def _ensemble_of_members(name: str, card: ModelCard, folder: Path) -> ensemble.GraderEnsemble:
+    members, cards = [], []
+    for entry in card.extra["members"]:
+        member, member_card = load_model(entry["model"], folder)
+        cards.append(member_card)
+        if member_card.sha256 != entry["sha256"]:
+            raise WeightsError(
+                f"{name}: member {entry['model']} has weights {member_card.sha256[:12]}..., the ensemble was "
+                f"built and measured with {entry['sha256'][:12]}...; rebuild it (`drwb ensemble`)"
+            )
+        members.append(member)
+    names = [entry["model"] for entry in card.extra["members"]]
+    return ensemble.GraderEnsemble(members, bool(card.extra.get("flip", True)), names=names, cards=cards)
+
+
 def held_out_fold_key(evaluation: dict) -> str | None:
     """The ``held_out_fold_K`` entry of a card's ``training.evaluation`` (a grader shipped from one trained
     fold of a cross-validation, ``training.cv.ship_fold_piece``), or None."""
     return next((k for k in sorted(evaluation) if k.startswith("held_out_fold_") and "_hflip" not in k), None)
 
 
-def default_model(arch: str, folder: Path | None = None) -> str:
+def default_model(arch: str, folder: Path | None = None, ensembles: bool = True) -> str:
     """Stem of the shipped model of ``arch`` with the best held-out score (the default in every face).
 
     Out-of-fold (cross-validated) figures outrank single-split validation figures: a validation score
     that also chose the best epoch is optimistic, so a model that has OOF figures is preferred over one
-    that has only a validation score, and OOF scores are compared with each other.
+    that has only a validation score, and OOF scores are compared with each other. ``ensembles=False``
+    ranks single networks only (``models.ensemble``): the fast analysis profile, and whatever explains or
+    times one network.
 
     Raises:
         WeightsError: when no model of that family is shipped.
@@ -129,7 +156,7 @@ def default_model(arch: str, folder: Path | None = None) -> str:
     ranked = []
     for path in sorted(Path(folder).glob("*.json")):
         card = ModelCard.read(path)
-        if card.arch != arch:
+        if card.arch != arch or (not ensembles and "members" in card.extra):
             continue
         evaluation = card.training.get("evaluation", {})
         # Prefer the product-pipeline measurement (drwb evaluate --write-card) over the training loop's.

@@ -93,18 +93,29 @@ def ship_best(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader
 
 
 def parse_channels_from(text: str) -> list[dict[str, Any]]:
-    """``"segmenter_lite0@640:HE,OD"`` (``;`` between models) -> the card's ``extra.channels_from``
-    (``workbench.predictors.load_segmenter`` reads it: those channels come from that model at that size)."""
+    """``"segmenter_lite0@640:HE=mean,OD"`` (``;`` between models) -> the card's ``extra.channels_from``
+    (``workbench.predictors.load_segmenter`` reads it: those channels come from that model at that size;
+    ``=mean``: the mean of both models' probabilities for that channel)."""
     out = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
         source, _, channels = part.partition(":")
         model, _, size = source.partition("@")
-        codes = [c.strip() for c in channels.split(",") if c.strip()]
-        if not model or not codes or (size and not size.isdigit()):
+        pairs = [c.strip().partition("=") for c in channels.split(",") if c.strip()]
+        codes = [code for code, _, _ in pairs]
+        if (
+            not model
+            or not codes
+            or (size and not size.isdigit())
+            or any(h not in ("", "mean") for *_, h in pairs)
+        ):
             raise ValueError(
-                f"--channels-from {part!r}: expected MODEL[@SIZE]:CODE,CODE (e.g. segmenter_lite0@640:HE,OD)"
+                f"--channels-from {part!r}: expected MODEL[@SIZE]:CODE[=mean],CODE (e.g. "
+                "segmenter_lite0@640:HE=mean,OD)"
             )
-        out.append({"model": model, "input_size": int(size) if size else None, "channels": codes})
+        entry = {"model": model, "input_size": int(size) if size else None, "channels": codes}
+        if averaged := [code for code, _, how in pairs if how == "mean"]:
+            entry["averaged"] = averaged
+        out.append(entry)
     return out
 
 

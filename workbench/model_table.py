@@ -65,6 +65,10 @@ def models_markdown(folder: Path | None = None) -> str:
             defaults[arch] = default_model(arch, folder)
         except ValueError:
             defaults[arch] = None
+    try:  # the fast profile grades with the best single network (workbench.analysis.PROFILES)
+        single = default_model("grader", folder, ensembles=False)
+    except ValueError:
+        single = None
     out = ["**Graders** (held-out figures; [95% bootstrap interval] where measured)", ""]
     out += [
         "| model | backbone | input px | figures from | DR accuracy | DR QWK | DME accuracy | joint DR+DME |"
@@ -73,7 +77,17 @@ def models_markdown(folder: Path | None = None) -> str:
     ]
     for card in (c for c in cards if c.arch == "grader"):
         source, m = held_out(card)
-        notes = ["default"] if _stem(card) == defaults["grader"] else []
+        stem = _stem(card)
+        if stem == defaults["grader"]:
+            notes = ["default" if stem == single else "default (quality profile)"]
+        else:
+            notes = ["default (fast profile)"] if stem == single else []
+        if members := card.extra.get("members"):
+            views = ", each on the image and its mirror image" if card.extra.get("flip") else ""
+            notes.append(
+                f"ensemble of {' + '.join(m['model'] for m in members)}{views}; explained through the "
+                "member nearest its probabilities"
+            )
         if m.get("dr_qwk") is not None and m["dr_qwk"] < WEAK_QWK:
             notes = [f"**weak** (QWK below {WEAK_QWK})"]
         if supervision_note(card):
@@ -151,11 +165,13 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
         bench = evaluation.get("explain_bench_val")
         if not bench:
             config = card.training.get("config") or {}
-            why = (
-                "none left: trained on every IDRiD segmentation photograph"
-                if config.get("refit") and config.get("unlabelled")
-                else "not measured"
-            )
+            if members := card.extra.get("members"):
+                names = ", ".join(m["model"] for m in members)
+                why = f"explained through one member per photograph ({names}): see the members' rows"
+            elif config.get("refit") and config.get("unlabelled"):
+                why = "none left: trained on every IDRiD segmentation photograph"
+            else:
+                why = "not measured"
             out.append(f"| {_stem(card)} | {why} |" + " |" * (len(_EXPLAIN_COLUMNS) + 2))
             continue
         for method, stats in bench["methods"].items():

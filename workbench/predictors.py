@@ -14,7 +14,8 @@ on another but with segmenter logits moved by up to 0.70 (README).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from models.card import ModelCard
+from models.ensemble import GraderEnsemble
 from models.localizer import LandmarkPrior, decode_landmarks
 from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
 from models.registry import load_model
@@ -56,6 +58,17 @@ def _batch(crops: list[np.ndarray], card: ModelCard) -> torch.Tensor:
     )
 
 
+@contextmanager
+def _locked(model: nn.Module) -> Iterator[None]:
+    """Hold ``model``'s lock and, for an ensemble, each member's (explainers hook one member: a forward
+    pass through the ensemble must not run that member meanwhile). Ensemble first, then members in order,
+    the one order every caller takes, so two callers never wait on each other."""
+    with ExitStack() as stack:
+        for module in [model, *(model.members if isinstance(model, GraderEnsemble) else [])]:
+            stack.enter_context(model_lock(module))
+        yield
+
+
 class GraderPredictor:
     """DR / DME probabilities from 512-px field-of-view crops."""
 
@@ -68,13 +81,38 @@ class GraderPredictor:
         return _batch([crop512], self.card)
 
     @torch.inference_mode()
+    def explained(self, crop512: np.ndarray) -> tuple[nn.Module, ModelCard, str]:
+        """The network an explanation of this grader looks into, its card, and a note for the maps.
+
+        A single grader explains itself (no note). An ensemble (``models.ensemble``) is explained through
+        the member whose DR probabilities on this image are nearest (L1) to the ensemble's: explaining
+        every member would multiply the slowest methods' time by the members and views, and an average of
+        maps from different networks is nobody's reasoning. The note names the member, so no reader takes
+        the map for the ensemble's own.
+        """
+        if not isinstance(self.model, GraderEnsemble):
+            return self.model, self.card, ""
+        tensor = self.input_tensor(crop512)
+        with _locked(self.model):
+            logits = self.model.member_logits(tensor).float()
+        members, ensemble = (
+            logits[:, 0, : self.card.num_classes],
+            self.model.combine(logits)[0, : self.card.num_classes],
+        )
+        distance = (torch.softmax(members, 1) - torch.softmax(ensemble, 0)).abs().sum(1)
+        k = int(distance.argmin())
+        name = self.model.member_names[k] if self.model.member_names else f"member {k}"
+        note = f"via {name}, the member nearest the ensemble"
+        return self.model.members[k], self.model.member_cards[k], note
+
+    @torch.inference_mode()
     def predict(self, crops512: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(N, 5) DR and (N, 3) DME probabilities.
 
         One image per forward: on this project's CPUs a batch of 16 at 448 px costs 2.3x more per image
         than single images (measured: 176 vs 75 ms), the activations no longer fitting in cache.
         """
-        with model_lock(self.model):  # explainers hook this module (workbench.inference.model_lock)
+        with _locked(self.model):  # explainers hook this module (workbench.inference.model_lock)
             logits = torch.cat([self.forward(_batch([crop], self.card)) for crop in crops512]).float()
         num_dr = self.card.num_classes
         return torch.softmax(logits[:, :num_dr], 1).numpy(), torch.softmax(logits[:, num_dr:], 1).numpy()
@@ -100,7 +138,7 @@ class SegmenterPredictor:
         model: nn.Module,
         card: ModelCard,
         input_size: int | None = None,
-        donors: Sequence[tuple[SegmenterPredictor, Sequence[str]]] = (),
+        donors: Sequence[tuple[SegmenterPredictor, Sequence[str], Sequence[str]]] = (),
         runtime: str | None = None,
     ) -> None:
         self.model, self.card = model.eval(), card
@@ -108,7 +146,7 @@ class SegmenterPredictor:
         self.input_size = int(input_size or card.input_size)
         self.tile = int(card.extra.get("tile", 512)) if input_size is None else self.input_size
         self.overlap = int(card.extra.get("overlap", 64))
-        self.donors = [(donor, tuple(codes)) for donor, codes in donors]
+        self.donors = [(donor, tuple(codes), tuple(averaged)) for donor, codes, averaged in donors]
 
     @property
     def decode_side(self) -> int:
@@ -125,8 +163,9 @@ class SegmenterPredictor:
     @torch.inference_mode()
     def predict(self, image: LoadedImage) -> LesionMaps:
         # donors first, keeping only their channels: their small passes do not stack on this model's peak
-        taken = {}
-        for donor, codes in self.donors:
+        taken, averaged = {}, set()
+        for donor, codes, mean in self.donors:
+            averaged |= set(mean)
             theirs = donor.predict(image).probabilities
             taken |= {code: theirs[donor.card.label_names.index(code)].copy() for code in codes}
             del theirs
@@ -137,10 +176,9 @@ class SegmenterPredictor:
             probs = predict_tiles(self.forward, tensor, self.tile, self.overlap)
         for code, channel in taken.items():
             # the donor segmented the same field-of-view square at its own size: resize onto this crop
-            size = probs.shape[:0:-1]
-            probs[self.card.label_names.index(code)] = cv2.resize(
-                channel, size, interpolation=cv2.INTER_LINEAR
-            )
+            theirs = cv2.resize(channel, probs.shape[:0:-1], interpolation=cv2.INTER_LINEAR)
+            index = self.card.label_names.index(code)
+            probs[index] = (probs[index] + theirs) / 2 if code in averaged else theirs
         return LesionMaps(probabilities=probs, transform=transform)
 
 
@@ -150,7 +188,8 @@ def load_segmenter(
     """A shipped segmenter with the channels its card takes from other shipped segmenters.
 
     ``extra.channels_from`` lists ``{"model", "input_size", "channels"}``: those channels come from that
-    model run at that crop size (measured better there; the card's validation figures are of the whole).
+    model run at that crop size (measured better there; the card's validation figures are of the whole);
+    those also listed under ``"averaged"`` are the mean of both models' probabilities instead.
     An ``input_size`` override (the fast profile) runs the model alone, at that size.
     """
     model, card = load_model(name, weights_dir)
@@ -160,7 +199,7 @@ def load_segmenter(
             donor = SegmenterPredictor(
                 *load_model(entry["model"], weights_dir), input_size=entry.get("input_size")
             )
-            donors.append((donor, entry["channels"]))
+            donors.append((donor, entry["channels"], entry.get("averaged", [])))
     return SegmenterPredictor(model, card, input_size, donors)
 
 

@@ -59,7 +59,15 @@ def matching_names(queries: Sequence[Path], references: dict[str, Path]) -> dict
 
 
 def trained_grading_names(card: ModelCard, dataset: IDRiD) -> set[str]:
-    """Names of the grading training images the grader of ``card`` was trained on (empty if unknown)."""
+    """Names of the grading training images the grader of ``card`` was trained on (empty if unknown); an
+    ensemble's (``training.member_configs``): every image any of its members trained on."""
+    if members := card.training.get("member_configs"):
+        return set().union(
+            *(
+                trained_grading_names(card.with_updates(training={"config": c}), dataset)
+                for c in members.values()
+            )
+        )
     config = card.training.get("config") or {}
     if not config:
         return set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 
 from models.card import ModelCard
 from models.classifier import Grader, grader_card
+from models.ensemble import ensemble_card
 from models.localizer import decode_heatmaps, localizer_card
 from models.refiners import disc_card, fovea_card
 from models.registry import (
@@ -33,8 +35,12 @@ TINY_CARDS = {
     "test_tiny_disc": disc_card(input_size=64, name="test_tiny_disc"),
     "test_tiny_fovea": fovea_card(input_size=64, name="test_tiny_fovea"),
 }
+_TINY_MEMBER = grader_card("test_convnext", 64, name="test_tiny_cls")
 PRODUCTION_CARDS = {
     "grader": grader_card("tf_efficientnet_lite0", 64),
+    "grader_ensemble": ensemble_card([("a", _TINY_MEMBER), ("b", _TINY_MEMBER)], flip=True).with_updates(
+        extra={"flip": True, "member_cards": [asdict(_TINY_MEMBER)] * 2}
+    ),
     "segmenter": segmenter_card(input_size=64),
     "localizer": localizer_card(input_size=64),
     "disc": disc_card(input_size=64),

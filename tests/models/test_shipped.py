@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.card import ModelCard
 from models.registry import SHIPPED_WEIGHTS_DIR, default_model, file_sha256, list_shipped, load_model
 from workbench.io.idrid import IDRiD, load_mask
 from workbench.io.image_io import load_image
@@ -25,22 +26,30 @@ from workbench.predictors import (
 )
 
 SHIPPED = list_shipped(SHIPPED_WEIGHTS_DIR)
+# networks that ship only as ensemble members (not offered on their own), by card stem
+MEMBERS = {
+    f"members/{p.stem}": ModelCard.read(p) for p in sorted((SHIPPED_WEIGHTS_DIR / "members").glob("*.json"))
+}
+EVERY = {c.weights.removesuffix(".safetensors"): c for c in SHIPPED} | MEMBERS
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="no shipped weights in models/weights")
 
 
-@pytest.mark.parametrize("card", SHIPPED, ids=lambda c: c.weights)
-def test_card_is_complete_and_hash_matches(card) -> None:
+@pytest.mark.parametrize("stem", sorted(EVERY))
+def test_card_is_complete_and_hash_matches(stem: str) -> None:
+    card = EVERY[stem]
     assert card.weights.endswith(".safetensors")
-    assert file_sha256(SHIPPED_WEIGHTS_DIR / card.weights) == card.sha256
-    assert card.training["command"].startswith("drwb train")
+    assert file_sha256((SHIPPED_WEIGHTS_DIR / stem).parent / card.weights) == card.sha256
+    assert card.training["command"].startswith(("drwb train", "drwb ensemble"))
     assert card.training.get("validation") or card.training.get("evaluation")
     assert card.label_names and card.input_size > 0
-    model, loaded = load_model(card.weights.removesuffix(".safetensors"), SHIPPED_WEIGHTS_DIR)
+    model, loaded = load_model(stem, SHIPPED_WEIGHTS_DIR)
     assert loaded == card and not model.training
+    for member in card.extra.get("members", []):
+        assert member["model"] in EVERY and EVERY[member["model"]].sha256 == member["sha256"]
 
 
 def test_total_size_within_budget() -> None:
-    total = sum((SHIPPED_WEIGHTS_DIR / c.weights).stat().st_size for c in SHIPPED)
+    total = sum(((SHIPPED_WEIGHTS_DIR / s).parent / c.weights).stat().st_size for s, c in EVERY.items())
     assert total <= 80 * 1024 * 1024
 
 
@@ -60,10 +69,9 @@ def test_grader_beats_majority_class(real_idrid: Path) -> None:
     )
     records = _unseen_grading(real_idrid, predictor.card, 83)
     margin = 0.15
-    if (predictor.card.training.get("config") or {}).get("refit"):
-        # a refit saw every grading image (its held-out quality is the OOF test's): these weights must at
-        # least fit their own training images clearly better than the held-out figures
-        assert not records
+    if not records:
+        # a refit (or an ensemble of refits) saw every grading image (its held-out quality is the OOF
+        # test's): these weights must at least fit their own training images clearly better than that
         records, margin = IDRiD(real_idrid).grading("train")[::5], 0.35
     assert len(records) >= 80  # a fold model: its held-out fold
     crops = [crop_for(load_image(r.image_path, min_side=GRADING_CROP), GRADING_CROP)[0] for r in records]
@@ -76,19 +84,24 @@ def test_grader_beats_majority_class(real_idrid: Path) -> None:
 
 
 @pytest.mark.realdata
-def test_default_grader_oof_predictions_rescore_to_its_card_and_beat_the_baseline(real_idrid: Path) -> None:
-    """The OOF predictions shipped beside the default grader, re-scored against the real labels, give the
-    card's figures exactly; they beat the majority-grade baseline and predict grade 1 at least once."""
-    from models.card import ModelCard
+@pytest.mark.parametrize("ensembles", [True, False], ids=["quality-profile", "fast-profile"])
+def test_default_grader_oof_predictions_rescore_to_its_card_and_beat_the_baseline(
+    real_idrid: Path, ensembles: bool
+) -> None:
+    """The OOF predictions shipped beside each profile's default grader, re-scored against the real
+    labels, give the card's figures exactly; they beat the majority-grade baseline and predict grade 1."""
     from training.oof import evaluate_oof
 
-    card = ModelCard.read(SHIPPED_WEIGHTS_DIR / f"{default_model('grader', SHIPPED_WEIGHTS_DIR)}.json")
+    stem = default_model("grader", SHIPPED_WEIGHTS_DIR, ensembles=ensembles)
+    card = ModelCard.read(SHIPPED_WEIGHTS_DIR / f"{stem}.json")
     oof = card.training.get("evaluation", {}).get("oof")
     if not oof:
         pytest.skip("the default grader has no out-of-fold figures")
     predictions = SHIPPED_WEIGHTS_DIR / oof["predictions"]["file"]
     assert file_sha256(predictions) == oof["predictions"]["sha256"]
-    rescored = evaluate_oof(predictions, real_idrid)["plain"]
+    # an ensemble with the mirror view is the flip-TTA variant of its file (training.ensemble)
+    variant = "plain" if oof.get("tta", "none") == "none" else "hflip_tta"
+    rescored = evaluate_oof(predictions, real_idrid)[variant]
     for key in ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc"):
         assert rescored[key] == pytest.approx(oof[key], abs=1e-9), key
     assert rescored["n"] == 413

@@ -241,6 +241,17 @@ def test_a_segmenter_card_can_take_channels_from_another_model(
         )
     with pytest.raises(ValueError, match="MODEL"):
         parse_channels_from("segmenter_lite0@big:HE")
+    with pytest.raises(ValueError, match="MODEL"):
+        parse_channels_from("segmenter_lite0@640:HE=max")
+    # "=mean": that channel is the mean of both models' probabilities, the others as before
+    entries = parse_channels_from("tiny_segmenter@64:HE=mean,OD")
+    assert entries[0]["averaged"] == ["HE"]
+    mixed = card.with_updates(extra={**card.extra, "channels_from": entries})
+    (tmp_path / "mixed.json").write_text(mixed.to_json())
+    averaged = load_segmenter("mixed", tmp_path).predict(image).probabilities
+    np.testing.assert_allclose(averaged[1], (alone.probabilities[1] + both.probabilities[1]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(averaged[4], both.probabilities[4])
+    np.testing.assert_array_equal(averaged[0], alone.probabilities[0])
 
 
 def test_sparse_pixel_maps_stay_visible_and_every_overlay_has_a_colour_bar() -> None:

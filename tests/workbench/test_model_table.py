@@ -104,3 +104,24 @@ def test_models_table_shows_shipped_refiners_and_skips_families_with_none(tmp_pa
     row = next(line for line in table.splitlines() if line.startswith("| tiny_disc"))
     assert "validation split, n=11" in row and "0.882" in row and "0.879" in row and "default" in row
     assert "Optic-disc refiners" in table and "Fovea refiners" not in table
+
+
+def test_models_table_marks_each_profiles_default_grader_and_names_an_ensembles_members(
+    tmp_path: Path,
+) -> None:
+    folder = write_tiny_weights(tmp_path)
+    single = json.loads((folder / "tiny_grader.json").read_text())
+    single["training"]["evaluation"] = {"oof": {"n": 413, "folds": 5, "dr_accuracy": 0.67, "score": 0.85}}
+    (folder / "tiny_grader.json").write_text(json.dumps(single))
+    ensemble = dict(single, name="grader_ensemble", weights="tiny_ens.safetensors")
+    ensemble["extra"] = {"members": [{"model": "tiny_grader", "sha256": single["sha256"]}], "flip": True}
+    ensemble["training"] = {"evaluation": {"oof": {"n": 413, "folds": 5, "dr_accuracy": 0.71, "score": 0.88}}}
+    (folder / "tiny_ens.json").write_text(json.dumps(ensemble))
+    lines = models_markdown(folder).splitlines()
+    ens_row = next(line for line in lines if line.startswith("| tiny_ens |") and "out-of-fold" in line)
+    single_row = next(line for line in lines if line.startswith("| tiny_grader |") and "out-of-fold" in line)
+    assert "default (quality profile)" in ens_row and "ensemble of tiny_grader" in ens_row
+    assert "mirror image" in ens_row
+    assert "default (fast profile)" in single_row and "ensemble" not in single_row
+    explained = next(line for line in lines if line.startswith("| tiny_ens |") and "out-of-fold" not in line)
+    assert "explained through one member" in explained

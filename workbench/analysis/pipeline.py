@@ -45,12 +45,13 @@ __all__ = ["FAST_SEGMENT_SIZE", "PROFILES", "Workbench", "profile_from_env"]
 
 FAST_SEGMENT_SIZE = 640  # px of the field-of-view crop the fast profile segments, in one tile
 
-# Analysis profiles: "quality" segments with the best shipped segmenter at its own resolution; "fast"
-# with the low-resolution one on a smaller crop, one tile, to stay within about a second on two cores
-# (README "Speed and memory" has the measured figures). DRWB_PROFILE picks one for the apps.
-PROFILES: dict[str, dict[str, str | int | None]] = {
-    "quality": {"segmenter": None, "segment_size": None},
-    "fast": {"segmenter": "segmenter_lite0", "segment_size": FAST_SEGMENT_SIZE},
+# Analysis profiles: "quality" grades with the best shipped grader, an ensemble included, and segments with
+# the best shipped segmenter at its own resolution; "fast" grades with the best single network and
+# segments with the low-resolution segmenter on a smaller crop, one tile, to stay within about a second on
+# two cores (README "Speed and memory" has the measured figures). DRWB_PROFILE picks one for the apps.
+PROFILES: dict[str, dict[str, str | int | bool | None]] = {
+    "quality": {"segmenter": None, "segment_size": None, "ensembles": True},
+    "fast": {"segmenter": "segmenter_lite0", "segment_size": FAST_SEGMENT_SIZE, "ensembles": False},
 }
 
 
@@ -94,7 +95,7 @@ class Workbench:
             available = {p.stem for p in self.weights_dir.glob("*.json")}
             segmenter = str(chosen["segmenter"]) if chosen["segmenter"] in available else None
         names = {
-            "grader": grader or default_model("grader", self.weights_dir),
+            "grader": grader or default_model("grader", self.weights_dir, bool(chosen["ensembles"])),
             "segmenter": segmenter or default_model("segmenter", self.weights_dir),
             "localizer": localizer or default_model("localizer", self.weights_dir),
         }
@@ -243,6 +244,7 @@ class Workbench:
         self, crop512: np.ndarray, methods: Sequence[str], target: Target, grader: str | None = None
     ) -> dict[str, Heatmap]:
         """Heatmaps (model-input frame) of each method for ``target`` on the grader or the segmenter."""
+        member = ""
         if target.arch == "segmenter":
             card = self.segmenter.card
             model = ExplainableModel(self.segmenter.model, card)
@@ -251,13 +253,17 @@ class Workbench:
             ]
         else:
             predictor = self.grader_predictor(grader) if grader else self.grader
-            model = ExplainableModel(predictor.model, predictor.card)
+            module, card, member = predictor.explained(crop512)  # an ensemble: one member (the note)
+            model = ExplainableModel(module, card)
             tensor = predictor.input_tensor(crop512)
         out = {}
         # one explanation at a time (memory), and none while another session runs the same module
         with self._explain_lock, model_lock(model.module):
             for method in methods:
-                out[method] = get_explainer(method).explain(model, tensor, target)
+                heatmap = get_explainer(method).explain(model, tensor, target)
+                if member:
+                    heatmap = replace(heatmap, note="; ".join(filter(None, [heatmap.note, member])))
+                out[method] = heatmap
                 release_freed_memory()
         return out
 

@@ -30,7 +30,7 @@ def _grader_input(image_path: Path):
     from workbench.fundus import prepare_fundus
     from workbench.predictors import GraderPredictor
 
-    predictor = GraderPredictor(*load_model(default_model("grader")))
+    predictor = GraderPredictor(*load_model(default_model("grader", ensembles=False)))  # one network
     prepared = prepare_fundus(load_image(image_path, min_side=512), 512)
     return ExplainableModel(predictor.model, predictor.card), predictor.input_tensor(prepared.crop)
 

@@ -74,7 +74,7 @@ def bench_runtimes(image_path: Path, repeats: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "forward": {}}
     for key, size in _NETWORKS.items():
-        name = default_model(key) if key in ("grader", "localizer") else key
+        name = default_model(key, ensembles=False) if key in ("grader", "localizer") else key
         out["forward"][name] = compare_forwards(name, size, repeats)
     for runtime in ("torch", "onnx"):
         with _runtime(runtime):

@@ -78,7 +78,17 @@ def explain_bench(
     limit: int = 0,
     sanity_images: int = 2,
 ) -> dict[str, Any]:
-    """Score ``methods`` on the grader of ``predictor`` over one split's segmentation images."""
+    """Score ``methods`` on the grader of ``predictor`` over one split's segmentation images.
+
+    Raises:
+        ValueError: for an ensemble, whose maps come from one member per image: its members are scored.
+    """
+    if "members" in predictor.card.extra:
+        members = ", ".join(m["model"] for m in predictor.card.extra["members"])
+        raise ValueError(
+            "explain-bench scores one network's explanations; an ensemble is explained through one "
+            f"member per image, so score its members instead (--grader with one of: {members})"
+        )
     dataset = IDRiD(data)
     records = dataset.segmentation("test" if split == "test" else "train")
     excluded: list[str] = []

@@ -99,7 +99,8 @@ def score_analysis(
     deletion and insertion are measured on that same model.
     """
     predictor = workbench.grader_predictor(grader) if grader else workbench.grader
-    model = ExplainableModel(predictor.model, predictor.card)
+    module, card, _ = predictor.explained(analysis.crop)  # an ensemble: the member its maps came from
+    model = ExplainableModel(module, card)
     tensor = predictor.input_tensor(analysis.crop)
     lesions = {code: s.mask for code, s in analysis.lesions.items()}
     size = predictor.card.input_size
@@ -107,7 +108,7 @@ def score_analysis(
     tolerance = pointing_tolerance(analysis.crop_transform, size)
     scores = {}
     for name, heat in analysis.heatmaps.items():
-        with model_lock(predictor.model):  # not while an explainer has hooks on it
+        with model_lock(module):  # not while an explainer has hooks on it
             scores[name] = score_heatmap(model, tensor, heat, target, mask, tolerance=tolerance)
         release_freed_memory()
     return scores

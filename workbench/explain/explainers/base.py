@@ -36,6 +36,15 @@ class ExplainableModel:
     module: nn.Module
     card: ModelCard
 
+    def __post_init__(self) -> None:
+        if "members" in self.card.extra:
+            # an ensemble runs every member on two views per call: the path-integral and perturbation
+            # methods would take four times the time and memory, and their maps would be no one network's
+            raise ValueError(
+                f"{self.card.name}: explain one member of an ensemble, not the ensemble "
+                "(workbench.predictors.GraderPredictor.explained picks it)"
+            )
+
     @property
     def target_layer(self) -> nn.Module:
         return self.module.get_submodule(self.card.target_layer)

@@ -1,0 +1,110 @@
+"""The grader ensemble: what its forward pass computes, and its card and sha256 round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models.classifier import grader_card
+from models.ensemble import GraderEnsemble, ensemble_card
+from models.hashing import file_sha256
+from models.registry import WeightsError, build_model, load_model, save_model
+
+
+def _member(seed: int, temperature: float = 1.0):
+    card = grader_card("test_convnext", 64, name="test_tiny_cls", temperature={"dr": temperature, "dme": 1.0})
+    torch.manual_seed(seed)
+    return build_model(card), card
+
+
+def _write_ensemble(folder: Path, flip: bool = True) -> None:
+    """Two tiny members (the second in members/) and an ensemble card over them, as `drwb ensemble`."""
+    stems = []
+    for seed, stem in ((0, "grader_a"), (1, "members/grader_b")):
+        model, card = _member(seed, temperature=1.5 + seed)
+        target = folder / Path(stem).parent
+        save_model(model, card.with_updates(weights=f"{Path(stem).name}.safetensors"), target, half=False)
+        stems.append(stem)
+    cards = [(s, load_model(s, folder)[1]) for s in stems]
+    card = ensemble_card(cards, flip, temperature={"dr": 0.8, "dme": 1.2})
+    weights = folder / "grader_ens.safetensors"
+    save_file({"temperature": torch.tensor([0.8, 1.2])}, str(weights))
+    card = card.with_updates(weights=weights.name, sha256=file_sha256(weights))
+    (folder / "grader_ens.json").write_text(card.to_json())
+
+
+def _flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+def test_forward_is_the_mean_of_member_logits_over_the_image_and_its_mirror() -> None:
+    members = [_member(0, 1.5)[0], _member(1, 2.0)[0]]
+    ensemble = GraderEnsemble(members, flip=True, temperature=(0.5, 2.0)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        views = [m(v) for m in members for v in (x, x.flip(-1))]
+        expected = torch.stack(views).mean(0)
+        out = ensemble(x)
+        plain = GraderEnsemble(members, flip=False).eval()(x)
+    assert torch.allclose(out[:, :5], expected[:, :5] / 0.5, atol=1e-5)
+    assert torch.allclose(out[:, 5:], expected[:, 5:] / 2.0, atol=1e-5)
+    assert torch.allclose(plain, torch.stack([m(x) for m in members]).mean(0), atol=1e-5)
+    assert not torch.allclose(plain, expected, atol=1e-3)  # the mirror view changes the answer
+
+
+def test_attention_is_averaged_with_mirror_maps_mirrored_back() -> None:
+    member = _member(0)[0].eval()
+    ensemble = GraderEnsemble([member], flip=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = ensemble.attention_maps(x)
+        own, mirrored = member.attention_maps(x), member.attention_maps(x.flip(-1))
+    for key in ("dr", "dme"):
+        assert torch.allclose(maps[key], (own[key] + mirrored[key].flip(-1)) / 2, atol=1e-6)
+        assert torch.allclose(maps[key].sum((1, 2)), torch.ones(1), atol=1e-5)
+
+
+def test_members_must_share_their_heads() -> None:
+    odd = build_model(grader_card("test_convnext", 64, name="test_tiny_cls").with_updates(num_classes=3))
+    with pytest.raises(ValueError, match="heads"):
+        GraderEnsemble([_member(0)[0], odd])
+
+
+def test_ensemble_card_round_trip_loads_verified_members(tmp_path: Path) -> None:
+    _write_ensemble(tmp_path)
+    model, card = load_model("grader_ens", tmp_path)
+    assert isinstance(model, GraderEnsemble) and card.arch == "grader"
+    assert model.member_names == ("grader_a", "members/grader_b")
+    assert model.temperature.tolist() == pytest.approx([0.8, 1.2])
+    a, b = load_model("grader_a", tmp_path)[0], load_model("members/grader_b", tmp_path)[0]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = torch.stack([m(v) for m in (a, b) for v in (x, x.flip(-1))]).mean(0)
+        assert torch.allclose(model(x)[:, :5], expected[:, :5] / 0.8, atol=1e-5)
+    assert b.temperature.tolist() == pytest.approx([2.5, 1.0])  # each member keeps its own temperature
+
+
+def test_a_member_changed_after_the_ensemble_was_built_refuses_to_load(tmp_path: Path) -> None:
+    _write_ensemble(tmp_path)
+    model, card = _member(7)
+    # retrained under the same name: its own card and hash agree, the ensemble's record does not
+    save_model(model, card.with_updates(weights="grader_b.safetensors"), tmp_path / "members", half=False)
+    assert load_model("members/grader_b", tmp_path)
+    with pytest.raises(WeightsError, match="member members/grader_b"):
+        load_model("grader_ens", tmp_path)
+
+
+def test_a_corrupt_ensemble_or_member_file_fails_its_sha256(tmp_path: Path) -> None:
+    _write_ensemble(tmp_path)
+    member = tmp_path / "members" / "grader_b.safetensors"
+    member.write_bytes(_flip_last_byte(member.read_bytes()))
+    with pytest.raises(WeightsError, match="grader_b.safetensors"):
+        load_model("grader_ens", tmp_path)
+    _write_ensemble(tmp_path)
+    own = tmp_path / "grader_ens.safetensors"
+    own.write_bytes(_flip_last_byte(own.read_bytes()))
+    with pytest.raises(WeightsError, match="grader_ens.safetensors"):
+        load_model("grader_ens", tmp_path)

@@ -1,0 +1,194 @@
+"""``drwb ensemble``: several shipped graders combined into one grader, measured out of fold.
+
+An ensemble is measured from the members' out-of-fold (OOF) predictions, which ship beside their cards
+(``<member>.oof.csv``, ``training.cv``): for each image, each member's fold model that did not train on
+it, on the image and on its mirror image. The members must come from cross-validations with the same
+folds (same ``--folds`` and ``--seed``), so that no image is scored by a model that saw it. The ensemble
+then combines them as ``models.ensemble.GraderEnsemble`` does at inference (each member's logits divided
+by its own temperature, averaged over members and views), fits its own temperature on those OOF logits,
+and records the figures with bootstrap intervals, the same ensemble without the mirror view, each member
+alone, and the paired difference to the first member. What ships: the card and a weights file that holds
+the ensemble's temperature; the members' weights stay in their own files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import save_file
+
+from models.card import ModelCard
+from models.classifier import NUM_DR
+from models.ensemble import ensemble_card
+from models.hashing import file_sha256
+from models.registry import weights_dir
+from training.export import git_commit
+from training.oof import oof_metrics, read_oof_csv, write_oof_csv
+from workbench.intervals import bootstrap_intervals
+from workbench.io.idrid import IDRiD
+from workbench.metrics import grading_metrics, json_safe
+
+__all__ = ["build_ensemble", "member_oof"]
+
+_HEADLINE = ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc")
+
+
+def member_oof(stem: str, folder: Path) -> tuple[ModelCard, dict[str, np.ndarray]]:
+    """A shipped grader's card and its OOF logits, each view divided by the member's own temperature
+    (as the member's forward pass divides them at inference)."""
+    card = ModelCard.read(folder / f"{stem}.json")
+    oof = card.training.get("evaluation", {}).get("oof")
+    if not oof or "predictions" not in oof:
+        raise ValueError(
+            f"{stem}: its card has no out-of-fold predictions (training.evaluation.oof.predictions); "
+            "only graders shipped from `drwb train grader --folds` can join an ensemble"
+        )
+    path = (folder / stem).parent / oof["predictions"]["file"]
+    if file_sha256(path) != oof["predictions"]["sha256"]:
+        raise ValueError(f"{path}: sha256 differs from {stem}'s card")
+    arrays = read_oof_csv(path)
+    temperature = card.extra.get("temperature") or {}
+    scale = np.array([float(temperature.get("dr", 1.0))] * NUM_DR + [float(temperature.get("dme", 1.0))] * 3)
+    return card, {**arrays, "logits": arrays["logits"] / scale, "logits_flip": arrays["logits_flip"] / scale}
+
+
+def _combined(members: list[dict[str, np.ndarray]], flip: bool) -> np.ndarray:
+    views = [(m["logits"] + m["logits_flip"]) / 2 if flip else m["logits"] for m in members]
+    return np.mean(views, axis=0)
+
+
+def _paired(
+    ours: np.ndarray, theirs: np.ndarray, t_dr: np.ndarray, t_dme: np.ndarray, temps: tuple[dict, dict]
+) -> dict[str, Any]:
+    """Paired bootstrap of ensemble minus first member over the same images (each with its temperature)."""
+    from workbench.calibration import softmax
+
+    def probs(logits: np.ndarray, temperature: dict) -> tuple[np.ndarray, np.ndarray]:
+        return softmax(logits[:, :NUM_DR], temperature["dr"]), softmax(logits[:, NUM_DR:], temperature["dme"])
+
+    (a_dr, a_dme), (b_dr, b_dme) = probs(ours, temps[0]), probs(theirs, temps[1])
+
+    def difference(idx: np.ndarray) -> dict[str, float]:
+        mine = grading_metrics(a_dr[idx], a_dme[idx], t_dr[idx], t_dme[idx])
+        other = grading_metrics(b_dr[idx], b_dme[idx], t_dr[idx], t_dme[idx])
+        return {k: mine[k] - other[k] for k in _HEADLINE}
+
+    every = np.arange(len(t_dr))
+    return {"difference": difference(every), "ci95": bootstrap_intervals(len(every), difference, 2000)}
+
+
+def build_ensemble(
+    members: list[str],
+    name: str,
+    data: Path,
+    flip: bool = True,
+    folder: Path | None = None,
+    out: Path | None = None,
+    command: str = "",
+) -> Path:
+    """Measure the ensemble of shipped graders ``members`` (card stems in ``folder``) out of fold and
+    write ``<name>.json``, ``<name>.safetensors`` (its temperature) and ``<name>.oof.csv`` to ``out``
+    (default: ``folder``). Returns the card's path."""
+    folder = Path(folder) if folder else weights_dir()
+    out = Path(out) if out else folder
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs two or more members, got {members}")
+    loaded = [member_oof(stem, folder) for stem in members]
+    first = loaded[0][1]
+    for stem, (_, arrays) in zip(members[1:], loaded[1:], strict=True):
+        if not (
+            np.array_equal(arrays["names"], first["names"]) and np.array_equal(arrays["fold"], first["fold"])
+        ):
+            raise ValueError(
+                f"{stem} and {members[0]} were cross-validated on different folds or images: their "
+                "out-of-fold predictions cannot be combined (train both with the same --folds and --seed)"
+            )
+    labels = {r.name: r for r in IDRiD(data).grading("train")}
+    truth = {
+        "dr_true": np.array([labels[str(n)].dr_grade for n in first["names"]]),
+        "dme_true": np.array([labels[str(n)].dme_grade for n in first["names"]]),
+    }
+    arrays = [a for _, a in loaded]
+    plain = np.mean([a["logits"] for a in arrays], axis=0)
+    mirrored = np.mean([a["logits_flip"] for a in arrays], axis=0)
+    views = {"names": first["names"], "fold": first["fold"], "logits": plain, "logits_flip": mirrored}
+    combined = _combined(arrays, flip)
+    measured = oof_metrics({**truth, "logits": combined, "logits_flip": combined}, tta=False)
+    other = oof_metrics({**truth, "logits": _combined(arrays, not flip), "logits_flip": plain}, tta=False)
+    alone = {
+        stem: {k: oof_metrics({**truth, **a}, tta=False)[k] for k in _HEADLINE}
+        for stem, a in zip(members, arrays, strict=True)
+    }
+    first_temperature = {"dr": 1.0, "dme": 1.0}  # its logits are already divided by its own temperature
+    paired = _paired(
+        combined,
+        arrays[0]["logits"],
+        truth["dr_true"].astype(int),
+        truth["dme_true"].astype(int),
+        (measured["temperature"], first_temperature),
+    )
+    temperature = measured["temperature"]
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{name}.safetensors"
+    import torch
+
+    save_file(
+        {"temperature": torch.tensor([temperature["dr"], temperature["dme"]], dtype=torch.float32)},
+        str(weights),
+        metadata={"format": "pt", "model": "grader_ensemble"},
+    )
+    write_oof_csv(views, out / f"{name}.oof.csv")
+    card = ensemble_card([(stem, c) for stem, (c, _) in zip(members, loaded, strict=True)], flip)
+    evaluation = {
+        "oof": {
+            **{k: v for k, v in measured.items() if k != "reliability_dr"},
+            "tta": "horizontal flip (mean of each member's logits on the image and its mirror)"
+            if flip
+            else "none",
+            "folds": int(len(np.unique(first["fold"]))),
+            "fold_sizes": np.bincount(first["fold"]).tolist(),
+            "note": "each image predicted by each member's fold model that did not train on it; intervals "
+            "are percentile bootstrap (1000 resamples) over images",
+            "reliability_dr": measured["reliability_dr"],
+            "predictions": {
+                "file": f"{name}.oof.csv",
+                "sha256": file_sha256(out / f"{name}.oof.csv"),
+                "columns": "logit_*: mean over members of each member's temperature-scaled logits on the "
+                "image; flip_logit_*: the same on the mirror image",
+                "rescore": f"drwb evaluate --task grading --data {data} --oof models/weights/{name}.oof.csv "
+                "(its hflip_tta figures are this ensemble's)",
+            },
+        },
+        "oof_without_flip" if flip else "oof_with_flip": {k: other[k] for k in (*_HEADLINE, "ci95")},
+        "members_alone": alone,
+        f"paired_minus_{members[0]}": {
+            **paired,
+            "note": f"ensemble minus {members[0]} (plain, its own temperature), the same {len(combined)} "
+            "images, 2000 bootstrap resamples",
+        },
+    }
+    training = {
+        "data": f"IDRiD grading training images ({data}); members trained as their cards say",
+        "command": command or "drwb ensemble",
+        "commit": git_commit(),
+        "combination": "mean of the members' temperature-scaled logits over members"
+        + (" and over the image and its horizontal mirror" if flip else "")
+        + ", divided by the ensemble's temperature (fitted on these OOF logits)",
+        "evaluation": evaluation,
+        # which images the members trained on (workbench.provenance.trained_grading_names)
+        "member_configs": {
+            stem: c.training.get("config") or {} for stem, (c, _) in zip(members, loaded, strict=True)
+        },
+        "storage": "the weights file holds the ensemble's temperature only; members load from their files",
+    }
+    card = card.with_updates(
+        weights=weights.name,
+        sha256=file_sha256(weights),
+        training=json_safe(training),
+        extra={**card.extra, "temperature": temperature},
+    )
+    path = out / f"{name}.json"
+    path.write_text(card.to_json() + "\n")
+    return path
