@@ -220,3 +220,22 @@ def test_disc_refiner_outlines_the_disc_better_than_the_segmenter(
     assert result["n"] == 11
     assert result["jaccard_OD_at_0.5"] > alone["jaccard_OD_at_0.5"] + 0.05
     assert result["paired_jaccard_difference"]["mean"] > 0
+
+
+@pytest.mark.skipif(
+    not (SHIPPED_WEIGHTS_DIR / "segmenter_lite0_hr.json").is_file(), reason="no high-resolution segmenter"
+)
+def test_haemorrhages_averaged_over_both_models_beat_the_low_resolution_model_alone(real_idrid: Path) -> None:
+    """The quality profile's HE map (``"averaged": ["HE"]`` in the card: the mean of the 2048-px model's
+    and ``segmenter_lite0``'s at 640 px) against ``segmenter_lite0`` at 640 px alone, which gave HE before,
+    on validation photographs (never trained on) at 4288x2848."""
+    from workbench.predictors import load_segmenter
+
+    records = IDRiD(real_idrid).segmentation("train")
+    val = set(split_names([r.name for r in records], 0.2, 0).val)
+    records = [r for r in records if r.name in val and r.mask_paths["HE"] is not None][:2]
+    composite = load_segmenter("segmenter_lite0_hr", SHIPPED_WEIGHTS_DIR)
+    assert [entry.get("averaged") for entry in composite.card.extra["channels_from"]] == [["HE"]]
+    alone = SegmenterPredictor(*load_model("segmenter_lite0", SHIPPED_WEIGHTS_DIR), input_size=640)
+    both, donor = _aupr_on(composite, records, ("HE",)), _aupr_on(alone, records, ("HE",))
+    assert both["HE"] > donor["HE"], (both, donor)
