@@ -281,7 +281,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=["quality", "fast"],
         default="quality",
-        help="quality: the best grader (an ensemble) and the best segmenter at its resolution (6-7 s a "
+        help="quality: the best grader (an ensemble) and the best segmenter at its resolution (~10 s a "
         "4288-px photograph on 2 cores); fast: one grader network and a 640-px crop, about 0.6 s (README: "
         "Speed and memory)",
     )

@@ -68,6 +68,7 @@ _SWITCHES: tuple[tuple[str, str], ...] = (
     ("refit", "with --folds: train only the refit on all images"),
     ("unlabelled", "grader: add segmentation-only photographs"),
     ("no-norm-decay", "no weight decay on 1-D parameters"),
+    ("mirror-tiles", "segmenter: at inference each tile's logits are averaged with its mirror's (extra.tta)"),
     (
         "reuse-teacher-head",
         "grader: a 1x1 neck into the teacher's feature space, starting from its pools and heads",

@@ -134,6 +134,8 @@ def final_card(
     extra = {k: v for k, v in card.extra.items() if k != "imagenet_init"}
     if cfg.channels_from:
         extra["channels_from"] = parse_channels_from(cfg.channels_from)
+    if cfg.mirror_tiles:
+        extra["tta"] = "hflip"  # workbench.predictors.SegmenterPredictor: each tile and its mirror, averaged
     return card.with_updates(
         extra={
             **extra,

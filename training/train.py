@@ -98,6 +98,7 @@ class TrainConfig:
     lesion_rates: str = ""  # segmenter: tile-centring rate per lesion, e.g. "MA:0.3,HE:0.15,EX:0.15,SE:0.2"
     focal_gamma: float = 0.0  # segmenter: focal-loss gamma on the BCE term (0: plain BCE)
     channels_from: str = ""  # segmenter: "MODEL@SIZE:HE,OD;..." channels the shipped card takes elsewhere
+    mirror_tiles: bool = False  # segmenter: the shipped card averages each tile with its mirror image
     ship: bool = False
     ship_name: str = ""
     ship_dir: str = ""  # default: models/weights (SHIPPED_WEIGHTS_DIR)

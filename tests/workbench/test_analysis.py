@@ -268,3 +268,38 @@ def test_sparse_pixel_maps_stay_visible_and_every_overlay_has_a_colour_bar() -> 
     empty = heatmap_overlay(crop, Heatmap(np.zeros((14, 14), np.float32), False, "gradcam", "t", 0.1))
     bar = np.any(empty != crop, axis=2)
     assert bar[:, 490:].any() and not bar[:, :400].any()  # the colour bar, on the right edge only
+
+
+def test_a_segmenter_card_with_mirror_tiles_averages_each_tile_with_its_mirror(
+    tiny_weights, synthetic_fundus, tmp_path
+) -> None:
+    """``extra.tta`` = "hflip" (``drwb train --mirror-tiles``): at the card's own crop every tile's logits
+    are the mean of the tile's and its mirror image's; a smaller crop (the fast profile) runs plain."""
+    import shutil
+
+    import torch
+
+    from models.card import ModelCard
+    from models.preprocess import normalise
+    from workbench.predictors import crop_for, load_segmenter
+
+    for path in tiny_weights.glob("tiny_segmenter.*"):
+        shutil.copy(path, tmp_path / path.name)
+    # one tile covering the whole crop, so that the mirror of the tile is the mirror of the crop
+    card = ModelCard.read(tmp_path / "tiny_segmenter.json")
+    card = card.with_updates(extra={**card.extra, "tile": card.input_size})
+    (tmp_path / "plain.json").write_text(card.to_json())
+    (tmp_path / "mirrored.json").write_text(card.with_updates(extra={**card.extra, "tta": "hflip"}).to_json())
+    image = _loaded(synthetic_fundus.image)
+    plain = load_segmenter("plain", tmp_path)
+    mirrored = load_segmenter("mirrored", tmp_path)
+    crop, _ = crop_for(image, plain.input_size)
+    tensor = torch.from_numpy(normalise(crop, card.mean, card.std))
+    with torch.no_grad():  # logits of the crop and of its mirror, mirrored back, averaged
+        logits = (plain.forward(tensor[None]) + plain.forward(tensor.flip(-1)[None]).flip(-1)) / 2
+    expected = torch.sigmoid(logits[0]).numpy()
+    np.testing.assert_allclose(mirrored.predict(image).probabilities, expected, atol=1e-5)
+    assert np.abs(plain.predict(image).probabilities - expected).max() > 1e-3  # the mirror changes it
+    small = load_segmenter("mirrored", tmp_path, input_size=64).predict(image).probabilities
+    alone = load_segmenter("plain", tmp_path, input_size=64).predict(image).probabilities
+    np.testing.assert_array_equal(small, alone)
