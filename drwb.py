@@ -131,7 +131,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         from workbench.engines.ray_engine import analyze_with_ray
 
         rows = analyze_with_ray(
-            args.images, Path(args.out), methods, target, not args.no_scores, args.address
+            args.images,
+            Path(args.out),
+            methods,
+            target,
+            not args.no_scores,
+            args.address,
+            profile=args.profile,
         )
     else:
         rows = analyze_files(
@@ -154,12 +160,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain_bench(args: argparse.Namespace) -> int:
-    from models.registry import default_model, load_model
-    from workbench.explain.explain_bench import explain_bench
-    from workbench.predictors import GraderPredictor
+    from workbench.explain.explain_bench import bench_grader, explain_bench
 
-    # one network's explanations are scored: the best single grader unless one is named
-    predictor = GraderPredictor(*load_model(args.grader or default_model("grader", ensembles=False)))
+    predictor = bench_grader(args.grader)
     methods = args.methods.split(",")
     result = explain_bench(predictor, Path(args.data), args.split, methods, args.limit, args.sanity_images)
     if args.write_card:

@@ -13,7 +13,7 @@ from torch import nn
 
 from models.card import ModelCard
 
-__all__ = ["MODEL_REGISTRY", "register_model"]
+__all__ = ["MODEL_REGISTRY", "build_model", "register_model"]
 
 MODEL_REGISTRY: dict[str, Callable[[ModelCard], nn.Module]] = {}
 
@@ -30,3 +30,14 @@ def register_model(
         return fn
 
     return decorator
+
+
+def build_model(card: ModelCard) -> nn.Module:
+    """Build the architecture named by ``card.name`` with random (or ImageNet-initialised) weights.
+
+    Here, beside the map, so that a family that builds other families (``models.ensemble``) needs no
+    import of ``models.registry``, which imports every family.
+    """
+    if card.name not in MODEL_REGISTRY:
+        raise KeyError(f"unknown model {card.name!r}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
+    return MODEL_REGISTRY[card.name](card)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models._registry import register_model
+from models._registry import build_model, register_model
 from models.card import ModelCard
 from models.classifier import Grader
 
@@ -137,12 +137,13 @@ def ensemble_card(members: Sequence[tuple[str, ModelCard]], flip: bool, **extra:
 def grader_ensemble(card: ModelCard) -> GraderEnsemble:
     """An ensemble of untrained members built from their cards (``extra.member_cards``, which
     ``models.registry.load_model`` fills in from the member files; tests pass them directly)."""
-    from models.registry import build_model  # the registry imports this family: import at call time
-
-    members = [build_model(ModelCard.from_dict(c)) for c in card.extra["member_cards"]]
+    cards = [ModelCard.from_dict(c) for c in card.extra["member_cards"]]
     temperature = card.extra.get("temperature") or {}
     return GraderEnsemble(
-        members,
+        [build_model(c) for c in cards],
         flip=bool(card.extra.get("flip", True)),
         temperature=(float(temperature.get("dr", 1.0)), float(temperature.get("dme", 1.0))),
+        names=[m["model"] for m in card.extra.get("members", [])]
+        or [f"member {i}" for i in range(len(cards))],
+        cards=cards,
     )

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models import classifier, ensemble, localizer, refiners, segmenter  # noqa: F401  (families fill the registry)
-from models._registry import MODEL_REGISTRY, register_model
+from models._registry import MODEL_REGISTRY, build_model, register_model
 from models.card import ModelCard
 from models.hashing import file_sha256
 
@@ -46,13 +46,6 @@ def weights_dir() -> Path:
 
 class WeightsError(ValueError):
     """Shipped weights are missing, do not match their card's sha256, or do not fit the architecture."""
-
-
-def build_model(card: ModelCard) -> nn.Module:
-    """Build the architecture named by ``card.name`` with random (or ImageNet-initialised) weights."""
-    if card.name not in MODEL_REGISTRY:
-        raise KeyError(f"unknown model {card.name!r}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
-    return MODEL_REGISTRY[card.name](card)
 
 
 def list_shipped(folder: Path | None = None) -> list[ModelCard]:

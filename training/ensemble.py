@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors.torch import save_file
 
 from models.card import ModelCard
@@ -26,6 +27,7 @@ from models.hashing import file_sha256
 from models.registry import weights_dir
 from training.export import git_commit
 from training.oof import oof_metrics, read_oof_csv, write_oof_csv
+from workbench.calibration import softmax
 from workbench.intervals import bootstrap_intervals
 from workbench.io.idrid import IDRiD
 from workbench.metrics import grading_metrics, json_safe
@@ -63,7 +65,6 @@ def _paired(
     ours: np.ndarray, theirs: np.ndarray, t_dr: np.ndarray, t_dme: np.ndarray, temps: tuple[dict, dict]
 ) -> dict[str, Any]:
     """Paired bootstrap of ensemble minus first member over the same images (each with its temperature)."""
-    from workbench.calibration import softmax
 
     def probs(logits: np.ndarray, temperature: dict) -> tuple[np.ndarray, np.ndarray]:
         return softmax(logits[:, :NUM_DR], temperature["dr"]), softmax(logits[:, NUM_DR:], temperature["dme"])
@@ -132,8 +133,6 @@ def build_ensemble(
     temperature = measured["temperature"]
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
-    import torch
-
     save_file(
         {"temperature": torch.tensor([temperature["dr"], temperature["dme"]], dtype=torch.float32)},
         str(weights),
@@ -158,7 +157,11 @@ def build_ensemble(
                 "columns": "logit_*: mean over members of each member's temperature-scaled logits on the "
                 "image; flip_logit_*: the same on the mirror image",
                 "rescore": f"drwb evaluate --task grading --data {data} --oof models/weights/{name}.oof.csv "
-                "(its hflip_tta figures are this ensemble's)",
+                + (
+                    "(its hflip_tta figures are this ensemble's)"
+                    if flip
+                    else "(its plain figures are this ensemble's)"
+                ),
             },
         },
         "oof_without_flip" if flip else "oof_with_flip": {k: other[k] for k in (*_HEADLINE, "ci95")},

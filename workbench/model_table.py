@@ -167,7 +167,7 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
             config = card.training.get("config") or {}
             if members := card.extra.get("members"):
                 names = ", ".join(m["model"] for m in members)
-                why = f"explained through one member per photograph ({names}): see the members' rows"
+                why = f"explained through one member per photograph ({names}); the bench scores one network"
             elif config.get("refit") and config.get("unlabelled"):
                 why = "none left: trained on every IDRiD segmentation photograph"
             else:

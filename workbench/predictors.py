@@ -14,6 +14,9 @@ on another but with segmenter logits moved by up to 0.70 (README).
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -75,6 +78,9 @@ class GraderPredictor:
     def __init__(self, model: nn.Module, card: ModelCard, runtime: str | None = None) -> None:
         self.model, self.card = model.eval(), card
         self.forward = forward_for(self.model, card, runtime)  # explainers use self.model (PyTorch)
+        # an ensemble's explained member per photograph (crop digest -> member index), the latest 32
+        self._chosen: OrderedDict[str, int] = OrderedDict()
+        self._chosen_lock = threading.Lock()
 
     def input_tensor(self, crop512: np.ndarray) -> torch.Tensor:
         """(1, 3, S, S) normalised model input for one 512-px crop (used by explainers too)."""
@@ -92,15 +98,24 @@ class GraderPredictor:
         """
         if not isinstance(self.model, GraderEnsemble):
             return self.model, self.card, ""
-        tensor = self.input_tensor(crop512)
-        with _locked(self.model):
-            logits = self.model.member_logits(tensor).float()
-        members, ensemble = (
-            logits[:, 0, : self.card.num_classes],
-            self.model.combine(logits)[0, : self.card.num_classes],
-        )
-        distance = (torch.softmax(members, 1) - torch.softmax(ensemble, 0)).abs().sum(1)
-        k = int(distance.argmin())
+        key = hashlib.sha1(np.ascontiguousarray(crop512).tobytes()).hexdigest()
+        with self._chosen_lock:
+            k = self._chosen.get(key)
+        if k is None:  # the choice costs every member and view: made once per photograph (a Compare asks
+            # once per method, and scoring asks again)
+            tensor = self.input_tensor(crop512)
+            with _locked(self.model):
+                logits = self.model.member_logits(tensor).float()
+            members, ensemble = (
+                logits[:, 0, : self.card.num_classes],
+                self.model.combine(logits)[0, : self.card.num_classes],
+            )
+            distance = (torch.softmax(members, 1) - torch.softmax(ensemble, 0)).abs().sum(1)
+            k = int(distance.argmin())
+            with self._chosen_lock:
+                self._chosen[key] = k
+                while len(self._chosen) > 32:
+                    self._chosen.popitem(last=False)
         name = self.model.member_names[k] if self.model.member_names else f"member {k}"
         note = f"via {name}, the member nearest the ensemble"
         return self.model.members[k], self.model.member_cards[k], note

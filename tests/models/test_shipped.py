@@ -72,6 +72,10 @@ def test_grader_beats_majority_class(real_idrid: Path) -> None:
     if not records:
         # a refit (or an ensemble of refits) saw every grading image (its held-out quality is the OOF
         # test's): these weights must at least fit their own training images clearly better than that
+        configs = predictor.card.training.get("member_configs", {}).values() or [
+            predictor.card.training["config"]
+        ]
+        assert all(c.get("refit") for c in configs), "only a refit may have no unseen grading image"
         records, margin = IDRiD(real_idrid).grading("train")[::5], 0.35
     assert len(records) >= 80  # a fold model: its held-out fold
     crops = [crop_for(load_image(r.image_path, min_side=GRADING_CROP), GRADING_CROP)[0] for r in records]

@@ -30,11 +30,12 @@ def shipped_members(synthetic_idrid: Path, tmp_path_factory: pytest.TempPathFact
 def test_ensemble_is_measured_out_of_fold_and_loads_as_it_was_measured(
     shipped_members: Path, synthetic_idrid: Path
 ) -> None:
+    from models.card import ModelCard
     from models.ensemble import GraderEnsemble
     from models.registry import default_model, load_model
-    from training.ensemble import build_ensemble, member_oof
-    from training.oof import evaluate_oof
-    from workbench.calibration import softmax
+    from training.ensemble import build_ensemble
+    from training.oof import evaluate_oof, read_oof_csv
+    from workbench.calibration import fit_temperature, softmax
 
     path = build_ensemble(
         ["grader_a", "members/grader_b"], "grader_ens", synthetic_idrid, folder=shipped_members
@@ -47,12 +48,26 @@ def test_ensemble_is_measured_out_of_fold_and_loads_as_it_was_measured(
     assert oof["temperature"] == card.extra["temperature"]
     low, high = oof["ci95"]["dr_accuracy"]
     assert low <= oof["dr_accuracy"] <= high
-    # the figures are those of the combination the module computes: members' scaled logits averaged
-    # over members and the two views, then the ensemble's temperature
-    members = [member_oof(s, shipped_members)[1] for s in ("grader_a", "members/grader_b")]
-    combined = np.mean([(m["logits"] + m["logits_flip"]) / 2 for m in members], axis=0)
+    # the figures are those of the combination the module computes (GraderEnsemble.forward): each
+    # member's raw OOF logits divided by that member's own card temperature, averaged over members and
+    # the two views, then the ensemble's temperature fitted on them; worked out here from the raw files
+    plain, mirrored = [], []
+    for stem in ("grader_a", "members/grader_b"):
+        member = ModelCard.read(shipped_members / f"{stem}.json")
+        predictions = member.training["evaluation"]["oof"]["predictions"]["file"]
+        raw = read_oof_csv((shipped_members / stem).parent / predictions)
+        t = member.extra["temperature"]
+        scale = np.array([t["dr"]] * 5 + [t["dme"]] * 3)
+        assert not np.allclose(scale, 1.0)  # the member temperatures matter to this check
+        plain.append(raw["logits"] / scale)
+        mirrored.append(raw["logits_flip"] / scale)
+    written = read_oof_csv(shipped_members / oof["predictions"]["file"])
+    np.testing.assert_allclose(written["logits"], np.mean(plain, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(written["logits_flip"], np.mean(mirrored, 0), rtol=1e-4, atol=1e-5)
+    combined = (np.mean(plain, 0) + np.mean(mirrored, 0)) / 2
+    truth = np.array([r.dr_grade for r in _records(synthetic_idrid, written["names"])])
+    assert oof["temperature"]["dr"] == pytest.approx(fit_temperature(combined[:, :5], truth), rel=1e-3)
     p_dr = softmax(combined[:, :5], oof["temperature"]["dr"])
-    truth = np.array([r.dr_grade for r in _records(synthetic_idrid, members[0]["names"])])
     assert oof["dr_accuracy"] == pytest.approx(float((p_dr.argmax(1) == truth).mean()))
     # the shipped OOF file re-scores to the same figures (its flip-TTA variant is the ensemble)
     rescored = evaluate_oof(shipped_members / oof["predictions"]["file"], synthetic_idrid)
@@ -124,7 +139,20 @@ def test_an_ensemble_is_explained_through_its_nearest_member_and_says_so(
     analysis = workbench.analyze(loaded, explain=["attention", "gradcam"], force=True)
     assert analysis.models["grader"] == "grader_ens"
     module, card, note = workbench.grader.explained(analysis.crop)
-    assert module in list(workbench.grader.model.members) and "nearest" in note
+    # the member nearest (L1 over the DR probabilities) to the ensemble, worked out from the members
+    ensemble = workbench.grader.model
+    tensor = workbench.grader.input_tensor(analysis.crop)
+    with torch.no_grad():
+        p_ens = torch.softmax(ensemble(tensor)[0, :5], 0)
+        views = [tensor, tensor.flip(-1)]
+        distances = [
+            float((torch.softmax(torch.stack([m(v) for v in views]).mean(0)[0, :5], 0) - p_ens).abs().sum())
+            for m in ensemble.members
+        ]
+    nearest = int(np.argmin(distances))
+    assert module is ensemble.members[nearest] and card == ensemble.member_cards[nearest]
+    assert ensemble.member_names[nearest] in note and "nearest" in note
+    assert workbench.grader.explained(analysis.crop)[0] is module  # the same choice, remembered
     for heatmap in analysis.heatmaps.values():
         assert note in heatmap.note
     from workbench.explain.explainers.base import ExplainableModel
@@ -134,3 +162,42 @@ def test_an_ensemble_is_explained_through_its_nearest_member_and_says_so(
     # a single grader explains itself, with no member note
     single = workbench.explain(analysis.crop, ["gradcam"], GradeTarget(2), grader="grader_a")["gradcam"]
     assert "nearest" not in single.note
+
+
+def test_each_profile_grades_with_its_default_and_a_forward_pass_holds_every_member(
+    shipped_members: Path, synthetic_idrid: Path, tmp_path: Path
+) -> None:
+    """Quality: the best grader, the ensemble included; fast: the best single network. A forward pass of
+    the ensemble waits while an explainer holds (hooks) one of its members."""
+    import shutil
+    import threading
+
+    from tests.conftest import write_tiny_weights
+    from training.ensemble import build_ensemble
+    from workbench.analysis import Workbench
+    from workbench.inference import model_lock
+
+    folder = tmp_path / "w"
+    shutil.copytree(shipped_members, folder)
+    build_ensemble(["grader_a", "members/grader_b"], "grader_ens", synthetic_idrid, folder=folder)
+    write_tiny_weights(folder)
+    (folder / "tiny_grader.json").unlink()  # the two cross-validated graders only
+    import json
+
+    card = json.loads((folder / "grader_ens.json").read_text())
+    card["training"]["evaluation"]["oof"]["score"] = 99.0  # the best held-out score of all (not hashed)
+    (folder / "grader_ens.json").write_text(json.dumps(card))
+    quality = Workbench(weights_dir=folder, segment=False)
+    fast = Workbench(weights_dir=folder, segment=False, profile="fast")
+    assert quality.model_names["grader"] == "grader_ens"
+    assert fast.model_names["grader"] == "grader_a"  # never an ensemble, whatever its score
+
+    crop = np.zeros((512, 512, 3), np.uint8)
+    member = quality.grader.model.members[1]
+    done = threading.Event()
+    with model_lock(member):  # as an explainer holds it
+        worker = threading.Thread(target=lambda: (quality.grader.predict([crop]), done.set()))
+        worker.start()
+        assert not done.wait(0.5)  # blocked on the member's lock
+    worker.join(30)
+    assert done.is_set()

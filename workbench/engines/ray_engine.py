@@ -54,14 +54,20 @@ class _AnalyzeActor:
     """Holds one Workbench; called with batches of {"path", "sha256"} rows, returns summary rows."""
 
     def __init__(
-        self, out: str, explain: Sequence[str], target: Target | None, score: bool, threads: int
+        self,
+        out: str,
+        explain: Sequence[str],
+        target: Target | None,
+        score: bool,
+        threads: int,
+        profile: str = "quality",
     ) -> None:
         import torch
 
         from workbench.analysis import Workbench
 
         torch.set_num_threads(max(1, threads))
-        self.workbench = Workbench()
+        self.workbench = Workbench(profile=profile)
         self.out, self.explain, self.target, self.score = Path(out), list(explain), target, score
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -92,12 +98,14 @@ def analyze_with_ray(
     score: bool = True,
     address: str | None = None,
     num_cpus: int | None = None,
+    profile: str = "quality",
 ) -> list[dict[str, str]]:
     """Analyze ``inputs`` on Ray; returns the rows written by this run (earlier rows stay in the CSV).
 
     Args:
         address: "auto", "ray://host:10001", or None for an embedded local Ray on this machine's cores.
         num_cpus: CPUs of the embedded local Ray (default: all of this machine's).
+        profile: the analysis profile every actor's Workbench runs ("quality" or "fast").
     """
     import ray
 
@@ -126,7 +134,7 @@ def analyze_with_ray(
             else:
                 ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
         try:
-            written = _run(ray, todo, out, summary, explain, target, score)
+            written = _run(ray, todo, out, summary, explain, target, score, profile)
         finally:
             if started_here:
                 ray.shutdown()
@@ -134,7 +142,7 @@ def analyze_with_ray(
     return written
 
 
-def _run(ray, todo, out, summary, explain, target, score) -> list[dict[str, str]]:
+def _run(ray, todo, out, summary, explain, target, score, profile) -> list[dict[str, str]]:
     resources = ray.cluster_resources()
     actors, cpus, gpus = pool_size(resources.get("CPU", 1.0), resources.get("GPU", 0.0))
     log.info("Ray pool: %d actors x %.2f CPU, %.0f GPU", actors, cpus, gpus)
@@ -146,6 +154,7 @@ def _run(ray, todo, out, summary, explain, target, score) -> list[dict[str, str]
             "target": target,
             "score": score,
             "threads": max(1, int(round(cpus))),
+            "profile": profile,
         },
         batch_size=1,
         concurrency=actors,

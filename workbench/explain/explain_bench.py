@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.constants import LESION_CODES
+from models.registry import default_model, load_model
 from workbench.explain.explainers import ExplainableModel, get_explainer
 from workbench.explain.explanation_quality import randomisation_correlation, randomised_copy
 from workbench.explain.scoring import (
@@ -40,7 +41,7 @@ from workbench.predictors import GRADING_CROP, GraderPredictor
 from workbench.provenance import matching_names, trained_grading_names
 from workbench.targets import GradeTarget
 
-__all__ = ["explain_bench", "mean_ci"]
+__all__ = ["bench_grader", "explain_bench", "mean_ci"]
 
 
 def mean_ci(values: Sequence[float]) -> dict[str, float | int | None]:
@@ -68,6 +69,12 @@ def _seen_by_grader(dataset: IDRiD, predictor: GraderPredictor, records: list) -
         in_grading = seg_to_grading(dataset.root)
         seen |= {r.name for r in records if r.name not in in_grading}
     return seen
+
+
+def bench_grader(name: str | None = None) -> GraderPredictor:
+    """The grader whose explanations the bench scores: ``name``, else the best single network (the bench
+    scores one network's maps; an ensemble is explained through its members)."""
+    return GraderPredictor(*load_model(name or default_model("grader", ensembles=False)))
 
 
 def explain_bench(
