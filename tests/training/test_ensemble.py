@@ -138,6 +138,9 @@ def test_an_ensemble_is_explained_through_its_nearest_member_and_says_so(
     loaded = LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png")
     analysis = workbench.analyze(loaded, explain=["attention", "gradcam"], force=True)
     assert analysis.models["grader"] == "grader_ens"
+    from workbench.ui.summary import summary_markdown
+
+    assert "Models: grader grader_ens," in summary_markdown(analysis)  # the face names what graded
     module, card, note = workbench.grader.explained(analysis.crop)
     # the member nearest (L1 over the DR probabilities) to the ensemble, worked out from the members
     ensemble = workbench.grader.model

@@ -1,5 +1,6 @@
 """The headline of an analysis as Markdown: grade and referable probabilities (each named), DME, quality,
-landmarks and their doubt, unreliable lesion types, stage timings. Shared by Analyze and both browsers."""
+landmarks and their doubt, unreliable lesion types, the models that ran (an ensemble by its own name) and
+stage timings. Shared by Analyze and both browsers."""
 
 from __future__ import annotations
 
@@ -71,5 +72,6 @@ def summary_markdown(analysis: Analysis) -> str:
             f"{RELIABILITY_FLOOR:.2f}): their counts and areas are shown greyed and are not findings."
         )
     timing = ", ".join(f"{k} {v:.0f} ms" for k, v in analysis.timings_ms.items())
-    lines.append(f"<small>Timings: {timing}</small>")
+    models = ", ".join(f"{role} {name}" for role, name in analysis.models.items())
+    lines.append(f"<small>Models: {models}. Timings: {timing}</small>")
     return "\n\n".join(lines)
