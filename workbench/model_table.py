@@ -71,8 +71,8 @@ def models_markdown(folder: Path | None = None) -> str:
         single = None
     out = ["**Graders** (held-out figures; [95% bootstrap interval] where measured)", ""]
     out += [
-        "| model | backbone | input px | figures from | DR accuracy | DR QWK | DME accuracy | joint DR+DME |"
-        " referable AUC | sensitivity / specificity | ECE (DR) | note |",
+        "| model | note | backbone | input px | figures from | DR accuracy | DR QWK | DME accuracy |"
+        " joint DR+DME | referable AUC | sensitivity / specificity | ECE (DR) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for card in (c for c in cards if c.arch == "grader"):
@@ -94,11 +94,13 @@ def models_markdown(folder: Path | None = None) -> str:
             notes.append("attention maps lesion-supervised (not unprompted evidence)")
         note = "; ".join(notes)
         ece = (m.get("ece") or {}).get("dr_after")
+        # the note (which profile's default, weak, ensemble members) beside the name, where it is seen
         out.append(
-            f"| {_stem(card)} | {card.encoder} | {card.input_size} | {source} | {_cell(m, 'dr_accuracy')} | "
-            f"{_cell(m, 'dr_qwk')} | {_cell(m, 'dme_accuracy')} | {_cell(m, 'joint_accuracy')} | "
-            f"{_cell(m, 'referable_auc')} | {_cell(m, 'referable_sensitivity', 2)} / "
-            f"{_cell(m, 'referable_specificity', 2)} | {'n/a' if ece is None else f'{ece:.3f}'} | {note} |"
+            f"| {_stem(card)} | {note} | {card.encoder} | {card.input_size} | {source} | "
+            f"{_cell(m, 'dr_accuracy')} | {_cell(m, 'dr_qwk')} | {_cell(m, 'dme_accuracy')} | "
+            f"{_cell(m, 'joint_accuracy')} | {_cell(m, 'referable_auc')} | "
+            f"{_cell(m, 'referable_sensitivity', 2)} / {_cell(m, 'referable_specificity', 2)} | "
+            f"{'n/a' if ece is None else f'{ece:.3f}'} |"
         )
     families = (
         ("segmenter", "**Lesion segmenters** (AUPR at the original resolution)",
@@ -160,6 +162,7 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
         + " | randomisation rho |",
         "|" + "---|" * (len(_EXPLAIN_COLUMNS) + 4),
     ]
+    unmeasured = []  # graders without rows, each with why: listed under the table, not in its columns
     for card in graders:
         evaluation = card.training.get("evaluation", {})
         bench = evaluation.get("explain_bench_val")
@@ -172,7 +175,7 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
                 why = "none left: trained on every IDRiD segmentation photograph"
             else:
                 why = "not measured"
-            out.append(f"| {_stem(card)} | {why} |" + " |" * (len(_EXPLAIN_COLUMNS) + 2))
+            unmeasured.append(f"- {_stem(card)}: {why}")
             continue
         for method, stats in bench["methods"].items():
             label = (
@@ -188,4 +191,4 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
             )
             cells = " | ".join(_mean_ci(stats, key) for key, _ in _EXPLAIN_COLUMNS)
             out.append(f"| {_stem(card)} | {bench['images']} | {label} | {cells} | {sanity} |")
-    return out
+    return out + (["", "No rows:", *unmeasured] if unmeasured else [])

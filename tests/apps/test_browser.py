@@ -368,6 +368,13 @@ def test_a_comparison_at_420_px_reads_whole(browser, app_url: str, tmp_path: Pat
             ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
         )
         assert cut == []
+        # one map a row on a narrow window: a caption covers at most half of its map
+        covered = browser.execute_script(
+            "return [...document.querySelectorAll('#methods-gallery .thumbnail-item')].map(t => {"
+            " const c = t.querySelector('.caption-label'); const r = t.getBoundingClientRect();"
+            " return c ? c.getBoundingClientRect().height / r.height : 0; })"
+        )
+        assert covered and max(covered) <= 0.5, covered
         labels = ".xtick text, .ytick text, .legendtext, .g-xtitle, .g-ytitle"
         assert _outside(browser, "curves-panel", labels) == []
         body = browser.find_element(By.TAG_NAME, "body").text

@@ -157,14 +157,18 @@ def test_an_ensemble_is_explained_through_its_nearest_member_and_says_so(
     assert ensemble.member_names[nearest] in note and "nearest" in note
     assert workbench.grader.explained(analysis.crop)[0] is module  # the same choice, remembered
     for heatmap in analysis.heatmaps.values():
-        assert note in heatmap.note
+        assert heatmap.model == note and note not in heatmap.named("x")  # said once, not in every label
+    from workbench.reports.report import analysis_to_dict
+
+    explanations = analysis_to_dict(analysis)["explanations"]
+    assert {e["computed_on"] for e in explanations.values()} == {note}
     from workbench.explain.explainers.base import ExplainableModel
 
     with pytest.raises(ValueError, match="one member"):
         ExplainableModel(workbench.grader.model, workbench.grader.card)
     # a single grader explains itself, with no member note
     single = workbench.explain(analysis.crop, ["gradcam"], GradeTarget(2), grader="grader_a")["gradcam"]
-    assert "nearest" not in single.note
+    assert single.model == "" and "nearest" not in single.note
 
 
 def test_each_profile_grades_with_its_default_and_a_forward_pass_holds_every_member(

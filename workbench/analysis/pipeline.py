@@ -262,7 +262,7 @@ class Workbench:
             for method in methods:
                 heatmap = get_explainer(method).explain(model, tensor, target)
                 if member:
-                    heatmap = replace(heatmap, note="; ".join(filter(None, [heatmap.note, member])))
+                    heatmap = replace(heatmap, model=member)
                 out[method] = heatmap
                 release_freed_memory()
         return out

@@ -137,10 +137,12 @@ def _tables(data: dict[str, Any]) -> str:
                 cells[3:] = ["no evidence"] * 3
             label = f"{name} ({e['note']})" if e.get("note") else name
             rows.append([label, e.get("target")] + cells)
+        through = {e["computed_on"] for e in data["explanations"].values() if e.get("computed_on")}
         parts.append(
             _table(
                 "Explanations (deletion AUC: lower is more faithful; insertion AUC, pointing game, relevance "
-                "mass / rank on lesions: higher is better)",
+                "mass / rank on lesions: higher is better)"
+                + "".join(f"; explained {t}" for t in sorted(through)),
                 ["method", "target", *keys],
                 rows,
             )

@@ -159,6 +159,7 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
             name: {
                 "method": h.method,
                 "note": h.note,
+                **({"computed_on": h.model} if h.model else {}),
                 "target": h.target,
                 "signed": h.signed,
                 "seconds": _num(h.seconds),

@@ -48,6 +48,9 @@ APP_CSS = (
     # gallery captions wrap over the thumbnail's foot instead of ending in "..."
     " #methods-gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%;"
     " left: var(--block-label-margin); }"
+    # on a narrow window three ~100-px thumbnails leave the captions covering the maps: one a row
+    " @media (max-width: 600px) { #methods-gallery .grid-container"
+    " { grid-template-columns: 1fr !important; } }"
 )
 
 

@@ -173,7 +173,9 @@ class Handlers(BrowseHandlers):
             first = methods[0]
             # the slider's pair and the Left / Right menus say the same thing
             pair = (overlays[first], overlays["lesions"])
-            yield gallery, pair, curves, table, overlays, target.label, first, "lesions"
+            # an ensemble is explained through one member, the same for every method: said once
+            through = f" · explained {heat.model}" if heat.model else ""
+            yield gallery, pair, curves, table, overlays, target.label + through, first, "lesions"
 
     @staticmethod
     def slide(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,9 @@ class Heatmap:
     target: str
     seconds: float
     note: str = ""  # how this map came to be, when a reader must know (e.g. "lesion-supervised attention")
+    # the network the map was computed on when it is not the grader asked for: an ensemble's member
+    # ("via grader_lite0, the member nearest the ensemble"); the same for every map of one photograph
+    model: str = ""
 
     def named(self, name: str) -> str:
         """``name`` (the method's menu key) with this map's note, for captions and tables."""
