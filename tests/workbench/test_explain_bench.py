@@ -51,7 +51,7 @@ def test_explain_bench_writes_its_table_into_the_grader_card(
     bench = card.training["evaluation"]["explain_bench_train"]
     assert bench["images"] == 2 and "attention" in bench["methods"] and "explain-bench" in bench["command"]
     assert card.training["evaluation"].get("explain_bench_val") is None
-    assert "| tiny_grader | not measured |" in models_markdown(folder)  # only --split val rows are shown
+    assert "- tiny_grader: not measured" in models_markdown(folder)  # only --split val rows are shown
 
 
 def test_unlabelled_inputs_count_as_seen_by_the_rule_training_used(synthetic_idrid: Path) -> None:
