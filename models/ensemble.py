@@ -104,16 +104,12 @@ def ensemble_card(members: Sequence[tuple[str, ModelCard]], flip: bool, **extra:
     """The card of an ensemble of ``members`` ((card stem, card) pairs): input size, normalisation,
     labels and heads from the first member, which all members must share."""
     first = members[0][1]
+
+    def shape(card: ModelCard) -> tuple:
+        return card.arch, card.num_classes, card.input_size, card.mean, card.std, card.label_names
+
     for stem, card in members:
-        same = (card.arch, card.num_classes, card.input_size, card.mean, card.std, card.label_names)
-        if same != (
-            first.arch,
-            first.num_classes,
-            first.input_size,
-            first.mean,
-            first.std,
-            first.label_names,
-        ):
+        if shape(card) != shape(first):
             raise ValueError(
                 f"member {stem} differs from {members[0][0]} in input size, normalisation or heads"
             )
@@ -135,8 +131,9 @@ def ensemble_card(members: Sequence[tuple[str, ModelCard]], flip: bool, **extra:
 
 @register_model("grader_ensemble")
 def grader_ensemble(card: ModelCard) -> GraderEnsemble:
-    """An ensemble of untrained members built from their cards (``extra.member_cards``, which
-    ``models.registry.load_model`` fills in from the member files; tests pass them directly)."""
+    """An ensemble of untrained members built from the cards in ``extra.member_cards`` (the registry's
+    contract tests build it so). Shipped ensembles do not come through here: ``models.registry.load_model``
+    loads each member from its own card and weights and joins them (``extra.members``)."""
     cards = [ModelCard.from_dict(c) for c in card.extra["member_cards"]]
     temperature = card.extra.get("temperature") or {}
     return GraderEnsemble(

@@ -130,6 +130,16 @@ def build_ensemble(
         truth["dme_true"].astype(int),
         (measured["temperature"], first_temperature),
     )
+    if flip:  # like for like: the first member with the same mirror view (its temperature refitted)
+        single = (arrays[0]["logits"] + arrays[0]["logits_flip"]) / 2
+        refitted = oof_metrics({**truth, "logits": single, "logits_flip": single}, tta=False)["temperature"]
+        same_views = _paired(
+            combined,
+            single,
+            truth["dr_true"].astype(int),
+            truth["dme_true"].astype(int),
+            (measured["temperature"], refitted),
+        )
     temperature = measured["temperature"]
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
@@ -172,6 +182,13 @@ def build_ensemble(
             "images, 2000 bootstrap resamples",
         },
     }
+    if flip:
+        evaluation[f"paired_minus_{members[0]}_with_flip"] = {
+            **same_views,
+            "note": f"like for like: ensemble minus {members[0]} with the same mirror view (mean of its "
+            "logits on the image and its mirror, its own temperature refitted on those OOF logits); the same "
+            f"{len(combined)} images, 2000 bootstrap resamples",
+        }
     training = {
         "data": f"IDRiD grading training images ({data}); members trained as their cards say",
         "command": command or "drwb ensemble",

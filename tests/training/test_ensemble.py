@@ -45,6 +45,9 @@ def test_ensemble_is_measured_out_of_fold_and_loads_as_it_was_measured(
     evaluation = card.training["evaluation"]
     oof = evaluation["oof"]
     assert oof["n"] == 10 and set(evaluation["members_alone"]) == {"grader_a", "members/grader_b"}
+    for key in ("paired_minus_grader_a", "paired_minus_grader_a_with_flip"):  # plain, and like for like
+        low, high = evaluation[key]["ci95"]["dr_accuracy"]
+        assert low <= evaluation[key]["difference"]["dr_accuracy"] <= high
     assert oof["temperature"] == card.extra["temperature"]
     low, high = oof["ci95"]["dr_accuracy"]
     assert low <= oof["dr_accuracy"] <= high
