@@ -27,7 +27,7 @@ from models._registry import build_model, register_model
 from models.card import ModelCard
 from models.classifier import Grader
 
-__all__ = ["GraderEnsemble", "ensemble_card", "member_entries"]
+__all__ = ["GraderEnsemble", "ensemble_card"]
 
 
 class GraderEnsemble(nn.Module):
@@ -78,26 +78,8 @@ class GraderEnsemble(nn.Module):
         """(B, 3, S, S) normalised RGB -> (B, num_dr + num_dme) logits of the ensemble."""
         return self.combine(self.member_logits(x))
 
-    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each head's attention averaged over members and views (a mirror view's map mirrored back),
-        {"dr": (B, h, w), "dme": (B, h, w)}, each summing to 1 over the map."""
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        for member in self.members:
-            for flipped, view in enumerate(self._views(x)):
-                for key, value in member.attention_maps(view).items():
-                    value = value.flip(-1) if flipped else value
-                    sums[key] = sums[key] + value if key in sums else value
-                count += 1
-        return {key: value / count for key, value in sums.items()}
-
     def split_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return logits[:, : self.num_dr], logits[:, self.num_dr :]
-
-
-def member_entries(cards: Sequence[tuple[str, ModelCard]]) -> list[dict[str, str]]:
-    """``extra.members`` of an ensemble card: each member's card stem and the sha256 it must have."""
-    return [{"model": stem, "sha256": card.sha256} for stem, card in cards]
 
 
 def ensemble_card(members: Sequence[tuple[str, ModelCard]], flip: bool, **extra: object) -> ModelCard:
@@ -125,7 +107,12 @@ def ensemble_card(members: Sequence[tuple[str, ModelCard]], flip: bool, **extra:
         target_layer="",  # explainers explain one member (``workbench.predictors.GraderPredictor``)
         task=first.task,
         preprocessing=first.preprocessing,
-        extra={"members": member_entries(members), "flip": flip, **extra},
+        # each member's card stem and the sha256 it must have (models.registry.load_model checks it)
+        extra={
+            "members": [{"model": stem, "sha256": c.sha256} for stem, c in members],
+            "flip": flip,
+            **extra,
+        },
     )
 
 

@@ -55,18 +55,6 @@ def test_forward_is_the_mean_of_member_logits_over_the_image_and_its_mirror() ->
     assert not torch.allclose(plain, expected, atol=1e-3)  # the mirror view changes the answer
 
 
-def test_attention_is_averaged_with_mirror_maps_mirrored_back() -> None:
-    member = _member(0)[0].eval()
-    ensemble = GraderEnsemble([member], flip=True).eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        maps = ensemble.attention_maps(x)
-        own, mirrored = member.attention_maps(x), member.attention_maps(x.flip(-1))
-    for key in ("dr", "dme"):
-        assert torch.allclose(maps[key], (own[key] + mirrored[key].flip(-1)) / 2, atol=1e-6)
-        assert torch.allclose(maps[key].sum((1, 2)), torch.ones(1), atol=1e-5)
-
-
 def test_members_must_share_their_heads() -> None:
     odd = build_model(grader_card("test_convnext", 64, name="test_tiny_cls").with_updates(num_classes=3))
     with pytest.raises(ValueError, match="heads"):
