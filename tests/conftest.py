@@ -6,6 +6,7 @@ No patient data ships with the tests; real IDRiD is read from ../shared when pre
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from workbench.io.synthetic import SyntheticFundus, make_fundus, write_idrid_fol
 # explanation budget (workbench.explain.explainers.budget) would shrink to its floor in every in-process test.
 # The memory-ceiling tests run their Compare in a fresh process without it.
 os.environ.setdefault("DRWB_PROCESS_MEMORY_MB", "16384")
+# ONNX exports of the graders (workbench.runtime, the default "auto") go to a folder of this test session,
+# not to the user's ~/.cache; the app servers the tests start inherit it and reuse the exports.
+os.environ.setdefault("DRWB_CACHE", tempfile.mkdtemp(prefix="drwb-tests-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_IDRID = Path(os.environ.get("DRWB_IDRID", REPO_ROOT.parent / "shared" / "data" / "idrid-lite"))

@@ -110,6 +110,7 @@ def build_ensemble(
     truth = {
         "dr_true": np.array([labels[str(n)].dr_grade for n in first["names"]]),
         "dme_true": np.array([labels[str(n)].dme_grade for n in first["names"]]),
+        "fold": first["fold"],  # for the cross-fitted calibration (training.oof.cross_fitted_ece)
     }
     arrays = [a for _, a in loaded]
     plain = np.mean([a["logits"] for a in arrays], axis=0)

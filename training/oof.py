@@ -18,6 +18,7 @@ from workbench.io.idrid import IDRiD
 from workbench.metrics import confusion_matrix, grading_metrics, json_safe
 
 __all__ = [
+    "cross_fitted_ece",
     "evaluate_oof",
     "oof_metrics",
     "oof_summary",
@@ -102,6 +103,7 @@ def oof_metrics(oof: dict[str, np.ndarray], tta: bool) -> dict[str, Any]:
     p_dr, p_dme = softmax(dr_logits, temp_dr), softmax(dme_logits, temp_dme)
     raw_dr, raw_dme = softmax(dr_logits), softmax(dme_logits)
     diagram = reliability(p_dr, t_dr)
+    folds = oof.get("fold")
     return {
         **_with_intervals(p_dr, p_dme, t_dr, t_dme),
         "tta": "horizontal flip (mean of logits)" if tta else "none",
@@ -111,8 +113,17 @@ def oof_metrics(oof: dict[str, np.ndarray], tta: bool) -> dict[str, Any]:
             "dr_after": expected_calibration_error(p_dr, t_dr),
             "dme_before": expected_calibration_error(raw_dme, t_dme),
             "dme_after": expected_calibration_error(p_dme, t_dme),
+            **(
+                {
+                    "dr_after_cross_fitted": cross_fitted_ece(dr_logits, t_dr, folds),
+                    "dme_after_cross_fitted": cross_fitted_ece(dme_logits, t_dme, folds),
+                }
+                if folds is not None and len(np.unique(folds)) > 1
+                else {}
+            ),
             "bins": 10,
-            "note": "temperature fitted on the same OOF logits it is scored on (one parameter per head)",
+            "note": "after: temperature fitted on the same OOF logits it is scored on (one parameter per "
+            "head); after_cross_fitted: each fold scored with a temperature fitted on the other folds only",
         },
         "reliability_dr": {
             "counts": diagram.counts.tolist(),
@@ -120,6 +131,18 @@ def oof_metrics(oof: dict[str, np.ndarray], tta: bool) -> dict[str, Any]:
             "accuracy": [None if np.isnan(v) else float(v) for v in diagram.accuracy],
         },
     }
+
+
+def cross_fitted_ece(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> float:
+    """ECE after temperature scaling where each fold's temperature is fitted on the other folds' logits:
+    the calibration a user gets from a temperature that never saw the image (the in-sample "after"
+    figure fits and scores on the same logits)."""
+    labels, folds = np.asarray(labels, int), np.asarray(folds)
+    probs = np.zeros(logits.shape, np.float64)
+    for fold in np.unique(folds):
+        held = folds == fold
+        probs[held] = softmax(logits[held], fit_temperature(logits[~held], labels[~held]))
+    return expected_calibration_error(probs, labels)
 
 
 def oof_summary(folds: int, oof: dict[str, np.ndarray], command: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +127,9 @@ class GraderPredictor:
         One image per forward: on this project's CPUs a batch of 16 at 448 px costs 2.3x more per image
         than single images (measured: 176 vs 75 ms), the activations no longer fitting in cache.
         """
-        with _locked(self.model):  # explainers hook this module (workbench.inference.model_lock)
+        # explainers hook the PyTorch module (workbench.inference.model_lock); a forward in ONNX Runtime
+        # never touches it, so it need not wait for an explanation to finish
+        with _locked(self.model) if self.forward is self.model else nullcontext():
             logits = torch.cat([self.forward(_batch([crop], self.card)) for crop in crops512]).float()
         num_dr = self.card.num_classes
         return torch.softmax(logits[:, :num_dr], 1).numpy(), torch.softmax(logits[:, num_dr:], 1).numpy()

@@ -1,14 +1,26 @@
-"""Where forward passes run: PyTorch (the default) or ONNX Runtime (``DRWB_RUNTIME=onnx``).
+"""Where forward passes run: PyTorch or ONNX Runtime, per model (``DRWB_RUNTIME``: auto, torch, onnx).
 
 Only the forward-only paths can move: grading, lesion tiles and landmarks. Explanations stay in PyTorch
-(they need gradients and hooks on the module). A model is exported once per weights file and card
-with dynamic batch, height and width, to ``$DRWB_CACHE/onnx`` (default ``~/.cache/drwb/onnx``), and
-reused by every later process (``export_key``); the export takes about two seconds a model.
+(they need gradients and hooks on the module).
+
+``auto`` (the default) runs the graders (an ensemble as one graph: members, mirror view and
+temperatures) in ONNX Runtime and every other network in PyTorch. Graders are where it pays: their
+forward passes run about 3x faster there and every photograph of a batch goes through them, while their
+sessions are small (448-px inputs). The segmenters stay in PyTorch: their 512-px tiles and 640-px crops
+gain only 1.1-1.4x, and every network in ONNX Runtime pushed the served app past its memory target. A
+grader built in memory (no weights file, so nothing to key an export by) stays in PyTorch under
+``auto``, and so does any grader whose export fails (a read-only cache, say): ``auto`` is an optimisation
+and never stops a model from loading. ``onnx`` runs every network there and raises when it cannot;
+``torch`` runs none there.
+
+A model is exported once per weights file and card with dynamic batch, height and width, to
+``$DRWB_CACHE/onnx`` (default ``~/.cache/drwb/onnx``), and reused by every later process
+(``export_key``); the export takes about two seconds a model.
 
 Measured with ``drwb bench --only runtimes`` (README "Speed and memory"): the networks run 1.1-3.6x faster
 in ONNX Runtime on this project's 2-core CPU with logits within 3e-4, a whole quality-profile analysis 16%
-faster (time outside the networks dominates). It stays opt-in: the served app under eight analysts peaked
-at 2.87 GB with it against 2.42 GB without (target 2.5 GB), its sessions coming on top of the PyTorch models.
+faster (time outside the networks dominates). Every network there (``onnx``) is opt-in: the served app under
+eight analysts peaked at 2.87 GB with it against 2.42 GB without (target 2.5 GB).
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import threading
 import warnings
@@ -30,6 +43,7 @@ from models.card import ModelCard
 
 __all__ = [
     "RUNTIMES",
+    "AUTO_ONNX_ARCHS",
     "Forward",
     "OnnxForward",
     "configured_runtime",
@@ -38,15 +52,17 @@ __all__ = [
     "onnx_cache_dir",
 ]
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
+AUTO_ONNX_ARCHS = frozenset({"grader"})  # the card archs ``auto`` runs in ONNX Runtime (module docstring)
 Forward = Callable[[torch.Tensor], torch.Tensor]
 _EXPORT_LOCK = threading.Lock()
 _EXPORT_VERSION = 1  # bump when the export itself changes (names, axes, opset)
+log = logging.getLogger(__name__)
 
 
 def configured_runtime(value: str | None = None) -> str:
-    """``value``, else ``$DRWB_RUNTIME``, else "torch"; anything else is refused by name."""
-    name = (value or os.environ.get("DRWB_RUNTIME") or "torch").strip().lower()
+    """``value``, else ``$DRWB_RUNTIME``, else "auto"; anything else is refused by name."""
+    name = (value or os.environ.get("DRWB_RUNTIME") or "auto").strip().lower()
     if name not in RUNTIMES:
         raise ValueError(f"unknown runtime {name!r} (DRWB_RUNTIME); valid runtimes: {', '.join(RUNTIMES)}")
     return name
@@ -128,5 +144,17 @@ def _export_file(module: nn.Module, size: int, path: Path) -> None:
 
 
 def forward_for(module: nn.Module, card: ModelCard, runtime: str | None = None) -> Forward:
-    """The inference forward of ``module`` in the configured runtime (``configured_runtime``)."""
-    return module if configured_runtime(runtime) == "torch" else OnnxForward(module, card)
+    """The inference forward of ``module`` in the configured runtime (``configured_runtime``; for "auto"
+    see the module docstring)."""
+    name = configured_runtime(runtime)
+    if name == "onnx":
+        return OnnxForward(module, card)
+    if name == "torch" or card.arch not in AUTO_ONNX_ARCHS or not card.sha256:
+        return module
+    try:
+        return OnnxForward(module, card)
+    except Exception as error:  # noqa: BLE001 (any exporter or runtime failure: fall back, say why)
+        log.warning(
+            "%s (%s) runs in PyTorch: ONNX Runtime was not available (%s)", card.name, card.arch, error
+        )
+        return module

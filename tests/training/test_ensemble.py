@@ -175,10 +175,11 @@ def test_an_ensemble_is_explained_through_its_nearest_member_and_says_so(
 
 
 def test_each_profile_grades_with_its_default_and_a_forward_pass_holds_every_member(
-    shipped_members: Path, synthetic_idrid: Path, tmp_path: Path
+    shipped_members: Path, synthetic_idrid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Quality: the best grader, the ensemble included; fast: the best single network. A forward pass of
-    the ensemble waits while an explainer holds (hooks) one of its members."""
+    """Quality: the best grader, the ensemble included; fast: the best single network. A PyTorch forward
+    pass of the ensemble waits while an explainer holds (hooks) one of its members; one in ONNX Runtime
+    (the default for graders) never touches the module, so it does not wait."""
     import shutil
     import threading
 
@@ -202,12 +203,17 @@ def test_each_profile_grades_with_its_default_and_a_forward_pass_holds_every_mem
     assert quality.model_names["grader"] == "grader_ens"
     assert fast.model_names["grader"] == "grader_a"  # never an ensemble, whatever its score
 
+    monkeypatch.setenv("DRWB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DRWB_RUNTIME", "torch")
+    in_torch = Workbench(weights_dir=folder, segment=False)
     crop = np.zeros((512, 512, 3), np.uint8)
-    member = quality.grader.model.members[1]
-    done = threading.Event()
-    with model_lock(member):  # as an explainer holds it
-        worker = threading.Thread(target=lambda: (quality.grader.predict([crop]), done.set()))
-        worker.start()
-        assert not done.wait(0.5)  # blocked on the member's lock
-    worker.join(30)
-    assert done.is_set()
+    for workbench, waits in ((in_torch, True), (quality, False)):
+        member = workbench.grader.model.members[1]
+        done = threading.Event()
+        with model_lock(member):  # as an explainer holds it
+            worker = threading.Thread(target=lambda w=workbench, d=done: (w.grader.predict([crop]), d.set()))
+            worker.start()
+            assert done.wait(0.5 if waits else 30) is not waits  # blocked on the member's lock, or not
+        worker.join(30)
+        assert done.is_set()
+    assert quality.grader.forward is not quality.grader.model  # the ensemble as one ONNX Runtime graph

@@ -55,3 +55,26 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n() -> None:
 def test_bootstrap_undefined_metric_gives_no_interval() -> None:
     ci = bootstrap_intervals(10, lambda idx: {"x": float("nan"), "items": [1.0, None]}, resamples=50)
     assert ci["x"] is None and ci["items[1]"] is None and ci["items[0]"] == [1.0, 1.0]
+
+
+def test_cross_fitted_calibration_scores_each_fold_with_a_temperature_fitted_elsewhere() -> None:
+    """Two folds whose logits need opposite temperatures: one temperature fitted on both flatters the
+    pooled ECE; scoring each fold with the other's temperature shows the miscalibration a user meets."""
+    from training.oof import cross_fitted_ece
+
+    rng = np.random.default_rng(2)
+    n, k = 2000, 5
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), labels] += 1.5
+    folds = np.repeat([0, 1], n // 2)
+    logits[folds == 0] *= 4.0  # fold 0 over-confident, fold 1 under-confident
+    logits[folds == 1] *= 0.25
+    expected = np.zeros((n, k))
+    for fold in (0, 1):
+        held = folds == fold
+        expected[held] = softmax(logits[held], fit_temperature(logits[~held], labels[~held]))
+    crossed = cross_fitted_ece(logits, labels, folds)
+    assert crossed == pytest.approx(expected_calibration_error(expected, labels))
+    pooled = expected_calibration_error(softmax(logits, fit_temperature(logits, labels)), labels)
+    assert crossed > pooled + 0.05

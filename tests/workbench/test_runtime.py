@@ -29,11 +29,40 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_the_runtime_is_chosen_by_name_and_a_wrong_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DRWB_RUNTIME", raising=False)
-    assert configured_runtime() == "torch"
+    assert configured_runtime() == "auto"
     monkeypatch.setenv("DRWB_RUNTIME", "ONNX")
     assert configured_runtime() == "onnx" and configured_runtime("torch") == "torch"
-    with pytest.raises(ValueError, match="valid runtimes: torch, onnx"):
+    with pytest.raises(ValueError, match="valid runtimes: auto, torch, onnx"):
         configured_runtime("tensorrt")
+
+
+def test_auto_runs_graders_from_files_in_onnx_runtime_and_the_rest_in_pytorch(
+    tiny_weights: Path, cache: Path
+) -> None:
+    loaded = {
+        stem: load_model(stem, tiny_weights) for stem in ("tiny_grader", "tiny_segmenter", "tiny_localizer")
+    }
+    chosen = {stem: forward_for(model, card, "auto") for stem, (model, card) in loaded.items()}
+    assert isinstance(chosen["tiny_grader"], OnnxForward)
+    assert chosen["tiny_segmenter"] is loaded["tiny_segmenter"][0]
+    assert chosen["tiny_localizer"] is loaded["tiny_localizer"][0]
+    model, card = loaded["tiny_grader"]
+    assert forward_for(model, card.with_updates(sha256=""), "auto") is model  # built in memory: no export
+    assert forward_for(model, card, "torch") is model
+
+
+def test_auto_falls_back_to_pytorch_when_the_export_fails_and_onnx_says_why(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    monkeypatch.setenv("DRWB_CACHE", str(blocked))  # the export cannot be written under it
+    model, card = load_model("tiny_grader", tiny_weights)
+    with caplog.at_level("WARNING", logger="workbench.runtime"):
+        assert forward_for(model, card, "auto") is model
+    assert "runs in PyTorch" in caplog.text and card.name in caplog.text
+    with pytest.raises(OSError):
+        forward_for(model, card, "onnx")
 
 
 @pytest.mark.parametrize(
