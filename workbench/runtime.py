@@ -86,6 +86,7 @@ class OnnxForward:
     def __init__(self, module: nn.Module, card: ModelCard, cache_dir: Path | None = None) -> None:
         import onnxruntime as ort  # only when asked for: the default runtime needs none of it
 
+        self._run_lock = threading.Lock()
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -104,7 +105,10 @@ class OnnxForward:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run(None, {"image": array})[0])
+        # one run at a time: its intra-op threads already use every core, and each concurrent run grows
+        # the session's memory arena by its own activations (4 concurrent ensemble runs: +200 MB)
+        with self._run_lock:
+            return torch.from_numpy(self.session.run(None, {"image": array})[0])
 
 
 def export_key(card: ModelCard) -> str:
