@@ -93,14 +93,17 @@ def models_markdown(folder: Path | None = None) -> str:
         if supervision_note(card):
             notes.append("attention maps lesion-supervised (not unprompted evidence)")
         note = "; ".join(notes)
-        ece = (m.get("ece") or {}).get("dr_after")
+        ece, crossed = ((m.get("ece") or {}).get(k) for k in ("dr_after", "dr_after_cross_fitted"))
+        ece_cell = "n/a" if ece is None else f"{ece:.3f}"
+        if crossed is not None:  # temperatures fitted on the other folds only (training.oof.cross_fitted_ece)
+            ece_cell += f" ({crossed:.3f} cross-fitted)"
         # the note (which profile's default, weak, ensemble members) beside the name, where it is seen
         out.append(
             f"| {_stem(card)} | {note} | {card.encoder} | {card.input_size} | {source} | "
             f"{_cell(m, 'dr_accuracy')} | {_cell(m, 'dr_qwk')} | {_cell(m, 'dme_accuracy')} | "
             f"{_cell(m, 'joint_accuracy')} | {_cell(m, 'referable_auc')} | "
             f"{_cell(m, 'referable_sensitivity', 2)} / {_cell(m, 'referable_specificity', 2)} | "
-            f"{'n/a' if ece is None else f'{ece:.3f}'} |"
+            f"{ece_cell} |"
         )
     families = (
         ("segmenter", "**Lesion segmenters** (AUPR at the original resolution)",
