@@ -5,7 +5,9 @@ No patient data ships with the tests; real IDRiD is read from ../shared when pre
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,7 +22,9 @@ from workbench.io.synthetic import SyntheticFundus, make_fundus, write_idrid_fol
 os.environ.setdefault("DRWB_PROCESS_MEMORY_MB", "16384")
 # ONNX exports of the graders (workbench.runtime, the default "auto") go to a folder of this test session,
 # not to the user's ~/.cache; the app servers the tests start inherit it and reuse the exports.
-os.environ.setdefault("DRWB_CACHE", tempfile.mkdtemp(prefix="drwb-tests-"))
+if "DRWB_CACHE" not in os.environ:
+    os.environ["DRWB_CACHE"] = tempfile.mkdtemp(prefix="drwb-tests-")
+    atexit.register(shutil.rmtree, os.environ["DRWB_CACHE"], ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_IDRID = Path(os.environ.get("DRWB_IDRID", REPO_ROOT.parent / "shared" / "data" / "idrid-lite"))

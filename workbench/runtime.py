@@ -32,7 +32,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,30 +78,35 @@ class OnnxForward:
     """A model's inference forward in ONNX Runtime, callable like the module (tensor in, tensor out).
 
     The exported file is named by ``export_key``: the weights, every card field the network is built
-    from (a grader's temperature is a constant in its graph) and the exporter's version, so an edited
-    card or a new torch never serves an old graph. A card without a sha256 (a model built in memory) is
-    exported to memory only.
+    from (a grader's temperature is a constant in its graph; an ensemble's members' cards too) and the
+    exporter's version, so an edited card or a new torch never serves an old graph. A card without a
+    sha256 (a model built in memory) is exported to memory only. Every session is checked against the
+    module on one input before use; a cached file that fails to load or to agree (a damaged or foreign
+    file under the right name) is exported again once, and a second failure raises.
     """
 
     def __init__(self, module: nn.Module, card: ModelCard, cache_dir: Path | None = None) -> None:
-        import onnxruntime as ort  # only when asked for: the default runtime needs none of it
-
         self._run_lock = threading.Lock()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
         if not card.sha256:
             buffer = io.BytesIO()
             _export(module, card.input_size, buffer)
             self.path = None
-            self.session = ort.InferenceSession(buffer.getvalue(), options, providers=providers)
+            self.session = _session(buffer.getvalue())
+            _check_agrees(self.session, module, card)
             return
-        self.path = (cache_dir or onnx_cache_dir()) / f"{card.arch}-{export_key(card)}.onnx"
+        key = export_key(card, getattr(module, "member_cards", ()))
+        self.path = (cache_dir or onnx_cache_dir()) / f"{card.arch}-{key}.onnx"
         with _EXPORT_LOCK:
             if not self.path.is_file():
                 _export_file(module, card.input_size, self.path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+            try:
+                self.session = _session(str(self.path))
+                _check_agrees(self.session, module, card)
+            except Exception as error:  # noqa: BLE001 (a damaged cache file fails in many ways)
+                log.warning("%s: exporting %s again (%s)", card.name, self.path.name, error)
+                _export_file(module, card.input_size, self.path)
+                self.session = _session(str(self.path))
+                _check_agrees(self.session, module, card)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().float().cpu().numpy())
@@ -111,11 +116,42 @@ class OnnxForward:
             return torch.from_numpy(self.session.run(None, {"image": array})[0])
 
 
-def export_key(card: ModelCard) -> str:
-    """16 hex digits naming one export: weights, the card without its training record, torch's version."""
-    described = {k: v for k, v in json.loads(card.to_json()).items() if k != "training"}
-    text = json.dumps([described, torch.__version__, _EXPORT_VERSION], sort_keys=True)
+def export_key(card: ModelCard, members: Sequence[ModelCard] = ()) -> str:
+    """16 hex digits naming one export: weights, the card without its training record (and an ensemble's
+    members' cards likewise: their temperatures are constants in its graph), torch's version."""
+
+    def described(c: ModelCard) -> dict:
+        return {k: v for k, v in json.loads(c.to_json()).items() if k != "training"}
+
+    text = json.dumps(
+        [described(card), [described(m) for m in members], torch.__version__, _EXPORT_VERSION], sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _session(model: str | bytes):  # -> onnxruntime.InferenceSession
+    import onnxruntime as ort  # only when a model runs there (``torch`` needs none of it)
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _check_agrees(session, module: nn.Module, card: ModelCard, tolerance: float = 1e-3) -> None:
+    """Raise unless ``session`` gives ``module``'s outputs (within ``tolerance``) on one fixed input: the
+    card's input size for a grader, at most 256 px for the others (any size runs; a full 2048-px crop
+    would cost seconds)."""
+    side = card.input_size if card.arch == "grader" else min(card.input_size, 256)
+    probe = torch.linspace(-2.0, 2.0, 3 * side * side).reshape(1, 3, side, side)
+    with torch.inference_mode():
+        expected = module(probe).float().numpy()
+    got = session.run(None, {"image": probe.numpy()})[0]
+    difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+    if not difference <= tolerance:
+        raise ValueError(
+            f"the ONNX graph disagrees with the PyTorch model (largest difference {difference:.3g})"
+        )
 
 
 def _export(module: nn.Module, size: int, target: str | io.BytesIO) -> None:
@@ -159,6 +195,9 @@ def forward_for(module: nn.Module, card: ModelCard, runtime: str | None = None) 
         return OnnxForward(module, card)
     except Exception as error:  # noqa: BLE001 (any exporter or runtime failure: fall back, say why)
         log.warning(
-            "%s (%s) runs in PyTorch: ONNX Runtime was not available (%s)", card.name, card.arch, error
+            "%s (%s) runs in PyTorch: its ONNX graph could not be exported or loaded (%s)",
+            card.name,
+            card.arch,
+            error,
         )
         return module

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.training.test_cv import _cv_config
+from workbench.runtime import OnnxForward
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,12 @@ def test_ensemble_is_measured_out_of_fold_and_loads_as_it_was_measured(
     assert oof["temperature"]["dr"] == pytest.approx(fit_temperature(combined[:, :5], truth), rel=1e-3)
     p_dr = softmax(combined[:, :5], oof["temperature"]["dr"])
     assert oof["dr_accuracy"] == pytest.approx(float((p_dr.argmax(1) == truth).mean()))
+    # calibration cross-fitted over the members' folds, beside the in-sample figure
+    from training.oof import cross_fitted_ece
+
+    assert oof["ece"]["dr_after_cross_fitted"] == pytest.approx(
+        cross_fitted_ece(combined[:, :5], truth, written["fold"])
+    )
     # the shipped OOF file re-scores to the same figures (its flip-TTA variant is the ensemble)
     rescored = evaluate_oof(shipped_members / oof["predictions"]["file"], synthetic_idrid)
     assert rescored["hflip_tta"]["dr_accuracy"] == pytest.approx(oof["dr_accuracy"])
@@ -198,12 +205,13 @@ def test_each_profile_grades_with_its_default_and_a_forward_pass_holds_every_mem
     card = json.loads((folder / "grader_ens.json").read_text())
     card["training"]["evaluation"]["oof"]["score"] = 99.0  # the best held-out score of all (not hashed)
     (folder / "grader_ens.json").write_text(json.dumps(card))
-    quality = Workbench(weights_dir=folder, segment=False)
+    monkeypatch.setenv("DRWB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DRWB_RUNTIME", raising=False)
+    quality = Workbench(weights_dir=folder, segment=False)  # the default runtime, "auto"
     fast = Workbench(weights_dir=folder, segment=False, profile="fast")
     assert quality.model_names["grader"] == "grader_ens"
     assert fast.model_names["grader"] == "grader_a"  # never an ensemble, whatever its score
 
-    monkeypatch.setenv("DRWB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DRWB_RUNTIME", "torch")
     in_torch = Workbench(weights_dir=folder, segment=False)
     crop = np.zeros((512, 512, 3), np.uint8)
@@ -216,4 +224,19 @@ def test_each_profile_grades_with_its_default_and_a_forward_pass_holds_every_mem
             assert done.wait(0.5 if waits else 30) is not waits  # blocked on the member's lock, or not
         worker.join(30)
         assert done.is_set()
-    assert quality.grader.forward is not quality.grader.model  # the ensemble as one ONNX Runtime graph
+    # the ensemble as one ONNX Runtime graph: members, mirror view and temperatures, as in PyTorch
+    assert (
+        isinstance(quality.grader.forward, OnnxForward) and in_torch.grader.forward is in_torch.grader.model
+    )
+    x = torch.rand(2, 3, 448, 448) * 4 - 2
+    with torch.inference_mode():
+        expected = in_torch.grader.model(x).numpy()
+    assert np.abs(quality.grader.forward(x).numpy() - expected).max() < 1e-4
+    # a member's card edited (its temperature is a constant in the graph) names a new export
+    from workbench.runtime import export_key
+
+    ensemble = quality.grader
+    warmer = ensemble.model.member_cards[1].with_updates(extra={"temperature": {"dr": 3.0, "dme": 1.0}})
+    assert export_key(ensemble.card, ensemble.model.member_cards) != export_key(
+        ensemble.card, [ensemble.model.member_cards[0], warmer]
+    )

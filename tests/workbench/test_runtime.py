@@ -92,6 +92,21 @@ def test_a_model_is_exported_once_per_weights_file(tiny_weights: Path, cache: Pa
     assert export_key(card) in first.path.name and list(cache.glob("*.part")) == []
 
 
+def test_a_damaged_cached_export_is_exported_again(tiny_weights: Path, cache: Path) -> None:
+    model, card = load_model("tiny_grader", tiny_weights)
+    first = OnnxForward(model, card)
+    for damage in (b"not an onnx graph", None):  # unreadable, then a valid graph of another model
+        if damage is None:
+            other, other_card = load_model("tiny_localizer", tiny_weights)
+            damage = OnnxForward(other, other_card).path.read_bytes()
+        first.path.write_bytes(damage)
+        again = OnnxForward(model, card)
+        assert again.path == first.path and first.path.read_bytes() != damage
+        x = torch.rand(1, 3, card.input_size, card.input_size)
+        with torch.inference_mode():
+            assert np.abs(again(x).numpy() - model(x).float().numpy()).max() < 1e-4
+
+
 def test_predictors_give_the_same_answers_in_either_runtime(
     tiny_weights: Path, cache: Path, tmp_path: Path
 ) -> None:

@@ -101,6 +101,7 @@ class Workbench:
         }
         self.model_names = names
         self._graders: dict[str, GraderPredictor] = {}
+        self._graders_lock = threading.Lock()  # two requests for a new grader build it once
         self.grader = self.grader_predictor(names["grader"])
         size = chosen["segment_size"]
         self.segmenter = load_segmenter(names["segmenter"], self.weights_dir, int(size) if size else None)
@@ -126,10 +127,12 @@ class Workbench:
         return name
 
     def grader_predictor(self, name: str) -> GraderPredictor:
-        """A (cached) predictor for any shipped grader, so two backbones can be compared."""
-        if name not in self._graders:
-            self._graders[name] = GraderPredictor(*load_model(name, self.weights_dir))
-        return self._graders[name]
+        """A (cached) predictor for any shipped grader, so two backbones can be compared. The first call
+        for a grader loads it (and exports its ONNX graph once per weights file: ``workbench.runtime``)."""
+        with self._graders_lock:
+            if name not in self._graders:
+                self._graders[name] = GraderPredictor(*load_model(name, self.weights_dir))
+            return self._graders[name]
 
     # -- analysis ------------------------------------------------------------------------------------
     def analyze(

@@ -1,5 +1,6 @@
 """PyTorch against ONNX Runtime (``drwb bench --only runtimes``): each network's forward pass, then the
-whole analysis in both profiles and the grading throughput, in each runtime (``workbench.runtime``).
+whole analysis in both profiles and the grading throughput, in each runtime (``workbench.runtime``:
+torch, auto, onnx).
 
 Forward passes alternate between the runtimes on the same input, so a busy machine slows both alike;
 the ratio of the medians is the figure to read. Outputs are compared too (largest absolute difference of
@@ -25,8 +26,15 @@ from workbench.runtime import OnnxForward
 __all__ = ["bench_runtimes", "compare_forwards"]
 
 # network -> input side it runs at in analyze (the segmenters: one tile of the quality profile, the fast
-# profile's single 640-px crop)
-_NETWORKS = {"grader": None, "localizer": None, "segmenter_lite0_hr": 512, "segmenter_lite0": 640}
+# profile's single 640-px crop); "grader" is the best single network, "grader_quality" the quality
+# profile's grader (an ensemble, exported as one graph)
+_NETWORKS = {
+    "grader": None,
+    "grader_quality": None,
+    "localizer": None,
+    "segmenter_lite0_hr": 512,
+    "segmenter_lite0": 640,
+}
 
 
 @contextmanager
@@ -74,9 +82,12 @@ def bench_runtimes(image_path: Path, repeats: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "forward": {}}
     for key, size in _NETWORKS.items():
-        name = default_model(key, ensembles=False) if key in ("grader", "localizer") else key
+        if key == "grader_quality":
+            name = default_model("grader")
+        else:
+            name = default_model(key, ensembles=False) if key in ("grader", "localizer") else key
         out["forward"][name] = compare_forwards(name, size, repeats)
-    for runtime in ("torch", "onnx"):
+    for runtime in ("torch", "auto", "onnx"):  # auto: the default (graders in ONNX Runtime)
         with _runtime(runtime):
             out[runtime] = {
                 "analyze_4288": bench_analyze(image_path, repeats),
@@ -84,5 +95,8 @@ def bench_runtimes(image_path: Path, repeats: int) -> dict[str, Any]:
                 "grading_throughput": bench_throughput(image_path, repeats),
             }
     for key in ("analyze_4288", "analyze_4288_fast"):
-        out[f"{key}_onnx_over_torch"] = out["onnx"][key]["median_ms"] / out["torch"][key]["median_ms"]
+        for runtime in ("auto", "onnx"):
+            out[f"{key}_{runtime}_over_torch"] = (
+                out[runtime][key]["median_ms"] / out["torch"][key]["median_ms"]
+            )
     return out
