@@ -49,6 +49,7 @@ def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) 
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "reports"
     env = {**os.environ, "DRWB_WEIGHTS": str(tiny_weights)}
+    env.pop("DRWB_RUNTIME", None)  # the default runtime
     result = subprocess.run(
         [
             sys.executable,
@@ -69,6 +70,15 @@ def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) 
     assert result.returncode == 1, result.stderr  # one file failed, the batch went on
     report = json.loads((out / "eye" / "report.json").read_text())
     assert report["graded"] and 0 <= report["dr_grade"] <= 4
+    # what ran each model is recorded: the grader in ONNX Runtime (the default "auto"), the rest in PyTorch
+    import onnxruntime
+
+    assert report["runtimes"]["grader"] == f"onnxruntime {onnxruntime.__version__}"
+    assert report["runtimes"]["segmenter"].startswith("pytorch ") and set(report["runtimes"]) == {
+        "grader",
+        "localizer",
+        "segmenter",
+    }
     assert set(report["explanations"]) == {"gradcam", "attention"}
     assert "deletion_auc" in report["explanations"]["gradcam"]
     html = (out / "eye" / "report.html").read_text()

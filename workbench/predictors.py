@@ -34,7 +34,7 @@ from models.preprocess import CropTransform, crop_to_fov, normalise, resize_crop
 from models.registry import load_model
 from workbench.inference import model_lock, predict_tiles
 from workbench.io.image_io import LoadedImage
-from workbench.runtime import forward_for
+from workbench.runtime import forward_for, runtime_name
 
 __all__ = [
     "GraderPredictor",
@@ -78,6 +78,7 @@ class GraderPredictor:
     def __init__(self, model: nn.Module, card: ModelCard, runtime: str | None = None) -> None:
         self.model, self.card = model.eval(), card
         self.forward = forward_for(self.model, card, runtime)  # explainers use self.model (PyTorch)
+        self.runtime = runtime_name(self.forward)
         # an ensemble's explained member per photograph (crop digest -> member index), the latest 32
         self._chosen: OrderedDict[str, int] = OrderedDict()
         self._chosen_lock = threading.Lock()
@@ -172,6 +173,7 @@ class SegmenterPredictor:
     ) -> None:
         self.model, self.card = model.eval(), card
         self.forward = forward_for(self.model, card, runtime)
+        self.runtime = runtime_name(self.forward)
         if input_size is None and card.extra.get("tta") == "hflip":
             self.forward = _with_mirror(self.forward)
         self.input_size = int(input_size or card.input_size)
@@ -258,6 +260,7 @@ class LocalizerPredictor:
     ) -> None:
         self.model, self.card = model.eval(), card
         self.forward = forward_for(self.model, card, runtime)
+        self.runtime = runtime_name(self.forward)
         use = card.extra.get("anatomical_prior", True) if anatomical_prior is None else anatomical_prior
         self.anatomical_prior = bool(use)
         self.prior: LandmarkPrior | None = LandmarkPrior.from_card(card) if self.anatomical_prior else None

@@ -50,6 +50,7 @@ __all__ = [
     "export_key",
     "forward_for",
     "onnx_cache_dir",
+    "runtime_name",
 ]
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -181,6 +182,16 @@ def _export_file(module: nn.Module, size: int, path: Path) -> None:
         partial.replace(path)  # atomic: another process never reads half a file
     finally:
         partial.unlink(missing_ok=True)
+
+
+def runtime_name(forward: Forward) -> str:
+    """What runs ``forward`` (from ``forward_for``), with its version, for the record of an analysis:
+    "onnxruntime 1.32.0" or "pytorch 2.14.1"."""
+    if isinstance(forward, OnnxForward):
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+    return f"pytorch {torch.__version__}"
 
 
 def forward_for(module: nn.Module, card: ModelCard, runtime: str | None = None) -> Forward:

@@ -165,6 +165,11 @@ class Workbench:
             "crop": prepared.crop,
             "crop_transform": prepared.transform,
             "models": dict(self.model_names),
+            "runtimes": {
+                "grader": self.grader.runtime,
+                "localizer": self.localizer.runtime,
+                **({"segmenter": self.segmenter.runtime} if self.segment else {}),
+            },
         }
         if not prepared.quality.gradeable and not force:
             return Analysis(graded=False, timings_ms=timings, **base)

@@ -65,6 +65,8 @@ class Analysis:
     lesion_reliability: dict[str, LesionReliability] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    # what ran each of those models ("onnxruntime 1.32.0", "pytorch 2.14.1"): workbench.runtime
+    runtimes: dict[str, str] = field(default_factory=dict)
 
     @property
     def dr_grade(self) -> int | None:

@@ -92,6 +92,7 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
         },
         "graded": analysis.graded,
         "models": analysis.models,
+        "runtimes": analysis.runtimes,
         "timings_ms": {k: _num(v) for k, v in analysis.timings_ms.items()},
     }
     if analysis.graded:
