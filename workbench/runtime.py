@@ -13,6 +13,9 @@ export by) stays in PyTorch under ``auto``, and so does any grader whose export 
 cache, say): ``auto`` is an optimisation and never stops a model from loading. ``onnx`` runs every
 network there and raises when it cannot; ``torch`` runs none there.
 
+Grading a folder (``workbench.reports.audit.grade_images``) runs one photograph per core at once
+through ``OnnxForward.concurrent`` (``parallel_lanes``): 1.2-1.5x the images per second of one at a time.
+
 A model is exported once per weights file and card with dynamic batch, height and width, to
 ``$DRWB_CACHE/onnx`` (default ``~/.cache/drwb/onnx``), and reused by every later process
 (``export_key``); the export takes about two seconds a model.
@@ -50,6 +53,7 @@ __all__ = [
     "export_key",
     "forward_for",
     "onnx_cache_dir",
+    "parallel_lanes",
     "runtime_name",
 ]
 
@@ -88,26 +92,56 @@ class OnnxForward:
 
     def __init__(self, module: nn.Module, card: ModelCard, cache_dir: Path | None = None) -> None:
         self._run_lock = threading.Lock()
+        self._lanes_lock = threading.Lock()
+        self._lane_session = None  # one intra-op thread per run, for ``concurrent`` (built on first use)
+        self._module, self._card = module, card
+        self._expected: np.ndarray | None = None  # the module's output on the probe (``_check_agrees``)
+        self.path: Path | None = None
         if not card.sha256:
             buffer = io.BytesIO()
             _export(module, card.input_size, buffer)
-            self.path = None
-            self.session = _session(buffer.getvalue())
-            _check_agrees(self.session, module, card)
-            return
-        key = export_key(card, getattr(module, "member_cards", ()))
-        self.path = (cache_dir or onnx_cache_dir()) / f"{card.arch}-{key}.onnx"
+            self._graph = buffer.getvalue()
+        else:
+            key = export_key(card, getattr(module, "member_cards", ()))
+            self.path = (cache_dir or onnx_cache_dir()) / f"{card.arch}-{key}.onnx"
+        self.session = self._checked_session()
+
+    def _checked_session(self, threads: int = 0):  # -> onnxruntime.InferenceSession
+        """A session on this model's graph (exported on first need), checked against the module."""
+        if self.path is None:
+            session = _session(self._graph, threads)
+            self._check_agrees(session)
+            return session
         with _EXPORT_LOCK:
             if not self.path.is_file():
-                _export_file(module, card.input_size, self.path)
+                _export_file(self._module, self._card.input_size, self.path)
             try:
-                self.session = _session(str(self.path))
-                _check_agrees(self.session, module, card)
+                session = _session(str(self.path), threads)
+                self._check_agrees(session)
             except Exception as error:  # noqa: BLE001 (a damaged cache file fails in many ways)
-                log.warning("%s: exporting %s again (%s)", card.name, self.path.name, error)
-                _export_file(module, card.input_size, self.path)
-                self.session = _session(str(self.path))
-                _check_agrees(self.session, module, card)
+                log.warning("%s: exporting %s again (%s)", self._card.name, self.path.name, error)
+                _export_file(self._module, self._card.input_size, self.path)
+                session = _session(str(self.path), threads)
+                self._check_agrees(session)
+        return session
+
+    def _check_agrees(self, session, tolerance: float = 1e-3) -> None:
+        """Raise unless ``session`` gives the module's outputs (within ``tolerance``) on one fixed input:
+        the card's input size for a grader, at most 256 px for the others (any size runs; a full 2048-px
+        crop would cost seconds). The module's output is computed once and kept."""
+        card = self._card
+        side = card.input_size if card.arch == "grader" else min(card.input_size, 256)
+        probe = torch.linspace(-2.0, 2.0, 3 * side * side).reshape(1, 3, side, side)
+        if self._expected is None:
+            with torch.inference_mode():
+                self._expected = self._module(probe).float().numpy()
+        got = session.run(None, {"image": probe.numpy()})[0]
+        expected = self._expected
+        difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+        if not difference <= tolerance:
+            raise ValueError(
+                f"the ONNX graph disagrees with the PyTorch model (largest difference {difference:.3g})"
+            )
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().float().cpu().numpy())
@@ -115,6 +149,35 @@ class OnnxForward:
         # the session's memory arena by its own activations (4 concurrent ensemble runs: +200 MB)
         with self._run_lock:
             return torch.from_numpy(self.session.run(None, {"image": array})[0])
+
+    def concurrent(self, batch: torch.Tensor) -> torch.Tensor:
+        """``self(batch)`` for one of several threads that run at once, one per core (``parallel_lanes``).
+
+        Runs go through a second session with one intra-op thread each, and are not serialised: a batch
+        of photographs split across the cores keeps every core busy, where a single run's intra-op
+        threads leave them idle in the many small depthwise layers (ensemble, 2 cores: one 2-thread run
+        ~92 ms, one 1-thread run ~157 ms, two at once 12.4 images/s against 10.6). That session is built
+        on first use and held until ``release_lanes``: with two runs in flight it holds ~250 MB more
+        (the ensemble), which a server that grades one photograph at a time should not keep.
+        """
+        with self._lanes_lock:
+            if self._lane_session is None:
+                self._lane_session = self._checked_session(threads=1)
+            session = self._lane_session  # a release meanwhile leaves this run its session
+        array = np.ascontiguousarray(batch.detach().float().cpu().numpy())
+        return torch.from_numpy(session.run(None, {"image": array})[0])
+
+    def release_lanes(self) -> None:
+        """Drop the session of ``concurrent`` (and its memory); the next concurrent run builds it again."""
+        with self._lanes_lock:
+            self._lane_session = None
+
+
+def parallel_lanes(forward: Forward) -> int:
+    """How many photographs to run through ``forward`` at once to fill the cores: one per torch thread
+    when it is an ``OnnxForward`` (``OnnxForward.concurrent``), else 1 (a PyTorch module's intra-op
+    threads are process-wide, so concurrent runs would only share them)."""
+    return max(1, torch.get_num_threads()) if isinstance(forward, OnnxForward) else 1
 
 
 def export_key(card: ModelCard, members: Sequence[ModelCard] = ()) -> str:
@@ -130,29 +193,14 @@ def export_key(card: ModelCard, members: Sequence[ModelCard] = ()) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _session(model: str | bytes):  # -> onnxruntime.InferenceSession
+def _session(model: str | bytes, threads: int = 0):  # -> onnxruntime.InferenceSession
+    """A CPU session with ``threads`` intra-op threads (0: as many as torch uses)."""
     import onnxruntime as ort  # only when a model runs there (``torch`` needs none of it)
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def _check_agrees(session, module: nn.Module, card: ModelCard, tolerance: float = 1e-3) -> None:
-    """Raise unless ``session`` gives ``module``'s outputs (within ``tolerance``) on one fixed input: the
-    card's input size for a grader, at most 256 px for the others (any size runs; a full 2048-px crop
-    would cost seconds)."""
-    side = card.input_size if card.arch == "grader" else min(card.input_size, 256)
-    probe = torch.linspace(-2.0, 2.0, 3 * side * side).reshape(1, 3, side, side)
-    with torch.inference_mode():
-        expected = module(probe).float().numpy()
-    got = session.run(None, {"image": probe.numpy()})[0]
-    difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
-    if not difference <= tolerance:
-        raise ValueError(
-            f"the ONNX graph disagrees with the PyTorch model (largest difference {difference:.3g})"
-        )
 
 
 def _export(module: nn.Module, size: int, target: str | io.BytesIO) -> None:

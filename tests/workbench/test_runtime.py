@@ -146,3 +146,36 @@ def test_an_edited_card_or_an_unsaved_model_never_reuses_an_export(tiny_weights:
     x = torch.rand(1, 3, card.input_size, card.input_size)
     with torch.inference_mode():
         assert np.abs(unsaved(x).numpy() - model(x).float().numpy()).max() < 1e-4
+
+
+def test_graders_in_onnx_runtime_grade_a_folder_on_every_core_with_the_same_answers(
+    tiny_weights: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``grade_images`` runs one photograph per core at once when the grader runs in ONNX Runtime
+    (``OnnxForward.concurrent``: a second, one-thread session, built on first use and released at the
+    end): same probabilities, same order, an unreadable file still its own error row in its place."""
+    from PIL import Image
+
+    from workbench.reports.audit import LabelledImage, grade_images
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two lanes even on a one-core runner
+    images = []
+    for i in range(5):
+        path = tmp_path / f"eye{i}.png"
+        Image.fromarray(make_fundus(i, size=(356, 536), dr_grade=i % 5).image).save(path)
+        images.append(LabelledImage(path.stem, path, i % 5, None, i + 2))
+    (tmp_path / "eye2.png").write_bytes(b"not a picture")
+    onnx = GraderPredictor(*load_model("tiny_grader", tiny_weights), runtime="onnx")
+    torch_grader = GraderPredictor(*load_model("tiny_grader", tiny_weights), runtime="torch")
+    assert onnx.lanes == 2 and torch_grader.lanes == 1  # PyTorch's threads are process-wide: one lane
+    assert onnx.forward._lane_session is None  # one photograph at a time never builds it
+    session, built = onnx.forward._checked_session(threads=1), []
+    monkeypatch.setattr(onnx.forward, "_checked_session", lambda threads=0: built.append(threads) or session)
+    one_by_one = grade_images(torch_grader, images)
+    at_once = grade_images(onnx, images, batch=2)
+    assert built == [1] and onnx.forward._lane_session is None  # built once, released at the end
+    assert [g.name for g in at_once] == [g.name for g in one_by_one] == [f"eye{i}" for i in range(5)]
+    assert at_once[2].p_dr is None and "eye2" in at_once[2].error
+    for a, b in zip(at_once, one_by_one, strict=True):
+        if b.p_dr is not None:
+            assert np.allclose(a.p_dr, b.p_dr, atol=1e-5) and np.allclose(a.p_dme, b.p_dme, atol=1e-5)

@@ -9,6 +9,8 @@ same images by construction.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,47 +50,49 @@ def grade_images(
     batch: int = 16,
     progress: Progress | None = None,
     keep_crops: bool = False,
+    lanes: int | None = None,
 ) -> list[GradedImage]:
-    """Grade every image (batches of ``batch``); ``progress(done, total)`` after each batch."""
-    out: list[GradedImage] = []
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch]
-        prepared, errors = [], []
-        for item in chunk:
-            try:
-                prepared.append(prepare_fundus(load_image(item.path, min_side=GRADING_CROP), GRADING_CROP))
-                errors.append("")
-            except (ImageLoadError, OSError) as exc:
-                prepared.append(None)
-                errors.append(str(exc))
-        readable = [p.crop for p in prepared if p is not None]
-        p_dr, p_dme = predictor.predict(readable) if readable else (np.zeros((0, 5)), np.zeros((0, 3)))
-        k = 0
-        for item, prep, error in zip(chunk, prepared, errors, strict=True):
-            if prep is None:
-                out.append(
-                    GradedImage(
-                        item.name, item.path, item.dr_grade, item.dme_grade, False, (), error, None, None
-                    )
-                )
-                continue
-            out.append(
-                GradedImage(
-                    item.name,
-                    item.path,
-                    item.dr_grade,
-                    item.dme_grade,
-                    prep.quality.gradeable,
-                    tuple(prep.quality.reasons),
-                    "",
-                    p_dr[k],
-                    p_dme[k],
-                    prep.crop if keep_crops else None,
-                )
+    """Grade every image, in order; ``progress(done, total)`` after each ``batch`` images.
+
+    Each photograph is decoded, prepared and graded by one of ``lanes`` threads (default
+    ``predictor.lanes``: one per core when its grader runs in ONNX Runtime, ``OnnxForward.concurrent``,
+    else 1), so decoding and the networks fill every core; the probabilities are those of grading the
+    photographs one by one.
+    """
+
+    def grade(item: LabelledImage) -> GradedImage:
+        try:
+            prep = prepare_fundus(load_image(item.path, min_side=GRADING_CROP), GRADING_CROP)
+        except (ImageLoadError, OSError) as exc:
+            return GradedImage(
+                item.name, item.path, item.dr_grade, item.dme_grade, False, (), str(exc), None, None
             )
-            k += 1
-        if progress is not None:
-            progress(min(start + batch, len(images)), len(images))
+        p_dr, p_dme = predictor.predict([prep.crop], concurrent=lanes > 1)
+        return GradedImage(
+            item.name,
+            item.path,
+            item.dr_grade,
+            item.dme_grade,
+            prep.quality.gradeable,
+            tuple(prep.quality.reasons),
+            "",
+            p_dr[0],
+            p_dme[0],
+            prep.crop if keep_crops else None,
+        )
+
+    lanes = max(1, min(predictor.lanes if lanes is None else lanes, len(images)))
+    out: list[GradedImage] = []
+    try:
+        with ThreadPoolExecutor(lanes, thread_name_prefix="grade") if lanes > 1 else nullcontext() as pool:
+            for start in range(0, len(images), batch):
+                chunk = images[start : start + batch]
+                out.extend(pool.map(grade, chunk) if pool is not None else map(grade, chunk))
+                if progress is not None:
+                    progress(min(start + batch, len(images)), len(images))
+    finally:
+        if lanes > 1:
+            predictor.release_lanes()  # a served app keeps no memory for the next audit
     return out
 
 
