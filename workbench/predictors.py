@@ -18,7 +18,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,10 +122,10 @@ class GraderPredictor:
         note = f"via {name}, the member nearest the ensemble"
         return self.model.members[k], self.model.member_cards[k], note
 
-    def release_lanes(self) -> None:
-        """Free what ``predict(..., concurrent=True)`` built (``OnnxForward.release_lanes``)."""
-        if isinstance(self.forward, OnnxForward):
-            self.forward.release_lanes()
+    def grading_lanes(self) -> AbstractContextManager:
+        """Where ``predict(..., concurrent=True)`` may run (``OnnxForward.lanes``; nothing to hold for a
+        grader in PyTorch)."""
+        return self.forward.lanes() if isinstance(self.forward, OnnxForward) else nullcontext()
 
     @torch.inference_mode()
     def predict(self, crops512: list[np.ndarray], concurrent: bool = False) -> tuple[np.ndarray, np.ndarray]:

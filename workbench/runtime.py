@@ -35,7 +35,8 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -94,36 +95,30 @@ class OnnxForward:
         self._run_lock = threading.Lock()
         self._lanes_lock = threading.Lock()
         self._lane_session = None  # one intra-op thread per run, for ``concurrent`` (built on first use)
+        self._lane_users = 0  # callers inside ``lanes()``; the last one out frees the session
+        self._lane_slots = threading.BoundedSemaphore(max(1, torch.get_num_threads()))  # runs in flight
         self._module, self._card = module, card
         self._expected: np.ndarray | None = None  # the module's output on the probe (``_check_agrees``)
         self.path: Path | None = None
         if not card.sha256:
             buffer = io.BytesIO()
             _export(module, card.input_size, buffer)
-            self._graph = buffer.getvalue()
-        else:
-            key = export_key(card, getattr(module, "member_cards", ()))
-            self.path = (cache_dir or onnx_cache_dir()) / f"{card.arch}-{key}.onnx"
-        self.session = self._checked_session()
-
-    def _checked_session(self, threads: int = 0):  # -> onnxruntime.InferenceSession
-        """A session on this model's graph (exported on first need), checked against the module."""
-        if self.path is None:
-            session = _session(self._graph, threads)
-            self._check_agrees(session)
-            return session
+            self.session = _session(buffer.getvalue())
+            self._check_agrees(self.session)
+            return
+        key = export_key(card, getattr(module, "member_cards", ()))
+        self.path = (cache_dir or onnx_cache_dir()) / f"{card.arch}-{key}.onnx"
         with _EXPORT_LOCK:
             if not self.path.is_file():
-                _export_file(self._module, self._card.input_size, self.path)
+                _export_file(module, card.input_size, self.path)
             try:
-                session = _session(str(self.path), threads)
-                self._check_agrees(session)
+                self.session = _session(str(self.path))
+                self._check_agrees(self.session)
             except Exception as error:  # noqa: BLE001 (a damaged cache file fails in many ways)
-                log.warning("%s: exporting %s again (%s)", self._card.name, self.path.name, error)
-                _export_file(self._module, self._card.input_size, self.path)
-                session = _session(str(self.path), threads)
-                self._check_agrees(session)
-        return session
+                log.warning("%s: exporting %s again (%s)", card.name, self.path.name, error)
+                _export_file(module, card.input_size, self.path)
+                self.session = _session(str(self.path))
+                self._check_agrees(self.session)
 
     def _check_agrees(self, session, tolerance: float = 1e-3) -> None:
         """Raise unless ``session`` gives the module's outputs (within ``tolerance``) on one fixed input:
@@ -150,34 +145,61 @@ class OnnxForward:
         with self._run_lock:
             return torch.from_numpy(self.session.run(None, {"image": array})[0])
 
-    def concurrent(self, batch: torch.Tensor) -> torch.Tensor:
-        """``self(batch)`` for one of several threads that run at once, one per core (``parallel_lanes``).
+    @contextmanager
+    def lanes(self) -> Iterator[None]:
+        """Hold the session of ``concurrent`` while inside; the last caller out frees it (with two runs in
+        flight it holds ~250 MB for the ensemble, which a served app grading one photograph at a time
+        should not keep between audits)."""
+        with self._lanes_lock:
+            self._lane_users += 1
+        try:
+            yield
+        finally:
+            with self._lanes_lock:
+                self._lane_users -= 1
+                if self._lane_users == 0:
+                    self._lane_session = None
 
-        Runs go through a second session with one intra-op thread each, and are not serialised: a batch
-        of photographs split across the cores keeps every core busy, where a single run's intra-op
-        threads leave them idle in the many small depthwise layers (ensemble, 2 cores: one 2-thread run
-        ~92 ms, one 1-thread run ~157 ms, two at once 12.4 images/s against 10.6). That session is built
-        on first use and held until ``release_lanes``: with two runs in flight it holds ~250 MB more
-        (the ensemble), which a server that grades one photograph at a time should not keep.
+    def concurrent(self, batch: torch.Tensor) -> torch.Tensor:
+        """``self(batch)`` for one of several threads that run at once, one per core (``parallel_lanes``;
+        call it inside ``lanes()``).
+
+        Runs go through a second session with one intra-op thread each, at most one per core in flight:
+        a batch of photographs split across the cores keeps every core busy, where a single run's
+        intra-op threads leave them idle in the many small depthwise layers (ensemble, 2 cores: one
+        2-thread run ~92 ms, one 1-thread run ~157 ms, two at once 12.4 images/s against 10.6). That
+        session is built on first use from the graph file checked at load time, never exported here (an
+        analysis may have hooks on the module meanwhile); when it cannot be built or does not agree with
+        the module, runs fall back to ``self(batch)`` with a logged warning.
         """
         with self._lanes_lock:
             if self._lane_session is None:
-                self._lane_session = self._checked_session(threads=1)
+                self._lane_session = self._lane_session_or_main()
             session = self._lane_session  # a release meanwhile leaves this run its session
+        if session is self.session:
+            return self(batch)
         array = np.ascontiguousarray(batch.detach().float().cpu().numpy())
-        return torch.from_numpy(session.run(None, {"image": array})[0])
+        with self._lane_slots:
+            return torch.from_numpy(session.run(None, {"image": array})[0])
 
-    def release_lanes(self) -> None:
-        """Drop the session of ``concurrent`` (and its memory); the next concurrent run builds it again."""
-        with self._lanes_lock:
-            self._lane_session = None
+    def _lane_session_or_main(self):  # -> onnxruntime.InferenceSession
+        if self.path is not None:  # a model built in memory has no file to build it from: no lanes
+            try:
+                session = _session(str(self.path), threads=1)
+                self._check_agrees(session)
+                return session
+            except Exception as error:  # noqa: BLE001 (a file removed or replaced since load fails many ways)
+                log.warning("%s: grading one photograph at a time (%s)", self._card.name, error)
+        return self.session
 
 
 def parallel_lanes(forward: Forward) -> int:
     """How many photographs to run through ``forward`` at once to fill the cores: one per torch thread
-    when it is an ``OnnxForward`` (``OnnxForward.concurrent``), else 1 (a PyTorch module's intra-op
-    threads are process-wide, so concurrent runs would only share them)."""
-    return max(1, torch.get_num_threads()) if isinstance(forward, OnnxForward) else 1
+    when it is an ``OnnxForward`` from a graph file (``OnnxForward.concurrent``), else 1 (a PyTorch
+    module's intra-op threads are process-wide, so concurrent runs would only share them)."""
+    if isinstance(forward, OnnxForward) and forward.path is not None:
+        return max(1, torch.get_num_threads())
+    return 1
 
 
 def export_key(card: ModelCard, members: Sequence[ModelCard] = ()) -> str:

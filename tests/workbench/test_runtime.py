@@ -149,33 +149,76 @@ def test_an_edited_card_or_an_unsaved_model_never_reuses_an_export(tiny_weights:
 
 
 def test_graders_in_onnx_runtime_grade_a_folder_on_every_core_with_the_same_answers(
-    tiny_weights: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_weights: Path,
+    cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``grade_images`` runs one photograph per core at once when the grader runs in ONNX Runtime
-    (``OnnxForward.concurrent``: a second, one-thread session, built on first use and released at the
-    end): same probabilities, same order, an unreadable file still its own error row in its place."""
+    (``OnnxForward.concurrent``: a second, one-thread session, built on first use and freed at the end):
+    same probabilities, same order, an unreadable file still its own error row in its place, progress
+    from the calling thread; a graph file gone since load means one photograph at a time, said."""
+    import threading
+    import time
+
     from PIL import Image
 
     from workbench.reports.audit import LabelledImage, grade_images
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two lanes even on a one-core runner
     images = []
-    for i in range(5):
+    for i in range(6):
         path = tmp_path / f"eye{i}.png"
         Image.fromarray(make_fundus(i, size=(356, 536), dr_grade=i % 5).image).save(path)
         images.append(LabelledImage(path.stem, path, i % 5, None, i + 2))
     (tmp_path / "eye2.png").write_bytes(b"not a picture")
-    onnx = GraderPredictor(*load_model("tiny_grader", tiny_weights), runtime="onnx")
-    torch_grader = GraderPredictor(*load_model("tiny_grader", tiny_weights), runtime="torch")
-    assert onnx.lanes == 2 and torch_grader.lanes == 1  # PyTorch's threads are process-wide: one lane
+    model, card = load_model("tiny_grader", tiny_weights)
+    onnx = GraderPredictor(model, card, runtime="onnx")
+    assert onnx.lanes == 2 and GraderPredictor(model, card, runtime="torch").lanes == 1
+    assert GraderPredictor(model, card.with_updates(sha256=""), runtime="onnx").lanes == 1  # no graph file
+    one_by_one = grade_images(onnx, images, lanes=1)
     assert onnx.forward._lane_session is None  # one photograph at a time never builds it
-    session, built = onnx.forward._checked_session(threads=1), []
-    monkeypatch.setattr(onnx.forward, "_checked_session", lambda threads=0: built.append(threads) or session)
-    one_by_one = grade_images(torch_grader, images)
-    at_once = grade_images(onnx, images, batch=2)
-    assert built == [1] and onnx.forward._lane_session is None  # built once, released at the end
-    assert [g.name for g in at_once] == [g.name for g in one_by_one] == [f"eye{i}" for i in range(5)]
+
+    class Watched:  # the lane session, counting the runs in flight
+        def __init__(self, session) -> None:
+            self.session, self.now, self.most, self.lock = session, 0, 0, threading.Lock()
+
+        def run(self, *args):
+            with self.lock:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.05)
+            try:
+                return self.session.run(*args)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+    build = onnx.forward._lane_session_or_main
+    built: list[Watched] = []
+    monkeypatch.setattr(
+        onnx.forward, "_lane_session_or_main", lambda: built.append(Watched(build())) or built[-1]
+    )
+    threads = []
+    at_once = grade_images(
+        onnx, images, batch=4, progress=lambda *_: threads.append(threading.current_thread())
+    )
+    assert len(built) == 1 and built[0].most == 2 and onnx.forward._lane_session is None  # overlapped, freed
+    assert threads == [threading.current_thread()] * 2
+    assert [g.name for g in at_once] == [g.name for g in one_by_one] == [f"eye{i}" for i in range(6)]
     assert at_once[2].p_dr is None and "eye2" in at_once[2].error
     for a, b in zip(at_once, one_by_one, strict=True):
         if b.p_dr is not None:
             assert np.allclose(a.p_dr, b.p_dr, atol=1e-5) and np.allclose(a.p_dme, b.p_dme, atol=1e-5)
+
+    monkeypatch.setattr(onnx.forward, "_lane_session_or_main", build)
+    onnx.forward.path.unlink()  # the cache emptied while the app serves: no export mid-audit
+    with caplog.at_level("WARNING", logger="workbench.runtime"):
+        again = grade_images(onnx, images)
+    assert "one photograph at a time" in caplog.text and not onnx.forward.path.exists()
+    assert all(
+        np.allclose(a.p_dr, b.p_dr, atol=1e-5)
+        for a, b in zip(again, one_by_one, strict=True)
+        if b.p_dr is not None
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,8 @@ def grade_images(
     photographs one by one.
     """
 
+    lanes = max(1, min(predictor.lanes if lanes is None else lanes, len(images)))
+
     def grade(item: LabelledImage) -> GradedImage:
         try:
             prep = prepare_fundus(load_image(item.path, min_side=GRADING_CROP), GRADING_CROP)
@@ -81,18 +83,17 @@ def grade_images(
             prep.crop if keep_crops else None,
         )
 
-    lanes = max(1, min(predictor.lanes if lanes is None else lanes, len(images)))
     out: list[GradedImage] = []
-    try:
-        with ThreadPoolExecutor(lanes, thread_name_prefix="grade") if lanes > 1 else nullcontext() as pool:
-            for start in range(0, len(images), batch):
-                chunk = images[start : start + batch]
-                out.extend(pool.map(grade, chunk) if pool is not None else map(grade, chunk))
-                if progress is not None:
-                    progress(min(start + batch, len(images)), len(images))
-    finally:
-        if lanes > 1:
-            predictor.release_lanes()  # a served app keeps no memory for the next audit
+    with ExitStack() as stack:
+        pool = None
+        if lanes > 1:  # the lane session lives while this folder is graded (a server keeps none after)
+            stack.enter_context(predictor.grading_lanes())
+            pool = stack.enter_context(ThreadPoolExecutor(lanes, thread_name_prefix="grade"))
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
+            out.extend(pool.map(grade, chunk) if pool is not None else map(grade, chunk))
+            if progress is not None:  # from the calling thread, as before
+                progress(min(start + batch, len(images)), len(images))
     return out
 
 
