@@ -285,8 +285,8 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["quality", "fast"],
         default="quality",
         help="quality: the best grader (an ensemble) and the best segmenter at its resolution (~10 s a "
-        "4288-px photograph on 2 cores); fast: one grader network and a 640-px crop, about 0.6 s (README: "
-        "Speed and memory)",
+        "4288-px photograph on 2 cores); fast: a grader of at most two forward passes (two networks without "
+        "the mirror view) and a 640-px crop, about 0.7 s (README: Speed and memory)",
     )
     an.add_argument("--no-scores", action="store_true", help="skip faithfulness / localisation scores")
     an.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: actor pool, resumable")

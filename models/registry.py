@@ -133,14 +133,24 @@ def held_out_fold_key(evaluation: dict) -> str | None:
     return next((k for k in sorted(evaluation) if k.startswith("held_out_fold_") and "_hflip" not in k), None)
 
 
-def default_model(arch: str, folder: Path | None = None, ensembles: bool = True) -> str:
+def forward_passes(card: ModelCard) -> int:
+    """Forward passes a photograph costs: an ensemble's members times its views (``models.ensemble``:
+    two with the mirror view), else 1."""
+    members = card.extra.get("members")
+    return len(members) * (2 if card.extra.get("flip") else 1) if members else 1
+
+
+def default_model(
+    arch: str, folder: Path | None = None, ensembles: bool = True, max_passes: int | None = None
+) -> str:
     """Stem of the shipped model of ``arch`` with the best held-out score (the default in every face).
 
     Out-of-fold (cross-validated) figures outrank single-split validation figures: a validation score
     that also chose the best epoch is optimistic, so a model that has OOF figures is preferred over one
     that has only a validation score, and OOF scores are compared with each other. ``ensembles=False``
-    ranks single networks only (``models.ensemble``): the fast analysis profile, and whatever explains or
-    times one network.
+    ranks single networks only (``models.ensemble``): whatever explains or times one network.
+    ``max_passes`` ranks only models that cost at most that many forward passes a photograph
+    (``forward_passes``): the fast analysis profile.
 
     Raises:
         WeightsError: when no model of that family is shipped.
@@ -150,6 +160,8 @@ def default_model(arch: str, folder: Path | None = None, ensembles: bool = True)
     for path in sorted(Path(folder).glob("*.json")):
         card = ModelCard.read(path)
         if card.arch != arch or (not ensembles and "members" in card.extra):
+            continue
+        if max_passes is not None and forward_passes(card) > max_passes:
             continue
         evaluation = card.training.get("evaluation", {})
         # Prefer the product-pipeline measurement (drwb evaluate --write-card) over the training loop's.

@@ -65,10 +65,12 @@ def models_markdown(folder: Path | None = None) -> str:
             defaults[arch] = default_model(arch, folder)
         except ValueError:
             defaults[arch] = None
-    try:  # the fast profile grades with the best single network (workbench.analysis.PROFILES)
-        single = default_model("grader", folder, ensembles=False)
+    from workbench.analysis.pipeline import PROFILES
+
+    try:  # the fast profile's grader: the best of at most two forward passes a photograph
+        fast = default_model("grader", folder, max_passes=PROFILES["fast"]["max_passes"])
     except ValueError:
-        single = None
+        fast = None
     out = ["**Graders** (held-out figures; [95% bootstrap interval] where measured)", ""]
     out += [
         "| model | note | backbone | input px | figures from | DR accuracy | DR QWK | DME accuracy |"
@@ -79,9 +81,9 @@ def models_markdown(folder: Path | None = None) -> str:
         source, m = held_out(card)
         stem = _stem(card)
         if stem == defaults["grader"]:
-            notes = ["default" if stem == single else "default (quality profile)"]
+            notes = ["default" if stem == fast else "default (quality profile)"]
         else:
-            notes = ["default (fast profile)"] if stem == single else []
+            notes = ["default (fast profile)"] if stem == fast else []
         if members := card.extra.get("members"):
             views = ", each on the image and its mirror image" if card.extra.get("flip") else ""
             notes.append(

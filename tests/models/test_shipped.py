@@ -88,15 +88,16 @@ def test_grader_beats_majority_class(real_idrid: Path) -> None:
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("ensembles", [True, False], ids=["quality-profile", "fast-profile"])
+@pytest.mark.parametrize("profile", ["quality", "fast"])
 def test_default_grader_oof_predictions_rescore_to_its_card_and_beat_the_baseline(
-    real_idrid: Path, ensembles: bool
+    real_idrid: Path, profile: str
 ) -> None:
     """The OOF predictions shipped beside each profile's default grader, re-scored against the real
     labels, give the card's figures exactly; they beat the majority-grade baseline and predict grade 1."""
     from training.oof import evaluate_oof
+    from workbench.analysis.pipeline import PROFILES
 
-    stem = default_model("grader", SHIPPED_WEIGHTS_DIR, ensembles=ensembles)
+    stem = default_model("grader", SHIPPED_WEIGHTS_DIR, max_passes=PROFILES[profile]["max_passes"])
     card = ModelCard.read(SHIPPED_WEIGHTS_DIR / f"{stem}.json")
     oof = card.training.get("evaluation", {}).get("oof")
     if not oof:

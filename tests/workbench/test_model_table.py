@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from models.card import ModelCard
+from models.registry import forward_passes
 from tests.conftest import write_tiny_weights
 from workbench.model_table import grader_label, models_markdown
 
@@ -111,18 +113,31 @@ def test_models_table_shows_shipped_refiners_and_skips_families_with_none(tmp_pa
 def test_models_table_marks_each_profiles_default_grader_and_names_an_ensembles_members(
     tmp_path: Path,
 ) -> None:
+    """Quality: the best grader at any cost. Fast: the best of at most two forward passes a photograph
+    (``models.registry.forward_passes``), so a two-network ensemble without the mirror view (2 passes)
+    outranks one network, and the same pair with the mirror view (4 passes) is never the fast default."""
     folder = write_tiny_weights(tmp_path)
     single = json.loads((folder / "tiny_grader.json").read_text())
     single["training"]["evaluation"] = {"oof": {"n": 413, "folds": 5, "dr_accuracy": 0.67, "score": 0.85}}
     (folder / "tiny_grader.json").write_text(json.dumps(single))
-    ensemble = dict(single, name="grader_ensemble", weights="tiny_ens.safetensors")
-    ensemble["extra"] = {"members": [{"model": "tiny_grader", "sha256": single["sha256"]}], "flip": True}
-    ensemble["training"] = {"evaluation": {"oof": {"n": 413, "folds": 5, "dr_accuracy": 0.71, "score": 0.88}}}
-    (folder / "tiny_ens.json").write_text(json.dumps(ensemble))
+    members = [{"model": "tiny_grader", "sha256": single["sha256"]}] * 2
+    for stem, flip, score in (("tiny_ens", True, 0.88), ("tiny_pair", False, 0.87)):
+        ensemble = dict(single, name=stem, weights=f"{stem}.safetensors")
+        ensemble["extra"] = {"members": members, "flip": flip}
+        ensemble["training"] = {
+            "evaluation": {"oof": {"n": 413, "folds": 5, "dr_accuracy": 0.7, "score": score}}
+        }
+        (folder / f"{stem}.json").write_text(json.dumps(ensemble))
+    assert [forward_passes(ModelCard.read(folder / f"{s}.json")) for s in ("tiny_ens", "tiny_pair")] == [4, 2]
     lines = models_markdown(folder).splitlines()
-    ens_row = next(line for line in lines if line.startswith("| tiny_ens |") and "out-of-fold" in line)
-    single_row = next(line for line in lines if line.startswith("| tiny_grader |") and "out-of-fold" in line)
-    assert "default (quality profile)" in ens_row and "ensemble of tiny_grader" in ens_row
-    assert "mirror image" in ens_row
-    assert "default (fast profile)" in single_row and "ensemble" not in single_row
+
+    def row(stem: str) -> str:
+        return next(line for line in lines if line.startswith(f"| {stem} |") and "out-of-fold" in line)
+
+    assert "default (quality profile)" in row("tiny_ens") and "ensemble of tiny_grader" in row("tiny_ens")
+    assert "mirror image" in row("tiny_ens") and "mirror image" not in row("tiny_pair")
+    assert "default (fast profile)" in row("tiny_pair") and "default" not in row("tiny_grader")
     assert any(line.startswith("- tiny_ens: explained through one member") for line in lines)
+    (folder / "tiny_pair.json").unlink()  # without the pair, one network is the fast profile's best
+    lines = models_markdown(folder).splitlines()
+    assert "default (fast profile)" in row("tiny_grader") and "ensemble" not in row("tiny_grader")

@@ -45,14 +45,20 @@ __all__ = ["FAST_SEGMENT_SIZE", "PROFILES", "Workbench", "profile_from_env"]
 
 FAST_SEGMENT_SIZE = 640  # px of the field-of-view crop the fast profile segments, in one tile
 
-# Analysis profiles: "quality" grades with the best shipped grader, an ensemble included, and segments with
-# the best shipped segmenter at its own resolution; "fast" grades with the best single network and
-# segments with the low-resolution segmenter on a smaller crop, one tile, to stay within about a second on
-# two cores (README "Speed and memory" has the measured figures). DRWB_PROFILE picks one for the apps.
-PROFILES: dict[str, dict[str, str | int | bool | None]] = {
-    "quality": {"segmenter": None, "segment_size": None, "ensembles": True},
-    "fast": {"segmenter": "segmenter_lite0", "segment_size": FAST_SEGMENT_SIZE, "ensembles": False},
+# Analysis profiles: "quality" grades with the best shipped grader, whatever it costs, and segments with
+# the best shipped segmenter at its own resolution; "fast" grades with the best grader of at most two
+# forward passes a photograph (``models.registry.forward_passes``: two networks without the mirror view,
+# or one network) and segments with the low-resolution segmenter on a smaller crop, one tile, to stay
+# within about a second on two cores (README "Speed and memory" has the measured figures). DRWB_PROFILE
+# picks one for the apps.
+PROFILES: dict[str, dict[str, str | int | None]] = {
+    "quality": {"segmenter": None, "segment_size": None, "max_passes": None},
+    "fast": {"segmenter": "segmenter_lite0", "segment_size": FAST_SEGMENT_SIZE, "max_passes": 2},
 }
+
+
+def _optional_int(value: str | int | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def profile_from_env() -> str:
@@ -95,7 +101,8 @@ class Workbench:
             available = {p.stem for p in self.weights_dir.glob("*.json")}
             segmenter = str(chosen["segmenter"]) if chosen["segmenter"] in available else None
         names = {
-            "grader": grader or default_model("grader", self.weights_dir, bool(chosen["ensembles"])),
+            "grader": grader
+            or default_model("grader", self.weights_dir, max_passes=_optional_int(chosen["max_passes"])),
             "segmenter": segmenter or default_model("segmenter", self.weights_dir),
             "localizer": localizer or default_model("localizer", self.weights_dir),
         }

@@ -97,8 +97,8 @@ def bench_throughput(
 ) -> dict[str, Any]:
     """Grading-only images per second from JPEG files, through ``grade_images`` (what ``drwb evaluate`` and
     the audit run: reduced decoding, field-of-view crop, quality verdict, grade), with the profile's grader
-    (quality: the best grader, an ensemble included; fast: the best single network); target >= 10. Also
-    one photograph at a time (``lanes=1``), to show what grading on every core at once adds."""
+    (quality: the best grader, an ensemble included; fast: the best of at most two forward passes); target
+    >= 10. Also one photograph at a time (``lanes=1``), to show what grading on every core at once adds."""
     import time as _time
 
     from workbench.reports.audit import LabelledImage, grade_images
