@@ -23,8 +23,14 @@ from workbench.io.idrid import IDRiD, IDRiDLayoutError
 from workbench.io.image_io import ImageLoadError
 from workbench.reports.audit import LabelsError, read_labels
 from workbench.reports.batch import expand_inputs
-from workbench.reports.render import heatmap_overlay, landmarks_overlay, lesion_overlay, probability_figure
-from workbench.reports.report import LESION_COLUMNS, lesion_rows, summary_row
+from workbench.reports.render import (
+    heatmap_overlay,
+    landmarks_overlay,
+    lesion_overlay,
+    lesion_table_styler,
+    probability_figure,
+)
+from workbench.reports.report import lesion_rows, summary_row
 from workbench.targets import GradeTarget
 from workbench.ui.summary import landmarks_caption
 
@@ -137,7 +143,7 @@ if choices:
     else:
         # the same two views, colours and legends as the Gradio Analyze tab and the HTML report
         left, right = st.columns(2)
-        left.image(lesion_overlay(analysis), caption="lesions (legend: unreliable types marked)")
+        left.image(lesion_overlay(analysis), caption="lesions (unreliable types grey, marked in the legend)")
         right.image(
             landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"], legend=False)),
             caption=landmarks_caption(analysis),
@@ -153,7 +159,7 @@ if choices:
             "(see the reliability column)."
         )
         st.dataframe(
-            pd.DataFrame(lesion_rows(analysis), columns=LESION_COLUMNS),
+            lesion_table_styler(lesion_rows(analysis)),  # unreliable types greyed
             hide_index=True,
             use_container_width=True,
         )

@@ -303,11 +303,13 @@ def test_every_tab_at_1500_and_420_px(browser, app_url: str) -> None:
 
 def test_an_analysis_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path) -> None:
     """At 420 px after an analysis: the probability chart's labels and legend inside its panel, the lesion
-    legend in the product's colours, at most one optic disc, and the doubtful-fovea state of this
-    synthetic photograph (the tiny test localizer cannot find its fovea) said instead of a grid."""
+    legend in the product's colours (grey for a type below the reliability floor), at most one optic
+    disc, and the doubtful-fovea state of this synthetic photograph (the tiny test localizer cannot find
+    its fovea) said instead of a grid."""
     from selenium.webdriver.common.by import By
 
     from models.constants import LESIONS
+    from workbench.reports.render import UNRELIABLE_COLOUR, unreliable_label
 
     image = _fundus_file(tmp_path / "narrow_fundus.png", seed=9, dr_grade=3, dme_grade=2)
     try:
@@ -332,6 +334,7 @@ def test_an_analysis_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path
         assert summary.count("Optic disc") <= 1
         chips = browser.find_elements(By.CSS_SELECTOR, "#lesions-panel .legend-item")
         colours = {lesion.name: lesion.colour for lesion in LESIONS}
+        colours |= {unreliable_label(lesion.name): UNRELIABLE_COLOUR for lesion in LESIONS}  # greyed types
         assert sum(chip.text.startswith("Optic disc") for chip in chips) <= 1
         for chip in chips:
             name = chip.text.strip()

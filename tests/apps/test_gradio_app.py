@@ -69,16 +69,23 @@ def test_analyze_endpoint_structure(served, fundus_file: str) -> None:
 
 
 def test_lesion_layers_are_drawn_in_the_product_colours(served, fundus_file: str) -> None:
-    """Each annotated layer comes back coloured with that lesion's one colour (models.constants): a label
-    the component's colour map does not know would be drawn in Gradio's own red (the old "name (count)"
-    labels were)."""
+    """Each annotated layer comes back coloured with that lesion's one colour (models.constants), or grey
+    and labelled "(unreliable)" for a type the table marks unreliable: a label the component's colour map
+    does not know would be drawn in Gradio's own red (the old "name (count)" labels were)."""
     from models.constants import LESIONS
+    from workbench.reports.render import UNRELIABLE_COLOUR, unreliable_label
 
     client, _ = served
-    lesions = client.predict(handle_file(fundus_file), False, api_name="/analyze")[2]
+    result = client.predict(handle_file(fundus_file), False, api_name="/analyze")
+    lesions, table = result[2], result[4]
     assert lesions["annotations"]
     colours = {lesion.name: lesion.colour for lesion in LESIONS}
+    colours |= {unreliable_label(lesion.name): UNRELIABLE_COLOUR for lesion in LESIONS}  # greyed types
+    unreliable = {row[0] for row in table["data"] if row[-1] not in ("reliable", "n/a")}
+    by_code = {lesion.name: lesion.code for lesion in LESIONS}
     for layer in lesions["annotations"]:
+        code = by_code[layer["label"].removesuffix(" (unreliable)")]
+        assert layer["label"].endswith("(unreliable)") == (code in unreliable), (layer["label"], unreliable)
         name = layer["label"]
         assert name in colours, name
         rgba = np.asarray(Image.open(layer["image"]).convert("RGBA"))
@@ -197,3 +204,27 @@ def test_batch_endpoint_keeps_going_past_a_bad_file(served, tmp_path: Path, fund
     assert broken[1] == "error" and "broken.jpg" in broken[7]
     assert Path(summary_csv).read_text().splitlines()[0].endswith("dme_grade,fovea,error")
     assert Path(archive).stat().st_size > 0
+
+
+def test_audit_inputs_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    """The checks that need no unpacking name the bad box (the Audit tab's validator): no CSV, an unknown
+    header, an empty CSV, a file that is not a zip, no photographs at all."""
+    import zipfile
+
+    from workbench.ui.audit_tab import audit_input_problems
+
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("p0.png", b"")
+    good, bad, empty, text = (tmp_path / n for n in ("good.csv", "bad.csv", "empty.csv", "notes.zip"))
+    good.write_text("image,dr_grade\np0,1\n")
+    bad.write_text("file,grade\np0,1\n")
+    empty.write_text("")
+    text.write_text("not a zip")
+    assert audit_input_problems(str(archive), str(good), None, None) == (None, None)
+    assert "labels CSV" in audit_input_problems(str(archive), None, None, None)[1]
+    assert "no recognised label columns" in audit_input_problems(str(archive), str(bad), None, None)[1]
+    assert "is empty" in audit_input_problems(str(archive), str(empty), None, None)[1]
+    assert "not a readable zip" in audit_input_problems(str(text), str(good), None, None)[0]
+    assert "Upload a zip" in audit_input_problems(None, str(good), "", None)[0]
+    assert audit_input_problems(None, str(good), "sub", tmp_path) == (None, None)  # a folder under the root

@@ -106,9 +106,15 @@ def _assert_legends(analysis) -> None:
     def has(image: np.ndarray, colour) -> bool:
         return bool((swatches(image) == np.array(colour)).all(1).sum() >= 20)
 
+    from workbench.reports.render import UNRELIABLE_COLOUR
+
+    def key_colour(lesion) -> tuple:  # a type below the reliability floor is keyed (and drawn) grey
+        trust = analysis.lesion_reliability.get(lesion.code)
+        return UNRELIABLE_COLOUR if lesion.code != "OD" and trust and not trust.reliable else lesion.colour
+
     lesions = lesion_overlay(analysis)
     shown = [lesion for lesion in LESIONS if lesion.code in analysis.lesions]
-    assert shown and all(has(lesions, lesion.colour) for lesion in shown)
+    assert shown and all(has(lesions, key_colour(lesion)) for lesion in shown)
     marks = landmarks_overlay(analysis)
     fovea = DOUBT_COLOUR if analysis.fovea_doubt is not None else FOVEA_COLOUR
     assert has(marks, DISC_COLOUR) and has(marks, fovea)
@@ -303,3 +309,52 @@ def test_a_segmenter_card_with_mirror_tiles_averages_each_tile_with_its_mirror(
     small = load_segmenter("mirrored", tmp_path, input_size=64).predict(image).probabilities
     alone = load_segmenter("plain", tmp_path, input_size=64).predict(image).probabilities
     np.testing.assert_array_equal(small, alone)
+
+
+def test_unreliable_lesion_types_are_greyed_wherever_they_are_shown(tiny_workbench, synthetic_fundus) -> None:
+    """A type below the reliability floor is drawn grey and labelled "(unreliable)" on the overlays, and
+    its row is greyed in the apps' table and the HTML report; a reliable type keeps its own colour."""
+    from dataclasses import replace
+
+    from models.constants import LESIONS
+    from workbench.analysis.lesion_trust import LesionReliability
+    from workbench.reports.html_page import report_html
+    from workbench.reports.render import (
+        LESION_COLOUR_MAP,
+        UNRELIABLE_COLOUR,
+        hex_colour,
+        lesion_annotations,
+        lesion_table_styler,
+        unreliable_label,
+    )
+    from workbench.reports.report import analysis_to_dict, lesion_rows
+
+    analysis = tiny_workbench.analyze(_loaded(synthetic_fundus.image))
+    masks = {code: np.zeros_like(s.mask) for code, s in analysis.lesions.items()}
+    for code in ("MA", "EX"):  # one blob each, away from the disc
+        masks[code][20:30, 20 + 40 * (code == "EX") : 30 + 40 * (code == "EX")] = True
+    lesions = {code: replace(s, mask=masks[code]) for code, s in analysis.lesions.items() if code != "OD"}
+    trust = {
+        "MA": LesionReliability("MA", 0.01, False, "unreliable: validated AUPR 0.01 < 0.30"),
+        "EX": LesionReliability("EX", 0.7, True, "reliable"),
+    }
+    analysis = replace(analysis, lesions={**lesions, "OD": analysis.lesions["OD"]}, lesion_reliability=trust)
+    colour = {lesion.code: lesion for lesion in LESIONS}
+    labels = [label for _, label in lesion_annotations(analysis)[1]]
+    assert unreliable_label(colour["MA"].name) in labels and colour["EX"].name in labels
+    assert LESION_COLOUR_MAP[unreliable_label(colour["MA"].name)] == hex_colour(UNRELIABLE_COLOUR)
+    drawn = lesion_overlay(analysis, codes=["MA", "EX"], opacity=1.0, legend=False)
+    scale = analysis.crop.shape[0] / masks["MA"].shape[0]
+    assert tuple(drawn[int(25 * scale), int(25 * scale)]) == UNRELIABLE_COLOUR
+    assert tuple(drawn[int(25 * scale), int(65 * scale)]) == tuple(colour["EX"].colour)
+    import gradio as gr
+
+    sent = gr.Dataframe().postprocess(lesion_table_styler(lesion_rows(analysis)))  # what the app sends
+    greyed = {
+        row[0]: all("italic" in css for css in styles)
+        for row, styles in zip(sent.data, sent.metadata["styling"], strict=True)
+    }
+    assert greyed["MA"] and not greyed["EX"]
+    assert sent.metadata["display_value"][0][5] == "0.01"  # AUPR to 2 decimals, not pandas' 6
+    page = report_html(analysis_to_dict(analysis), {})
+    assert page.count('<tr style="color: #9e9e9e; font-style: italic">') == 1

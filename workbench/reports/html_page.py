@@ -34,9 +34,18 @@ def _cell(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _table(caption: str, header: list[str], rows: list[list[Any]], digits: int = 3) -> str:
+_GREYED = ' style="color: #9e9e9e; font-style: italic"'  # a lesion type below the reliability floor
+
+
+def _table(
+    caption: str, header: list[str], rows: list[list[Any]], digits: int = 3, greyed: list[bool] | None = None
+) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(c, digits)}</td>" for c in row) + "</tr>" for row in rows)
+    greyed = greyed or [False] * len(rows)
+    body = "".join(
+        f"<tr{_GREYED if grey else ''}>" + "".join(f"<td>{_cell(c, digits)}</td>" for c in row) + "</tr>"
+        for row, grey in zip(rows, greyed, strict=True)
+    )
     return (
         f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead>"
         f"<tbody>{body}</tbody></table>"
@@ -64,7 +73,7 @@ def _tables(data: dict[str, Any]) -> str:
         parts.append(
             _table(
                 "Lesions (segmenter; the optic disc is listed with the landmarks). Types whose validated "
-                "AUPR is below the reliability floor are not findings.",
+                "AUPR is below the reliability floor (greyed) are not findings.",
                 LESION_COLUMNS,
                 [
                     [
@@ -80,6 +89,7 @@ def _tables(data: dict[str, Any]) -> str:
                     if code != "OD"
                 ],
                 digits=3,
+                greyed=[v.get("reliable") is False for code, v in data["lesions"].items() if code != "OD"],
             )
         )
         od, fovea = data["optic_disc"], data["fovea"]

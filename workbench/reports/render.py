@@ -7,6 +7,7 @@ colours come from ``models.constants.LESIONS`` so every view uses the same colou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis
 from workbench.explain.explainers import Heatmap
 from workbench.explain.explanation_quality import Curves
+from workbench.reports.html_page import LESION_COLUMNS
 
 __all__ = [
     "curves_figure",
@@ -25,6 +27,8 @@ __all__ = [
     "hex_colour",
     "lesion_annotations",
     "lesion_overlay",
+    "lesion_table_styler",
+    "unreliable_label",
     "method_grid",
     "probability_figure",
 ]
@@ -80,8 +84,9 @@ def _colour_bar(canvas: np.ndarray, colormap: int) -> None:
 def lesion_overlay(
     analysis: Analysis, codes: Sequence[str] | None = None, opacity: float = 0.6, legend: bool = True
 ) -> np.ndarray:
-    """Lesion masks, one fixed colour per type, over the segmenter's crop resized to the grading crop,
-    with a legend of the types drawn (unreliable ones marked)."""
+    """Lesion masks, one fixed colour per type (grey for a type below the reliability floor), over the
+    segmenter's crop resized to the grading crop, with a legend of the types drawn (unreliable ones
+    marked)."""
     base = analysis.crop.copy()
     size = base.shape[0]
     wanted = set(codes) if codes is not None else {lesion.code for lesion in LESIONS}
@@ -96,31 +101,63 @@ def lesion_overlay(
             continue
         # Small lesions are dilated for visibility; the mask itself is not changed.
         visible = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-        base[visible] = (base[visible] * (1 - opacity) + np.array(lesion.colour) * opacity).astype(np.uint8)
+        colour = np.array(_shown_colour(analysis, lesion))
+        base[visible] = (base[visible] * (1 - opacity) + colour * opacity).astype(np.uint8)
     if legend:
         shown = [lesion for lesion in LESIONS if lesion.code in wanted and lesion.code in analysis.lesions]
         entries = []
         for lesion in shown:
-            reliability = analysis.lesion_reliability.get(lesion.code)
-            flag = " (unreliable)" if reliability is not None and not reliability.reliable else ""
-            entries.append((f"{lesion.name}{flag}", tuple(int(c) for c in lesion.colour)))
+            label = unreliable_label(lesion.name) if _unreliable(analysis, lesion.code) else lesion.name
+            entries.append((label, tuple(int(c) for c in _shown_colour(analysis, lesion))))
         if entries:
             _legend(base, entries)
     return base
 
 
 def lesion_annotations(analysis: Analysis) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    """(crop, [(mask at crop size, lesion name)]) for ``gr.AnnotatedImage``-style viewers, labelled by
-    name alone so that ``LESION_COLOUR_MAP`` finds every label (a viewer that does not know a label
-    falls back to its own palette: Gradio hue-rotates). Counts and reliability are in the lesion table."""
+    """(crop, [(mask at crop size, label)]) for ``gr.AnnotatedImage``-style viewers: the lesion's name,
+    or "<name> (unreliable)" for a type below the reliability floor, which ``LESION_COLOUR_MAP`` draws
+    in grey (a viewer that does not know a label falls back to its own palette: Gradio hue-rotates).
+    Counts and the reasons are in the lesion table."""
     size = analysis.crop.shape[0]
     out = []
     for lesion in LESIONS:
         summary = analysis.lesions.get(lesion.code)
         if summary is not None and summary.mask.any():
             mask = cv2.resize(summary.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-            out.append((mask.astype(np.float32), lesion.name))
+            label = unreliable_label(lesion.name) if _unreliable(analysis, lesion.code) else lesion.name
+            out.append((mask.astype(np.float32), label))
     return analysis.crop, out
+
+
+def _unreliable(analysis: Analysis, code: str) -> bool:
+    """Below the reliability floor; the optic disc is anatomy, outlined (and refined) whatever its AUPR."""
+    reliability = analysis.lesion_reliability.get(code)
+    return code != "OD" and reliability is not None and not reliability.reliable
+
+
+def _shown_colour(analysis: Analysis, lesion) -> tuple[int, int, int]:
+    return UNRELIABLE_COLOUR if _unreliable(analysis, lesion.code) else tuple(lesion.colour)
+
+
+def lesion_table_styler(rows: list[list[Any]]):  # -> pandas Styler
+    """The lesion table (``workbench.reports.report.lesion_rows``, ``LESION_COLUMNS``) for Gradio's and
+    Streamlit's tables: rows of types below the reliability floor greyed and in italics; areas to 3
+    decimals, AUPR to 2, a missing value blank."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=LESION_COLUMNS)
+    greyed = [str(r) not in ("reliable", "n/a") for r in frame["reliability"]]
+    grey = f"color: {hex_colour(UNRELIABLE_COLOUR)}; font-style: italic"
+    formats = {"area (% of field)": "{:.3f}", "area (disc areas)": "{:.3f}", "validated AUPR": "{:.2f}"}
+    return frame.style.apply(lambda row: [grey if greyed[row.name] else ""] * len(row), axis=1).format(
+        formats, na_rep=""
+    )
+
+
+def unreliable_label(name: str) -> str:
+    """The label of a lesion type below the reliability floor (drawn greyed: ``LESION_COLOUR_MAP``)."""
+    return f"{name} (unreliable)"
 
 
 def hex_colour(rgb: Sequence[int]) -> str:
@@ -128,7 +165,10 @@ def hex_colour(rgb: Sequence[int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
 
 
-LESION_COLOUR_MAP = {lesion.name: hex_colour(lesion.colour) for lesion in LESIONS}
+UNRELIABLE_COLOUR = (158, 158, 158)  # grey: a lesion type whose masks are not findings
+LESION_COLOUR_MAP = {lesion.name: hex_colour(lesion.colour) for lesion in LESIONS} | {
+    unreliable_label(lesion.name): hex_colour(UNRELIABLE_COLOUR) for lesion in LESIONS
+}
 DISC_COLOUR = (60, 255, 60)
 FOVEA_COLOUR = (255, 255, 255)
 DOUBT_COLOUR = (255, 170, 0)

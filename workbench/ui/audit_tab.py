@@ -15,11 +15,11 @@ import gradio as gr
 
 from workbench.analysis import Workbench
 from workbench.reports.audit import LabelsError, read_labels, run_audit, write_audit_report
-from workbench.reports.audit.labels import IMAGE_SUFFIXES
+from workbench.reports.audit.labels import IMAGE_SUFFIXES, labels_format
 from workbench.reports.audit.report import audit_plots
 from workbench.ui.handlers import LONG_WORK, NARROW_PX
 
-__all__ = ["MAX_ZIP_MEMBERS", "audit", "build_audit_tab"]
+__all__ = ["MAX_ZIP_MEMBERS", "audit", "audit_input_problems", "build_audit_tab"]
 
 MAX_ZIP_MEMBERS = 5000
 MAX_UNPACKED_BYTES = 4 * 1024**3
@@ -45,6 +45,26 @@ def _unpack(archive: str, into: Path) -> Path:
     except zipfile.BadZipFile as exc:
         raise gr.Error(f"The images upload is not a readable zip file ({exc}).") from exc
     return into
+
+
+def audit_input_problems(
+    archive: str | None, labels_csv: str | None, folder: str | None, data_dir: Path | None
+) -> tuple[str | None, str | None]:
+    """(problem with the photographs input, problem with the labels input), None where it is usable: the
+    checks that need no unpacking, run before an audit starts (``audit`` checks the rest)."""
+    images = None
+    if archive:
+        if not zipfile.is_zipfile(archive):
+            images = f"{Path(archive).name} is not a readable zip file."
+    elif not (folder and data_dir is not None):
+        images = "Upload a zip of the photographs (or choose a folder under the data root)."
+    if not labels_csv:
+        return images, "Upload the labels CSV (columns image,dr_grade[,dme_grade]; or APTOS / EyePACS style)."
+    try:
+        labels_format(Path(labels_csv))
+    except (LabelsError, OSError, UnicodeDecodeError) as exc:
+        return images, str(exc)
+    return images, None
 
 
 def audit(
@@ -140,10 +160,24 @@ def build_audit_tab(workbench: Workbench, data_dir: Path | None) -> None:
     def _run(a: str | None, c: str | None, f: str | None, progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
         return audit(workbench, data_dir, a, c, f, progress)
 
+    def _validate(a: str | None, c: str | None, f: str | None) -> list:
+        """A bad input is named on its own box and nothing runs (no error badges over the outputs)."""
+        images, labels_problem = audit_input_problems(a, c, f, data_dir)
+        return [
+            gr.validate(images is None, images or ""),
+            gr.validate(labels_problem is None, labels_problem or ""),
+        ] + [gr.validate(True, "")]
+
+    outputs = [summary, roc, reliability, confusion, recall, html_out, csv_out, figures]
+    for box in (archive, labels):  # new inputs clear the last audit: nothing on screen is another run's
+        box.change(
+            lambda: (None,) * len(outputs), None, outputs, show_progress="hidden", api_visibility="private"
+        )
     run.click(
         _run,
         [archive, labels, folder],
-        [summary, roc, reliability, confusion, recall, html_out, csv_out, figures],
+        outputs,
+        validator=_validate,
         api_name="audit",
         **LONG_WORK,
     )

@@ -123,9 +123,20 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     )
                 lesion_table = gr.Dataframe(
                     headers=LESION_COLUMNS,
+                    wrap=True,  # the reliability reason is read whole, not cut at the column edge
                     label="Lesions (types below the reliability floor are not findings: see 'reliability')",
                 )
                 report = gr.JSON(label="All numbers")
+                analysis_outputs = [summary, probabilities, lesions, landmarks, lesion_table, report]
+                # a new (or removed, or bad) upload clears the last photograph's results: nothing on screen
+                # belongs to another photograph
+                upload.change(
+                    handlers.cleared,
+                    None,
+                    analysis_outputs,
+                    show_progress="hidden",
+                    api_visibility="private",
+                )
                 run.click(
                     handlers.analyze,
                     [upload, force],

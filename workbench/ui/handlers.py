@@ -29,6 +29,7 @@ from workbench.reports.render import (
     landmarks_overlay,
     lesion_annotations,
     lesion_overlay,
+    lesion_table_styler,
     probability_figure,
 )
 from workbench.reports.report import analysis_to_dict, lesion_rows, write_report
@@ -129,13 +130,18 @@ class Handlers(BrowseHandlers):
         problem = self.upload_problem(path)
         return [gr.validate(problem is None, problem or "")] + [gr.validate(True, "") for _ in _rest]
 
+    @staticmethod
+    def cleared() -> tuple[Any, ...]:
+        """Empty Analyze outputs (summary, plot, lesions, landmarks, table, numbers)."""
+        return "", None, None, None, None, None
+
     # /analyze ---------------------------------------------------------------------------------------
     def analyze(self, path: str | None, force: bool) -> tuple[Any, ...]:
         analysis = self._load(path, force)
         data = analysis_to_dict(analysis)
         if not analysis.graded:
             return summary_markdown(analysis), None, None, None, [], data
-        rows = lesion_rows(analysis)
+        rows = lesion_table_styler(lesion_rows(analysis))  # unreliable types greyed
         annotated = lesion_annotations(analysis)
         grid = landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"], legend=False))
         return summary_markdown(analysis), probability_figure(analysis), annotated, grid, rows, data

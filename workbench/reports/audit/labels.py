@@ -88,6 +88,16 @@ def _index_folder(folder: Path) -> dict[str, Path]:
     return index
 
 
+def labels_format(csv_path: Path) -> str:
+    """The format of the labels CSV from its header alone ("drwb", "aptos", "eyepacs"): a quick check
+    before any image is unpacked. Raises ``LabelsError`` (empty file, unknown header) or OSError."""
+    with Path(csv_path).open(newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise LabelsError(f"{Path(csv_path).name} is empty")
+    return _detect([c.strip() for c in header], Path(csv_path))
+
+
 def read_labels(csv_path: Path, folder: Path) -> Labels:
     """Read and check ``csv_path`` against the images in ``folder``.
 
