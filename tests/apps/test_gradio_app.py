@@ -228,3 +228,27 @@ def test_audit_inputs_are_checked_before_anything_runs(tmp_path: Path) -> None:
     assert "not a readable zip" in audit_input_problems(str(text), str(good), None, None)[0]
     assert "Upload a zip" in audit_input_problems(None, str(good), "", None)[0]
     assert audit_input_problems(None, str(good), "sub", tmp_path) == (None, None)  # a folder under the root
+
+
+def test_compare_explains_the_grade_the_chosen_grader_predicts(tmp_path: Path, fundus_file: str) -> None:
+    """ "Predicted grade" in Compare is the chosen grader's prediction, not the default grader's, and the
+    target says whose it is."""
+    import torch
+
+    from models.registry import load_model, save_model
+    from tests.conftest import write_tiny_weights
+    from workbench.analysis import Workbench
+    from workbench.ui.handlers import Handlers
+
+    folder = write_tiny_weights(tmp_path / "weights")
+    model, card = load_model("tiny_grader", folder)
+    with torch.no_grad():
+        model.dr_head.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 50.0]))  # this one always says grade 4
+    save_model(model, card.with_updates(weights="tiny_grader_four.safetensors"), folder, half=False)
+    handlers = Handlers(Workbench(grader="tiny_grader", weights_dir=folder), None)
+    default_grade = handlers.workbench.analyze(fundus_file, force=True).dr_grade
+    assert default_grade != 4  # else the test could not tell whose prediction was explained
+    *_, target, _, _ = list(handlers.compare(fundus_file, "predicted", ["attention"], "tiny_grader_four"))[-1]
+    assert target.startswith("DR grade 4") and "predicted by tiny_grader_four" in target
+    *_, target, _, _ = list(handlers.compare(fundus_file, "predicted", ["attention"], ""))[-1]
+    assert target.startswith(f"DR grade {default_grade}") and "predicted by tiny_grader" in target

@@ -160,7 +160,16 @@ class Handlers(BrowseHandlers):
         if not methods or not 1 <= len(methods) <= 6:
             raise gr.Error("Pick one to six explanation methods.")
         analysis = self._load(path, force=True)
-        target = GradeTarget(analysis.dr_grade) if target_key == "predicted" else parse_target(target_key)
+        if target_key == "predicted":  # the grade the explained grader predicts, said whose it is
+            default = self.workbench.model_names["grader"]
+            grade = analysis.dr_grade
+            if grader and grader != default:
+                grade = int(self.workbench.grader_predictor(grader).predict([analysis.crop])[0][0].argmax())
+            target = GradeTarget(grade)
+            label = f"{target.label} (predicted by {grader or default})"
+        else:
+            target = parse_target(target_key)
+            label = target.label
         gallery, table, overlays = [], [], {"image": analysis.crop, "lesions": lesion_overlay(analysis)}
         scores: dict[str, Any] = {}
         for index, method in enumerate(methods):
@@ -181,7 +190,7 @@ class Handlers(BrowseHandlers):
             pair = (overlays[first], overlays["lesions"])
             # an ensemble is explained through one member, the same for every method: said once
             through = f" · explained {heat.model}" if heat.model else ""
-            yield gallery, pair, curves, table, overlays, target.label + through, first, "lesions"
+            yield gallery, pair, curves, table, overlays, label + through, first, "lesions"
 
     @staticmethod
     def slide(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> tuple[np.ndarray, np.ndarray]:
