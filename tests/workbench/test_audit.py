@@ -161,3 +161,24 @@ def test_binary_reliability_hand_computed() -> None:
     # ECE = 2/4 * |0 - 0.15| + 2/4 * |0.5 - 0.85| = 0.075 + 0.175
     assert result["ece"] == pytest.approx(0.25)
     assert result["counts"][1] == 2 and result["counts"][8] == 2
+
+
+def test_dme_and_joint_accuracy_carry_intervals_over_dme_labelled_images() -> None:
+    """The audit's DME and joint accuracy come with bootstrap intervals, like the DR figures, and ignore
+    images that have no DME label."""
+    from workbench.reports.audit import GradedImage
+    from workbench.reports.audit.figures import audit_figures
+
+    rng = np.random.default_rng(0)
+    graded = []
+    for i in range(60):
+        dr, dme = i % 5, (i % 3 if i % 4 else None)  # every fourth image without a DME label
+        p_dr, p_dme = np.full(5, 0.05), np.full(3, 0.1)
+        p_dr[dr if rng.random() < 0.7 else (dr + 1) % 5] = 0.8
+        p_dme[(dme or 0) if rng.random() < 0.8 else 2] = 0.8
+        graded.append(GradedImage(f"i{i}", Path(f"i{i}.png"), dr, dme, True, (), "", p_dr, p_dme))
+    grading = audit_figures(graded)["grading"]
+    for key in ("dme_accuracy", "joint_accuracy"):
+        low, high = grading["ci95"][key]
+        assert low < grading[key] < high and high - low < 0.5, (key, low, grading[key], high)
+    assert grading["dme_labelled"] == 45

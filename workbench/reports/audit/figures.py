@@ -129,7 +129,7 @@ def audit_figures(graded: list, worst: int = 8) -> dict[str, Any]:
 
     def _resample(idx: np.ndarray) -> dict[str, Any]:
         m = grading_metrics(p_dr[idx], p_dme[idx], t_dr[idx], t_dme[idx])
-        return {
+        out = {
             k: m[k]
             for k in (
                 "dr_accuracy",
@@ -139,6 +139,12 @@ def audit_figures(graded: list, worst: int = 8) -> dict[str, Any]:
                 "referable_specificity",
             )
         }
+        labelled = idx[has_dme[idx]]  # DME figures over the drawn images that have a DME label
+        dme_right = p_dme[labelled].argmax(1) == t_dme[labelled]
+        out["dme_accuracy"] = float(dme_right.mean()) if len(labelled) else float("nan")
+        joint = dme_right & (p_dr[labelled].argmax(1) == t_dr[labelled])
+        out["joint_accuracy"] = float(joint.mean()) if len(labelled) else float("nan")
+        return out
 
     metrics["ci95"] = bootstrap_intervals(len(rows), _resample)
     referable_true = t_dr >= REFERABLE_MIN_GRADE
