@@ -56,6 +56,24 @@ def test_models_table_names_the_channels_a_segmenter_takes_from_another(tmp_path
     assert "HE, OD from segmenter_lite0 at 640 px" in row
 
 
+def test_models_table_shows_the_fast_profiles_segmenter_figures_beside_its_own(tmp_path: Path) -> None:
+    """A segmenter measured also as the fast profile runs it (``evaluation.val_fast``) gets a second row
+    with those figures: the ones the apps show beside counts in that profile."""
+    folder = write_tiny_weights(tmp_path)
+    card_path = folder / "tiny_segmenter.json"
+    card = json.loads(card_path.read_text())
+    card["training"]["evaluation"] = {
+        "val": {"aupr_EX": 0.536, "n": 11},
+        "val_fast": {"aupr_EX": 0.398, "n": 11},
+    }
+    card_path.write_text(json.dumps(card))
+    rows = [line for line in models_markdown(folder).splitlines() if line.startswith("| tiny_segmenter")]
+    assert len(rows) == 2 and "0.536" in rows[0] and "0.398" not in rows[0]
+    assert (
+        rows[1].startswith("| tiny_segmenter, fast profile |") and "0.398" in rows[1] and "640-px" in rows[1]
+    )
+
+
 def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(tmp_path: Path) -> None:
     folder = write_tiny_weights(tmp_path)
     card_path = folder / "tiny_grader.json"
