@@ -134,13 +134,13 @@ def models_markdown(folder: Path | None = None) -> str:
                 size = f" at {entry['input_size']} px" if entry.get("input_size") else ""
                 notes.append(f"{', '.join(entry['channels'])} from {entry['model']}{size}")
             out.append(f"| {_stem(card)} | {source} | {cells} | {'; '.join(notes)} |")
-            fast = card.training.get("evaluation", {}).get("val_fast")
-            if arch == "segmenter" and fast:  # what the Analyze tab shows in the fast profile
-                cells = " | ".join(_cell(fast, key, digits) for key, _, digits in columns)
-                crop = PROFILES["fast"]["segment_size"]
+            fast_figures = card.training.get("evaluation", {}).get("val_fast")
+            if arch == "segmenter" and fast_figures:  # what the Analyze tab shows in the fast profile
+                cells = " | ".join(_cell(fast_figures, key, digits) for key, _, digits in columns)
+                crop, n = PROFILES["fast"]["segment_size"], fast_figures.get("n", "?")
                 out.append(
-                    f"| {_stem(card)}, fast profile | validation split, n={fast.get('n', '?')}, {crop}-px "
-                    f"crop in one tile | {cells} | the figures the fast profile shows beside counts |"
+                    f"| {_stem(card)}, fast profile | validation split, n={n}, {crop}-px crop in one tile | "
+                    f"{cells} | the figures the fast profile shows beside counts |"
                 )
     out += ["", *explanations_markdown([c for c in cards if c.arch == "grader"])]
     out += ["", "Reproduce each model with the command in its card (`training.command`); see the README."]

@@ -76,20 +76,17 @@ def audit(
     progress: gr.Progress | None = None,
 ) -> tuple[Any, ...]:
     """Run an audit: (summary markdown, ROC, reliability, confusion, recall, HTML path, CSV path, JSON)."""
-    if not labels_csv:
-        raise gr.Error(
-            "Upload the labels CSV (columns image,dr_grade[,dme_grade]; or APTOS / EyePACS style)."
-        )
+    images_problem, labels_problem = audit_input_problems(archive, labels_csv, folder, data_dir)
+    if labels_problem or images_problem:  # one message: the labels' problem before the photographs'
+        raise gr.Error(labels_problem or images_problem)
     work = Path(tempfile.mkdtemp(prefix="drwb-audit-"))
     if archive:
         (work / "images").mkdir()
         images = _unpack(archive, work / "images")
-    elif folder and data_dir is not None:
+    else:  # a folder under the data root (audit_input_problems has checked that one was given)
         images = (Path(data_dir) / folder).resolve()
         if Path(data_dir).resolve() not in images.parents and images != Path(data_dir).resolve():
             raise gr.Error("The folder must lie under the data root.")
-    else:
-        raise gr.Error("Upload a zip of the photographs (or choose a folder under the data root).")
     try:
         labels = read_labels(Path(labels_csv), images)
     except (LabelsError, FileNotFoundError) as exc:

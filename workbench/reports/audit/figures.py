@@ -118,12 +118,17 @@ def audit_figures(graded: list, worst: int = 8) -> dict[str, Any]:
     # DME figures only over images that have a DME label; -1 marks "no label" for the joint accuracy
     t_dme = np.array([-1 if g.dme_true is None else g.dme_true for g in rows])
     metrics = grading_metrics(p_dr, p_dme, t_dr, t_dme)
-    if has_dme.any():
-        dme_right = p_dme[has_dme].argmax(1) == t_dme[has_dme]
-        metrics["dme_accuracy"] = float(dme_right.mean())
-        metrics["joint_accuracy"] = float((dme_right & (p_dr[has_dme].argmax(1) == t_dr[has_dme])).mean())
-    else:
-        metrics["dme_accuracy"] = metrics["joint_accuracy"] = float("nan")
+
+    def _dme_figures(idx: np.ndarray) -> dict[str, float]:
+        """DME and joint accuracy over the rows ``idx`` that have a DME label (nan when none has)."""
+        labelled = idx[has_dme[idx]]
+        if not len(labelled):
+            return {"dme_accuracy": float("nan"), "joint_accuracy": float("nan")}
+        dme_right = p_dme[labelled].argmax(1) == t_dme[labelled]
+        joint = dme_right & (p_dr[labelled].argmax(1) == t_dr[labelled])
+        return {"dme_accuracy": float(dme_right.mean()), "joint_accuracy": float(joint.mean())}
+
+    metrics |= _dme_figures(np.arange(len(rows)))
     metrics["dme_labelled"] = int(has_dme.sum())
     metrics["confusion_matrix"] = confusion_matrix(t_dr, p_dr.argmax(1), 5).tolist()
 
@@ -139,12 +144,7 @@ def audit_figures(graded: list, worst: int = 8) -> dict[str, Any]:
                 "referable_specificity",
             )
         }
-        labelled = idx[has_dme[idx]]  # DME figures over the drawn images that have a DME label
-        dme_right = p_dme[labelled].argmax(1) == t_dme[labelled]
-        out["dme_accuracy"] = float(dme_right.mean()) if len(labelled) else float("nan")
-        joint = dme_right & (p_dr[labelled].argmax(1) == t_dr[labelled])
-        out["joint_accuracy"] = float(joint.mean()) if len(labelled) else float("nan")
-        return out
+        return out | _dme_figures(idx)
 
     metrics["ci95"] = bootstrap_intervals(len(rows), _resample)
     referable_true = t_dr >= REFERABLE_MIN_GRADE
