@@ -31,6 +31,7 @@ _VALUE_FLAGS: tuple[tuple[str, type], ...] = (
     ("limit", int),
     ("threads", int),
     ("max-minutes", float),
+    ("fit-minutes", float),
     ("stop-after", int),
     ("ship-name", str),
     ("ship-dir", str),

@@ -39,7 +39,7 @@ from models.classifier import NUM_DR
 from models.registry import build_model
 from training.data import GradingData
 from training.devices import exact_device
-from training.export import FILE_LIMIT_MB, over_file_limit
+from training.export import FILE_LIMIT_MB, fitted_note, over_file_limit
 from training.oof import oof_summary, teacher_comparison, write_oof_csv
 from training.prepare import load_index
 from training.tasks import TASKS
@@ -163,6 +163,16 @@ def train_folds(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     return summary
 
 
+def _fold_schedules(cfg: TrainConfig) -> dict[str, int]:
+    """Each fold's schedule length where ``--fit-minutes`` fitted it (pieces fit their own pace)."""
+    found = {}
+    for fold in range(cfg.folds):
+        path = Path(cfg.runs) / _fold_config(cfg, fold).name / "state.json"
+        if path.is_file() and "schedule_epochs" in (state := json.loads(path.read_text())):
+            found[f"fold{fold}"] = int(state["schedule_epochs"])
+    return found
+
+
 def _source_config(cfg: TrainConfig) -> TrainConfig:
     return _fold_config(cfg, cfg.ship_fold) if cfg.ship_fold >= 0 else _refit_config(cfg)
 
@@ -201,7 +211,8 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
     card = base.with_updates(extra=extra)
     model = build_model(card)
     model.load_state_dict(load_file(str(Path(cfg.runs) / source.name / "best.safetensors")))
-    epochs_run = int(json.loads((Path(cfg.runs) / source.name / "state.json").read_text())["epoch"])
+    state = json.loads((Path(cfg.runs) / source.name / "state.json").read_text())
+    epochs_run, schedule = int(state["epoch"]), int(state.get("schedule_epochs", cfg.epochs))
     model.eval()
     half = build_model(card)
     half.load_state_dict(
@@ -270,8 +281,10 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         "command": command or "drwb train grader --folds",
         "commit": git_commit(),
         "epochs_run": epochs_run,
-        "schedule": f"fixed: {cfg.epochs} epochs, cosine, last epoch kept (no epoch chosen on held-out data)"
-        + (f"; stopped after epoch {epochs_run}" if epochs_run < cfg.epochs else ""),
+        "schedule": f"fixed: {schedule} epochs, cosine, last epoch kept (no epoch chosen on held-out data)"
+        + (f"; stopped after epoch {epochs_run}" if epochs_run < schedule else "")
+        + (f"; {fitted_note(cfg.epochs, state)}" if "schedule_epochs" in state else ""),
+        **({"fold_schedules": folds_fitted} if (folds_fitted := _fold_schedules(cfg)) else {}),
         "config": {f.name: getattr(source, f.name) for f in fields(source)},
         **({"recipe": recipe} if (recipe := TASKS["grader"](source).recipe()) else {}),
         "evaluation": evaluation,

@@ -128,6 +128,17 @@ def initialisation(cfg: TrainConfig, card: ModelCard) -> str:
     return "random (from scratch)"
 
 
+def fitted_note(epochs: int, state: dict[str, Any]) -> str:
+    """How a ``--fit-minutes`` run's schedule was set (``state``: its saved meta), and the ``--epochs``
+    that repeat it on any device."""
+    schedule = state["schedule_epochs"]
+    return (
+        f"cosine over {schedule} epochs: --fit-minutes {state.get('schedule_fit_minutes', 0):g} fitted the "
+        f"schedule of --epochs {epochs} to the pace of the first epoch; --epochs {schedule} without "
+        "--fit-minutes repeats it"
+    )
+
+
 def final_card(
     card: ModelCard, cfg: TrainConfig, meta: dict[str, Any], command: str, recipe: dict[str, Any]
 ) -> ModelCard:
@@ -149,6 +160,7 @@ def final_card(
             "command": command or "drwb train " + cfg.task,
             "commit": git_commit(),
             "epochs_run": meta["epoch"],
+            **({"schedule": fitted_note(cfg.epochs, meta)} if "schedule_epochs" in meta else {}),
             "best_epoch": meta.get("best_epoch"),
             "validation": meta.get("best_metrics", {}),
             **({"recipe": recipe} if recipe else {}),

@@ -12,11 +12,12 @@
 #             attention (done 2026-11-30: grader_lite0 is the _att refit)
 #   convnext  ConvNeXt-atto from scratch, 5 folds, each distilled online from the lite0 fold model that never
 #             saw its fold (SimKD neck + feature hints + soft targets, attention supervision); the lite0
-#             teacher folds (grader_lite0_cv5b) train first unless the lite0 job runs anyway (pending: the
-#             CPU trained fold 0 only; see the README)
-#   segmenter UNet++ on 2048-px field-of-view crops, lesion-rate tile sampler, focal + Dice (done: shipped
-#             as segmenter_lite0_hr after 7 of 12 epochs; run again with more time to finish its schedule)
-# A 600-s call leaves ~4 minutes of training after the start, the ship step and the tar: MAXMIN=4.
+#             teacher folds (grader_lite0_cv5b) train first, and their refit beside the students (shipped
+#             as a candidate ensemble member, grader_lite0_cv5b), unless the lite0 job runs anyway
+#   segmenter UNet++ on 2048-px field-of-view crops, lesion-rate tile sampler, focal + Dice, from ImageNet
+# Every schedule is a whole cosine fitted to its minutes (--fit-minutes: the epochs that fit at the first
+# epoch's pace), so no run stops at a high learning rate; --max-minutes only guards against a slow machine.
+# A 600-s call leaves ~7 minutes of training after the start, the ship step and the tar.
 set -u
 BUNDLE=${BUNDLE:-gpu}
 export DRWB_TRUST_CACHE=1 DRWB_LITE0_WEIGHTS=$BUNDLE/lite0_imagenet_fp16.safetensors
@@ -27,39 +28,46 @@ LOGS=$OUT/logs
 mkdir -p "$LOGS" "$RUNS"
 LIMIT=${LIMIT:-0}
 SCALE=${EP_SCALE:-1}
-MAXMIN=${MAXMIN:-4}
+MAXMIN=${MAXMIN:-4}      # the lite0 job's fitted minutes
+TEACHMIN=${TEACHMIN:-2.2}  # the teacher folds' fitted minutes (the refit's are 413/330 of them)
+STUDMIN=${STUDMIN:-3.3}   # the ConvNeXt students' fitted minutes
+SEGMIN=${SEGMIN:-6.3}     # the segmenter's fitted minutes
 JOBS=${JOBS:-convnext segmenter}
 want() { case " $JOBS " in *" $1 "*) return 0 ;; esac; return 1; }
 ep() { python3 -c "print(max(1, round($1 * $SCALE)))"; }
 
-BASE=(--data $BUNDLE/data --cache $BUNDLE/cache --runs "$RUNS" --threads 1 --limit "$LIMIT" --max-minutes "$MAXMIN")
+BASE=(--data $BUNDLE/data --cache $BUNDLE/cache --runs "$RUNS" --threads 1 --limit "$LIMIT")
+fit() { python3 -c "print(f'--fit-minutes {$1:g} --max-minutes {1.15 * $1 + 0.5:g}')"; }  # minutes -> flags
 LITE=(grader --folds 5 --backbone tf_efficientnet_lite0 --input-size 448 --freeze-blocks 1 --sampling sqrt
-      --ordinal-weight 0.5 --epochs "$(ep 20)" --batch-size 16 --lr 1e-3)
+      --ordinal-weight 0.5 --epochs "$(ep 20)" --batch-size 16 --lr 1e-3 --loader-workers 2 --val-every 5)
 ATT=(--guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
-CNX=(grader --folds 5 --input-size 448 --sampling sqrt --ordinal-weight 0.5 --epochs "$(ep 60)" --batch-size 16
+CNX=(grader --folds 5 --input-size 448 --sampling sqrt --ordinal-weight 0.5 --epochs "$(ep 200)" --batch-size 16
+     --loader-workers 2 --val-every 5
      --lr 1e-3 --weight-decay 0.05 --no-norm-decay --layer-scale-init 0.1 --warmup-epochs 2
      --teacher-model "$RUNS/grader_lite0_cv5b/fold{fold}" --reuse-teacher-head --feature-weight 4
      --distill-weight 1 --distill-temperature 2 --hint-weight 2
      --guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
-TEACHMIN=${TEACHMIN:-3}  # minutes for the lite0 teacher folds when only the convnext job asks for them
 SEG=(segmenter --backbone tf_efficientnet_lite0 --input-size 2048 --tile 512 --tiles-per-image 48
-     --epochs "$(ep 12)" --batch-size 12 --lr 1e-3 --lesion-rates MA:0.3,HE:0.25,EX:0.15,SE:0.25
+     --epochs "$(ep 40)" --batch-size 12 --lr 1e-3 --lesion-rates MA:0.3,HE:0.25,EX:0.15,SE:0.25
      --focal-gamma 2 --select last --val-every 0 --loader-workers 6 --channels-from segmenter_lite0@640:HE,OD)
 
 declare -A FOLD_PIDS  # run name -> process ids of its fold pieces
 pieces() {  # name, then the argument array of the run: 5 folds and the refit, in the background
   local name=$1; shift
   for k in 0 1 2 3 4; do
-    python3 drwb.py train "$@" "${BASE[@]}" --run-name "$name" --fold "$k" >"$LOGS/$name.fold$k.log" 2>&1 &
+    # shellcheck disable=SC2046
+    python3 drwb.py train "$@" "${BASE[@]}" $(fit "$MAXMIN") --run-name "$name" --fold "$k" >"$LOGS/$name.fold$k.log" 2>&1 &
     FOLD_PIDS[$name]+=" $!"
   done
-  python3 drwb.py train "$@" "${BASE[@]}" --run-name "$name" --refit >"$LOGS/$name.refit.log" 2>&1 &
+  # shellcheck disable=SC2046
+  python3 drwb.py train "$@" "${BASE[@]}" $(fit "$MAXMIN") --run-name "$name" --refit >"$LOGS/$name.refit.log" 2>&1 &
 }
 
 date +%s >"$LOGS/started"
 nvidia-smi --query-gpu=name,memory.total --format=csv >"$LOGS/gpu.txt" 2>&1 || true
 if want segmenter; then
-  python3 drwb.py train "${SEG[@]}" "${BASE[@]}" --run-name segmenter_hr --ship --ship-dir "$OUT/seg" \
+  # shellcheck disable=SC2046  # fit prints the flags to split
+  python3 drwb.py train "${SEG[@]}" "${BASE[@]}" $(fit "$SEGMIN") --run-name segmenter_hr_gpu2 --ship --ship-dir "$OUT/seg" \
     --ship-name segmenter_lite0_hr >"$LOGS/segmenter_hr.log" 2>&1 &
 fi
 if want lite0; then
@@ -70,17 +78,23 @@ if want convnext; then
   # the students need their teachers: the lite0 folds first (the lite0 job trains them too)
   if ! want lite0; then
     for k in 0 1 2 3 4; do
-      python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --max-minutes "$TEACHMIN" --run-name grader_lite0_cv5b \
+      # shellcheck disable=SC2046
+      python3 drwb.py train "${LITE[@]}" "${BASE[@]}" $(fit "$TEACHMIN") --run-name grader_lite0_cv5b \
         --fold "$k" >"$LOGS/grader_lite0_cv5b.fold$k.log" 2>&1 &
       FOLD_PIDS[grader_lite0_cv5b]+=" $!"
     done
+    # the refit (an ensemble-member candidate) runs on beside the students; 413 images against 330 a fold
+    # shellcheck disable=SC2046
+    python3 drwb.py train "${LITE[@]}" "${BASE[@]}" $(fit "$(python3 -c "print($TEACHMIN * 413 / 330)")") \
+      --run-name grader_lite0_cv5b --refit >"$LOGS/grader_lite0_cv5b.refit.log" 2>&1 &
   fi
   # shellcheck disable=SC2086  # word splitting of the pid list is intended
   wait ${FOLD_PIDS[grader_lite0_cv5b]}
   date +%s >"$LOGS/teachers_trained"
   for k in 0 1 2 3 4; do  # a per-fold teacher has no refit: fold models only
-    python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" --run-name grader_convnext_atto \
-      --fold "$k" >"$LOGS/grader_convnext_atto.fold$k.log" 2>&1 &
+    # shellcheck disable=SC2046
+    python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" $(fit "$STUDMIN") \
+      --run-name grader_convnext_atto --fold "$k" >"$LOGS/grader_convnext_atto.fold$k.log" 2>&1 &
   done
 fi
 wait
@@ -100,8 +114,8 @@ if want convnext; then
   if want lite0; then
     wait  # the lite0 ship step above writes the teachers' OOF predictions
   else
-    python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship-fold 0 --stop-after 1 \
-      >"$LOGS/oof_teacher.log" 2>&1
+    python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship --ship-dir "$OUT/lite0_plain" \
+      --ship-name grader_lite0_cv5b --stop-after 1 >"$LOGS/oof_teacher.log" 2>&1
   fi
   python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" --run-name grader_convnext_atto --ship \
     --ship-fold 0 --ship-dir "$OUT/convnext" --ship-name grader_convnext_atto --stop-after 1 \

@@ -87,7 +87,12 @@ def main() -> None:
     data = Path(args.data)
     index = json.loads((Path(args.cache) / "segmentation_train_512" / "index.json").read_text())
     seg_only = {e["name"] for e in index} - set(seg_to_grading(data))
-    print(pack(data, Path(args.cache), Path(args.out), seg_only, [Path(args.guides), Path(args.teacher)]))
+    guides, teacher = Path(args.guides), Path(args.teacher)
+    if not guides.is_file():
+        raise SystemExit(f"{guides} is missing: run `drwb prepare-guides` first (attention needs it)")
+    # the cached teacher logits serve --teacher runs only; the job script's students use online teachers
+    extras = [guides] + ([teacher] if teacher.is_file() else [])
+    print(pack(data, Path(args.cache), Path(args.out), seg_only, extras))
 
 
 if __name__ == "__main__":

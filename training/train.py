@@ -76,6 +76,9 @@ class TrainConfig:
     limit: int = 0
     no_pretrained: bool = False
     max_minutes: float = 0.0
+    # > 0: after the first epoch, shorten the cosine schedule to the epochs that fit this many minutes (a
+    # whole schedule, unlike --max-minutes, which cuts one at whatever learning rate it has reached)
+    fit_minutes: float = 0.0
     stop_after: int = 0  # no epoch beyond this one of the --epochs schedule (a --max-minutes cut, exactly)
     init_from: str = ""  # start from a shipped model's weights (card stem in models/weights), not ImageNet
     device: str = "auto"  # "auto": CUDA when there is one (bf16 autocast, channels_last), else "cpu"
@@ -113,6 +116,13 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fitted_epochs(cfg: TrainConfig, minutes: float, done: int) -> int:
+    """The schedule's length under ``--fit-minutes``: the epochs that fit at the pace of the ``done`` epochs
+    that took ``minutes`` (start-up included, so it errs short), at least one more, at most ``--epochs``."""
+    per_epoch = minutes / max(1, done)
+    return min(cfg.epochs, max(done + 1, int(cfg.fit_minutes / max(per_epoch, 1e-9))))
 
 
 def _collate(items: list[tuple]) -> tuple:
@@ -207,8 +217,11 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=_collate)
     started = time.monotonic()
     # --stop-after N: no epoch beyond N of the --epochs schedule (a finished run trains nothing more)
-    last_epoch = min(cfg.epochs, cfg.stop_after) if cfg.stop_after else cfg.epochs
-    for epoch in range(meta["epoch"], last_epoch):
+    schedule = meta.get("schedule_epochs", cfg.epochs)  # a resumed fitted run keeps its fitted length
+    total_steps = steps_per_epoch * schedule
+    last_epoch = min(schedule, cfg.stop_after) if cfg.stop_after else schedule
+    epoch = meta["epoch"]
+    while epoch < last_epoch:
         torch.manual_seed(cfg.seed * 10_000 + epoch)
         train_set.set_epoch(epoch)
         order = task.epoch_indices(train_set, np.random.default_rng([cfg.seed, epoch]))
@@ -277,13 +290,28 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
                 flush=True,
             )
         ranks.barrier()
+        epoch += 1
+        if cfg.fit_minutes and "schedule_epochs" not in meta:
+            schedule = fitted_epochs(cfg, (time.monotonic() - started) / 60, epoch)
+            meta["schedule_epochs"], meta["schedule_fit_minutes"] = schedule, cfg.fit_minutes
+            total_steps = steps_per_epoch * schedule
+            last_epoch = min(last_epoch, schedule)
+            if schedule < cfg.epochs:
+                log.warning(
+                    "schedule fitted to %d of %d epochs (--fit-minutes %g)",
+                    schedule,
+                    cfg.epochs,
+                    cfg.fit_minutes,
+                )
+            if ranks.is_main:
+                save_state(state_path, model, optimizer, meta, extra)
         over_budget = bool(cfg.max_minutes) and (time.monotonic() - started) / 60 > cfg.max_minutes
-        if ranks.any(over_budget) and epoch + 1 < cfg.epochs:
-            log.warning("time budget of %.0f min reached after epoch %d", cfg.max_minutes, epoch + 1)
-            meta["stopped_early_at_epoch"] = epoch + 1
+        if ranks.any(over_budget) and epoch < schedule:
+            log.warning("time budget of %.0f min reached after epoch %d", cfg.max_minutes, epoch)
+            meta["stopped_early_at_epoch"] = epoch
             break
-        if epoch + 1 == last_epoch < cfg.epochs:
-            meta["stopped_early_at_epoch"] = epoch + 1  # --stop-after: the schedule stays --epochs long
+        if epoch == last_epoch < schedule:
+            meta["stopped_early_at_epoch"] = epoch  # --stop-after: the schedule stays as long as it was
     task.detach()
     card = final_card(card, cfg, meta, command, task.recipe())
     if ranks.is_main:

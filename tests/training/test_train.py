@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -108,3 +109,38 @@ def test_stop_after_trains_nothing_past_it(synthetic_idrid: Path, tmp_path: Path
     done = train(replace(_config(synthetic_idrid, tmp_path, 4), stop_after=2))
     again = train(replace(_config(synthetic_idrid, tmp_path, 4), stop_after=1))
     assert again["epoch"] == done["epoch"] == 2 and len(again["history"]) == 2
+
+
+def test_fitted_epochs_follow_the_first_epochs_pace() -> None:
+    from dataclasses import replace
+
+    from training.train import TrainConfig, fitted_epochs
+
+    cfg = replace(TrainConfig(task="grader"), epochs=40, fit_minutes=6.0)
+    assert fitted_epochs(cfg, minutes=0.5, done=1) == 12  # 0.5 min an epoch: 12 fit in 6 minutes
+    assert fitted_epochs(cfg, minutes=0.01, done=1) == 40  # never longer than --epochs
+    assert fitted_epochs(cfg, minutes=9.0, done=1) == 2  # always at least one more epoch (the decay)
+    assert fitted_epochs(replace(cfg, epochs=1), minutes=9.0, done=1) == 1  # ... within --epochs
+
+
+def test_fit_minutes_runs_a_whole_shorter_schedule(
+    synthetic_idrid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--fit-minutes: the cosine is recomputed over the epochs that fit, so the run equals a plain run of
+    that many epochs (the first epoch is warm-up in both), it is not marked as cut, and a repeat of the
+    same command trains nothing more."""
+    from dataclasses import replace
+
+    import training.train as loop
+
+    monkeypatch.setattr(loop, "fitted_epochs", lambda cfg, minutes, done: 3)
+    fitted = train(replace(_config(synthetic_idrid, tmp_path / "fit", 10), fit_minutes=1.0))
+    plain = train(_config(synthetic_idrid, tmp_path / "plain", 3))
+    assert fitted["epoch"] == plain["epoch"] == 3 and "stopped_early_at_epoch" not in fitted
+    assert fitted["schedule_epochs"] == 3 and "--epochs 3 without" in fitted["card"]["training"]["schedule"]
+    a = load_file(str(tmp_path / "fit/runs/run/state.safetensors"))
+    b = load_file(str(tmp_path / "plain/runs/run/state.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    again = train(replace(_config(synthetic_idrid, tmp_path / "fit", 10), fit_minutes=1.0))
+    assert again["epoch"] == 3 and len(again["history"]) == 3
