@@ -31,7 +31,7 @@ SCALE=${EP_SCALE:-1}
 MAXMIN=${MAXMIN:-4}      # the lite0 job's fitted minutes
 TEACHMIN=${TEACHMIN:-2.2}  # the teacher folds' fitted minutes (the refit's are 413/330 of them)
 STUDMIN=${STUDMIN:-3.3}   # the ConvNeXt students' fitted minutes
-SEGMIN=${SEGMIN:-6.3}     # the segmenter's fitted minutes
+SEGMIN=${SEGMIN:-6.3}     # the segmenter's fitted minutes (SEGLOADERS: its decoding processes, 6; 14 alone)
 JOBS=${JOBS:-convnext segmenter}
 want() { case " $JOBS " in *" $1 "*) return 0 ;; esac; return 1; }
 ep() { python3 -c "print(max(1, round($1 * $SCALE)))"; }
@@ -49,7 +49,8 @@ CNX=(grader --folds 5 --input-size 448 --sampling sqrt --ordinal-weight 0.5 --ep
      --guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
 SEG=(segmenter --backbone tf_efficientnet_lite0 --input-size 2048 --tile 512 --tiles-per-image 48
      --epochs "$(ep 40)" --batch-size 12 --lr 1e-3 --lesion-rates MA:0.3,HE:0.25,EX:0.15,SE:0.25
-     --focal-gamma 2 --select last --val-every 0 --loader-workers 6 --channels-from segmenter_lite0@640:HE,OD)
+     --focal-gamma 2 --select last --val-every 0 --loader-workers "${SEGLOADERS:-6}"
+     --channels-from segmenter_lite0@640:HE,OD)
 
 declare -A FOLD_PIDS  # run name -> process ids of its fold pieces
 pieces() {  # name, then the argument array of the run: 5 folds and the refit, in the background

@@ -118,11 +118,13 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def fitted_epochs(cfg: TrainConfig, minutes: float, done: int) -> int:
-    """The schedule's length under ``--fit-minutes``: the epochs that fit at the pace of the ``done`` epochs
-    that took ``minutes`` (start-up included, so it errs short), at least one more, at most ``--epochs``."""
-    per_epoch = minutes / max(1, done)
-    return min(cfg.epochs, max(done + 1, int(cfg.fit_minutes / max(per_epoch, 1e-9))))
+def fitted_epochs(cfg: TrainConfig, elapsed: float, per_epoch: float, done: int) -> int:
+    """The schedule's length under ``--fit-minutes``: ``done`` epochs took ``elapsed`` minutes (start-up
+    included), and the epochs still to run take ``per_epoch`` minutes each (the pace of the first
+    epoch's second half: its start, worker processes and kernel tuning, is slower). At least one more
+    epoch, at most ``--epochs``."""
+    more = int((cfg.fit_minutes - elapsed) / max(per_epoch, 1e-9))
+    return min(cfg.epochs, max(done + 1, done + more))
 
 
 def _collate(items: list[tuple]) -> tuple:
@@ -245,7 +247,10 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             file=sys.stderr,
             disable=not ranks.is_main,
         )
-        for batch in bar:
+        halfway, half_mark = len(loader) // 2, time.monotonic()
+        for index, batch in enumerate(bar):
+            if index == halfway:
+                half_mark = time.monotonic()  # --fit-minutes: the pace without the epoch's start-up
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(meta["step"], total_steps, warmup, cfg.lr)
             with autocast:
@@ -292,7 +297,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         ranks.barrier()
         epoch += 1
         if cfg.fit_minutes and "schedule_epochs" not in meta:
-            schedule = fitted_epochs(cfg, (time.monotonic() - started) / 60, epoch)
+            now = time.monotonic()
+            pace = (now - half_mark) / 60 * len(loader) / max(1, len(loader) - halfway)
+            schedule = fitted_epochs(cfg, (now - started) / 60, pace, epoch)
             meta["schedule_epochs"], meta["schedule_fit_minutes"] = schedule, cfg.fit_minutes
             total_steps = steps_per_epoch * schedule
             last_epoch = min(last_epoch, schedule)

@@ -117,10 +117,11 @@ def test_fitted_epochs_follow_the_first_epochs_pace() -> None:
     from training.train import TrainConfig, fitted_epochs
 
     cfg = replace(TrainConfig(task="grader"), epochs=40, fit_minutes=6.0)
-    assert fitted_epochs(cfg, minutes=0.5, done=1) == 12  # 0.5 min an epoch: 12 fit in 6 minutes
-    assert fitted_epochs(cfg, minutes=0.01, done=1) == 40  # never longer than --epochs
-    assert fitted_epochs(cfg, minutes=9.0, done=1) == 2  # always at least one more epoch (the decay)
-    assert fitted_epochs(replace(cfg, epochs=1), minutes=9.0, done=1) == 1  # ... within --epochs
+    # a slow first epoch (0.5 min), then 0.25 min an epoch: 1 + 22 epochs fit in 6 minutes
+    assert fitted_epochs(cfg, elapsed=0.5, per_epoch=0.25, done=1) == 23
+    assert fitted_epochs(cfg, elapsed=0.5, per_epoch=0.01, done=1) == 40  # never longer than --epochs
+    assert fitted_epochs(cfg, elapsed=9.0, per_epoch=0.5, done=1) == 2  # at least one more (the decay)
+    assert fitted_epochs(replace(cfg, epochs=1), elapsed=9.0, per_epoch=0.5, done=1) == 1  # within --epochs
 
 
 def test_fit_minutes_runs_a_whole_shorter_schedule(
@@ -133,7 +134,7 @@ def test_fit_minutes_runs_a_whole_shorter_schedule(
 
     import training.train as loop
 
-    monkeypatch.setattr(loop, "fitted_epochs", lambda cfg, minutes, done: 3)
+    monkeypatch.setattr(loop, "fitted_epochs", lambda cfg, elapsed, per_epoch, done: 3)
     fitted = train(replace(_config(synthetic_idrid, tmp_path / "fit", 10), fit_minutes=1.0))
     plain = train(_config(synthetic_idrid, tmp_path / "plain", 3))
     assert fitted["epoch"] == plain["epoch"] == 3 and "stopped_early_at_epoch" not in fitted
