@@ -134,8 +134,8 @@ def fitted_note(epochs: int, state: dict[str, Any]) -> str:
     schedule = state["schedule_epochs"]
     return (
         f"cosine over {schedule} epochs: --fit-minutes {state.get('schedule_fit_minutes', 0):g} fitted the "
-        f"schedule of --epochs {epochs} to the pace of the first epoch; --epochs {schedule} without "
-        "--fit-minutes repeats it"
+        f"schedule of --epochs {epochs} to the pace of the second epoch, after it; --epochs {schedule} "
+        "without --fit-minutes repeats it but for the second epoch's learning rates"
     )
 
 

@@ -119,10 +119,9 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def fitted_epochs(cfg: TrainConfig, elapsed: float, per_epoch: float, done: int) -> int:
-    """The schedule's length under ``--fit-minutes``: ``done`` epochs took ``elapsed`` minutes (start-up
-    included), and the epochs still to run take ``per_epoch`` minutes each (the pace of the first
-    epoch's second half: its start, worker processes and kernel tuning, is slower). At least one more
-    epoch, at most ``--epochs``."""
+    """The schedule's length under ``--fit-minutes``: ``done`` epochs took ``elapsed`` minutes, and each
+    epoch still to run takes ``per_epoch`` (the last one's time). At least one more epoch, at most
+    ``--epochs``."""
     more = int((cfg.fit_minutes - elapsed) / max(per_epoch, 1e-9))
     return min(cfg.epochs, max(done + 1, done + more))
 
@@ -247,10 +246,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             file=sys.stderr,
             disable=not ranks.is_main,
         )
-        halfway, half_mark = len(loader) // 2, time.monotonic()
-        for index, batch in enumerate(bar):
-            if index == halfway:
-                half_mark = time.monotonic()  # --fit-minutes: the pace without the epoch's start-up
+        epoch_started = time.monotonic()
+        for batch in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(meta["step"], total_steps, warmup, cfg.lr)
             with autocast:
@@ -272,6 +269,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         record = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),
+            "lr": optimizer.param_groups[0]["lr"],  # the epoch's last learning rate
             **metrics,
             "minutes": (time.monotonic() - started) / 60,
         }
@@ -296,10 +294,11 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             )
         ranks.barrier()
         epoch += 1
-        if cfg.fit_minutes and "schedule_epochs" not in meta:
+        # fitted after the second epoch: the first one's start-up (kernel tuning, caches) does not recur,
+        # but each epoch's start of its loader processes does
+        if cfg.fit_minutes and "schedule_epochs" not in meta and (epoch >= 2 or epoch >= cfg.epochs):
             now = time.monotonic()
-            pace = (now - half_mark) / 60 * len(loader) / max(1, len(loader) - halfway)
-            schedule = fitted_epochs(cfg, (now - started) / 60, pace, epoch)
+            schedule = fitted_epochs(cfg, (now - started) / 60, (now - epoch_started) / 60, epoch)
             meta["schedule_epochs"], meta["schedule_fit_minutes"] = schedule, cfg.fit_minutes
             total_steps = steps_per_epoch * schedule
             last_epoch = min(last_epoch, schedule)

@@ -127,21 +127,27 @@ def test_fitted_epochs_follow_the_first_epochs_pace() -> None:
 def test_fit_minutes_runs_a_whole_shorter_schedule(
     synthetic_idrid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--fit-minutes: the cosine is recomputed over the epochs that fit, so the run equals a plain run of
-    that many epochs (the first epoch is warm-up in both), it is not marked as cut, and a repeat of the
-    same command trains nothing more."""
+    """--fit-minutes: after the second epoch the cosine is recomputed over the epochs that fit, so the run
+    ends as a plain run of that length does (a --max-minutes or --stop-after cut of the long schedule ends
+    at a higher learning rate), it is not marked as cut, and a repeat of the same command trains nothing
+    more."""
     from dataclasses import replace
 
     import training.train as loop
 
-    monkeypatch.setattr(loop, "fitted_epochs", lambda cfg, elapsed, per_epoch, done: 3)
-    fitted = train(replace(_config(synthetic_idrid, tmp_path / "fit", 10), fit_minutes=1.0))
-    plain = train(_config(synthetic_idrid, tmp_path / "plain", 3))
-    assert fitted["epoch"] == plain["epoch"] == 3 and "stopped_early_at_epoch" not in fitted
-    assert fitted["schedule_epochs"] == 3 and "--epochs 3 without" in fitted["card"]["training"]["schedule"]
-    a = load_file(str(tmp_path / "fit/runs/run/state.safetensors"))
-    b = load_file(str(tmp_path / "plain/runs/run/state.safetensors"))
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    again = train(replace(_config(synthetic_idrid, tmp_path / "fit", 10), fit_minutes=1.0))
-    assert again["epoch"] == 3 and len(again["history"]) == 3
+    monkeypatch.setattr(loop, "fitted_epochs", lambda cfg, elapsed, per_epoch, done: 4)
+    base = replace(_config(synthetic_idrid, tmp_path / "fit", 12), lr=1e-3)
+    fitted = train(replace(base, fit_minutes=1.0))
+    cut = train(replace(base, runs=str(tmp_path / "cut"), stop_after=4))
+    assert fitted["epoch"] == cut["epoch"] == 4 and "stopped_early_at_epoch" not in fitted
+    assert fitted["history"][0]["lr"] == cut["history"][0]["lr"]  # the same warm-up
+    plain = train(replace(base, runs=str(tmp_path / "plain"), epochs=4))
+    lrs = {
+        name: [h["lr"] for h in run["history"]]
+        for name, run in (("fit", fitted), ("cut", cut), ("plain", plain))
+    }
+    assert lrs["fit"][2:] == lrs["plain"][2:]  # from the third epoch on, a plain run of the fitted length
+    assert lrs["fit"][-1] < lrs["cut"][-1]  # decayed further than the cut run of the long schedule
+    assert fitted["schedule_epochs"] == 4 and "--epochs 4 without" in fitted["card"]["training"]["schedule"]
+    again = train(replace(base, fit_minutes=1.0))
+    assert again["epoch"] == 4 and len(again["history"]) == 4
