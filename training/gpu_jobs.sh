@@ -15,9 +15,14 @@
 #             teacher folds (grader_lite0_cv5b) train first, and their refit beside the students (shipped
 #             as a candidate ensemble member, grader_lite0_cv5b), unless the lite0 job runs anyway
 #   segmenter UNet++ on 2048-px field-of-view crops, lesion-rate tile sampler, focal + Dice, from ImageNet
-# Every schedule is a whole cosine fitted to its minutes (--fit-minutes: the epochs that fit at the first
-# epoch's pace), so no run stops at a high learning rate; --max-minutes only guards against a slow machine.
-# A 600-s call leaves ~7 minutes of training after the start, the ship step and the tar.
+# Every schedule is a whole cosine fitted to its minutes (--fit-minutes: the epochs that fit at the second
+# epoch's pace), so no run stops at a high learning rate. --max-minutes only guards: each run stops in time
+# for the ship steps to finish DEADLINE seconds after the script starts (set it ~20 s inside the call's
+# timeout; RESERVE seconds are kept for the ship steps), since a call killed at its limit returns nothing.
+# Paces measured on the H200 (2026-12-01, 16 cores): with 11 grader runs and the segmenter at once, an
+# epoch took ~8.5 s (lite0 448 px fold, two loader processes; ConvNeXt student with its online teacher the
+# same) and ~27 s (segmenter, 48 tiles an image, 6 loaders); the segmenter alone with 14 loaders ~17 s.
+# Each first epoch costs ~15 s more (start-up).
 set -u
 BUNDLE=${BUNDLE:-gpu}
 export DRWB_TRUST_CACHE=1 DRWB_LITE0_WEIGHTS=$BUNDLE/lite0_imagenet_fp16.safetensors
@@ -33,11 +38,17 @@ TEACHMIN=${TEACHMIN:-2.2}  # the teacher folds' fitted minutes (the refit's are 
 STUDMIN=${STUDMIN:-3.3}   # the ConvNeXt students' fitted minutes
 SEGMIN=${SEGMIN:-6.3}     # the segmenter's fitted minutes (SEGLOADERS: its decoding processes, 6; 14 alone)
 JOBS=${JOBS:-convnext segmenter}
+DEADLINE=${DEADLINE:-560}  # seconds after the start by which everything is shipped and packed
+RESERVE=${RESERVE:-100}    # seconds kept for the ship steps (OOF scoring, fp16 checks, validation, export)
+T0=$(date +%s)
 want() { case " $JOBS " in *" $1 "*) return 0 ;; esac; return 1; }
 ep() { python3 -c "print(max(1, round($1 * $SCALE)))"; }
 
 BASE=(--data $BUNDLE/data --cache $BUNDLE/cache --runs "$RUNS" --threads 1 --limit "$LIMIT")
-fit() { python3 -c "print(f'--fit-minutes {$1:g} --max-minutes {1.15 * $1 + 0.5:g}')"; }  # minutes -> flags
+fit() {  # fitted minutes -> flags; the guard never runs past the deadline's reserve
+  local left=$((DEADLINE - RESERVE - $(date +%s) + T0))
+  python3 -c "print(f'--fit-minutes {$1:g} --max-minutes {max(0.5, min(1.15 * $1 + 0.5, $left / 60)):.2f}')"
+}
 LITE=(grader --folds 5 --backbone tf_efficientnet_lite0 --input-size 448 --freeze-blocks 1 --sampling sqrt
       --ordinal-weight 0.5 --epochs "$(ep 20)" --batch-size 16 --lr 1e-3 --loader-workers 2 --val-every 5)
 ATT=(--guides $BUNDLE/cache/guides_512.npz --attention-weight 0.5 --unlabelled)
