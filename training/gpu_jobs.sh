@@ -5,6 +5,11 @@
 #     OUT=<folder for results> bash training/gpu_jobs.sh
 # The same `drwb train` commands run on a CPU (drop nothing; `--device auto` picks the CPU), only slower;
 # LIMIT=8 EP_SCALE=0.05 makes a few-minute smoke run of the whole script on a laptop.
+# On the lent H200 (one call, timeout 590 s; carry the bundle and .whl/, wheels of timm 1.0.22 and
+# segmentation-models-pytorch 0.5.0, which its image lacks or has at another version; keep
+# models/weights/*.safetensors out of the upload, the jobs read none of them and it must stay under 64 MiB):
+#     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#     RUNS=/tmp/runs OUT=$OUT bash training/gpu_jobs.sh > $OUT/console.txt 2>&1
 #
 # Jobs (all at once: the GPU is idle most of each small run, and 16 CPU cores feed them); JOBS picks
 # which (default: those still pending):
@@ -34,9 +39,9 @@ mkdir -p "$LOGS" "$RUNS"
 LIMIT=${LIMIT:-0}
 SCALE=${EP_SCALE:-1}
 MAXMIN=${MAXMIN:-4}      # the lite0 job's fitted minutes
-TEACHMIN=${TEACHMIN:-2.2}  # the teacher folds' fitted minutes (the refit's are 413/330 of them)
-STUDMIN=${STUDMIN:-3.3}   # the ConvNeXt students' fitted minutes
-SEGMIN=${SEGMIN:-6.3}     # the segmenter's fitted minutes (SEGLOADERS: its decoding processes, 6; 14 alone)
+TEACHMIN=${TEACHMIN:-1.8}  # the teacher folds' fitted minutes (the refit's are 413/330 of them)
+STUDMIN=${STUDMIN:-4.3}   # the ConvNeXt students' fitted minutes
+SEGMIN=${SEGMIN:-6.5}     # the segmenter's fitted minutes (SEGLOADERS: its decoding processes, 6; 14 alone)
 JOBS=${JOBS:-convnext segmenter}
 DEADLINE=${DEADLINE:-560}  # seconds after the start by which everything is shipped and packed
 RESERVE=${RESERVE:-100}    # seconds kept for the ship steps (OOF scoring, fp16 checks, validation, export)
