@@ -46,6 +46,14 @@ class Dist:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item() > 0)
 
+    def least(self, value: int) -> int:
+        """The smallest of every rank's ``value``, on every rank (a length all ranks must share)."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([float(value)])
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """DDP around ``model`` when distributed (the loop keeps the bare model for saving / validation)."""
         if not self.active:

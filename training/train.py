@@ -298,7 +298,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         # but each epoch's start of its loader processes does
         if cfg.fit_minutes and "schedule_epochs" not in meta and (epoch >= 2 or epoch >= cfg.epochs):
             now = time.monotonic()
-            schedule = fitted_epochs(cfg, (now - started) / 60, (now - epoch_started) / 60, epoch)
+            fitted = fitted_epochs(cfg, (now - started) / 60, (now - epoch_started) / 60, epoch)
+            schedule = ranks.least(fitted)  # every rank runs the same schedule
             meta["schedule_epochs"], meta["schedule_fit_minutes"] = schedule, cfg.fit_minutes
             total_steps = steps_per_epoch * schedule
             last_epoch = min(last_epoch, schedule)
@@ -313,7 +314,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
                 save_state(state_path, model, optimizer, meta, extra)
         over_budget = bool(cfg.max_minutes) and (time.monotonic() - started) / 60 > cfg.max_minutes
         if ranks.any(over_budget) and epoch < schedule:
-            log.warning("time budget of %.0f min reached after epoch %d", cfg.max_minutes, epoch)
+            log.warning("time budget of %g min reached after epoch %d", cfg.max_minutes, epoch)
             meta["stopped_early_at_epoch"] = epoch
             break
         if epoch == last_epoch < schedule:

@@ -33,7 +33,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun(synthetic_idrid: Path, tmp_path: Path, epochs: int) -> subprocess.CompletedProcess:
+def _torchrun(synthetic_idrid: Path, tmp_path: Path, epochs: int, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -41,7 +41,7 @@ def _torchrun(synthetic_idrid: Path, tmp_path: Path, epochs: int) -> subprocess.
         "drwb.py", "train", "grader", "--backbone", "test_convnext", "--model-name", "test_tiny_cls",
         "--data", str(synthetic_idrid), "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"),
         "--run-name", "ddp", "--epochs", str(epochs), "--batch-size", "4", "--input-size", "64",
-        "--no-pretrained", "--threads", "1",
+        "--no-pretrained", "--threads", "1", *extra,
     ]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
@@ -61,8 +61,9 @@ def test_torchrun_two_processes_train_checkpoint_once_and_resume(
     assert first.stderr.count("ddp epoch 1/1 loss") == 1  # one writer, one log line
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] == 1 and state["step"] >= 1
-    second = _torchrun(synthetic_idrid, tmp_path, 2)
+    # resumed with a time-fitted schedule: both ranks agree on its length (an all-reduce) and go on
+    second = _torchrun(synthetic_idrid, tmp_path, 2, "--fit-minutes", "100")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "ddp epoch 1/2 loss" not in second.stderr and second.stderr.count("ddp epoch 2/2 loss") == 1
     state = json.loads((run / "state.json").read_text())
-    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert state["epoch"] == 2 and len(state["history"]) == 2 and state["schedule_epochs"] == 2
