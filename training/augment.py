@@ -91,10 +91,12 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, config: AugmentCo
     """Brightness, contrast, gamma and saturation jitter on RGB uint8; the black frame stays black.
 
     On [0, 1] values: x * brightness, then (x - mean) * contrast + mean, clipped, to the power gamma, then
-    each pixel's distance from its channel mean times saturation. The first three act on each value alone:
-    a 256-entry table; the saturation step is one 3x3 colour matrix. Within two levels of computing it all
-    in float per pixel, and 9x faster (a 448-px image: 3.7 against 32 ms; it was half a grader sample's
-    preparation time, which feeds a GPU from the CPU cores)."""
+    each channel's distance from the mean of the pixel's three channels times saturation. The first three
+    act on each value alone: a 256-entry table; the saturation step is one 3x3 colour matrix. Within two
+    levels of computing it all in float per pixel, and 9x faster (a 448-px image: 3.7 against 32 ms; it
+    was half a grader sample's preparation time, which feeds a GPU from the CPU cores)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"colour_jitter needs an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
     brightness = rng.uniform(1 - config.brightness, 1 + config.brightness)
     contrast = rng.uniform(1 - config.contrast, 1 + config.contrast)
     gamma = rng.uniform(1 - config.gamma, 1 + config.gamma)

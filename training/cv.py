@@ -119,8 +119,9 @@ def train_piece(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     if cfg.ship and not cfg.refit:
         if result.get("stopped_early_at_epoch") and not cfg.stop_after:
             raise ValueError(
-                f"fold {cfg.fold} stopped at epoch {result['epoch']} of {cfg.epochs} (time budget): not "
-                "shipped; run the command again to finish it, or add --stop-after N to ship the cut run"
+                f"fold {cfg.fold} stopped at epoch {result['epoch']} of "
+                f"{result.get('schedule_epochs', cfg.epochs)} (time budget): not shipped; run the command "
+                "again to finish it, or add --stop-after N to ship the cut run"
             )
         result["shipped"] = ship_fold_piece(replace(base, ship_fold=cfg.fold), command)
     return result
@@ -281,9 +282,13 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
         "command": command or "drwb train grader --folds",
         "commit": git_commit(),
         "epochs_run": epochs_run,
-        "schedule": f"fixed: {schedule} epochs, cosine, last epoch kept (no epoch chosen on held-out data)"
-        + (f"; stopped after epoch {epochs_run}" if epochs_run < schedule else "")
-        + (f"; {fitted_note(cfg.epochs, state)}" if "schedule_epochs" in state else ""),
+        "schedule": (
+            f"time-fitted: {fitted_note(state)}"
+            if "schedule_epochs" in state
+            else f"fixed: {schedule} epochs, cosine"
+        )
+        + ", last epoch kept (no epoch chosen on held-out data)"
+        + (f"; stopped after epoch {epochs_run}" if epochs_run < schedule else ""),
         **({"fold_schedules": folds_fitted} if (folds_fitted := _fold_schedules(cfg)) else {}),
         "config": {f.name: getattr(source, f.name) for f in fields(source)},
         **({"recipe": recipe} if (recipe := TASKS["grader"](source).recipe()) else {}),

@@ -42,7 +42,7 @@ class Dist:
         """True on every rank when ``flag`` is True on any rank (a decision all ranks must share)."""
         if not self.active:
             return flag
-        value = torch.tensor([1.0 if flag else 0.0])
+        value = _shared(1.0 if flag else 0.0)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item() > 0)
 
@@ -50,7 +50,7 @@ class Dist:
         """The smallest of every rank's ``value``, on every rank (a length all ranks must share)."""
         if not self.active:
             return value
-        tensor = torch.tensor([float(value)])
+        tensor = _shared(float(value))
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
         return int(tensor.item())
 
@@ -65,6 +65,13 @@ class Dist:
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _shared(value: float) -> torch.Tensor:
+    """A one-number tensor where the process group's backend reduces it (NCCL: on this rank's GPU)."""
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    return torch.tensor([value], device=device)
 
 
 def setup() -> Dist:

@@ -128,14 +128,21 @@ def initialisation(cfg: TrainConfig, card: ModelCard) -> str:
     return "random (from scratch)"
 
 
-def fitted_note(epochs: int, state: dict[str, Any]) -> str:
+def fitted_note(state: dict[str, Any]) -> str:
     """How a ``--fit-minutes`` run's schedule was set (``state``: its saved meta), and the ``--epochs``
     that repeat it on any device."""
-    schedule = state["schedule_epochs"]
+    schedule, source = state["schedule_epochs"], state.get("schedule_from_epochs", state["schedule_epochs"])
+    minutes, after = state.get("schedule_fit_minutes", 0), state.get("schedule_fitted_after", 2)
+    if schedule >= source:
+        return f"--fit-minutes {minutes:g}: all {source} epochs of --epochs fit, the schedule unchanged"
+    repeat = (
+        "repeats it exactly (the warm-up covered every epoch before the fit)"
+        if state.get("schedule_exact")
+        else f"repeats it but for the learning rates between the end of the warm-up and epoch {after}"
+    )
     return (
-        f"cosine over {schedule} epochs: --fit-minutes {state.get('schedule_fit_minutes', 0):g} fitted the "
-        f"schedule of --epochs {epochs} to the pace of the second epoch, after it; --epochs {schedule} "
-        "without --fit-minutes repeats it but for the second epoch's learning rates"
+        f"cosine over {schedule} epochs: --fit-minutes {minutes:g} fitted the schedule of --epochs {source} "
+        f"to the pace of epoch {after}, after it; --epochs {schedule} without --fit-minutes {repeat}"
     )
 
 
@@ -160,7 +167,7 @@ def final_card(
             "command": command or "drwb train " + cfg.task,
             "commit": git_commit(),
             "epochs_run": meta["epoch"],
-            **({"schedule": fitted_note(cfg.epochs, meta)} if "schedule_epochs" in meta else {}),
+            **({"schedule": fitted_note(meta)} if "schedule_epochs" in meta else {}),
             "best_epoch": meta.get("best_epoch"),
             "validation": meta.get("best_metrics", {}),
             **({"recipe": recipe} if recipe else {}),

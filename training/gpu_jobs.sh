@@ -45,13 +45,14 @@ SEGMIN=${SEGMIN:-6.5}     # the segmenter's fitted minutes (SEGLOADERS: its deco
 JOBS=${JOBS:-convnext segmenter}
 DEADLINE=${DEADLINE:-560}  # seconds after the start by which everything is shipped and packed
 RESERVE=${RESERVE:-100}    # seconds kept for the ship steps (OOF scoring, fp16 checks, validation, export)
-T0=$(date +%s)
+T0=${T0:-$(date +%s)}     # the caller may start the clock earlier (before installing wheels)
+left() { echo $((T0 + DEADLINE - $(date +%s))); }  # seconds to the deadline
 want() { case " $JOBS " in *" $1 "*) return 0 ;; esac; return 1; }
 ep() { python3 -c "print(max(1, round($1 * $SCALE)))"; }
 
 BASE=(--data $BUNDLE/data --cache $BUNDLE/cache --runs "$RUNS" --threads 1 --limit "$LIMIT")
 fit() {  # fitted minutes -> flags; the guard never runs past the deadline's reserve
-  local left=$((DEADLINE - RESERVE - $(date +%s) + T0))
+  local left=$(($(left) - RESERVE))
   python3 -c "print(f'--fit-minutes {$1:g} --max-minutes {max(0.5, min(1.15 * $1 + 0.5, $left / 60)):.2f}')"
 }
 LITE=(grader --folds 5 --backbone tf_efficientnet_lite0 --input-size 448 --freeze-blocks 1 --sampling sqrt
@@ -78,6 +79,7 @@ pieces() {  # name, then the argument array of the run: 5 folds and the refit, i
   done
   # shellcheck disable=SC2046
   python3 drwb.py train "$@" "${BASE[@]}" $(fit "$MAXMIN") --run-name "$name" --refit >"$LOGS/$name.refit.log" 2>&1 &
+  GRADER_PIDS+=" ${FOLD_PIDS[$name]} $!"
 }
 
 date +%s >"$LOGS/started"
@@ -86,7 +88,9 @@ if want segmenter; then
   # shellcheck disable=SC2046  # fit prints the flags to split
   python3 drwb.py train "${SEG[@]}" "${BASE[@]}" $(fit "$SEGMIN") --run-name segmenter_hr_gpu2 --ship --ship-dir "$OUT/seg" \
     --ship-name segmenter_lite0_hr >"$LOGS/segmenter_hr.log" 2>&1 &
+  SEG_PID=$!
 fi
+GRADER_PIDS=""  # every grader run: their ship steps wait for these, not for the segmenter
 if want lite0; then
   pieces grader_lite0_cv5b "${LITE[@]}"
   pieces grader_lite0_att "${LITE[@]}" "${ATT[@]}"
@@ -104,25 +108,32 @@ if want convnext; then
     # shellcheck disable=SC2046
     python3 drwb.py train "${LITE[@]}" "${BASE[@]}" $(fit "$(python3 -c "print($TEACHMIN * 413 / 330)")") \
       --run-name grader_lite0_cv5b --refit >"$LOGS/grader_lite0_cv5b.refit.log" 2>&1 &
+    GRADER_PIDS+=" $!"
   fi
   # shellcheck disable=SC2086  # word splitting of the pid list is intended
   wait ${FOLD_PIDS[grader_lite0_cv5b]}
   date +%s >"$LOGS/teachers_trained"
-  for k in 0 1 2 3 4; do  # a per-fold teacher has no refit: fold models only
+  if [ "$(left)" -lt $((RESERVE + 90)) ]; then
+    echo "$(left) s to the deadline: too little for the ConvNeXt students; not started" >"$LOGS/students_skipped.log"
+  else for k in 0 1 2 3 4; do  # a per-fold teacher has no refit: fold models only
     # shellcheck disable=SC2046
     python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" $(fit "$STUDMIN") \
       --run-name grader_convnext_atto --fold "$k" >"$LOGS/grader_convnext_atto.fold$k.log" 2>&1 &
-  done
+    GRADER_PIDS+=" $!"
+  done; fi
 fi
-wait
+# shellcheck disable=SC2086  # word splitting of the pid list is intended
+wait $GRADER_PIDS
 date +%s >"$LOGS/trained"
+SHIP=(timeout -k 5)  # a ship step must end before the deadline, or the call returns nothing at all
+ship_time() { echo $(($(left) - 20)); }  # seconds a ship step may take: what is left but the packing
 
 # OOF scoring, temperatures and export: finds every piece finished, trains nothing
 # --stop-after: a fold the time budget cut must not be trained on by the ship step (it would resume)
 if want lite0; then
-  python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship --ship-dir "$OUT/lite0_plain" \
-    --ship-name grader_lite0 --stop-after 1 >"$LOGS/ship_lite0_plain.log" 2>&1 &
-  python3 drwb.py train "${LITE[@]}" "${ATT[@]}" "${BASE[@]}" --run-name grader_lite0_att --ship \
+  "${SHIP[@]}" "$(ship_time)" python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship \
+    --ship-dir "$OUT/lite0_plain" --ship-name grader_lite0 --stop-after 1 >"$LOGS/ship_lite0_plain.log" 2>&1 &
+  "${SHIP[@]}" "$(ship_time)" python3 drwb.py train "${LITE[@]}" "${ATT[@]}" "${BASE[@]}" --run-name grader_lite0_att --ship \
     --ship-dir "$OUT/lite0_att" --ship-name grader_lite0 --stop-after 1 >"$LOGS/ship_lite0_att.log" 2>&1 &
 fi
 if want convnext; then
@@ -131,14 +142,15 @@ if want convnext; then
   if want lite0; then
     wait  # the lite0 ship step above writes the teachers' OOF predictions
   else
-    python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship --ship-dir "$OUT/lite0_plain" \
-      --ship-name grader_lite0_cv5b --stop-after 1 >"$LOGS/oof_teacher.log" 2>&1
+    "${SHIP[@]}" "$(ship_time)" python3 drwb.py train "${LITE[@]}" "${BASE[@]}" --run-name grader_lite0_cv5b --ship \
+      --ship-dir "$OUT/lite0_plain" --ship-name grader_lite0_cv5b --stop-after 1 >"$LOGS/oof_teacher.log" 2>&1
   fi
-  python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" --run-name grader_convnext_atto --ship \
+  "${SHIP[@]}" "$(ship_time)" python3 drwb.py train "${CNX[@]}" --backbone convnext_atto "${BASE[@]}" \
+    --run-name grader_convnext_atto --ship \
     --ship-fold 0 --ship-dir "$OUT/convnext" --ship-name grader_convnext_atto --stop-after 1 \
     >"$LOGS/ship_convnext.log" 2>&1 &
 fi
-wait
+wait  # the ship steps, and the segmenter (its own ship step in the same process)
 date +%s >"$LOGS/shipped"
 for run in "$RUNS"/*; do  # per-epoch histories and OOF summaries (small), not checkpoints
   for f in "$run"/*/state.json "$run"/state.json "$run"/oof.json; do

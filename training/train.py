@@ -119,7 +119,8 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def fitted_epochs(cfg: TrainConfig, elapsed: float, per_epoch: float, done: int) -> int:
-    """The schedule's length under ``--fit-minutes``: ``done`` epochs took ``elapsed`` minutes, and each
+    """The schedule's length under ``--fit-minutes``: ``done`` epochs took ``elapsed`` minutes in this run
+    (a resumed run's budget starts again), and each
     epoch still to run takes ``per_epoch`` (the last one's time). At least one more epoch, at most
     ``--epochs``."""
     more = int((cfg.fit_minutes - elapsed) / max(per_epoch, 1e-9))
@@ -203,7 +204,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     state_path = run_dir / "state"
     stepper = ranks.wrap(model)  # DDP when distributed; ``model`` itself is saved and validated
     steps_per_epoch = math.ceil(len(task.epoch_indices(train_set, np.random.default_rng(0))) / cfg.batch_size)
-    total_steps, warmup = steps_per_epoch * cfg.epochs, int(steps_per_epoch * cfg.warmup_epochs)
+    warmup = int(steps_per_epoch * cfg.warmup_epochs)
     meta: dict[str, Any] = {
         "epoch": 0,
         "step": 0,
@@ -221,7 +222,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     schedule = meta.get("schedule_epochs", cfg.epochs)  # a resumed fitted run keeps its fitted length
     total_steps = steps_per_epoch * schedule
     last_epoch = min(schedule, cfg.stop_after) if cfg.stop_after else schedule
-    epoch = meta["epoch"]
+    epoch = first_epoch = meta["epoch"]
     while epoch < last_epoch:
         torch.manual_seed(cfg.seed * 10_000 + epoch)
         train_set.set_epoch(epoch)
@@ -241,7 +242,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         losses = []
         bar = tqdm(
             loader,
-            desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"{cfg.name} epoch {epoch + 1}/{schedule}",
             leave=False,
             file=sys.stderr,
             disable=not ranks.is_main,
@@ -287,20 +288,28 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
             save_state(state_path, model, optimizer, meta, extra)
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             print(
-                f"{cfg.name} epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f} {shown}"
+                f"{cfg.name} epoch {epoch + 1}/{schedule} loss {record['train_loss']:.4f} {shown}"
                 f"{' *best*' if improved else ''}",
                 file=sys.stderr,
                 flush=True,
             )
         ranks.barrier()
         epoch += 1
-        # fitted after the second epoch: the first one's start-up (kernel tuning, caches) does not recur,
-        # but each epoch's start of its loader processes does
-        if cfg.fit_minutes and "schedule_epochs" not in meta and (epoch >= 2 or epoch >= cfg.epochs):
+        # fitted after this invocation's second epoch: the first one's start-up (kernel tuning, caches)
+        # does not recur, each epoch's start of its loader processes does; the budget counts from here
+        fit_due = cfg.fit_minutes and "schedule_epochs" not in meta and epoch - first_epoch >= 2
+        if fit_due and epoch < cfg.epochs:
             now = time.monotonic()
             fitted = fitted_epochs(cfg, (now - started) / 60, (now - epoch_started) / 60, epoch)
             schedule = ranks.least(fitted)  # every rank runs the same schedule
-            meta["schedule_epochs"], meta["schedule_fit_minutes"] = schedule, cfg.fit_minutes
+            meta.update(
+                schedule_epochs=schedule,
+                schedule_fit_minutes=cfg.fit_minutes,
+                schedule_from_epochs=cfg.epochs,
+                schedule_fitted_after=epoch,
+                # a plain --epochs run has the same learning rates when the warm-up covered every epoch so far
+                schedule_exact=cfg.warmup_epochs >= epoch,
+            )
             total_steps = steps_per_epoch * schedule
             last_epoch = min(last_epoch, schedule)
             if schedule < cfg.epochs:
@@ -312,9 +321,15 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
                 )
             if ranks.is_main:
                 save_state(state_path, model, optimizer, meta, extra)
-        over_budget = bool(cfg.max_minutes) and (time.monotonic() - started) / 60 > cfg.max_minutes
+        # --max-minutes: no epoch that would end past the budget at the last one's pace
+        now = time.monotonic()
+        over_budget = bool(cfg.max_minutes) and (2 * now - started - epoch_started) / 60 > cfg.max_minutes
         if ranks.any(over_budget) and epoch < schedule:
-            log.warning("time budget of %g min reached after epoch %d", cfg.max_minutes, epoch)
+            log.warning(
+                "time budget of %g min: no epoch after %d (the next would end past it)",
+                cfg.max_minutes,
+                epoch,
+            )
             meta["stopped_early_at_epoch"] = epoch
             break
         if epoch == last_epoch < schedule:

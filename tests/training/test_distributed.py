@@ -61,9 +61,11 @@ def test_torchrun_two_processes_train_checkpoint_once_and_resume(
     assert first.stderr.count("ddp epoch 1/1 loss") == 1  # one writer, one log line
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] == 1 and state["step"] >= 1
-    # resumed with a time-fitted schedule: both ranks agree on its length (an all-reduce) and go on
-    second = _torchrun(synthetic_idrid, tmp_path, 2, "--fit-minutes", "100")
+    # resumed with a time-fitted schedule: after two epochs in this run both ranks take the shortest fitted
+    # length (an all-reduce under gloo) and go on together
+    second = _torchrun(synthetic_idrid, tmp_path, 4, "--fit-minutes", "100")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "ddp epoch 1/2 loss" not in second.stderr and second.stderr.count("ddp epoch 2/2 loss") == 1
+    assert "ddp epoch 1/4 loss" not in second.stderr and second.stderr.count("ddp epoch 4/4 loss") == 1
     state = json.loads((run / "state.json").read_text())
-    assert state["epoch"] == 2 and len(state["history"]) == 2 and state["schedule_epochs"] == 2
+    assert state["epoch"] == 4 and len(state["history"]) == 4
+    assert state["schedule_epochs"] == 4 and state["schedule_fitted_after"] == 3

@@ -111,7 +111,7 @@ def test_stop_after_trains_nothing_past_it(synthetic_idrid: Path, tmp_path: Path
     assert again["epoch"] == done["epoch"] == 2 and len(again["history"]) == 2
 
 
-def test_fitted_epochs_follow_the_first_epochs_pace() -> None:
+def test_fitted_epochs_follow_the_pace_given() -> None:
     from dataclasses import replace
 
     from training.train import TrainConfig, fitted_epochs
