@@ -76,7 +76,7 @@ class TrainConfig:
     limit: int = 0
     no_pretrained: bool = False
     max_minutes: float = 0.0
-    # > 0: after the first epoch, shorten the cosine schedule to the epochs that fit this many minutes (a
+    # > 0: after the second epoch, shorten the cosine schedule to the epochs that fit this many minutes (a
     # whole schedule, unlike --max-minutes, which cuts one at whatever learning rate it has reached)
     fit_minutes: float = 0.0
     stop_after: int = 0  # no epoch beyond this one of the --epochs schedule (a --max-minutes cut, exactly)
@@ -120,9 +120,8 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 def fitted_epochs(cfg: TrainConfig, elapsed: float, per_epoch: float, done: int) -> int:
     """The schedule's length under ``--fit-minutes``: ``done`` epochs took ``elapsed`` minutes in this run
-    (a resumed run's budget starts again), and each
-    epoch still to run takes ``per_epoch`` (the last one's time). At least one more epoch, at most
-    ``--epochs``."""
+    (a resumed run's budget starts again), and each epoch still to run takes ``per_epoch`` (the last one's
+    time). At least one more epoch, at most ``--epochs``."""
     more = int((cfg.fit_minutes - elapsed) / max(per_epoch, 1e-9))
     return min(cfg.epochs, max(done + 1, done + more))
 
