@@ -203,3 +203,30 @@ def test_a_simkd_run_trains_resumes_and_ships_its_neck(synthetic_idrid: Path, tm
     model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
     model.load_state_dict(load_file(str(tmp_path / "runs/simkd/fold0/best.safetensors")))
     assert isinstance(model.neck, torch.nn.Sequential)
+
+
+def test_a_simkd_student_continued_from_its_own_weights_keeps_its_heads(
+    synthetic_idrid: Path, tmp_path: Path
+) -> None:
+    """--init-from a trained student: the pools and heads it learnt are kept, not reset to the teacher's
+    (a fresh SimKD student starts from the teacher's, test above)."""
+    from training.checkpoint import initial_state
+
+    cfg = _student(synthetic_idrid, tmp_path, "simkd", reuse_teacher_head=True, feature_weight=4.0, lr=0.05)
+    train(cfg)
+    trained = tmp_path / "runs/simkd/fold0/best.safetensors"
+    task = TASKS["grader"](replace(cfg, run_name="simkd_more/fold0", init_from=str(trained)))
+    student = build_model(task.card())
+    student.load_state_dict(initial_state(str(trained), 0))
+    parts = ("dr_head", "dme_head", "dr_pool", "dme_pool")
+    own = {k: v.clone() for k, v in student.state_dict().items() if k.split(".")[0] in parts}
+    assert own
+    task.attach(student, torch.device("cpu"))
+    teacher = task.distiller.teacher
+    for key, value in own.items():
+        torch.testing.assert_close(student.state_dict()[key], value)
+    assert "continue from" in task.recipe()["distillation"]["simkd"]
+    taught = teacher.dr_head.state_dict()
+    assert any(not torch.equal(own[f"dr_head.{name}"], tensor) for name, tensor in taught.items()), (
+        "the student's trained head equals the teacher's: the test would not see a reset"
+    )

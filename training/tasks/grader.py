@@ -133,10 +133,15 @@ class GraderTask(TrainTask):
                 "hint_weight": cfg.hint_weight,
             }
             if cfg.reuse_teacher_head:
+                start = (
+                    f"the neck, attention pools and heads continue from {cfg.init_from}"
+                    if cfg.init_from
+                    else "the attention pools and heads start from the teacher's"
+                )
                 out["distillation"]["simkd"] = (
-                    "a neck (layer norm, 1x1 conv, ReLU6) into the teacher's final feature space; the "
-                    "attention pools and heads start from the teacher's; + feature weight x MSE between "
-                    "the neck's output and the teacher's final feature map (Chen et al., CVPR 2022)"
+                    f"a neck (layer norm, 1x1 conv, ReLU6) into the teacher's final feature space; {start}; "
+                    "+ feature weight x MSE between the neck's output and the teacher's final feature map "
+                    "(Chen et al., CVPR 2022)"
                 )
                 out["distillation"]["feature_weight"] = cfg.feature_weight
         elif cfg.distill_weight > 0 and cfg.teacher:
@@ -174,7 +179,9 @@ class GraderTask(TrainTask):
                 "give one teacher: --teacher (cached logits) or --teacher-model (online), not both"
             )
         teacher, teacher_card = load_run_model(self._teacher_source())
-        if self.cfg.reuse_teacher_head:  # SimKD (Chen et al. 2022): start from the teacher's pools and heads
+        if self.cfg.reuse_teacher_head and not self.cfg.init_from:
+            # SimKD (Chen et al. 2022): start from the teacher's pools and heads; a student continued from
+            # its own weights (--init-from) keeps the pools and heads it has learnt
             for part in ("dr_pool", "dme_pool", "dr_head", "dme_head"):
                 getattr(model, part).load_state_dict(getattr(teacher, part).state_dict())
         self.distiller = HintDistiller(
