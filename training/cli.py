@@ -60,6 +60,7 @@ _VALUE_FLAGS: tuple[tuple[str, type], ...] = (
     ("lesion-rates", str),
     ("focal-gamma", float),
     ("channels-from", str),
+    ("inference-tiling", str),
     ("fold", int),
 )
 # on/off flags and their help

@@ -28,6 +28,7 @@ __all__ = [
     "initialisation",
     "over_file_limit",
     "parse_channels_from",
+    "parse_inference_tiling",
     "ship_best",
 ]
 
@@ -92,6 +93,22 @@ def ship_best(card: ModelCard, cfg: TrainConfig, task, run_dir: Path, val_loader
     ).weights
 
 
+def parse_inference_tiling(text: str) -> dict[str, int]:
+    """``"544:32"`` -> the card's ``extra.inference_tile`` / ``inference_overlap``: the tiles
+    ``workbench.predictors.SegmenterPredictor`` cuts the card's own crop into (measured apart from the
+    training tile, which ``extra.tile`` keeps)."""
+    try:
+        tile, overlap = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--inference-tiling {text!r}: give TILE:OVERLAP in pixels, e.g. 544:32") from None
+    if tile % 32 or tile <= 0 or not 0 <= overlap < tile:
+        raise ValueError(
+            f"--inference-tiling {text!r}: the tile must be a positive multiple of 32 (the encoder's stride) "
+            "and the overlap in 0..tile-1"
+        )
+    return {"inference_tile": tile, "inference_overlap": overlap}
+
+
 def parse_channels_from(text: str) -> list[dict[str, Any]]:
     """``"segmenter_lite0@640:HE=mean,OD"`` (``;`` between models) -> the card's ``extra.channels_from``
     (``workbench.predictors.load_segmenter`` reads it: those channels come from that model at that size;
@@ -154,6 +171,8 @@ def final_card(
         extra["channels_from"] = parse_channels_from(cfg.channels_from)
     if cfg.mirror_tiles:
         extra["tta"] = "hflip"  # workbench.predictors.SegmenterPredictor: each tile and its mirror, averaged
+    if cfg.inference_tiling:
+        extra.update(parse_inference_tiling(cfg.inference_tiling))
     return card.with_updates(
         extra={
             **extra,

@@ -34,7 +34,7 @@ from models.registry import build_model
 from training.checkpoint import initial_state, load_state, save_state
 from training.devices import pick_device, to_device
 from training.distributed import setup, shard
-from training.export import final_card, ship_best
+from training.export import final_card, parse_inference_tiling, ship_best
 from training.tasks import TASKS
 
 __all__ = ["TrainConfig", "train"]
@@ -102,6 +102,7 @@ class TrainConfig:
     focal_gamma: float = 0.0  # segmenter: focal-loss gamma on the BCE term (0: plain BCE)
     channels_from: str = ""  # segmenter: "MODEL@SIZE:HE,OD;..." channels the shipped card takes elsewhere
     mirror_tiles: bool = False  # segmenter: the shipped card averages each tile with its mirror image
+    inference_tiling: str = ""  # segmenter: "TILE:OVERLAP" the shipped card segments its crop with (544:32)
     ship: bool = False
     ship_name: str = ""
     ship_dir: str = ""  # default: models/weights (SHIPPED_WEIGHTS_DIR)
@@ -175,6 +176,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     if cfg.select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {cfg.select!r}")
+    if cfg.inference_tiling:
+        parse_inference_tiling(cfg.inference_tiling)  # a typo fails now, not after the training
     model = build_model(card)
     if cfg.init_from:
         model.load_state_dict(initial_state(cfg.init_from, cfg.fold))

@@ -188,8 +188,12 @@ class SegmenterPredictor:
         if input_size is None and card.extra.get("tta") == "hflip":
             self.forward = _with_mirror(self.forward)
         self.input_size = int(input_size or card.input_size)
-        self.tile = int(card.extra.get("tile", 512)) if input_size is None else self.input_size
-        self.overlap = int(card.extra.get("overlap", 64))
+        # at the card's own crop: its inference tiling when measured apart from the training tile
+        # (``extra.inference_tile`` / ``inference_overlap``; the card's ``training.inference_tiling``)
+        tile = card.extra.get("inference_tile", card.extra.get("tile", 512))
+        overlap = card.extra.get("inference_overlap", card.extra.get("overlap", 64))
+        self.tile = int(tile) if input_size is None else self.input_size
+        self.overlap = int(overlap)
         self.donors = [(donor, tuple(codes), tuple(averaged)) for donor, codes, averaged in donors]
 
     @property

@@ -151,3 +151,23 @@ def test_fit_minutes_runs_a_whole_shorter_schedule(
     assert fitted["schedule_epochs"] == 4 and "--epochs 4 without" in fitted["card"]["training"]["schedule"]
     again = train(replace(base, fit_minutes=1.0))
     assert again["epoch"] == 4 and len(again["history"]) == 4
+
+
+def test_inference_tiling_is_checked_before_training_and_written_to_the_card() -> None:
+    """``--inference-tiling 544:32`` becomes the card's ``extra.inference_tile`` / ``inference_overlap``
+    (what ``SegmenterPredictor`` tiles with); a malformed value fails before any training."""
+    from training.export import final_card, parse_inference_tiling
+    from training.tasks import TASKS
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(task="segmenter", inference_tiling="544:32")
+    card = final_card(TASKS["segmenter"](cfg).card(), cfg, {"epoch": 1, "history": []}, "cmd", {})
+    assert (card.extra["inference_tile"], card.extra["inference_overlap"]) == (544, 32)
+    assert card.extra["tile"] != 544  # the training tile stays recorded as it was
+
+    assert parse_inference_tiling("544:32") == {"inference_tile": 544, "inference_overlap": 32}
+    for bad in ("544", "500:32", "544:544", "a:b"):
+        with pytest.raises(ValueError, match="inference-tiling"):
+            parse_inference_tiling(bad)
+    with pytest.raises(ValueError, match="inference-tiling"):
+        train(TrainConfig(task="segmenter", inference_tiling="544x32", data="/nonexistent"))

@@ -311,6 +311,39 @@ def test_a_segmenter_card_with_mirror_tiles_averages_each_tile_with_its_mirror(
     np.testing.assert_array_equal(small, alone)
 
 
+def test_a_segmenter_card_with_an_inference_tiling_segments_with_it(
+    tiny_weights, synthetic_fundus, tmp_path
+) -> None:
+    """``extra.inference_tile`` / ``inference_overlap`` (measured apart from the training tile) set the
+    tiles at the card's own crop, and the maps are those of ``predict_tiles`` with them; a smaller crop
+    (the fast profile) is still one tile."""
+    import shutil
+
+    import torch
+
+    from models.card import ModelCard
+    from models.preprocess import normalise
+    from workbench.inference import predict_tiles
+    from workbench.predictors import crop_for, load_segmenter
+
+    for path in tiny_weights.glob("tiny_segmenter.*"):
+        shutil.copy(path, tmp_path / path.name)
+    card = ModelCard.read(tmp_path / "tiny_segmenter.json")
+    tile = card.input_size // 2 + 32  # 2 x 2 tiles overlapping by 64 px
+    tiled = card.with_updates(extra={**card.extra, "inference_tile": tile, "inference_overlap": 64})
+    (tmp_path / "tiled.json").write_text(tiled.to_json())
+    plain, other = load_segmenter("tiny_segmenter", tmp_path), load_segmenter("tiled", tmp_path)
+    assert (other.tile, other.overlap) == (tile, 64) and plain.tile != tile
+    image = _loaded(synthetic_fundus.image)
+    crop, _ = crop_for(image, other.input_size)
+    tensor = torch.from_numpy(normalise(crop, card.mean, card.std))
+    with torch.no_grad():
+        expected = predict_tiles(plain.forward, tensor, tile, 64)
+    np.testing.assert_allclose(other.predict(image).probabilities, expected, atol=1e-5)
+    assert np.abs(plain.predict(image).probabilities - expected).max() > 1e-4  # the tiling changes it
+    assert load_segmenter("tiled", tmp_path, input_size=64).tile == 64
+
+
 def test_unreliable_lesion_types_are_greyed_wherever_they_are_shown(tiny_workbench, synthetic_fundus) -> None:
     """A type below the reliability floor is drawn grey and labelled "(unreliable)" on the overlays, and
     its row is greyed in the apps' table and the HTML report; a reliable type keeps its own colour."""
