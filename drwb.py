@@ -59,7 +59,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         print(json.dumps(evaluate_oof(Path(args.oof), Path(args.data)), indent=None if args.json else 1))
         return 0
-    result = evaluate(Path(args.data), args.split, args.task, args.model, profile=args.profile)
+    # a card's figures are its fp32 figures unless asked otherwise (bf16 ones go beside them by hand)
+    precision = args.precision or ("fp32" if args.write_card else None)
+    result = evaluate(
+        Path(args.data), args.split, args.task, args.model, profile=args.profile, precision=precision
+    )
     if args.write_card:
         from training.evaluate import record_in_card
 
@@ -255,6 +259,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--write-card", action="store_true", help="store the metrics in the model's JSON card")
     ev.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="lesion and landmark networks in bf16 where it pays (default: $DRWB_PRECISION, else auto; "
+        "fp32 with --write-card)",
+    )
+    ev.add_argument(
         "--profile",
         choices=["quality", "fast"],
         default="quality",
@@ -313,7 +323,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only",
         nargs="*",
-        help="benchmark names (default: all but the slow 'engines', 'server' and 'runtimes')",
+        help="benchmark names (default: all but the slow 'engines', 'server', 'runtimes' and 'precision')",
     )
     bench.add_argument("--image", help="a JPEG to time instead of the synthetic 4288x2848 one")
     bench.add_argument("--repeats", type=int, default=15)

@@ -36,6 +36,7 @@ from workbench.metrics import (
     scaled_distances,
     segmentation_metrics,
 )
+from workbench.precision import configured_precision, precision_setting
 from workbench.predictors import (
     GRADING_CROP,
     GraderPredictor,
@@ -110,6 +111,7 @@ def _segmentation(
         "n": len(records),
         "profile": profile,
         "crop_px": predictor.input_size,
+        "runtime": predictor.runtime,
     }
 
 
@@ -197,23 +199,33 @@ EVALUATORS = {
 
 
 def evaluate(
-    data: Path, split: str, task: str, model: str | None = None, seed: int = 0, profile: str = "quality"
+    data: Path,
+    split: str,
+    task: str,
+    model: str | None = None,
+    seed: int = 0,
+    profile: str = "quality",
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` (default: the best shipped one of the task's family) on one split.
 
     ``profile`` (segmentation and disc) measures the fast profile's smaller crop; its figures go to the card
-    under ``<split>_fast`` so they never replace the model's own-resolution figures."""
+    under ``<split>_fast`` so they never replace the model's own-resolution figures. ``precision``
+    (``workbench.precision``; default ``$DRWB_PRECISION``) is recorded with the figures; segmentation
+    also records what ran its networks (``runtime``: "pytorch 2.14.1 bf16", say)."""
     if task not in EVALUATORS:
         raise KeyError(f"unknown task {task!r}; valid tasks: {', '.join(EVALUATORS)}")
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}; valid splits: train, val, test")
     arch, fn = EVALUATORS[task]
     name = model or default_model(arch)
-    if task in ("segmentation", "disc"):
-        result = fn(IDRiD(data), split, name, seed, profile)
-        result["card_key"] = split if profile == "quality" else f"{split}_{profile}"
-    else:
-        result = fn(IDRiD(data), split, name, seed)
+    with precision_setting(precision):
+        if task in ("segmentation", "disc"):
+            result = fn(IDRiD(data), split, name, seed, profile)
+            result["card_key"] = split if profile == "quality" else f"{split}_{profile}"
+        else:
+            result = fn(IDRiD(data), split, name, seed)
+        result["precision"] = configured_precision()
     # undefined figures (NaN) become None: null in JSON, "n/a" in tables
     return json_safe({"task": task, "split": split, "model": name, "data": str(data), **result})
 

@@ -7,9 +7,11 @@ One class per model family, each owning its crop size (from the card) and its po
   ``load_segmenter`` also loads the models a card takes some channels from (``extra.channels_from``).
 - ``LocalizerPredictor``: optic-disc and fovea centres with confidences, mapped to original pixels.
 
-All inference is fp32 under ``torch.inference_mode``, on models loaded in channels_last (``load_model``).
-bf16 autocast is not used: 10-100x *slower* on one of this project's CPUs (no AVX-512 BF16), 2-3x faster
-on another but with segmenter logits moved by up to 0.70 (README).
+All inference runs under ``torch.inference_mode`` on fp32 weights loaded in channels_last (``load_model``).
+The forward pass is ``workbench.runtime.forward_for``'s: the graders in ONNX Runtime (fp32), the lesion
+and landmark networks in PyTorch, under bf16 autocast where the CPU has bf16 units and a probe finds it
+faster (``workbench.precision``: 2x on this project's AMX CPU, validated AUPR within 0.01; 10-100x
+*slower* on a CPU without them, where it stays fp32).
 """
 
 from __future__ import annotations

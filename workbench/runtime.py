@@ -8,7 +8,8 @@ temperatures) in ONNX Runtime and every other network in PyTorch. Graders are wh
 forward passes run 2-2.5x faster there (the ensemble 257 -> 104 ms) and every photograph of a batch
 goes through them, while their sessions are small (448-px inputs). The segmenters stay in PyTorch:
 their 512-px tiles and 640-px crops gain only 1.1-1.5x, and every network in ONNX Runtime pushed the
-served app past its memory target. A grader built in memory (no weights file, so nothing to key an
+served app past its memory target; in PyTorch they run in bf16 where the CPU makes it pay
+(``workbench.precision``, ``DRWB_PRECISION``). A grader built in memory (no weights file, so nothing to key an
 export by) stays in PyTorch under ``auto``, and so does any grader whose export fails (a read-only
 cache, say): ``auto`` is an optimisation and never stops a model from loading. ``onnx`` runs every
 network there and raises when it cannot; ``torch`` runs none there.
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from models.card import ModelCard
+from workbench.precision import Bf16Forward, with_precision
 
 __all__ = [
     "RUNTIMES",
@@ -256,22 +258,23 @@ def _export_file(module: nn.Module, size: int, path: Path) -> None:
 
 def runtime_name(forward: Forward) -> str:
     """What runs ``forward`` (from ``forward_for``), with its version, for the record of an analysis:
-    "onnxruntime 1.32.0" or "pytorch 2.14.1"."""
+    "onnxruntime 1.32.0", "pytorch 2.14.1" or, in bf16 (``workbench.precision``), "pytorch 2.14.1 bf16"."""
     if isinstance(forward, OnnxForward):
         import onnxruntime
 
         return f"onnxruntime {onnxruntime.__version__}"
-    return f"pytorch {torch.__version__}"
+    return f"pytorch {torch.__version__}" + (" bf16" if isinstance(forward, Bf16Forward) else "")
 
 
 def forward_for(module: nn.Module, card: ModelCard, runtime: str | None = None) -> Forward:
     """The inference forward of ``module`` in the configured runtime (``configured_runtime``; for "auto"
-    see the module docstring)."""
+    see the module docstring); one left in PyTorch runs at the configured precision
+    (``workbench.precision``: bf16 for the lesion and landmark networks where the CPU makes it pay)."""
     name = configured_runtime(runtime)
     if name == "onnx":
         return OnnxForward(module, card)
     if name == "torch" or card.arch not in AUTO_ONNX_ARCHS or not card.sha256:
-        return module
+        return with_precision(module, card)
     try:
         return OnnxForward(module, card)
     except Exception as error:  # noqa: BLE001 (any exporter or runtime failure: fall back, say why)

@@ -195,6 +195,12 @@ def _bench_runtimes(image_path: Path, repeats: int) -> dict:
     return bench_runtimes(image_path, repeats)
 
 
+def _bench_precision(image_path: Path, repeats: int) -> dict:
+    from workbench.bench.precision import bench_precision
+
+    return bench_precision(image_path, repeats)
+
+
 BENCHMARKS: dict[str, Callable[[Path, int], dict]] = {
     "preprocess_4288_to_512": lambda path, repeats: bench_preprocess(path, 512, repeats),
     "quality_verdict_512": lambda path, repeats: bench_quality(path, repeats),
@@ -208,8 +214,9 @@ BENCHMARKS: dict[str, Callable[[Path, int], dict]] = {
     "engines": bench_engines,
     "server": lambda path, repeats: _bench_server(path, repeats),
     "runtimes": lambda path, repeats: _bench_runtimes(path, repeats),
+    "precision": lambda path, repeats: _bench_precision(path, repeats),
 }
-ON_REQUEST = ("engines", "server", "runtimes")  # minutes each: run only when named
+ON_REQUEST = ("engines", "server", "runtimes", "precision")  # minutes each: run only when named
 
 
 def run_benchmarks(names: list[str] | None = None, image: Path | None = None, repeats: int = 15) -> dict:

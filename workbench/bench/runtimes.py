@@ -10,8 +10,6 @@ the logits), because a faster runtime that changes results would not be the same
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from models.registry import default_model, load_model
+from workbench.bench.timing import alternating_medians
 from workbench.runtime import OnnxForward
 
 __all__ = ["bench_runtimes", "compare_forwards"]
@@ -59,15 +58,9 @@ def compare_forwards(name: str, size: int | None, repeats: int) -> dict[str, Any
     with torch.inference_mode():
         reference = model(batch).float().numpy()
     difference = float(np.abs(onnx(batch).numpy() - reference).max())
-    samples: dict[str, list[float]] = {"torch": [], "onnx": []}
-    for index in range(repeats + 2):
-        for runtime, forward in (("torch", model), ("onnx", onnx)):
-            start = time.perf_counter()
-            with torch.inference_mode():
-                forward(batch)
-            if index >= 2:  # two warm-up rounds
-                samples[runtime].append((time.perf_counter() - start) * 1000)
-    torch_ms, onnx_ms = (statistics.median(samples[k]) for k in ("torch", "onnx"))
+    with torch.inference_mode():
+        medians = alternating_medians({"torch": lambda: model(batch), "onnx": lambda: onnx(batch)}, repeats)
+    torch_ms, onnx_ms = medians["torch"], medians["onnx"]
     return {
         "input_px": side,
         "torch_median_ms": torch_ms,

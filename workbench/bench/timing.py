@@ -6,7 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-__all__ = ["time_call"]
+__all__ = ["alternating_medians", "time_call"]
 
 
 def time_call(fn: Callable[[], object], repeats: int = 15, warmup: int = 2) -> dict[str, float]:
@@ -24,3 +24,18 @@ def time_call(fn: Callable[[], object], repeats: int = 15, warmup: int = 2) -> d
         "max_ms": max(samples),
         "n": repeats,
     }
+
+
+def alternating_medians(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median milliseconds of each of ``calls``, run in turn round after round (after ``warmup`` rounds),
+    so that drift on a shared machine slows every side alike: compare them by the ratio of the medians."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for index in range(warmup + repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            if index >= warmup:
+                samples[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}

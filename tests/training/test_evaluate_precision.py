@@ -1,0 +1,39 @@
+"""`drwb evaluate --precision`: figures say which precision made them; a card's own figures are fp32."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import drwb
+from training.evaluate import evaluate
+
+
+def test_evaluate_records_the_precision_it_ran_in_and_restores_the_setting(
+    synthetic_idrid: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))
+    result = evaluate(synthetic_idrid, "val", "segmentation", "tiny_segmenter", precision="bf16")
+    assert result["precision"] == "bf16" and result["runtime"].endswith(" bf16")
+    assert os.environ["DRWB_PRECISION"] == "fp32"  # the tests' setting, back after the call
+    plain = evaluate(synthetic_idrid, "val", "segmentation", "tiny_segmenter")
+    assert plain["precision"] == "fp32" and not plain["runtime"].endswith(" bf16")
+
+
+def test_write_card_measures_in_fp32_unless_told_otherwise(
+    synthetic_idrid: Path, tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = shutil.copytree(tiny_weights, tmp_path / "weights")
+    monkeypatch.setenv("DRWB_WEIGHTS", str(folder))
+    monkeypatch.setenv("DRWB_PRECISION", "bf16")  # a user's setting for the apps
+    args = ["evaluate", "--data", str(synthetic_idrid), "--task", "segmentation", "--model", "tiny_segmenter"]
+    assert drwb.main([*args, "--write-card"]) == 0
+    recorded = json.loads((folder / "tiny_segmenter.json").read_text())["training"]["evaluation"]["val"]
+    assert recorded["precision"] == "fp32" and not recorded["runtime"].endswith(" bf16")
+    assert drwb.main([*args, "--write-card", "--precision", "bf16"]) == 0
+    recorded = json.loads((folder / "tiny_segmenter.json").read_text())["training"]["evaluation"]["val"]
+    assert recorded["precision"] == "bf16" and recorded["runtime"].endswith(" bf16")
