@@ -43,6 +43,7 @@ _VALUE_FLAGS: tuple[tuple[str, type], ...] = (
     ("sampling", str),
     ("ship-fold", int),
     ("device", str),
+    ("precision", str),
     ("init-from", str),
     ("loader-workers", int),
     ("val-every", int),

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from models.registry import build_model
 from training.checkpoint import initial_state, load_state, save_state
-from training.devices import pick_device, to_device
+from training.devices import pick_device, to_device, trains_in_bf16
 from training.distributed import setup, shard
 from training.export import final_card, parse_inference_tiling, ship_best
 from training.tasks import TASKS
@@ -82,6 +82,7 @@ class TrainConfig:
     stop_after: int = 0  # no epoch beyond this one of the --epochs schedule (a --max-minutes cut, exactly)
     init_from: str = ""  # start from a shipped model's weights (card stem in models/weights), not ImageNet
     device: str = "auto"  # "auto": CUDA when there is one (bf16 autocast, channels_last), else "cpu"
+    precision: str = "auto"  # training steps: "auto" bf16 autocast on CUDA, fp32 on the CPU; "bf16", "fp32"
     loader_workers: int = 0  # DataLoader worker processes for training batches (0: in the main process)
     val_every: int = 1  # validate every N epochs and after the last (0: only after the last)
     guides: str = ""  # grader: lesion-guide file (`drwb prepare-guides`) for attention supervision
@@ -186,7 +187,9 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
     # channels_last everywhere: on CUDA and on this project's CPUs (oneDNN) alike, a training step of
     # lite0 at 448 px measured 197 -> 149 ms per image on 2 cores
     model = model.to(device, memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=trains_in_bf16(cfg.precision, device)
+    )
     if ranks.is_main:  # builds the training cache once; the other ranks read it when it is complete
         train_set, val_set = task.datasets(card)
     ranks.barrier()

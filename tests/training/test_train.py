@@ -171,3 +171,29 @@ def test_inference_tiling_is_checked_before_training_and_written_to_the_card() -
             parse_inference_tiling(bad)
     with pytest.raises(ValueError, match="inference-tiling"):
         train(TrainConfig(task="segmenter", inference_tiling="544x32", data="/nonexistent"))
+
+
+def test_precision_chooses_bf16_training_steps_by_name_and_device() -> None:
+    from training.devices import trains_in_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert trains_in_bf16("auto", cuda) and not trains_in_bf16("auto", cpu)  # the CPU stays fp32 by default
+    assert trains_in_bf16("bf16", cpu) and not trains_in_bf16("fp32", cuda)
+    with pytest.raises(ValueError, match="'auto', 'fp32' or 'bf16'"):
+        trains_in_bf16("fp16", cpu)
+
+
+def test_a_bf16_run_on_the_cpu_trains_other_weights_and_says_so(
+    synthetic_idrid: Path, tmp_path: Path
+) -> None:
+    """--precision bf16 on the CPU really changes the arithmetic (other weights after one epoch than fp32,
+    the same loss within bf16's rounding) and the run's config records it."""
+    from dataclasses import replace
+
+    fp32 = train(_config(synthetic_idrid, tmp_path / "fp32", 1, "segmenter"))
+    bf16 = train(replace(_config(synthetic_idrid, tmp_path / "bf16", 1, "segmenter"), precision="bf16"))
+    a = load_file(str(tmp_path / "fp32/runs/run/state.safetensors"))
+    b = load_file(str(tmp_path / "bf16/runs/run/state.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert bf16["history"][0]["train_loss"] == pytest.approx(fp32["history"][0]["train_loss"], rel=0.05)
+    assert bf16["config"]["precision"] == "bf16"
