@@ -150,3 +150,23 @@ def test_the_precision_benchmark_times_both_sides_on_one_network(
     assert result["input_px"] == 96 and result["fp32_median_ms"] > 0 and result["bf16_median_ms"] > 0
     assert result["bf16_over_fp32"] == pytest.approx(result["bf16_median_ms"] / result["fp32_median_ms"])
     assert 0 <= result["mean_abs_sigmoid_difference"] < 0.01
+
+
+def test_an_analysis_names_the_networks_that_ran_in_bf16(
+    tiny_weights: Path, synthetic_fundus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's runtimes and the summary's model line say which networks ran in bf16 (the graders
+    never: ONNX Runtime, fp32)."""
+    from workbench.analysis import Workbench
+    from workbench.io.image_io import LoadedImage
+    from workbench.ui.summary import summary_markdown
+
+    monkeypatch.setenv("DRWB_PRECISION", "bf16")
+    bench = Workbench(weights_dir=tiny_weights)
+    image = synthetic_fundus.image
+    analysis = bench.analyze(LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png"), force=True)
+    ran_in_bf16 = {role for role, runtime in analysis.runtimes.items() if runtime.endswith(" bf16")}
+    assert ran_in_bf16 == {"segmenter", "localizer", "disc"} and "grader" in analysis.runtimes
+    line = summary_markdown(analysis).rsplit("Models: ", 1)[1]
+    assert f"segmenter {analysis.models['segmenter']} (bf16)" in line
+    assert f"grader {analysis.models['grader']}," in line  # no marker

@@ -176,6 +176,8 @@ class Workbench:
                 "grader": self.grader.runtime,
                 "localizer": self.localizer.runtime,
                 **({"segmenter": self.segmenter.runtime} if self.segment else {}),
+                **({"disc": self.disc.runtime} if self.disc is not None else {}),
+                **({"fovea": self.fovea.runtime} if self.fovea is not None else {}),
             },
         }
         if not prepared.quality.gradeable and not force:

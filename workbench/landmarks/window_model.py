@@ -13,7 +13,7 @@ from models.preprocess import normalise
 from models.window import extract_window, window_matrix
 from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage
-from workbench.runtime import forward_for
+from workbench.runtime import forward_for, runtime_name
 
 __all__ = ["WindowModel"]
 
@@ -25,6 +25,7 @@ class WindowModel:
     def __init__(self, model: nn.Module, card: ModelCard, runtime: str | None = None) -> None:
         self.model, self.card = model.eval(), card
         self.forward = forward_for(self.model, card, runtime)
+        self.runtime = runtime_name(self.forward)
         self.window_r = float(card.extra["window_r"])
 
     def window_transform(self, centre_xy: tuple[float, float], fov: FieldOfView) -> np.ndarray:

@@ -72,6 +72,10 @@ def summary_markdown(analysis: Analysis) -> str:
             f"{RELIABILITY_FLOOR:.2f}): their counts and areas are shown greyed and are not findings."
         )
     timing = ", ".join(f"{k} {v:.0f} ms" for k, v in analysis.timings_ms.items())
-    models = ", ".join(f"{role} {name}" for role, name in analysis.models.items())
+    # a network that ran in bf16 (workbench.precision) says so; the report's "runtimes" has the details
+    models = ", ".join(
+        f"{role} {name}" + (" (bf16)" if analysis.runtimes.get(role, "").endswith(" bf16") else "")
+        for role, name in analysis.models.items()
+    )
     lines.append(f"<small>Models: {models}. Timings: {timing}</small>")
     return "\n\n".join(lines)
