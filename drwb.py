@@ -59,7 +59,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         print(json.dumps(evaluate_oof(Path(args.oof), Path(args.data)), indent=None if args.json else 1))
         return 0
-    # a card's figures are its fp32 figures unless asked otherwise (bf16 ones go beside them by hand)
+    # a card's figures are its fp32 figures: the apps' thresholds and reliability flags are read from them
+    if args.write_card and args.precision not in (None, "fp32"):
+        raise ValueError(
+            "--write-card records the card's own figures, which are fp32; measure other precisions "
+            "without it (a card's training.bf16_check holds its bf16 figures)"
+        )
     precision = args.precision or ("fp32" if args.write_card else None)
     result = evaluate(
         Path(args.data), args.split, args.task, args.model, profile=args.profile, precision=precision

@@ -20,9 +20,9 @@ from workbench.io.synthetic import SyntheticFundus, make_fundus, write_idrid_fol
 # explanation budget (workbench.explain.explainers.budget) would shrink to its floor in every in-process test.
 # The memory-ceiling tests run their Compare in a fresh process without it.
 os.environ.setdefault("DRWB_PROCESS_MEMORY_MB", "16384")
-# "auto" precision (workbench.precision) picks bf16 for the lesion and landmark networks by a timing probe,
-# so on a CPU with bf16 units the tiny models could go either way from run to run; the tests pin fp32
-# (the reference every card's figures are measured in) and the precision tests choose their own.
+# "auto" precision (workbench.precision) runs the lesion and landmark networks in bf16 on a CPU with bf16
+# units, so outputs would differ between machines; the tests pin fp32 (the reference every card's figures
+# are measured in) and the precision tests choose their own.
 os.environ.setdefault("DRWB_PRECISION", "fp32")
 # ONNX exports of the graders (workbench.runtime, the default "auto") go to a folder of this test session,
 # not to the user's ~/.cache; the app servers the tests start inherit it and reuse the exports.

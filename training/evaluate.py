@@ -36,7 +36,7 @@ from workbench.metrics import (
     scaled_distances,
     segmentation_metrics,
 )
-from workbench.precision import configured_precision, precision_setting
+from workbench.precision import bf16_units, configured_precision, precision_setting
 from workbench.predictors import (
     GRADING_CROP,
     GraderPredictor,
@@ -225,7 +225,8 @@ def evaluate(
             result["card_key"] = split if profile == "quality" else f"{split}_{profile}"
         else:
             result = fn(IDRiD(data), split, name, seed)
-        result["precision"] = configured_precision()
+        result["precision"] = configured_precision()  # the setting; bf16 ran where it says auto or bf16
+        result["bf16_units"] = bf16_units()  # and the CPU has these (workbench.precision)
     # undefined figures (NaN) become None: null in JSON, "n/a" in tables
     return json_safe({"task": task, "split": split, "model": name, "data": str(data), **result})
 

@@ -108,7 +108,8 @@ def build_guides(data: Path, cache: Path, out: Path, workers: int = 2) -> Path:
     seg_records = {r.name: r for r in dataset.segmentation("train")}
     seg_of_grading = {g: s for s, g in seg_to_grading(data).items()}
     model, card = load_model("segmenter_lite0")
-    segmenter = SegmenterPredictor(model, card)
+    # fp32 on every machine: the guides are training inputs, and the thresholds below are fp32 figures
+    segmenter = SegmenterPredictor(model, card, precision="fp32")
     thresholds = lesion_thresholds(segmenter_figures(card.training))
     names, guides, sources = [], [], []
     for entry in load_index(grading):

@@ -9,9 +9,9 @@ One class per model family, each owning its crop size (from the card) and its po
 
 All inference runs under ``torch.inference_mode`` on fp32 weights loaded in channels_last (``load_model``).
 The forward pass is ``workbench.runtime.forward_for``'s: the graders in ONNX Runtime (fp32), the lesion
-and landmark networks in PyTorch, under bf16 autocast where the CPU has bf16 units and a probe finds it
-faster (``workbench.precision``: 2x on this project's AMX CPU, validated AUPR within 0.01; 10-100x
-*slower* on a CPU without them, where it stays fp32).
+and landmark networks in PyTorch, under bf16 autocast where the CPU has bf16 units and bf16 agrees with
+fp32 (``workbench.precision``: 1.4-1.9x faster on this project's AMX CPU, validated AUPR within 0.01;
+10-100x *slower* on a CPU without them, where it stays fp32).
 """
 
 from __future__ import annotations
@@ -183,9 +183,10 @@ class SegmenterPredictor:
         input_size: int | None = None,
         donors: Sequence[tuple[SegmenterPredictor, Sequence[str], Sequence[str]]] = (),
         runtime: str | None = None,
+        precision: str | None = None,
     ) -> None:
         self.model, self.card = model.eval(), card
-        self.forward = forward_for(self.model, card, runtime)
+        self.forward = forward_for(self.model, card, runtime, precision)
         self.runtime = runtime_name(self.forward)
         if input_size is None and card.extra.get("tta") == "hflip":
             self.forward = _with_mirror(self.forward)

@@ -266,15 +266,18 @@ def runtime_name(forward: Forward) -> str:
     return f"pytorch {torch.__version__}" + (" bf16" if isinstance(forward, Bf16Forward) else "")
 
 
-def forward_for(module: nn.Module, card: ModelCard, runtime: str | None = None) -> Forward:
+def forward_for(
+    module: nn.Module, card: ModelCard, runtime: str | None = None, precision: str | None = None
+) -> Forward:
     """The inference forward of ``module`` in the configured runtime (``configured_runtime``; for "auto"
     see the module docstring); one left in PyTorch runs at the configured precision
-    (``workbench.precision``: bf16 for the lesion and landmark networks where the CPU makes it pay)."""
+    (``precision``, default ``$DRWB_PRECISION``; ``workbench.precision``: bf16 for the lesion and
+    landmark networks on a CPU with bf16 units)."""
     name = configured_runtime(runtime)
     if name == "onnx":
         return OnnxForward(module, card)
     if name == "torch" or card.arch not in AUTO_ONNX_ARCHS or not card.sha256:
-        return with_precision(module, card)
+        return with_precision(module, card, precision)
     try:
         return OnnxForward(module, card)
     except Exception as error:  # noqa: BLE001 (any exporter or runtime failure: fall back, say why)

@@ -1,4 +1,4 @@
-"""bf16 for the lesion and landmark networks: chosen by name, by the CPU and by a probe; same answers."""
+"""bf16 for the lesion and landmark networks: chosen by name, by the CPU and by an agreement probe."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from workbench.runtime import forward_for, runtime_name
 
 @pytest.fixture(autouse=True)
 def fresh_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test probes anew (decisions are kept per process, keyed by card)."""
-    monkeypatch.setattr(precision, "_DECISIONS", {})
+    """Each test probes anew (agreement is kept per process, keyed by the weights' sha256)."""
+    monkeypatch.setattr(precision, "_AGREES", {})
 
 
 def test_the_precision_is_chosen_by_name_and_a_wrong_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,20 +56,23 @@ def test_auto_keeps_fp32_on_a_cpu_without_bf16_units(
     assert with_precision(model, card, "auto") is model
 
 
-def test_auto_takes_bf16_only_where_the_probe_finds_it_faster(
+def test_auto_takes_bf16_where_the_cpu_has_bf16_units_and_really_computes_in_it(
     tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(precision, "bf16_units", lambda: True)
     model, card = load_model("tiny_localizer", tiny_weights)
-    monkeypatch.setattr(precision, "MIN_SPEEDUP", float("inf"))  # never fast enough
-    assert with_precision(model, card, "auto") is model
-    monkeypatch.setattr(precision, "_DECISIONS", {})
-    monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)  # always fast enough
     forward = with_precision(model, card, "auto")
     assert isinstance(forward, Bf16Forward) and forward.module is model
+    seen: list[torch.dtype] = []
+    convolution = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    handle = convolution.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     x = torch.rand(2, 3, card.input_size, card.input_size)
-    with torch.inference_mode():
-        got, reference = forward(x), model(x)
+    try:
+        with torch.inference_mode():
+            got, reference = forward(x), model(x)
+    finally:
+        handle.remove()
+    assert seen == [torch.bfloat16, torch.float32]  # inside the bf16 forward, then the plain module
     assert got.dtype == torch.float32 and got.shape == reference.shape
     assert float((torch.sigmoid(got) - torch.sigmoid(reference)).abs().mean()) < 0.01
     assert runtime_name(forward) == f"pytorch {torch.__version__} bf16"
@@ -77,30 +80,59 @@ def test_auto_takes_bf16_only_where_the_probe_finds_it_faster(
 
 
 class _BrokenInBf16(nn.Module):
-    """A 1x1 convolution whose output turns to noise under autocast (a broken bf16 kernel, say)."""
+    """A 1x1 convolution whose output turns to noise under autocast (a broken bf16 kernel, say), or with
+    ``fails`` raises there."""
 
-    def __init__(self) -> None:
+    def __init__(self, fails: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 2, 1)
+        self.conv, self.fails, self.calls = nn.Conv2d(3, 2, 1), fails, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x)
-        return out * -50 if torch.is_autocast_enabled("cpu") else out
+        self.calls += 1
+        if not torch.is_autocast_enabled("cpu"):
+            return self.conv(x)
+        if self.fails:
+            raise RuntimeError("no bf16 kernel for this layer")
+        return self.conv(x) * -50
 
 
 def test_a_bf16_forward_that_disagrees_with_fp32_is_never_used(
     tiny_weights: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(precision, "bf16_units", lambda: True)
-    monkeypatch.setattr(precision, "MIN_SPEEDUP", 0.0)
     _, card = load_model("tiny_segmenter", tiny_weights)
     broken = _BrokenInBf16().eval()
     with caplog.at_level("WARNING", logger="workbench.precision"):
         assert with_precision(broken, card, "auto") is broken
     assert "bf16 disagrees with fp32" in caplog.text and card.name in caplog.text
-    monkeypatch.setattr(precision, "_DECISIONS", {})
     with pytest.raises(ValueError, match="DRWB_PRECISION=bf16 cannot be honoured"):
-        with_precision(broken, card, "bf16")
+        with_precision(broken, card, "bf16")  # the same answer from the kept check, forced or not
+
+
+def test_a_bf16_probe_that_fails_keeps_auto_in_fp32_and_refuses_bf16(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """auto never stops a model from loading; a forced bf16 says why it cannot."""
+    monkeypatch.setattr(precision, "bf16_units", lambda: True)
+    _, card = load_model("tiny_segmenter", tiny_weights)
+    failing = _BrokenInBf16(fails=True).eval()
+    with caplog.at_level("WARNING", logger="workbench.precision"):
+        assert with_precision(failing, card, "auto") is failing
+    assert "bf16 failed on its probe" in caplog.text and "no bf16 kernel" in caplog.text
+    with pytest.raises(ValueError, match="bf16 cannot run here"):
+        with_precision(failing, card, "bf16")
+
+
+def test_the_agreement_check_runs_once_per_weights_file(tiny_weights: Path) -> None:
+    _, card = load_model("tiny_segmenter", tiny_weights)
+    module = _BrokenInBf16().eval()
+    for _ in range(3):
+        precision._agrees(module, card)
+    assert module.calls == 2  # one fp32 and one bf16 pass, once
+    unsaved = card.with_updates(sha256="")  # built in memory: nothing to key it by, checked each time
+    precision._agrees(module, unsaved)
+    precision._agrees(module, unsaved)
+    assert module.calls == 6
 
 
 def _photograph(folder: Path, seed: int, size: tuple[int, int] = (356, 536)):
