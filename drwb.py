@@ -266,8 +266,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
-        help="lesion and landmark networks in bf16 where it pays (default: $DRWB_PRECISION, else auto; "
-        "fp32 with --write-card)",
+        help="the lesion and landmark networks' precision (auto: bf16 on a CPU with bf16 units; default: "
+        "$DRWB_PRECISION, else auto; --write-card measures fp32 only)",
     )
     ev.add_argument(
         "--profile",
