@@ -171,6 +171,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_explain_bench(args: argparse.Namespace) -> int:
     from workbench.explain.explain_bench import bench_grader, explain_bench
 
+    if args.write_card and args.grader and Path(args.grader).is_dir():
+        print(
+            "error: --write-card stores the table in a shipped model's card, not in a training run's folder",
+            file=sys.stderr,
+        )
+        return 2
     predictor = bench_grader(args.grader)
     methods = args.methods.split(",")
     result = explain_bench(predictor, Path(args.data), args.split, methods, args.limit, args.sanity_images)
@@ -314,7 +320,11 @@ def _build_parser() -> argparse.ArgumentParser:
     eb.add_argument("--methods", default="attention,gradcam,gradcam++,integrated_gradients")
     eb.add_argument("--limit", type=int, default=0)
     eb.add_argument("--sanity-images", type=int, default=2)
-    eb.add_argument("--grader", help="shipped grader name (default: the best single network)")
+    eb.add_argument(
+        "--grader",
+        help="shipped grader name, or a training run's folder with best.json "
+        "(default: the best single network)",
+    )
     eb.add_argument("--json", action="store_true")
     eb.add_argument(
         "--write-card",

@@ -8,12 +8,17 @@ grader's own explanation and are exposed by ``attention_maps``.
 
 ``forward`` returns one (B, 8) tensor: DR logits in columns 0-4, DME logits in columns 5-7. A single
 tensor (rather than a tuple) lets Grad-CAM and captum select a target by column index.
+
+A grader may also attend at a finer stride (``FineAttention``, card ``extra.fine_attention``): its maps
+are then 4x finer than the final feature map (56 cells across at 448 px instead of 14), and they are the
+weights that pool what the heads read, so a finer map is still the network's own evidence.
 """
 
 from __future__ import annotations
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
@@ -22,7 +27,7 @@ from models.card import ModelCard
 from models.constants import DME_NAMES, DR_GRADE_NAMES
 from models.pretrained import LITE0_ENCODERS, load_lite0_into
 
-__all__ = ["AttentionPool", "Grader", "NUM_DME", "NUM_DR", "grader_card"]
+__all__ = ["AttentionPool", "FineAttention", "Grader", "NUM_DME", "NUM_DR", "grader_card"]
 
 NUM_DR = len(DR_GRADE_NAMES)
 NUM_DME = len(DME_NAMES)
@@ -49,6 +54,59 @@ class AttentionPool(nn.Module):
         return pooled, attention[:, 0]
 
 
+class FineAttention(nn.Module):
+    """One attention map per disease at an earlier stage's stride (8 for lite0: 56 cells at 448 px).
+
+    Each map is a softmax over the fine grid of (a small network's score of the fine features) + (the
+    coarse pool's score, nearest-upsampled). It pools twice, and both feed the heads:
+    - the final feature map, each coarse cell weighted by the attention summed over its fine cells;
+    - a projection of the fine features, weighted cell by cell (``fine_logits`` reads it).
+    The score network's last layer and ``dr_head`` / ``dme_head`` start at zero, so a grader given this
+    module computes exactly what it computed without it, and training moves from there.
+
+    Args:
+        in_channels: channels of the fine feature map.
+        num_dr, num_dme: classes per head.
+        width: channels of the fine projection.
+    """
+
+    def __init__(self, in_channels: int, num_dr: int, num_dme: int, width: int = 64) -> None:
+        super().__init__()
+        self.score = nn.Sequential(
+            nn.Conv2d(in_channels, 32, kernel_size=3, padding=1), nn.ReLU(), nn.Conv2d(32, 2, kernel_size=1)
+        )
+        nn.init.zeros_(self.score[-1].weight)
+        nn.init.zeros_(self.score[-1].bias)
+        self.project = nn.Sequential(nn.Conv2d(in_channels, width, kernel_size=1), nn.ReLU6())
+        self.dr_head = nn.Linear(width, num_dr)
+        self.dme_head = nn.Linear(width, num_dme)
+        for head in (self.dr_head, self.dme_head):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(
+        self, fine: torch.Tensor, coarse_scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fine features (B, Cf, H, W), coarse scores (B, 2, h, w) -> attention (B, 2, H, W), its mass
+        per coarse cell (B, 2, h, w) and the fine features pooled per disease (B, 2, width)."""
+        batch, _, height, width = fine.shape
+        up = F.interpolate(coarse_scores.float(), size=(height, width), mode="nearest")
+        scores = self.score(fine).float() + up
+        attention = torch.softmax(scores.flatten(2), dim=2).view(batch, 2, height, width)
+        # mass per coarse cell: block sums where the grids nest (448 px: 4x4 fine cells per coarse cell);
+        # elsewhere an area average, renormalised so that it is still a distribution
+        rows, cols = coarse_scores.shape[-2:]
+        scale = height // rows
+        if (height, width) == (rows * scale, cols * scale):
+            cells = F.avg_pool2d(attention, scale) * (scale * scale)
+        else:
+            cells = F.adaptive_avg_pool2d(attention, (rows, cols))
+            cells = cells / cells.flatten(2).sum(dim=2)[..., None, None]
+        projected = self.project(fine)
+        pooled = torch.einsum("bkhw,bchw->bkc", attention.to(projected.dtype), projected)
+        return attention.to(fine.dtype), cells.to(fine.dtype), pooled
+
+
 class Grader(nn.Module):
     """timm backbone + DR head + DME head, each with its own attention pooling.
 
@@ -67,6 +125,7 @@ class Grader(nn.Module):
         temperature: tuple[float, float] = (1.0, 1.0),
         layer_scale_init: float | None = None,
         neck_channels: int | None = None,
+        fine_stride: int | None = None,
     ) -> None:
         super().__init__()
         # Temperature scaling of the DR and DME logits (fitted after training on out-of-fold logits,
@@ -95,33 +154,78 @@ class Grader(nn.Module):
         self.dr_head = nn.Linear(channels, num_dr)
         self.dme_head = nn.Linear(channels, num_dme)
         self.num_dr = num_dr
+        # optional attention at a finer stride (``FineAttention``): the backbone stage whose output
+        # reduces the input ``fine_stride`` times feeds it
+        self.fine: FineAttention | None = None
+        self.fine_index = -1
+        if fine_stride:
+            stages = [
+                i for i, info in enumerate(self.backbone.feature_info) if info["reduction"] == fine_stride
+            ]
+            if not stages:
+                raise ValueError(f"{encoder} has no stage at stride {fine_stride} for fine attention")
+            self.fine_index = stages[-1]
+            in_channels = self.backbone.feature_info[self.fine_index]["num_chs"]
+            self.fine = FineAttention(in_channels, num_dr, num_dme)
+
+    def backbone_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 3, S, S) -> the final feature map (through the neck) and, with fine attention, the fine
+        stage's map (else None), from one pass through the backbone."""
+        if self.fine is None:
+            return self.forward_features(x), None
+        final, (fine,) = self.backbone.forward_intermediates(x, indices=[self.fine_index])
+        return self.neck(final), fine
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised RGB -> (B, C, h, w) feature map (through the neck, if any)."""
         return self.neck(self.backbone.forward_features(x))
 
+    def _pool(
+        self, features: torch.Tensor, fine: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Pooled DR and DME features, their attention maps, and the fine heads' logits (or None)."""
+        if self.fine is None or fine is None:
+            dr, dr_attention = self.dr_pool(features)
+            dme, dme_attention = self.dme_pool(features)
+            return dr, dme, dr_attention, dme_attention, None
+        coarse = torch.cat([self.dr_pool.score(features), self.dme_pool.score(features)], dim=1)
+        attention, cells, pooled = self.fine(fine, coarse)
+        dr = (features * cells[:, :1]).sum(dim=(2, 3))
+        dme = (features * cells[:, 1:]).sum(dim=(2, 3))
+        fine_logits = torch.cat(
+            [self.fine.dr_head(self.dropout(pooled[:, 0])), self.fine.dme_head(self.dropout(pooled[:, 1]))],
+            dim=1,
+        )
+        return dr, dme, attention[:, 0], attention[:, 1], fine_logits
+
     def forward_head(
-        self, features: torch.Tensor, with_attention: bool = False
+        self, features: torch.Tensor, with_attention: bool = False, fine: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C, h, w) -> (B, num_dr + num_dme) logits; with ``with_attention`` also the DR and DME
-        attention maps (B, h, w), for training losses that supervise them."""
-        dr, dr_attention = self.dr_pool(features)
-        dme, dme_attention = self.dme_pool(features)
-        dr_logits = self.dr_head(self.dropout(dr)) / self.temperature[0]
-        dme_logits = self.dme_head(self.dropout(dme)) / self.temperature[1]
-        logits = torch.cat([dr_logits, dme_logits], dim=1)
+        """(B, C, h, w) (and the fine stage's map, for a grader with fine attention) -> (B, num_dr +
+        num_dme) logits; with ``with_attention`` also the DR and DME attention maps, for training losses
+        that supervise them."""
+        dr, dme, dr_attention, dme_attention, fine_logits = self._pool(features, fine)
+        logits = torch.cat([self.dr_head(self.dropout(dr)), self.dme_head(self.dropout(dme))], dim=1)
+        if fine_logits is not None:
+            logits = logits + fine_logits.to(logits.dtype)
+        logits = torch.cat(
+            [logits[:, : self.num_dr] / self.temperature[0], logits[:, self.num_dr :] / self.temperature[1]],
+            dim=1,
+        )
         return (logits, dr_attention, dme_attention) if with_attention else logits
 
     def forward(
         self, x: torch.Tensor, with_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits (B, 8); ``with_attention`` adds the attention maps (one forward, as DDP needs)."""
-        return self.forward_head(self.forward_features(x), with_attention)
+        features, fine = self.backbone_features(x)
+        return self.forward_head(features, with_attention, fine=fine)
 
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-disease attention, {"dr": (B, h, w), "dme": (B, h, w)}, each summing to 1 over the map."""
-        features = self.forward_features(x)
-        return {"dr": self.dr_pool(features)[1], "dme": self.dme_pool(features)[1]}
+        """Per-disease attention, {"dr": (B, h, w), "dme": (B, h, w)}, each summing to 1 over the map
+        (the fine grid for a grader with fine attention)."""
+        _, _, dr, dme, _ = self._pool(*self.backbone_features(x))
+        return {"dr": dr, "dme": dme}
 
     def split_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return logits[:, : self.num_dr], logits[:, self.num_dr :]
@@ -136,6 +240,7 @@ def _create_grader(card: ModelCard) -> Grader:
         temperature=(float(temperature.get("dr", 1.0)), float(temperature.get("dme", 1.0))),
         layer_scale_init=card.extra.get("layer_scale_init"),
         neck_channels=card.extra.get("neck_channels"),
+        fine_stride=(card.extra.get("fine_attention") or {}).get("stride"),
     )
     if card.extra.get("imagenet_init", False):
         if card.encoder not in LITE0_ENCODERS:

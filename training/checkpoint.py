@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["initial_state", "load_state", "save_state"]
+__all__ = ["initial_state", "load_initial", "load_state", "save_state"]
 
 
 def save_state(
@@ -53,6 +53,17 @@ def load_state(
     opt_state["state"] = state
     optimizer.load_state_dict(opt_state)
     return json.loads(path.with_suffix(".json").read_text())
+
+
+def load_initial(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``initial_state`` into ``model``. Only a part the source cannot have may be missing: a new
+    fine-attention module (``fine.*``, which starts as a no-op); anything else missing or extra raises."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fine.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"the initial weights do not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def initial_state(source: str, fold: int) -> dict[str, torch.Tensor]:

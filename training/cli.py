@@ -63,6 +63,7 @@ _VALUE_FLAGS: tuple[tuple[str, type], ...] = (
     ("channels-from", str),
     ("inference-tiling", str),
     ("fold", int),
+    ("fine-attention", int),
 )
 # on/off flags and their help
 _SWITCHES: tuple[tuple[str, str], ...] = (
@@ -71,6 +72,7 @@ _SWITCHES: tuple[tuple[str, str], ...] = (
     ("refit", "with --folds: train only the refit on all images"),
     ("unlabelled", "grader: add segmentation-only photographs"),
     ("no-norm-decay", "no weight decay on 1-D parameters"),
+    ("freeze-backbone", "grader: train only the attention pools and heads"),
     ("mirror-tiles", "segmenter: at inference each tile's logits are averaged with its mirror's (extra.tta)"),
     (
         "reuse-teacher-head",

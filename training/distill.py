@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from models.card import ModelCard
-from models.registry import build_model
+from models.registry import build_model, load_model
 
 __all__ = ["HintDistiller", "distillation_loss", "hint_loss", "load_run_model"]
 
@@ -55,8 +55,17 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def load_run_model(folder: Path) -> tuple[nn.Module, ModelCard]:
-    """The ``best`` weights of a training run folder (``best.json`` + ``best.safetensors``), in eval mode."""
+    """The ``best`` weights of a training run folder (``best.json`` + ``best.safetensors``), in eval mode;
+    a name that is no such folder is a shipped grader's card stem (for example a grader that teaches its
+    own new head to keep what it says), loaded hash-checked and with its temperature set to 1, so that it
+    gives the raw logits a run's model gives (temperatures are fitted after training)."""
     folder = Path(folder)
+    if not (folder / "best.json").is_file():
+        model, card = load_model(str(folder))
+        if "members" in card.extra:
+            raise ValueError(f"{folder} is an ensemble: a teacher model is one network")
+        model.temperature.fill_(1.0)
+        return model.float().eval(), card
     card = ModelCard.read(folder / "best.json")
     model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
     model.load_state_dict(load_file(str(folder / "best.safetensors")))
@@ -164,8 +173,8 @@ class HintDistiller:
         neck output and the teacher's final feature map, area-resampled to the student's grid (SimKD).
         """
         with torch.no_grad():
-            features = self.teacher.forward_features(self._teacher_input(images))
-            logits = self.teacher.forward_head(features).float()
+            features, fine = self.teacher.backbone_features(self._teacher_input(images))
+            logits = self.teacher.forward_head(features, fine=fine).float()
         losses = [
             hint_loss(self.projections[str(s)](self._student_maps[s]), self._teacher_maps[s])
             for s in HINT_STRIDES

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from models.registry import build_model
-from training.checkpoint import initial_state, load_state, save_state
+from training.checkpoint import initial_state, load_initial, load_state, save_state
 from training.devices import pick_device, to_device, trains_in_bf16
 from training.distributed import setup, shard
 from training.export import final_card, parse_inference_tiling, ship_best
@@ -68,6 +68,8 @@ class TrainConfig:
     ship_fold: int = -1  # with --folds: ship this fold's model instead of training a refit on all images
     select: str = "best"  # "best" validation epoch, or "last" (fixed schedule: never peeks at held-out data)
     freeze_blocks: int = 0  # grader: keep the stem and the first N block stages at their ImageNet values
+    freeze_backbone: bool = False  # grader: train only the pools and heads (with --init-from: a new head)
+    fine_attention: int = 0  # grader: > 0 attends at this stride too (models.classifier.FineAttention)
     ordinal_weight: float = 0.0  # grader: weight of the expected-grade regression term (ordinal-aware)
     sampling: str = "mild3"  # grader: "mild3" (grade 1 shown 3x) or "sqrt" (class-balanced by 1/sqrt(n))
     seed: int = 0
@@ -147,7 +149,16 @@ def _param_groups(params: list[nn.Parameter], cfg: TrainConfig) -> list[dict[str
 
 
 # settings that decide which tensors the saved optimiser state belongs to: a resume must not change them
-_STATE_SHAPING = ("task", "backbone", "teacher_model", "reuse_teacher_head", "no_norm_decay", "freeze_blocks")
+_STATE_SHAPING = (
+    "task",
+    "backbone",
+    "teacher_model",
+    "reuse_teacher_head",
+    "no_norm_decay",
+    "freeze_blocks",
+    "freeze_backbone",
+    "fine_attention",
+)
 
 
 def _check_resumable(path: Path, cfg: TrainConfig) -> None:
@@ -181,7 +192,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         parse_inference_tiling(cfg.inference_tiling)  # a typo fails now, not after the training
     model = build_model(card)
     if cfg.init_from:
-        model.load_state_dict(initial_state(cfg.init_from, cfg.fold))
+        load_initial(model, initial_state(cfg.init_from, cfg.fold))
     task.prepare_model(model)
     device = pick_device(cfg.device)
     # channels_last everywhere: on CUDA and on this project's CPUs (oneDNN) alike, a training step of

@@ -93,7 +93,7 @@ def models_markdown(folder: Path | None = None) -> str:
         if m.get("dr_qwk") is not None and m["dr_qwk"] < WEAK_QWK:
             notes = [f"**weak** (QWK below {WEAK_QWK})"]
         if supervision_note(card):
-            notes.append("attention maps lesion-supervised (not unprompted evidence)")
+            notes.append(f"attention maps {supervision_note(card)} (not unprompted evidence)")
         note = "; ".join(notes)
         ece, crossed = ((m.get("ece") or {}).get(k) for k in ("dr_after", "dr_after_cross_fitted"))
         ece_cell = "n/a" if ece is None else f"{ece:.3f}"
@@ -192,7 +192,7 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
             continue
         for method, stats in bench["methods"].items():
             label = (
-                f"{method} (lesion-supervised)"
+                f"{method} ({supervision_note(card)})"
                 if method == "attention" and supervision_note(card)
                 else method
             )

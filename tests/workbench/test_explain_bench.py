@@ -73,3 +73,37 @@ def test_unlabelled_inputs_count_as_seen_by_the_rule_training_used(synthetic_idr
         r.name for r in records
     }
     assert len(_seen_by_grader(dataset, GraderPredictor(nn.Identity(), plain), records)) < len(records)
+
+
+def test_explain_bench_scores_a_training_runs_folder_and_will_not_write_it_into_a_card(
+    synthetic_idrid: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--grader runs/NAME/foldK``: a fold model (best.json + best.safetensors) is scored as it is; its
+    table cannot go into a shipped card, and saying so leaves the run folder as it was."""
+    import torch
+    from safetensors.torch import save_file
+
+    from drwb import main
+    from models.classifier import grader_card
+    from models.registry import build_model
+    from workbench.explain.explain_bench import bench_grader
+
+    run = tmp_path / "fold0"
+    run.mkdir()
+    card = grader_card("test_convnext", 64, name="test_tiny_cls", fine_attention={"stride": 8})
+    torch.manual_seed(0)
+    model = build_model(card)
+    save_file(model.state_dict(), str(run / "best.safetensors"))
+    (run / "best.json").write_text(card.to_json())
+    predictor = bench_grader(str(run))
+    assert predictor.model.fine is not None  # the run's own card built it
+    torch.testing.assert_close(
+        predictor.model.state_dict()["fine.project.0.weight"], model.fine.project[0].weight
+    )
+    result = explain_bench(predictor, synthetic_idrid, "train", ["attention"], limit=1, sanity_images=0)
+    assert result["grader"] == str(run / "best") and result["methods"]["attention"]["pointing_game"]["n"] <= 1
+    before = sorted(p.name for p in run.iterdir())
+    args = ["explain-bench", "--data", str(synthetic_idrid), "--grader", str(run), "--write-card"]
+    assert main(args) == 2
+    assert "training run's folder" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before

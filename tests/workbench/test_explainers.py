@@ -11,6 +11,7 @@ from models.card import ModelCard
 from models.classifier import grader_card
 from models.registry import build_model
 from workbench.explain.explainers import EXPLAINERS, ExplainableModel, get_explainer
+from workbench.explain.notes import supervision_note
 from workbench.targets import DMETarget, GradeTarget, LesionTarget, ReferableTarget, parse_target
 
 
@@ -174,3 +175,6 @@ def test_lesion_supervised_attention_says_so_in_captions_reports_and_the_models_
     card = replace(tiny.card, weights="tiny.safetensors", training=recipe)
     (tmp_path / "tiny.json").write_text(card.to_json())
     assert "lesion-supervised" in models_markdown(tmp_path)
+    # a fine attention map says its stride, so nobody takes it for the 32-px grid
+    fine_card = replace(card, extra={**card.extra, "fine_attention": {"stride": 8}})
+    assert supervision_note(fine_card) == "lesion-supervised, stride 8"

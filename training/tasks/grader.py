@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from models.card import ModelCard
 from models.classifier import NUM_DR, grader_card
+from models.registry import weights_dir
 from training.augment import AugmentConfig
 from training.data import GradingData
 from training.distill import HintDistiller, distillation_loss, load_run_model
@@ -40,6 +41,7 @@ class GraderTask(TrainTask):
             imagenet_init=lite and not self.cfg.no_pretrained,
             **({"layer_scale_init": self.cfg.layer_scale_init} if self.cfg.layer_scale_init else {}),
             **({"neck_channels": self._teacher_channels()} if self.cfg.reuse_teacher_head else {}),
+            **({"fine_attention": {"stride": self.cfg.fine_attention}} if self.cfg.fine_attention else {}),
         )
 
     def _teacher_source(self) -> Path:
@@ -56,7 +58,11 @@ class GraderTask(TrainTask):
         its DR head in the weights file (nothing loaded)."""
         if not self.cfg.teacher_model:
             raise ValueError("--reuse-teacher-head needs --teacher-model")
-        with safe_open(str(self._teacher_source() / "best.safetensors"), "pt") as weights:
+        path = self._teacher_source() / "best.safetensors"
+        if not path.is_file():  # a shipped model's card stem (training.distill.load_run_model)
+            card = ModelCard.read(weights_dir() / f"{self._teacher_source()}.json")
+            path = weights_dir() / card.weights
+        with safe_open(str(path), "pt") as weights:
             return int(weights.get_slice("dr_head.weight").get_shape()[1])
 
     def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
@@ -159,6 +165,18 @@ class GraderTask(TrainTask):
                 f"layer scale starts at {cfg.layer_scale_init or 'timm default'}; "
                 + ("no weight decay on biases, norms and layer scales" if cfg.no_norm_decay else "")
             ).strip("; ")
+        if cfg.fine_attention:
+            out["fine_attention"] = (
+                f"attention at stride {cfg.fine_attention} as well (models.classifier.FineAttention): the "
+                "score of the fine features plus the coarse pool's score, softmax over the fine grid; it "
+                "pools the final features per coarse cell and a projection of the fine features, and both "
+                "feed the heads"
+            )
+        if cfg.freeze_backbone:
+            out["frozen_backbone"] = (
+                f"the backbone{' of ' + cfg.init_from if cfg.init_from else ''} stays as it was: only the "
+                "attention pools and heads train"
+            )
         if cfg.unlabelled:
             out["unlabelled_inputs"] = (
                 "segmentation-only IDRiD photographs (no grade): teacher and guide only"
@@ -166,8 +184,13 @@ class GraderTask(TrainTask):
         return out
 
     def prepare_model(self, model: nn.Module) -> None:
-        for module in _frozen_modules(model, self.cfg.freeze_blocks):
+        for module in self._frozen(model):
             module.requires_grad_(False)
+
+    def _frozen(self, model: nn.Module) -> list[nn.Module]:
+        if self.cfg.freeze_backbone:
+            return [model.backbone, model.neck]
+        return _frozen_modules(model, self.cfg.freeze_blocks)
 
     def attach(self, model: nn.Module, device: torch.device) -> nn.Module | None:
         """With ``--teacher-model``: the frozen online teacher of this fold and the hint projections."""
@@ -195,7 +218,7 @@ class GraderTask(TrainTask):
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
-        for module in _frozen_modules(model, self.cfg.freeze_blocks):
+        for module in self._frozen(model):
             module.eval()  # frozen batch norms keep their ImageNet statistics
 
     def _weights(self) -> torch.Tensor:

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.torch import load_file
 from tqdm import tqdm
 
+from models.card import ModelCard
 from models.constants import LESION_CODES
-from models.registry import default_model, load_model
+from models.registry import build_model, default_model, load_model
 from workbench.explain.explainers import ExplainableModel, get_explainer
 from workbench.explain.explanation_quality import randomisation_correlation, randomised_copy
 from workbench.explain.scoring import (
@@ -73,7 +75,18 @@ def _seen_by_grader(dataset: IDRiD, predictor: GraderPredictor, records: list) -
 
 def bench_grader(name: str | None = None) -> GraderPredictor:
     """The grader whose explanations the bench scores: ``name``, else the best single network (the bench
-    scores one network's maps; an ensemble is explained through its members)."""
+    scores one network's maps; an ensemble is explained through its members).
+
+    ``name`` may also be a training run's folder (``best.json`` + ``best.safetensors``, for example one
+    fold of a ``--folds`` run): its card says which images it trained on, so ``--split val`` scores the
+    segmentation photographs it never saw.
+    """
+    folder = Path(name) if name else None
+    if folder is not None and (folder / "best.json").is_file():
+        card = ModelCard.read(folder / "best.json").with_updates(weights=str(folder / "best.safetensors"))
+        model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+        model.load_state_dict(load_file(str(folder / "best.safetensors")))
+        return GraderPredictor(model, card)
     return GraderPredictor(*load_model(name or default_model("grader", ensembles=False)))
 
 

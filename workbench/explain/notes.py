@@ -10,6 +10,10 @@ __all__ = ["supervision_note"]
 
 def supervision_note(card: ModelCard) -> str:
     """The note "lesion-supervised" when the grader's attention was trained towards lesions (its card's
-    ``training.recipe.attention_supervision``), else an empty string."""
+    ``training.recipe.attention_supervision``), with the stride of a fine attention map (``extra.
+    fine_attention``: "lesion-supervised, stride 8"), else an empty string."""
     recipe = card.training.get("recipe") or {}
-    return "lesion-supervised" if recipe.get("attention_supervision") else ""
+    if not recipe.get("attention_supervision"):
+        return ""
+    fine = card.extra.get("fine_attention") or {}
+    return f"lesion-supervised, stride {fine['stride']}" if fine.get("stride") else "lesion-supervised"
