@@ -184,7 +184,9 @@ class Grader(nn.Module):
         self, features: torch.Tensor, fine: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Pooled DR and DME features, their attention maps, and the fine heads' logits (or None)."""
-        if self.fine is None or fine is None:
+        if self.fine is not None and fine is None:
+            raise ValueError("this grader attends at a finer stride: pass its fine map (backbone_features)")
+        if self.fine is None:
             dr, dr_attention = self.dr_pool(features)
             dme, dme_attention = self.dme_pool(features)
             return dr, dme, dr_attention, dme_attention, None

@@ -30,6 +30,7 @@ __all__ = [
     "held_out_fold_key",
     "list_shipped",
     "load_model",
+    "load_run",
     "register_model",
     "save_model",
     "weights_dir",
@@ -110,6 +111,16 @@ def load_model(name: str, folder: Path | None = None) -> tuple[nn.Module, ModelC
     # activation gradients only; training starts from a copy of the state). README "Speed and memory".
     model.requires_grad_(False)
     return model.to(memory_format=torch.channels_last).eval(), card
+
+
+def load_run(folder: Path) -> tuple[nn.Module, ModelCard]:
+    """The ``best`` weights of a training run's folder (``best.json`` + ``best.safetensors``, for example
+    one fold of a ``--folds`` run) and its card, in eval mode (no hash: a run's card records none)."""
+    folder = Path(folder)
+    card = ModelCard.read(folder / "best.json")
+    model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
+    model.load_state_dict(load_file(str(folder / "best.safetensors")))
+    return model.eval(), card
 
 
 def _ensemble_of_members(name: str, card: ModelCard, folder: Path) -> ensemble.GraderEnsemble:

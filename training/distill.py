@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from models.card import ModelCard
-from models.registry import build_model, load_model
+from models.registry import load_model, load_run
 
 __all__ = ["HintDistiller", "distillation_loss", "hint_loss", "load_run_model"]
 
@@ -66,10 +65,7 @@ def load_run_model(folder: Path) -> tuple[nn.Module, ModelCard]:
             raise ValueError(f"{folder} is an ensemble: a teacher model is one network")
         model.temperature.fill_(1.0)
         return model.float().eval(), card
-    card = ModelCard.read(folder / "best.json")
-    model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
-    model.load_state_dict(load_file(str(folder / "best.safetensors")))
-    return model.eval(), card
+    return load_run(folder)
 
 
 def _hint_modules(backbone: nn.Module) -> dict[int, nn.Module]:

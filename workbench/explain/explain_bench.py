@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import load_file
 from tqdm import tqdm
 
-from models.card import ModelCard
 from models.constants import LESION_CODES
-from models.registry import build_model, default_model, load_model
+from models.registry import default_model, load_model, load_run
 from workbench.explain.explainers import ExplainableModel, get_explainer
 from workbench.explain.explanation_quality import randomisation_correlation, randomised_copy
 from workbench.explain.scoring import (
@@ -83,10 +81,8 @@ def bench_grader(name: str | None = None) -> GraderPredictor:
     """
     folder = Path(name) if name else None
     if folder is not None and (folder / "best.json").is_file():
-        card = ModelCard.read(folder / "best.json").with_updates(weights=str(folder / "best.safetensors"))
-        model = build_model(card.with_updates(extra={**card.extra, "imagenet_init": False}))
-        model.load_state_dict(load_file(str(folder / "best.safetensors")))
-        return GraderPredictor(model, card)
+        model, card = load_run(folder)
+        return GraderPredictor(model, card.with_updates(weights=str(folder / "best.safetensors")))
     return GraderPredictor(*load_model(name or default_model("grader", ensembles=False)))
 
 
