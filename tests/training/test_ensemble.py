@@ -228,7 +228,8 @@ def test_each_profile_grades_with_its_default_and_a_forward_pass_holds_every_mem
     assert (
         isinstance(quality.grader.forward, OnnxForward) and in_torch.grader.forward is in_torch.grader.model
     )
-    x = torch.rand(2, 3, 448, 448) * 4 - 2
+    side = quality.grader.card.input_size  # a grader's graph takes its own input size (workbench.runtime)
+    x = torch.rand(2, 3, side, side) * 4 - 2
     with torch.inference_mode():
         expected = in_torch.grader.model(x).numpy()
     assert np.abs(quality.grader.forward(x).numpy() - expected).max() < 1e-4

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import load_model
+from models.classifier import grader_card
+from models.registry import build_model, load_model
 from workbench.io.image_io import load_image
 from workbench.io.synthetic import make_fundus
 from workbench.predictors import (
@@ -132,6 +133,37 @@ def test_predictors_give_the_same_answers_in_either_runtime(
     assert np.abs(seg_t - seg_o).max() < 1e-4
     assert np.allclose(marks_t.od_xy, marks_o.od_xy, atol=0.05)
     assert np.allclose(marks_t.fovea_xy, marks_o.fovea_xy, atol=0.05)
+
+
+def test_a_grader_graph_pads_by_constants_that_onnx_runtime_folds_into_its_convolutions(
+    cache: Path, tmp_path: Path
+) -> None:
+    """A TF-ported backbone pads its stride-2 layers by an amount computed from the input at every call
+    (timm ``Conv2dSame``); a grader only ever sees its input size, so its export pads by constants, which
+    ONNX Runtime fuses into the convolutions (no Pad left). The module itself keeps its layers."""
+    import onnx
+    import onnxruntime as ort
+    from timm.layers.conv2d_same import Conv2dSame
+
+    card = grader_card("tf_efficientnet_lite0", 64, imagenet_init=False).with_updates(sha256="ab" * 32)
+    model = build_model(card).eval()
+    assert sum(isinstance(m, Conv2dSame) for m in model.modules()) == 5
+
+    def pads_left(forward: OnnxForward) -> int:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+        ort.InferenceSession(str(forward.path), options, providers=["CPUExecutionProvider"])
+        return sum(node.op_type == "Pad" for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+    grader = OnnxForward(model, card)
+    assert pads_left(grader) == 0
+    assert sum(isinstance(m, Conv2dSame) for m in model.modules()) == 5  # the module is left as it was
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert np.abs(grader(x).numpy() - model(x).numpy()).max() < 1e-5
+    # the same network as another arch keeps its sizes dynamic, so its padding stays a Pad per layer
+    assert pads_left(OnnxForward(model, card.with_updates(arch="localizer"))) == 5
 
 
 def test_an_edited_card_or_an_unsaved_model_never_reuses_an_export(tiny_weights: Path, cache: Path) -> None:
