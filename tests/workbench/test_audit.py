@@ -182,3 +182,27 @@ def test_dme_and_joint_accuracy_carry_intervals_over_dme_labelled_images() -> No
         low, high = grading["ci95"][key]
         assert low < grading[key] < high and high - low < 0.5, (key, low, grading[key], high)
     assert grading["dme_labelled"] == 45
+
+
+@pytest.mark.parametrize("referable", [True, False])
+def test_a_cohort_of_one_referral_class_gets_its_report(tmp_path: Path, referable: bool) -> None:
+    """Every image referable (a referral clinic) or none: no specificity (or sensitivity) exists; the
+    figures say n/a and the plots and the HTML report are still made."""
+    from workbench.reports.audit import GradedImage
+    from workbench.reports.audit.figures import audit_figures
+    from workbench.reports.audit.report import audit_plots, write_audit_report
+
+    graded = []
+    for i in range(12):
+        dr = (2 + i % 3) if referable else i % 2
+        p_dr = np.full(5, 0.05)
+        p_dr[(dr + i % 2) % 5] = 0.8
+        graded.append(
+            GradedImage(f"i{i}", Path(f"i{i}.png"), dr, 0, True, (), "", p_dr, np.array([0.8, 0.1, 0.1]))
+        )
+    figures = audit_figures(graded)
+    missing = "specificity" if referable else "sensitivity"
+    assert figures["grading"][f"referable_{missing}"] is None
+    assert set(audit_plots(figures)) >= {"roc", "reliability"}
+    written = write_audit_report(figures, graded, {}, tmp_path / "report", tmp_path / "audit.html")
+    assert "n/a" in written["html"].read_text()

@@ -43,7 +43,8 @@ def audit_plots(figures: dict[str, Any]) -> dict[str, go.Figure]:
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "#999"})
     )
     for point in figures["operating_points"]:
-        if point["sensitivity"] is not None:
+        # a cohort of one class (a referral clinic's: every image referable) has no specificity
+        if point["sensitivity"] is not None and point["specificity"] is not None:
             fig.add_trace(
                 go.Scatter(
                     x=[1 - point["specificity"]],
