@@ -131,7 +131,8 @@ shown = shown[~graded | shown["dr_grade"].between(*grade_range)]
 st.dataframe(shown, hide_index=True, use_container_width=True)
 st.download_button("Download CSV", shown.to_csv(index=False), "drwb_grades.csv", "text/csv")
 for _, row in shown[shown["error"].notna()].iterrows():
-    st.error(f"{row['file']}: {row['error']}")
+    message = str(row["error"])  # a load error already names the file
+    st.error(message if message.startswith(str(row["file"])) else f"{row['file']}: {message}")
 
 choices = [name for name in shown["file"] if analyses[st.session_state["order"][name]][0] is not None]
 if choices:

@@ -90,6 +90,11 @@ def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) 
         rows = {Path(r["file"]).name: r for r in csv.DictReader(handle)}
     assert rows["broken.jpg"]["status"] == "error" and "truncated or corrupt" in rows["broken.jpg"]["error"]
     assert len(rows["broken.jpg"]["sha256"]) == 64  # the content hash that makes batch runs resumable
+    assert all(
+        bool(r["quality_reasons"]) is (r["gradeable"] == "False")
+        for r in rows.values()
+        if r["status"] == "ok"
+    )
 
 
 def test_analyze_real_image_with_shipped_models(tmp_path: Path, real_idrid: Path) -> None:

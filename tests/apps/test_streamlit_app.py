@@ -52,6 +52,8 @@ def test_upload_table_selection_and_bad_file(weights_env: Path) -> None:
     assert list(table["file"]) == ["eye_a.png", "eye_b.png", "broken.jpg"]
     assert table.loc[table["file"] == "broken.jpg", "quality"].item() == "error"
     assert any("broken.jpg" in error.value for error in at.error)
+    assert not any("broken.jpg: broken.jpg" in error.value for error in at.error)  # named once
+    assert "quality_reasons" in table.columns
     assert at.selectbox[0].options == ["eye_a.png", "eye_b.png"]
     at.selectbox[0].select("eye_b.png")
     at.run()

@@ -47,6 +47,7 @@ SUMMARY_FIELDS = (
     "status",
     "error",
     "gradeable",
+    "quality_reasons",
     "dr_grade",
     "referable",
     "referable_probability",
@@ -139,6 +140,7 @@ def _row(
     )
     if data:
         row["gradeable"] = data["gradeable"]
+        row["quality_reasons"] = "; ".join(data.get("quality_reasons", []))
         for key in ("dr_grade", "referable", "referable_probability", "dme_grade"):
             row[key] = data.get(key, "")
         for code in ("MA", "HE", "EX", "SE"):

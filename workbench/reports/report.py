@@ -31,6 +31,7 @@ __all__ = [
 SUMMARY_COLUMNS = (
     "file",
     "quality",
+    "quality_reasons",
     "dr_grade",
     "dr_probability",
     "dme_grade",
@@ -183,6 +184,7 @@ def summary_row(analysis: Analysis | None, name: str, error: str = "") -> dict[s
         row["quality"] = "error"
         return row
     row["quality"] = "gradeable" if analysis.quality.gradeable else "ungradeable"
+    row["quality_reasons"] = "; ".join(analysis.quality.reasons) or None
     if analysis.graded:
         row.update(
             {

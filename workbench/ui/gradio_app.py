@@ -244,6 +244,9 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     headers=BATCH_COLUMNS,
                     label="Grades (a file that could not be read gets an error row; the others go on)",
                     wrap=True,
+                    # the reasons and errors are sentences: they get the room, the short columns keep
+                    # their titles readable (in BATCH_COLUMNS order)
+                    column_widths=["14%", "6%", "8%", "20%", "7%", "8%", "7%", "10%", "20%"],
                     elem_id="batch-table",
                 )
                 csv_out = gr.File(label="summary.csv")

@@ -50,7 +50,17 @@ __all__ = [
 ]
 
 # the Batch table's column titles (summary.csv keeps the machine names of ``Handlers.batch``)
-BATCH_COLUMNS = ["file", "status", "gradeable", "DR grade", "referable DR", "DME risk", "fovea", "error"]
+BATCH_COLUMNS = [
+    "file",
+    "status",
+    "gradeable",
+    "why not gradeable",
+    "DR grade",
+    "referable DR",
+    "DME risk",
+    "fovea",
+    "error",
+]
 
 NO_UPLOAD = "No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP)."
 PREVIEW_SIDE = 320
@@ -218,6 +228,7 @@ class Handlers(BrowseHandlers):
                         name,
                         "ok",
                         data["gradeable"],
+                        "; ".join(data.get("quality_reasons", [])),
                         data.get("dr_grade"),
                         data.get("referable"),
                         data.get("dme_grade"),
@@ -228,8 +239,18 @@ class Handlers(BrowseHandlers):
                     ]
                 )
             except (ImageLoadError, FileNotFoundError) as exc:
-                rows.append([name, "error", None, None, None, None, None, str(exc)])
-        header = ["file", "status", "gradeable", "dr_grade", "referable", "dme_grade", "fovea", "error"]
+                rows.append([name, "error", None, None, None, None, None, None, str(exc)])
+        header = [
+            "file",
+            "status",
+            "gradeable",
+            "quality_reasons",
+            "dr_grade",
+            "referable",
+            "dme_grade",
+            "fovea",
+            "error",
+        ]
         buffer = io.StringIO()
         csv.writer(buffer).writerows([header] + rows)
         (out / "summary.csv").write_text(buffer.getvalue())
