@@ -18,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python app.py --data $(DATA)
+	DRWB_DATA=$(DATA) $(BIN)/python app.py  # a missing folder only leaves the Dataset browser out
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -261,3 +261,15 @@ def test_compare_explains_the_grade_the_chosen_grader_predicts(tmp_path: Path, f
     assert target.startswith("DR grade 4") and "predicted by tiny_grader_four" in target
     *_, target, _, _ = list(handlers.compare(fundus_file, "predicted", ["attention"], ""))[-1]
     assert target.startswith(f"DR grade {default_grade}") and "predicted by tiny_grader" in target
+
+
+def test_a_mistyped_data_folder_stops_the_launch_with_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`app.py --data` with a path that is not a folder exits 2 naming it, before any model loads (it
+    used to drop the Dataset browser tab silently)."""
+    from workbench.ui.serve import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--data", str(tmp_path / "idrid-lyte")])
+    assert exited.value.code == 2 and "idrid-lyte: no such folder" in capsys.readouterr().err

@@ -18,15 +18,22 @@ import workbench  # noqa: F401  (offline environment before gradio is imported)
 from workbench.analysis import Workbench, profile_from_env
 from workbench.ui.gradio_app import APP_CSS, MAX_UPLOAD, build_demo
 
+log = logging.getLogger(__name__)
+
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="DR Workbench (Gradio)")
-    parser.add_argument("--data", default=os.environ.get("DRWB_DATA"), help="IDRiD-layout folder to browse")
+    parser.add_argument("--data", help="IDRiD-layout folder to browse (default: $DRWB_DATA)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    data_dir = Path(args.data) if args.data and Path(args.data).is_dir() else None
+    if args.data and not Path(args.data).is_dir():  # a typed path: say so rather than drop the tab
+        parser.error(f"--data {args.data}: no such folder (the Dataset browser needs an IDRiD-layout folder)")
+    data = args.data or os.environ.get("DRWB_DATA")
+    data_dir = Path(data) if data and Path(data).is_dir() else None
+    if data and data_dir is None:  # from the environment (a deployment): serve without the browser
+        log.warning("DRWB_DATA=%s is not a folder: the Dataset browser tab is left out", data)
     example_dir = tempfile.mkdtemp(prefix="drwb-examples-")
     demo = build_demo(Workbench(profile=profile_from_env()), example_dir, data_dir)
     demo.queue(max_size=32, default_concurrency_limit=1).launch(
