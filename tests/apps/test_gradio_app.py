@@ -105,6 +105,19 @@ def test_compare_endpoint_structure(served, fundus_file: str) -> None:
     # every score column says which way is better (or what 1 means)
     assert all("better" in title or "= hit" in title for title in scores["headers"][2:]), scores["headers"]
     assert target.startswith("referable")
+    # the slider shows any two of the maps this comparison made (the menus offer only those)
+    pair = client.predict("attention", "image", api_name="/slide")
+    assert len(pair) == 2 and all(Path(p).is_file() for p in pair if isinstance(p, str))
+
+
+def test_compare_says_when_it_explains_a_photograph_that_is_not_gradeable(served, tmp_path: Path) -> None:
+    client, _ = served
+    photo = tmp_path / "holiday.png"
+    Image.new("RGB", (400, 300), (120, 170, 230)).save(photo)
+    *_, target, _left, _right = client.predict(
+        handle_file(str(photo)), "referable", ["attention"], "tiny_grader", api_name="/compare"
+    )
+    assert "NOT GRADEABLE" in target
 
 
 def test_corrupt_upload_errors_and_app_keeps_serving(served, tmp_path: Path, fundus_file: str) -> None:

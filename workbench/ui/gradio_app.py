@@ -169,11 +169,11 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                         label="Slide between two views", type="numpy", min_width=NARROW_PX
                     )
                     with gr.Column():
-                        left = gr.Dropdown(
-                            ["image", "lesions"] + list(EXPLAINERS), value="image", label="Left"
-                        )
-                        right = gr.Dropdown(
-                            ["image", "lesions"] + list(EXPLAINERS), value="lesions", label="Right"
+                        # a comparison fills the menus with the maps it made (handlers.slide_menus); any
+                        # name passes the menus' own check, so /slide can name a map through the API too
+                        left, right = (
+                            gr.Dropdown(["image", "lesions"], value=v, label=t, allow_custom_value=True)
+                            for v, t in (("image", "Left"), ("lesions", "Right"))
                         )
                         slide = gr.Button("Show pair")
                 curves = gr.Plot(
@@ -195,6 +195,12 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     validator=handlers.validate_upload,
                     api_name="compare",
                     **MODEL_WORK,
+                ).then(
+                    handlers.slide_menus,
+                    [overlays, left, right],
+                    [left, right],
+                    show_progress="hidden",
+                    api_visibility="private",
                 )
                 slide.click(handlers.slide, [overlays, left, right], slider, api_name="slide")
             if data_dir is not None:

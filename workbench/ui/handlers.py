@@ -180,6 +180,10 @@ class Handlers(BrowseHandlers):
         else:
             target = parse_target(target_key)
             label = target.label
+        if not analysis.quality.gradeable:  # explained on request, as Analyze's "grade anyway" does
+            reasons = "; ".join(analysis.quality.reasons)
+            gr.Warning(f"Not gradeable ({reasons}): the grader's answer, and so every map, may mean nothing.")
+            label += f" · NOT GRADEABLE: {reasons}"
         gallery, table, overlays = [], [], {"image": analysis.crop, "lesions": lesion_overlay(analysis)}
         scores: dict[str, Any] = {}
         for index, method in enumerate(methods):
@@ -203,9 +207,18 @@ class Handlers(BrowseHandlers):
             yield gallery, pair, curves, table, overlays, label + through, first, "lesions"
 
     @staticmethod
-    def slide(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> tuple[np.ndarray, np.ndarray]:
+    def slide_menus(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> tuple[Any, Any]:
+        """The Left / Right menus offering exactly the images a comparison made (after ``compare``; the
+        API's /compare keeps returning plain names)."""
+        names = list(overlays or {}) or ["image", "lesions"]
+        return tuple(gr.Dropdown(choices=names, value=v if v in names else names[0]) for v in (left, right))
+
+    @staticmethod
+    def slide(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> Any:
+        """The pair the menus name; before any comparison a notice, and the slider left as it is."""
         if not overlays or left not in overlays or right not in overlays:
-            raise gr.Error("Run a comparison first, then pick two of its images.")
+            gr.Warning("Run a comparison first, then pick two of its images.")
+            return gr.skip()
         return overlays[left], overlays[right]
 
     # /batch -----------------------------------------------------------------------------------------
