@@ -32,6 +32,9 @@ class QualityThresholds:
     min_contrast: float = 3.0
     min_focus: float = 5.0
     min_red_dominance: float = 1.05
+    # across the field of view, in the original image's pixels: below this a photograph is a thumbnail
+    # (the grader reads 448 px; a microaneurysm is 10-25 px across in a 4288-px IDRiD photograph)
+    min_fov_diameter_px: float = 256.0
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,9 @@ class QualityReport:
     Attributes:
         gradeable: True when no check failed.
         reasons: one sentence per failed check, empty when gradeable.
-        measures: the raw values (fov_area, fill_ratio, mean_luminance, overexposed_fraction,
-            contrast, focus, red_dominance) so a QA analyst can see how close to a limit an image is.
+        measures: the raw values (fov_area, fill_ratio, fov_diameter_px, mean_luminance,
+            overexposed_fraction, contrast, focus, red_dominance) so a QA analyst can see how close to a
+            limit an image is.
     """
 
     gradeable: bool
@@ -86,7 +90,11 @@ def _measures(crop: np.ndarray, fov_in_crop: FieldOfView) -> dict[str, float]:
 
 
 def assess_quality(
-    crop: np.ndarray, fov: FieldOfView, fov_in_crop: FieldOfView, thresholds: QualityThresholds | None = None
+    crop: np.ndarray,
+    fov: FieldOfView,
+    fov_in_crop: FieldOfView,
+    thresholds: QualityThresholds | None = None,
+    scale: float = 1.0,
 ) -> QualityReport:
     """Judge whether an image is a gradeable colour fundus photograph.
 
@@ -96,10 +104,18 @@ def assess_quality(
             what tell a fundus from an ordinary photo).
         fov_in_crop: the same circle in the crop's frame.
         thresholds: limits; the calibrated defaults when omitted.
+        scale: original-image pixels per pixel of the frame ``fov`` was detected on (a reduced decode
+            detects on fewer pixels than the photograph has).
     """
     limits = thresholds or QualityThresholds()
-    values = {"fov_area": fov.area_fraction, "fill_ratio": fov.fill_ratio}
+    diameter = 2 * fov.radius * scale
+    values = {"fov_area": fov.area_fraction, "fill_ratio": fov.fill_ratio, "fov_diameter_px": diameter}
     reasons: list[str] = []
+    if diameter < limits.min_fov_diameter_px:  # before "out of focus", which a thumbnail also fails
+        reasons.append(
+            f"too small to grade: the field of view is {diameter:.0f} px across "
+            f"(at least {limits.min_fov_diameter_px:.0f} px needed)"
+        )
     if (
         fov.area_fraction < limits.min_fov_area
         or not fov.corners_dark

@@ -60,9 +60,28 @@ def test_overexposed_fundus(synthetic_fundus) -> None:
     assert any("overexposed" in r for r in report.reasons)
 
 
+def test_a_thumbnail_is_too_small_to_grade_whatever_else_fails(synthetic_fundus) -> None:
+    """A 64-px copy of a fundus is refused for its size, in the original image's pixels: the same
+    photograph decoded at reduced size (fewer pixels than it has) is not."""
+    tiny = cv2.resize(synthetic_fundus.image, (96, 64), interpolation=cv2.INTER_AREA)
+    report = _verdict(tiny)
+    assert not report.gradeable and report.reasons[0].startswith("too small to grade")
+    assert report.measures["fov_diameter_px"] < 100
+    reduced = LoadedImage(tiny, (64 * 16, 96 * 16), "JPEG", "RGB", "x")  # a 1536x1024 photograph at 1/16
+    assert not any("too small" in r for r in prepare_fundus(reduced, 512).quality.reasons)
+    assert not any("too small" in r for r in _verdict(synthetic_fundus.image).reasons)
+
+
 def test_measures_are_reported(synthetic_fundus) -> None:
     report = _verdict(synthetic_fundus.image)
-    assert set(report.measures) >= {"fov_area", "focus", "contrast", "mean_luminance", "red_dominance"}
+    assert set(report.measures) >= {
+        "fov_area",
+        "fov_diameter_px",
+        "focus",
+        "contrast",
+        "mean_luminance",
+        "red_dominance",
+    }
 
 
 @pytest.mark.realdata
