@@ -82,6 +82,19 @@ def test_place_landmarks_without_a_segmenter_uses_the_field_size(eye) -> None:
     assert placed.fovea.doubt is None
 
 
+def test_a_landmark_placed_outside_the_photograph_is_doubtful(eye) -> None:
+    """A picture that is not a fundus, graded on request, once got a disc at (-6, 896) in a 1072x712 frame:
+    a landmark outside the photograph is doubtful, saying so; inside, nothing changes."""
+    fov, size = _fov(eye), (712, 1072)
+    inside = place_landmarks(
+        fov, eye.od_xy, eye.fovea_xy, 0.9, fallback_radius_px=eye.od_radius, image_size=size
+    )
+    assert inside.od_doubt is None and inside.fovea.doubt is None
+    off = place_landmarks(fov, (-6.0, 896.0), (1200.0, 356.0), 0.9, eye.od_radius, image_size=size)
+    assert off.od_doubt is not None and "outside the photograph (1072x712 px)" in off.od_doubt
+    assert off.fovea.doubt is not None and "outside the photograph" in off.fovea.doubt
+
+
 def _prior_for(eye) -> LandmarkPrior:
     """A prior centred on the synthetic eye's own fovea (its geometry in field radii)."""
     temporal = 1.0 if eye.fov_xy[0] >= eye.od_xy[0] else -1.0

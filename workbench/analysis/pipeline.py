@@ -212,6 +212,7 @@ class Workbench:
             od_mask=lesions["OD"].mask if "OD" in lesions else None,
             transform=lesion_transform,
             prior=self.localizer.prior,
+            image_size=image.original_size,
         )
         if "OD" in lesions:
             lesions["OD"] = one_disc(lesions["OD"], placed.od_mask, lesion_transform)

@@ -25,7 +25,7 @@ scale), and replacing a doubtful fovea by the anatomical expectation (mean of th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -161,6 +161,13 @@ class PlacedLandmarks:
     fovea: FoveaEstimate
 
 
+_OUTSIDE = "outside the photograph ({}x{} px)"
+
+
+def _inside(xy: tuple[float, float], image_size: tuple[int, int]) -> bool:
+    return 0 <= xy[0] < image_size[1] and 0 <= xy[1] < image_size[0]
+
+
 def place_landmarks(
     fov: FieldOfView,
     detector_od_xy: tuple[float, float],
@@ -170,6 +177,7 @@ def place_landmarks(
     od_mask: np.ndarray | None = None,
     transform: CropTransform | None = None,
     prior: LandmarkPrior | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> PlacedLandmarks:
     """One disc (module docstring, 1) then the fovea (2-4).
 
@@ -179,6 +187,8 @@ def place_landmarks(
         od_mask, transform: the segmenter's binary disc mask on its crop and that crop's transform, or
             None without a segmenter.
         prior: the localizer card's landmark prior (``LocalizerPredictor.prior``), or None.
+        image_size: (H, W) of the photograph: a landmark placed outside it (a field of view that runs
+            off the frame, or a picture that is not a fundus, graded on request) is doubtful.
     """
     if fallback_radius_px is None:
         # disc radius / field radius = disc diameter / field diameter
@@ -206,4 +216,10 @@ def place_landmarks(
                     )
                     radius = fallback_radius_px
     fovea = check_fovea(fov, od_xy, 2 * radius, detector_fovea_xy, fovea_confidence, prior)
+    if image_size is not None:
+        if not _inside(od_xy, image_size):
+            od_doubt = "; ".join(filter(None, [od_doubt, _OUTSIDE.format(*image_size[::-1])]))
+        if not _inside(fovea.xy, image_size):
+            doubt = "; ".join(filter(None, [fovea.doubt, _OUTSIDE.format(*image_size[::-1])]))
+            fovea = replace(fovea, doubt=doubt)
     return PlacedLandmarks(od_xy=od_xy, od_radius_px=radius, od_mask=chosen, od_doubt=od_doubt, fovea=fovea)
