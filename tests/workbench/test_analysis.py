@@ -213,6 +213,10 @@ def test_lesion_reliability_from_the_card() -> None:
     training["evaluation"]["val_fast"] = {"aupr_MA": 0.005}
     assert segmenter_figures(training, "fast") == {"aupr_MA": 0.005}
     assert segmenter_figures(training, "quality")["aupr_EX"] == 0.54
+    # a photograph that failed the quality check, analysed on request: no type is reliable there
+    forced = lesion_reliability(segmenter_figures(training), gradeable=False)
+    assert not any(r.reliable for r in forced.values()) and "quality check" in forced["EX"].note
+    assert forced["EX"].aupr == pytest.approx(0.54)  # the card's figure is still shown
 
 
 def test_a_segmenter_card_can_take_channels_from_another_model(

@@ -46,10 +46,17 @@ def lesion_thresholds(measured: dict) -> dict[str, float]:
     return {code: float(measured.get(f"threshold_{code}") or 0.5) for code in LESION_CODES}
 
 
-def lesion_reliability(measured: dict) -> dict[str, LesionReliability]:
-    """Per lesion type, from a segmenter's validation figures (``segmenter_figures``)."""
+def lesion_reliability(measured: dict, gradeable: bool = True) -> dict[str, LesionReliability]:
+    """Per lesion type, from a segmenter's validation figures (``segmenter_figures``). On a photograph
+    that failed the quality check (analysed on request) no type is reliable, whatever its figures: they
+    were measured on gradeable photographs."""
     out = {}
     for code in LESION_CODES:
+        if not gradeable:
+            aupr = measured.get(f"aupr_{code}")
+            note = "unreliable: the photograph failed the quality check (analysed on request)"
+            out[code] = LesionReliability(code, None if aupr is None else float(aupr), False, note)
+            continue
         aupr = measured.get(f"aupr_{code}")
         if aupr is None:
             out[code] = LesionReliability(

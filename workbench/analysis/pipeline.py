@@ -253,7 +253,9 @@ class Workbench:
             dme_check=check,
             lesions_by_region=by_region,
             heatmaps=heatmaps,
-            lesion_reliability=lesion_reliability(self._measured()) if self.segment else {},
+            lesion_reliability=(
+                lesion_reliability(self._measured(), prepared.quality.gradeable) if self.segment else {}
+            ),
             timings_ms=timings,
             **base,
         )

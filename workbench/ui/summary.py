@@ -66,7 +66,12 @@ def summary_markdown(analysis: Analysis) -> str:
         f"{analysis.fovea_confidence:.2f}{refined}, {fovea_state}"
     )
     unreliable = [r.code for r in analysis.lesion_reliability.values() if not r.reliable and r.code != "OD"]
-    if unreliable:
+    if unreliable and not analysis.quality.gradeable:
+        lines.append(
+            "**No lesion type is reliable here:** the photograph failed the quality check and was analysed "
+            "on request; its counts and areas are shown greyed and are not findings."
+        )
+    elif unreliable:
         lines.append(
             f"**Unreliable lesion types:** {', '.join(unreliable)} (validated AUPR below "
             f"{RELIABILITY_FLOOR:.2f}): their counts and areas are shown greyed and are not findings."
