@@ -52,6 +52,7 @@ models: $(STAMP)
 	$(BIN)/drwb explain-bench --data $(DATA) --split val --grader grader_convnext_atto --methods attention,gradcam,gradcam++,eigencam,layercam,integrated_gradients,saliency,smoothgrad,occlusion --sanity-images 2 --write-card
 	$(TRAIN) grader --folds 5 --fold 0 --backbone tf_efficientnet_lite0 --data $(DATA) --input-size 448 --epochs 8 --val-every 2 --freeze-backbone --fine-attention 8 --init-from 'runs/grader_lite0_cv5/fold{fold}/best.safetensors' --guides cache/guides_512.npz --attention-weight 1.0 --teacher-model 'runs/grader_lite0_cv5/fold{fold}' --distill-weight 2 --distill-temperature 2 --hint-weight 0 --ordinal-weight 0.5 --sampling sqrt --select last --run-name grader_lite0_fine_kd --ship --ship-name grader_lite0_fine
 	$(BIN)/drwb explain-bench --data $(DATA) --split val --grader grader_lite0_fine --methods attention,gradcam,gradcam++,integrated_gradients,saliency --sanity-images 2 --write-card
+	$(BIN)/drwb provenance grader_lite0 members/grader_lite0_frozen3 grader_lite0_ensemble grader_lite0_pair grader_convnext_atto grader_lite0_fine --data $(DATA)
 	$(BIN)/drwb evaluate --data $(DATA) --split val --task localization --model localizer_lite0 --write-card
 	$(BIN)/drwb evaluate --data $(DATA) --split val --task segmentation --model segmenter_lite0 --write-card
 	$(BIN)/drwb evaluate --data $(DATA) --split val --task segmentation --model segmenter_lite0 --profile fast --write-card

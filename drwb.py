@@ -87,6 +87,7 @@ def _audit(args: argparse.Namespace) -> int:
     """``drwb evaluate --labels``: audit the grader on any labelled folder (exit 2: unusable labels)."""
     from workbench.analysis import Workbench
     from workbench.reports.audit import LabelsError, read_labels, run_audit, write_audit_report
+    from workbench.reports.audit.figures import training_overlap_note
 
     if args.task != "grading":
         print("error: --labels audits grading only (use --task grading)", file=sys.stderr)
@@ -112,6 +113,8 @@ def _audit(args: argparse.Namespace) -> int:
         value, ci = g.get(key), g.get("ci95", {}).get(key)
         shown = "n/a" if value is None else f"{value:.4f}" + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
         print(f"{key:<16}{shown}")
+    if note := training_overlap_note(figures):
+        print(f"note: {note}")
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
@@ -126,6 +129,18 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             args.members, args.name, Path(args.data), not args.no_flip, out=out, command=args.command_line
         )
     )
+    return 0
+
+
+def _cmd_provenance(args: argparse.Namespace) -> int:
+    from models.registry import weights_dir
+    from workbench.io.idrid import IDRiD
+    from workbench.provenance import record_trained_files
+
+    dataset = IDRiD(args.data)
+    for name in args.models:
+        path = Path(args.weights or weights_dir()) / f"{name}.json"
+        print(f"{name}: {record_trained_files(path, dataset)} training files recorded in {path}")
     return 0
 
 
@@ -292,6 +307,15 @@ def _build_parser() -> argparse.ArgumentParser:
     en.add_argument("--no-flip", action="store_true", help="members grade the image only, not its mirror")
     en.add_argument("--out", help="write the card here (default: the weights folder)")
     en.set_defaults(handler=_cmd_ensemble)
+
+    pv = sub.add_parser(
+        "provenance",
+        help="record in grader cards the sha256 of the files each trained on (audits flag those files)",
+    )
+    pv.add_argument("models", nargs="+", help="grader card stems, e.g. grader_lite0_ensemble")
+    pv.add_argument("--data", default="../shared/data/idrid-lite", help="IDRiD-layout folder it trained on")
+    pv.add_argument("--weights", help="the cards' folder (default: the shipped weights)")
+    pv.set_defaults(handler=_cmd_provenance)
 
     an = sub.add_parser("analyze", help="analyze images: report.json, overlays, report.html, summary.csv")
     an.add_argument("images", nargs="+", help="files, folders or glob patterns")

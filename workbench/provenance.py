@@ -9,6 +9,11 @@ resolution scores >= 0.996 and different photographs <= 0.85 (``MATCH_THRESHOLD`
 
 The training images of a grader follow from its card: a refit trained on every grading image; a fold
 model on every fold but its own; otherwise the deterministic validation split's training part.
+
+Where the training data is not at hand (a deployed app auditing a user's folder), a grader's card carries
+the sha256 of each training image's file (``TRAINED_FILES_KEY``, written by ``drwb provenance``), so an
+audit can say which of the audited files the grader trained on: identical files, the usual case when
+someone audits on their own copy of IDRiD (a re-encoded copy is not recognised by this).
 """
 
 from __future__ import annotations
@@ -24,9 +29,18 @@ from models.card import ModelCard
 from workbench.io.idrid import IDRiD
 from workbench.io.splits import assign_folds, split_train_val
 
-__all__ = ["MATCH_THRESHOLD", "image_signature", "matching_names", "trained_grading_names"]
+__all__ = [
+    "MATCH_THRESHOLD",
+    "TRAINED_FILES_KEY",
+    "image_signature",
+    "matching_names",
+    "record_trained_files",
+    "seen_in_training",
+    "trained_grading_names",
+]
 
 MATCH_THRESHOLD = 0.95
+TRAINED_FILES_KEY = "trained_files_sha256"  # under a grader card's ``training``: sorted file hashes
 _THUMB = (256, 170)
 
 
@@ -79,3 +93,40 @@ def trained_grading_names(card: ModelCard, dataset: IDRiD) -> set[str]:
         return {n for n, f in folds.items() if f != int(config["fold"])}
     split = split_train_val(records, float(config.get("val_fraction", 0.2)), int(config.get("seed", 0)))
     return set(split.train)
+
+
+def record_trained_files(card_path: Path, dataset: IDRiD) -> int:
+    """Write into the grader card at ``card_path`` the sorted sha256 of the files of the grading images
+    it trained on (``TRAINED_FILES_KEY``; the weights and their sha256 are untouched); returns how many.
+    Raises ValueError when the card does not say what it trained on."""
+    import json
+
+    from models.hashing import file_sha256
+
+    card = ModelCard.read(card_path)
+    names = trained_grading_names(card, dataset)
+    if not names:
+        raise ValueError(f"{card_path.name}: the card does not say which images the grader trained on")
+    hashes = sorted(file_sha256(r.image_path) for r in dataset.grading("train") if r.name in names)
+    data = json.loads(card_path.read_text())
+    data["training"][TRAINED_FILES_KEY] = hashes
+    card_path.write_text(json.dumps(data, indent=2) + "\n")
+    return len(hashes)
+
+
+def seen_in_training(card: ModelCard, paths: Sequence[Path]) -> list[bool] | None:
+    """For each file, whether it is byte for byte one the grader of ``card`` trained on; None when the
+    card carries no record (``record_trained_files``). An unreadable file is not seen."""
+    from models.hashing import file_sha256
+
+    known = card.training.get(TRAINED_FILES_KEY)
+    if known is None:
+        return None
+    known = set(known)
+    seen = []
+    for path in paths:
+        try:
+            seen.append(file_sha256(path) in known)
+        except OSError:
+            seen.append(False)
+    return seen

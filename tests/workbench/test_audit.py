@@ -206,3 +206,51 @@ def test_a_cohort_of_one_referral_class_gets_its_report(tmp_path: Path, referabl
     assert set(audit_plots(figures)) >= {"roc", "reliability"}
     written = write_audit_report(figures, graded, {}, tmp_path / "report", tmp_path / "audit.html")
     assert "n/a" in written["html"].read_text()
+
+
+def test_an_audit_names_the_photographs_its_grader_trained_on(tmp_path: Path, tiny_weights: Path) -> None:
+    """`drwb provenance` records the files a grader trained on in its card; an audit of a folder holding
+    some of them flags those, gives the figures on the others, and says "unknown" for a card without."""
+    import csv
+    import json
+    import shutil
+
+    from workbench.analysis import Workbench
+    from workbench.io.idrid import IDRiD
+    from workbench.io.synthetic import write_idrid_folder
+    from workbench.provenance import TRAINED_FILES_KEY, record_trained_files, trained_grading_names
+    from workbench.reports.audit import run_audit, write_audit_report
+    from workbench.reports.audit.figures import training_overlap_note
+
+    data = write_idrid_folder(tmp_path / "idrid", n_segmentation=1, n_grading=8)
+    dataset = IDRiD(data)
+    records = dataset.grading("train")
+    lines = ["image,dr_grade,dme_grade"] + [
+        f"{r.image_path.name},{r.dr_grade},{r.dme_grade}" for r in records
+    ]
+    labels = read_labels(_csv(tmp_path / "x", "\n".join(lines) + "\n"), records[0].image_path.parent)
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    card_path = weights / "tiny_grader.json"
+    card = json.loads(card_path.read_text())
+    figures, graded, overlays = run_audit(Workbench(weights_dir=weights, segment=False), labels, worst=0)
+    assert figures["seen_in_training"] is None and "unknown" in training_overlap_note(figures)
+
+    card["training"]["config"] = {"fold": 0, "folds": 2, "seed": 0}  # trained on the other fold
+    card_path.write_text(json.dumps(card))
+    trained = trained_grading_names(Workbench(weights_dir=weights, segment=False).grader.card, dataset)
+    assert 0 < len(trained) < len(records)
+    assert record_trained_files(card_path, dataset) == len(trained)
+    assert len(json.loads(card_path.read_text())["training"][TRAINED_FILES_KEY]) == len(trained)
+
+    figures, graded, overlays = run_audit(Workbench(weights_dir=weights, segment=False), labels, worst=0)
+    assert sorted(figures["seen_in_training"]["images"]) == sorted(
+        r.name for r in records if r.name in trained
+    )
+    assert figures["grading_not_trained_on"]["n"] == len(records) - len(trained)
+    assert f"{len(trained)} of the {len(records)} photographs" in training_overlap_note(figures)
+    written = write_audit_report(figures, graded, overlays, tmp_path / "report", tmp_path / "audit.html")
+    assert "training-overlap" in written["html"].read_text()
+    with written["csv"].open(newline="") as handle:
+        flags = {row["image"]: row["grader_trained_on_it"] for row in csv.DictReader(handle)}
+    assert sum(flag == "True" for flag in flags.values()) == len(trained)

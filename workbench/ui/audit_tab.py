@@ -15,6 +15,7 @@ import gradio as gr
 
 from workbench.analysis import Workbench
 from workbench.reports.audit import LabelsError, read_labels, run_audit, write_audit_report
+from workbench.reports.audit.figures import training_overlap_note
 from workbench.reports.audit.labels import IMAGE_SUFFIXES, labels_format
 from workbench.reports.audit.report import audit_plots
 from workbench.ui.handlers import LONG_WORK, NARROW_PX
@@ -114,6 +115,8 @@ def audit(
         f"| {_v('dr_accuracy')} | {_v('dr_qwk')} | {_v('dme_accuracy')} | {_v('referable_auc')} |\n\n"
         "[95% bootstrap intervals]"
     )
+    if note := training_overlap_note(figures):
+        summary += f"\n\n**{note}**"
     return (
         summary,
         plots.get("roc"),

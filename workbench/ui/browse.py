@@ -16,6 +16,7 @@ from workbench.analysis import Analysis, LesionSummary
 from workbench.explain.scoring import original_masks_to_crop
 from workbench.io.idrid import IDRiD, load_mask, seg_to_grading
 from workbench.metrics import mask_dice, scaled_distances
+from workbench.provenance import seen_in_training
 from workbench.reports.render import landmarks_overlay, lesion_overlay
 from workbench.ui.summary import summary_markdown
 
@@ -43,6 +44,7 @@ class BrowseHandlers:
     """``/browse`` and ``/browse_graded``; ``data_dir`` None means no browser (the tab is not built)."""
 
     data_dir: Any
+    workbench: Any  # workbench.analysis.Workbench, provided by workbench.ui.handlers.Handlers
 
     def _load(
         self, path: str | None, force: bool = False, explain: list[str] | None = None, target=None
@@ -135,7 +137,12 @@ class BrowseHandlers:
                 error = (
                     f"{float(scaled_distances([predicted], [annotated], np.array([width]))[0]):.0f} px off"
                 )
+            state = "annotated" if annotated else "none"
+            lines.append(f"| {label} | {error} (scaled to the 4288-px IDRiD frame) | {state} |")
+        seen = seen_in_training(self.workbench.grader.card, [record.image_path])
+        if seen is not None and seen[0]:  # then the table is no evidence (workbench.provenance)
             lines.append(
-                f"| {label} | {error} (in a 4288-px-wide frame) | {'annotated' if annotated else 'none'} |"
+                f"\n**The grader ({self.workbench.model_names['grader']}) trained on this photograph:** its "
+                "agreement with IDRiD says little about photographs it has not seen.\n"
             )
         return landmarks_overlay(analysis, truth=truth), "\n".join(lines)

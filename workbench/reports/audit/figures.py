@@ -23,7 +23,7 @@ from workbench.calibration import binned_reliability, reliability
 from workbench.intervals import bootstrap_intervals
 from workbench.metrics import confusion_matrix, grading_metrics, json_safe, sensitivity_specificity
 
-__all__ = ["audit_figures", "binary_reliability", "operating_points", "roc_curve"]
+__all__ = ["audit_figures", "binary_reliability", "operating_points", "roc_curve", "training_overlap_note"]
 
 OPERATING_THRESHOLD = 0.5
 
@@ -177,3 +177,25 @@ def audit_figures(graded: list, worst: int = 8) -> dict[str, Any]:
         }
     )
     return json_safe(out)
+
+
+def training_overlap_note(figures: dict[str, Any]) -> str | None:
+    """One sentence on how many audited photographs the grader trained on (None: none did), or that its
+    card does not say (``workbench.provenance``): figures on training photographs are optimistic."""
+    seen = figures.get("seen_in_training", {})
+    if seen is None:
+        return "The grader's card does not record its training files: whether it trained on these is unknown."
+    if not seen.get("n"):
+        return None
+    note = (
+        f"{seen['n']} of the {figures['n']} photographs are files this grader trained on: the figures "
+        "above are optimistic for them."
+    )
+    rest = figures.get("grading_not_trained_on")
+    if rest:
+        shown = {k: "n/a" if rest.get(k) is None else f"{rest[k]:.3f}" for k in ("dr_accuracy", "dr_qwk")}
+        note += (
+            f" On the {figures['n'] - seen['n']} it did not train on: DR accuracy {shown['dr_accuracy']}, "
+            f"QWK {shown['dr_qwk']}."
+        )
+    return note

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from models.constants import DR_GRADE_NAMES
+from workbench.reports.audit.figures import training_overlap_note
 
 __all__ = ["audit_plots", "per_image_rows", "write_audit_report"]
 
@@ -104,14 +105,17 @@ def audit_plots(figures: dict[str, Any]) -> dict[str, go.Figure]:
     return plots
 
 
-def per_image_rows(graded: list) -> list[dict[str, Any]]:
-    """One row per labelled image: truth, prediction, probabilities, agreement, quality, error."""
+def per_image_rows(graded: list, seen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per labelled image: truth, prediction, probabilities, agreement, quality, error, and
+    whether the grader trained on that file (``seen``: the figures' ``seen_in_training``; None: unknown)."""
+    trained_on = set((seen or {}).get("images", []))
     rows = []
     for g in graded:
         row: dict[str, Any] = {
             "image": g.name,
             "dr_true": g.dr_true,
             "dme_true": "" if g.dme_true is None else g.dme_true,
+            "grader_trained_on_it": "unknown" if seen is None else g.name in trained_on,
         }
         if g.p_dr is None:
             row.update({"status": "unreadable", "error": g.error})
@@ -165,6 +169,8 @@ def _html(figures: dict[str, Any], overlays: dict[str, np.ndarray], title: str) 
         f"(gradeable rate {_fmt(rate)}). "
         f"Grader: <code>{html.escape(str(figures.get('grader', '')))}</code>.</p>"
     )
+    if note := training_overlap_note(figures):
+        parts.append(f"<p id='training-overlap'><strong>{html.escape(note)}</strong></p>")
     if "grading" in figures:
         g = figures["grading"]
         parts.append("<h2>Agreement</h2>")
@@ -274,7 +280,7 @@ def write_audit_report(
     out.mkdir(parents=True, exist_ok=True)
     written = {"json": out / "audit.json", "csv": out / "per_image.csv"}
     written["json"].write_text(json.dumps(figures, indent=1))
-    rows = per_image_rows(graded)
+    rows = per_image_rows(graded, figures.get("seen_in_training"))
     fields = list(dict.fromkeys(k for row in rows for k in row))
     with written["csv"].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)

@@ -20,6 +20,7 @@ import numpy as np
 from workbench.fundus import prepare_fundus
 from workbench.io.image_io import ImageLoadError, load_image
 from workbench.predictors import GRADING_CROP, GraderPredictor
+from workbench.provenance import seen_in_training
 from workbench.reports.audit.figures import audit_figures
 from workbench.reports.audit.labels import LabelledImage, Labels
 
@@ -115,6 +116,14 @@ def run_audit(
     predictor = workbench.grader_predictor(grader) if grader else workbench.grader
     graded = grade_images(predictor, labels.images, progress=progress, keep_crops=True)
     figures = audit_figures(graded, worst=worst)
+    seen = seen_in_training(predictor.card, [g.path for g in graded])
+    figures["seen_in_training"] = None  # unknown: the card does not record its training files
+    if seen is not None:
+        names = [g.name for g, s in zip(graded, seen, strict=True) if s]
+        figures["seen_in_training"] = {"n": len(names), "images": names}
+        unseen = [g for g, s in zip(graded, seen, strict=True) if not s]
+        if names and unseen:  # the honest figures: on the photographs it never trained on
+            figures["grading_not_trained_on"] = audit_figures(unseen, worst=0).get("grading")
     figures["labels_format"] = labels.format
     figures["unlabelled_images"] = list(labels.unlabelled)
     figures["grader"] = predictor.card.weights.removesuffix(".safetensors")
