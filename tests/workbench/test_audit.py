@@ -36,7 +36,7 @@ def _csv(folder: Path, text: str, name: str = "labels.csv") -> Path:
     return path
 
 
-def test_three_label_formats(folder: Path) -> None:
+def test_four_label_formats(folder: Path) -> None:
     ours = read_labels(_csv(folder, "image,dr_grade,dme_grade\nimg0.jpg,0,0\nimg1,1,\n"), folder)
     assert ours.format == "drwb" and [i.dr_grade for i in ours.images] == [0, 1]
     assert ours.images[1].dme_grade is None and "img2.jpg" in ours.unlabelled
@@ -44,6 +44,10 @@ def test_three_label_formats(folder: Path) -> None:
     assert aptos.format == "aptos" and [i.name for i in aptos.images] == ["img2", "img3"]
     eyepacs = read_labels(_csv(folder, "image,level\nimg4,4\n", "e.csv"), folder)
     assert eyepacs.format == "eyepacs" and eyepacs.images[0].dr_grade == 4
+    # IDRiD's grading CSV as distributed: spaces, a trailing blank in a header, empty trailing columns
+    text = "Image name,Retinopathy grade,Risk of macular edema ,,\nimg0,3,2,,\nimg5,0,0,,\n"
+    idrid = read_labels(_csv(folder, text, "i.csv"), folder)
+    assert idrid.format == "idrid" and [(i.dr_grade, i.dme_grade) for i in idrid.images] == [(3, 2), (0, 0)]
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,9 @@ def audit_input_problems(
     elif not (folder and data_dir is not None):
         images = "Upload a zip of the photographs (or choose a folder under the data root)."
     if not labels_csv:
-        return images, "Upload the labels CSV (columns image,dr_grade[,dme_grade]; or APTOS / EyePACS style)."
+        return images, (
+            "Upload the labels CSV (columns image,dr_grade[,dme_grade]; or IDRiD / APTOS / EyePACS style)."
+        )
     try:
         labels_format(Path(labels_csv))
     except (LabelsError, OSError, UnicodeDecodeError) as exc:

@@ -1,8 +1,8 @@
 """Audit a grader on any labelled image set: labels, grading run, figures, report.
 
-``read_labels`` reads the CSV (ours, APTOS or EyePACS style), ``grade_images`` runs the grader exactly as
-``drwb evaluate`` does on the IDRiD layout, ``audit_figures`` computes what an auditor signs off on, and
-``write_audit_report`` writes the JSON and the self-contained HTML.
+``read_labels`` reads the CSV (ours, IDRiD, APTOS or EyePACS style), ``grade_images`` runs the grader
+exactly as ``drwb evaluate`` does on the IDRiD layout, ``audit_figures`` computes what an auditor signs
+off on, and ``write_audit_report`` writes the JSON and the self-contained HTML.
 """
 
 from workbench.reports.audit.figures import audit_figures

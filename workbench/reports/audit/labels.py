@@ -1,8 +1,9 @@
 """Labels CSV for an audit: which image has which ground truth, checked before any image is read.
 
-Three formats are recognised by their header:
+Four formats are recognised by their header:
 
     ours      image, dr_grade[, dme_grade]
+    IDRiD     Image name, Retinopathy grade[, Risk of macular edema]  (the grading CSV as distributed)
     APTOS     id_code, diagnosis
     EyePACS   image, level
 
@@ -24,6 +25,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # format name -> (image column, DR column, DME column or None)
 FORMATS: dict[str, tuple[str, str, str | None]] = {
     "drwb": ("image", "dr_grade", "dme_grade"),
+    "idrid": ("image name", "retinopathy grade", "risk of macular edema"),
     "aptos": ("id_code", "diagnosis", None),
     "eyepacs": ("image", "level", None),
 }
@@ -60,13 +62,16 @@ def _detect(header: list[str], path: Path) -> str:
     columns = {c.strip().lower() for c in header}
     if {"image", "dr_grade"} <= columns:
         return "drwb"
+    if {"image name", "retinopathy grade"} <= columns:
+        return "idrid"
     if {"id_code", "diagnosis"} <= columns:
         return "aptos"
     if {"image", "level"} <= columns:
         return "eyepacs"
     raise LabelsError(
         f"{path.name}: no recognised label columns in header {header}. Expected one of: "
-        "image,dr_grade[,dme_grade] (ours); id_code,diagnosis (APTOS); image,level (EyePACS)"
+        "image,dr_grade[,dme_grade] (ours); Image name,Retinopathy grade[,Risk of macular edema] (IDRiD); "
+        "id_code,diagnosis (APTOS); image,level (EyePACS)"
     )
 
 
@@ -89,7 +94,7 @@ def _index_folder(folder: Path) -> dict[str, Path]:
 
 
 def labels_format(csv_path: Path) -> str:
-    """The format of the labels CSV from its header alone ("drwb", "aptos", "eyepacs"): a quick check
+    """The format of the labels CSV from its header alone ("drwb", "idrid", "aptos", "eyepacs"): a quick check
     before any image is unpacked. Raises ``LabelsError`` (empty file, unknown header) or OSError."""
     with Path(csv_path).open(newline="", encoding="utf-8-sig") as handle:
         header = next(csv.reader(handle), None)
