@@ -48,6 +48,7 @@ def test_analyze_endpoint_structure(served, fundus_file: str) -> None:
         handle_file(fundus_file), False, api_name="/analyze"
     )
     assert "DR grade" in summary
+    assert summary.count("DME risk") == 1  # "DME risk 2 (macular, ...)", not "DME risk 2 (DME risk 2, ...)"
     assert report["graded"]
     assert set(report) >= {"dr_probabilities", "dme_grade", "lesions", "fovea", "optic_disc"}
     assert len(report["dr_probabilities"]) == 5

@@ -136,3 +136,15 @@ def test_real_streamlit_run_health(tiny_weights: Path) -> None:
         process.terminate()
         process.wait(timeout=20)
     assert process.returncode is not None
+
+
+def test_the_viewer_caps_uploads_as_the_gradio_app_does() -> None:
+    """`.streamlit/config.toml` (read by `streamlit run` from the repository root) holds the same upload
+    cap as the Gradio app, which the README states once for both."""
+    import tomllib
+
+    from workbench.ui.gradio_app import MAX_UPLOAD
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert f"{config['server']['maxUploadSize']}mb" == MAX_UPLOAD.lower()
+    assert config["browser"]["gatherUsageStats"] is False  # offline: no telemetry

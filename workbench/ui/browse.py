@@ -123,7 +123,8 @@ class BrowseHandlers:
             "",
             "| | predicted | IDRiD |",
             "| --- | --- | --- |",
-            f"| DR grade | {analysis.dr_grade} | {record.dr_grade} ({DR_GRADE_NAMES[record.dr_grade]}) |",
+            f"| DR grade | {analysis.dr_grade} ({DR_GRADE_NAMES[analysis.dr_grade]}) | {record.dr_grade} "
+            f"({DR_GRADE_NAMES[record.dr_grade]}) |",
             f"| DME risk | {analysis.dme_grade} | {record.dme_grade} |",
         ]
         width = analysis.original_size[1]

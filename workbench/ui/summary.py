@@ -25,6 +25,12 @@ def landmarks_caption(analysis: Analysis) -> str:
     return f"{disc}, fovea{f' ({refined})' if refined else ''} and ETDRS grid"
 
 
+def _dme_meaning(grade: int) -> str:
+    """What a DME risk grade means, without repeating "DME risk N": "macular", "no exudates"."""
+    name = DME_NAMES[grade]
+    return name[name.index("(") + 1 : -1] if "(" in name else "no exudates"
+
+
 def summary_markdown(analysis: Analysis) -> str:
     if not analysis.graded:
         return "## Not gradeable\n" + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
@@ -34,8 +40,7 @@ def summary_markdown(analysis: Analysis) -> str:
     lines = [
         f"## DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
         f"{grade_p:.2f}) · {referable} (referable probability {analysis.referable_probability:.2f})",
-        f"**DME risk {analysis.dme_grade}** ({DME_NAMES[analysis.dme_grade].split(' (')[0]}, "
-        f"probability {dme_p:.2f})",
+        f"**DME risk {analysis.dme_grade}** ({_dme_meaning(analysis.dme_grade)}, probability {dme_p:.2f})",
         f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
     ]
     if analysis.fovea_doubt is not None:
