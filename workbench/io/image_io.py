@@ -28,12 +28,15 @@ __all__ = [
     "LoadedImage",
     "NotAnImageError",
     "SUPPORTED_FORMATS",
+    "SUPPORTED_FORMATS_TEXT",
     "TruncatedImageError",
     "UnsupportedImageError",
     "load_image",
 ]
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO")
+# the same list as every message names it (MPO is the multi-picture JPEG some cameras write)
+SUPPORTED_FORMATS_TEXT = "JPEG, PNG, TIFF, BMP or WebP"
 # 64 MP: twice the largest fundus cameras on the market; a decompression bomb is refused before decoding.
 DEFAULT_MAX_PIXELS: int = 64_000_000
 
@@ -111,13 +114,13 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
         raise ImageTooLargeError(f"{name}: rejected as a possible decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise NotAnImageError(
-            f"{name}: not a recognised image file; supported formats: {', '.join(SUPPORTED_FORMATS)}"
+            f"{name}: not a recognised image file; supported formats: {SUPPORTED_FORMATS_TEXT}"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:  # the header itself is cut short or corrupt
         raise TruncatedImageError(f"{name}: the image file is truncated or corrupt ({exc})") from exc
     if image.format not in SUPPORTED_FORMATS:
         raise UnsupportedImageError(
-            f"{name}: {image.format} images are not supported; use one of {', '.join(SUPPORTED_FORMATS)}"
+            f"{name}: {image.format} images are not supported; use {SUPPORTED_FORMATS_TEXT}"
         )
     return image
 

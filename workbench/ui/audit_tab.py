@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from workbench.analysis import Workbench
+from workbench.io.image_io import SUPPORTED_FORMATS_TEXT
 from workbench.reports.audit import LabelsError, read_labels, run_audit, write_audit_report
 from workbench.reports.audit.figures import training_overlap_note
 from workbench.reports.audit.labels import IMAGE_SUFFIXES, labels_format
@@ -36,7 +37,7 @@ def _unpack(archive: str, into: Path) -> Path:
                 if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES
             ]
             if not members:
-                raise gr.Error("The zip holds no image files (JPEG, PNG, TIFF, BMP or WebP).")
+                raise gr.Error(f"The zip holds no image files ({SUPPORTED_FORMATS_TEXT}).")
             if len(members) > MAX_ZIP_MEMBERS or sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
                 raise gr.Error(f"The zip is too large: at most {MAX_ZIP_MEMBERS} images and 4 GB unpacked.")
             for member in members:

@@ -20,7 +20,7 @@ import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, Workbench
-from workbench.io.image_io import ImageLoadError, LoadedImage, load_image
+from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
 from workbench.model_table import models_markdown
 from workbench.reports.batch import score_analysis
 from workbench.reports.render import (
@@ -62,7 +62,7 @@ BATCH_COLUMNS = [
     "error",
 ]
 
-NO_UPLOAD = "No image uploaded: choose a fundus photograph (JPEG, PNG, TIFF, BMP or WebP)."
+NO_UPLOAD = f"No image uploaded: choose a fundus photograph ({SUPPORTED_FORMATS_TEXT})."
 PREVIEW_SIDE = 320
 NARROW_PX = 360  # panels side by side need this much each; on a narrower window they stack
 # The interactive events that run the models (analyze, compare, both dataset browsers) share one queue
