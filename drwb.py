@@ -151,6 +151,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     methods = [m for m in (args.explain or "").split(",") if m]
     target = parse_target(args.target) if args.target else None
+    if args.grader:
+        from models.registry import list_shipped
+
+        graders = sorted(c.weights.removesuffix(".safetensors") for c in list_shipped() if c.arch == "grader")
+        if args.grader not in graders:
+            known = ", ".join(graders)
+            print(f"error: unknown grader {args.grader!r}; shipped graders: {known}", file=sys.stderr)
+            return 2
     if args.engine == "ray":
         from workbench.engines.ray_engine import analyze_with_ray
 
@@ -162,10 +170,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             not args.no_scores,
             args.address,
             profile=args.profile,
+            grader=args.grader,
         )
     else:
         rows = analyze_files(
-            Workbench(profile=args.profile),
+            Workbench(profile=args.profile, grader=args.grader),
             args.images,
             Path(args.out),
             methods,
@@ -334,6 +343,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "the mirror view) and a 640-px crop, about 0.7 s (README: Speed and memory)",
     )
     an.add_argument("--no-scores", action="store_true", help="skip faithfulness / localisation scores")
+    an.add_argument("--grader", help="a shipped grader's card stem instead of the profile's default")
     an.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: actor pool, resumable")
     an.add_argument("--address", help="with --engine ray: auto or ray://HOST:10001 (default: local Ray)")
     an.set_defaults(handler=_cmd_analyze)

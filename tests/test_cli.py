@@ -143,3 +143,35 @@ def test_train_flags_reach_the_run_and_its_card(tmp_path: Path, synthetic_idrid:
     assert config["tiles_per_image"] == 2 and config["batch_size"] == 3  # the file, then the flag over it
     card = json.loads((tmp_path / "weights/cli_disc.json").read_text())
     assert card["arch"] == "disc" and card["training"]["command"].startswith("drwb train disc --data")
+
+
+def test_analyze_with_a_chosen_grader_and_a_wrong_name(tmp_path: Path, tiny_weights: Path) -> None:
+    """`drwb analyze --grader NAME` grades with that shipped grader (the report names it); an unknown name
+    exits 2 listing the shipped graders, before anything is analysed."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    from workbench.io.synthetic import make_fundus
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    card = json.loads((weights / "tiny_grader.json").read_text())
+    card["weights"] = "tiny_b.safetensors"
+    (weights / "tiny_b.json").write_text(json.dumps(card))
+    shutil.copy(weights / "tiny_grader.safetensors", weights / "tiny_b.safetensors")
+    Image.fromarray(make_fundus(8, size=(356, 536)).image).save(tmp_path / "eye.png")
+    env = {**os.environ, "DRWB_WEIGHTS": str(weights)}
+
+    def analyze(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "drwb.py", "analyze", str(tmp_path / "eye.png"), "--no-scores", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+    wrong = analyze("--grader", "tiny_c", "--out", str(tmp_path / "no"))
+    assert wrong.returncode == 2 and "shipped graders: tiny_b, tiny_grader" in wrong.stderr
+    assert not (tmp_path / "no").exists()
+    chosen = analyze("--grader", "tiny_b", "--out", str(tmp_path / "out"))
+    assert chosen.returncode == 0, chosen.stderr
+    report = json.loads((tmp_path / "out" / "eye" / "report.json").read_text())
+    assert report["models"]["grader"] == "tiny_b"

@@ -61,13 +61,14 @@ class _AnalyzeActor:
         score: bool,
         threads: int,
         profile: str = "quality",
+        grader: str | None = None,
     ) -> None:
         import torch
 
         from workbench.analysis import Workbench
 
         torch.set_num_threads(max(1, threads))
-        self.workbench = Workbench(profile=profile)
+        self.workbench = Workbench(profile=profile, grader=grader)
         self.out, self.explain, self.target, self.score = Path(out), list(explain), target, score
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -99,6 +100,7 @@ def analyze_with_ray(
     address: str | None = None,
     num_cpus: int | None = None,
     profile: str = "quality",
+    grader: str | None = None,
 ) -> list[dict[str, str]]:
     """Analyze ``inputs`` on Ray; returns the rows written by this run (earlier rows stay in the CSV).
 
@@ -106,6 +108,7 @@ def analyze_with_ray(
         address: "auto", "ray://host:10001", or None for an embedded local Ray on this machine's cores.
         num_cpus: CPUs of the embedded local Ray (default: all of this machine's).
         profile: the analysis profile every actor's Workbench runs ("quality" or "fast").
+        grader: a shipped grader's card stem instead of the profile's default.
     """
     import ray
 
@@ -134,7 +137,7 @@ def analyze_with_ray(
             else:
                 ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
         try:
-            written = _run(ray, todo, out, summary, explain, target, score, profile)
+            written = _run(ray, todo, out, summary, explain, target, score, profile, grader)
         finally:
             if started_here:
                 ray.shutdown()
@@ -142,7 +145,7 @@ def analyze_with_ray(
     return written
 
 
-def _run(ray, todo, out, summary, explain, target, score, profile) -> list[dict[str, str]]:
+def _run(ray, todo, out, summary, explain, target, score, profile, grader) -> list[dict[str, str]]:
     resources = ray.cluster_resources()
     actors, cpus, gpus = pool_size(resources.get("CPU", 1.0), resources.get("GPU", 0.0))
     log.info("Ray pool: %d actors x %.2f CPU, %.0f GPU", actors, cpus, gpus)
@@ -155,6 +158,7 @@ def _run(ray, todo, out, summary, explain, target, score, profile) -> list[dict[
             "score": score,
             "threads": max(1, int(round(cpus))),
             "profile": profile,
+            "grader": grader,
         },
         batch_size=1,
         concurrency=actors,
