@@ -275,6 +275,16 @@ def test_sparse_pixel_maps_stay_visible_and_every_overlay_has_a_colour_bar() -> 
     out = heatmap_overlay(crop, Heatmap(sparse, True, "integrated_gradients", "t", 0.1))
     changed = np.any(out != crop, axis=2)
     assert changed[:, :480].mean() > 0.05  # smoothed for display: visible at thumbnail size
+    # a denser scatter (3% of the pixels at the peak) is smoothed too; a blob is drawn as it is
+    dense = np.zeros((448, 448), np.float32)
+    dense[rng.integers(0, 448, 6000), rng.integers(0, 448, 6000)] = 1.0
+    out = heatmap_overlay(crop, Heatmap(dense, True, "integrated_gradients", "t", 0.1))
+    assert np.any(out != crop, axis=2)[:, :480].mean() > 0.5
+    blob = np.zeros((448, 448), np.float32)
+    blob[100:200, 100:200] = 1.0
+    out = heatmap_overlay(crop, Heatmap(blob, True, "gradcam", "t", 0.1))
+    drawn = np.any(out != crop, axis=2)[:, :480]
+    assert drawn[120:220, 120:220].all() and not drawn[300:, :300].any()  # sharp edges, nothing smeared
     empty = heatmap_overlay(crop, Heatmap(np.zeros((14, 14), np.float32), False, "gradcam", "t", 0.1))
     bar = np.any(empty != crop, axis=2)
     assert bar[:, 490:].any() and not bar[:, :400].any()  # the colour bar, on the right edge only
