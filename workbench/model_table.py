@@ -74,8 +74,8 @@ def models_markdown(folder: Path | None = None) -> str:
     out = ["**Graders** (held-out figures; [95% bootstrap interval] where measured)", ""]
     out += [
         "| model | note | backbone | input px | figures from | DR accuracy | DR QWK | DME accuracy |"
-        " joint DR+DME | referable AUC | sensitivity / specificity | ECE (DR) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " joint DR+DME | referable AUC | sensitivity / specificity | ECE (DR) | how it works |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for card in (c for c in cards if c.arch == "grader"):
         source, m = held_out(card)
@@ -84,28 +84,29 @@ def models_markdown(folder: Path | None = None) -> str:
             notes = ["default" if stem == fast else "default (quality profile)"]
         else:
             notes = ["default (fast profile)"] if stem == fast else []
+        details = []  # sentences, in the last column: they would push the figures off a laptop's screen
         if members := card.extra.get("members"):
             views = ", each on the image and its mirror image" if card.extra.get("flip") else ""
-            notes.append(
+            details.append(
                 f"ensemble of {' + '.join(m['model'] for m in members)}{views}; explained through the "
                 "member nearest its probabilities"
             )
         if m.get("dr_qwk") is not None and m["dr_qwk"] < WEAK_QWK:
             notes = [f"**weak** (QWK below {WEAK_QWK})"]
         if supervision_note(card):
-            notes.append(f"attention maps {supervision_note(card)} (not unprompted evidence)")
+            details.append(f"attention maps {supervision_note(card)} (not unprompted evidence)")
         note = "; ".join(notes)
         ece, crossed = ((m.get("ece") or {}).get(k) for k in ("dr_after", "dr_after_cross_fitted"))
         ece_cell = "n/a" if ece is None else f"{ece:.3f}"
         if crossed is not None:  # temperatures fitted on the other folds only (training.oof.cross_fitted_ece)
             ece_cell += f" ({crossed:.3f} cross-fitted)"
-        # the note (which profile's default, weak, ensemble members) beside the name, where it is seen
+        # the short note (which profile's default, weak) beside the name, where it is seen
         out.append(
             f"| {_stem(card)} | {note} | {card.encoder} | {card.input_size} | {source} | "
             f"{_cell(m, 'dr_accuracy')} | {_cell(m, 'dr_qwk')} | {_cell(m, 'dme_accuracy')} | "
             f"{_cell(m, 'joint_accuracy')} | {_cell(m, 'referable_auc')} | "
             f"{_cell(m, 'referable_sensitivity', 2)} / {_cell(m, 'referable_specificity', 2)} | "
-            f"{ece_cell} |"
+            f"{ece_cell} | {'; '.join(details)} |"
         )
     families = (
         ("segmenter", "**Lesion segmenters** (AUPR at the original resolution)",

@@ -35,6 +35,7 @@ def test_models_table_columns_intervals_and_weak_marking(tmp_path: Path) -> None
     header = next(line for line in table.splitlines() if line.startswith("| model | note | backbone"))
     assert [c.strip() for c in header.strip("|").split("|")][:2] == ["model", "note"]  # seen first
     assert [c.strip() for c in header.strip("|").split("|")][5:7] == ["DR accuracy", "DR QWK"]
+    assert [c.strip() for c in header.strip("|").split("|")][-1] == "how it works"  # the long sentences last
     row = next(line for line in table.splitlines() if line.startswith("| tiny_grader"))
     assert "5-fold out-of-fold, n=413" in row and "0.710 [0.660, 0.750]" in row and "default" in row
     assert "0.030 (0.041 cross-fitted)" in row  # ECE after temperature scaling, in-sample and cross-fitted
