@@ -53,6 +53,5 @@ def prepare_fundus(
 ) -> PreparedFundus:
     """Crop ``image`` to its field of view at ``size`` px and judge its quality."""
     crop, transform, fov = crop_to_fov(image.rgb, size, image.original_size)
-    scale = image.original_size[1] / image.rgb.shape[1]  # a reduced decode detects on fewer pixels
-    quality = assess_quality(crop, fov, fov_in_crop(fov, transform), thresholds, scale)
+    quality = assess_quality(crop, fov, fov_in_crop(fov, transform), thresholds)  # fov: original pixels
     return PreparedFundus(crop=crop, transform=transform, fov=fov, quality=quality)

@@ -94,21 +94,19 @@ def assess_quality(
     fov: FieldOfView,
     fov_in_crop: FieldOfView,
     thresholds: QualityThresholds | None = None,
-    scale: float = 1.0,
 ) -> QualityReport:
     """Judge whether an image is a gradeable colour fundus photograph.
 
     Args:
         crop: (S, S, 3) uint8 RGB field-of-view crop (``models.preprocess.crop_to_fov``).
-        fov: the field of view as detected on the whole image (its area, fill and corner facts are
-            what tell a fundus from an ordinary photo).
+        fov: the field of view as detected on the whole image, in the original image's pixels whatever
+            the decode size (its area, fill and corner facts tell a fundus from an ordinary photo; its
+            diameter, a thumbnail from a photograph).
         fov_in_crop: the same circle in the crop's frame.
         thresholds: limits; the calibrated defaults when omitted.
-        scale: original-image pixels per pixel of the frame ``fov`` was detected on (a reduced decode
-            detects on fewer pixels than the photograph has).
     """
     limits = thresholds or QualityThresholds()
-    diameter = 2 * fov.radius * scale
+    diameter = 2 * fov.radius
     values = {"fov_area": fov.area_fraction, "fill_ratio": fov.fill_ratio, "fov_diameter_px": diameter}
     reasons: list[str] = []
     if diameter < limits.min_fov_diameter_px:  # before "out of focus", which a thumbnail also fails

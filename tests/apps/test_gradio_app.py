@@ -157,6 +157,7 @@ def test_browse_and_inspect(served, served_idrid: Path, fundus_file: str) -> Non
     crop, report = client.predict(handle_file(fundus_file), "ben_graham", api_name="/inspect")
     assert Path(crop).is_file()
     assert "| focus |" in report and ">= 5" in report  # each measure beside its limit
+    assert ">= 256" in report  # the field of view's diameter too
     assert "Ben Graham" in report  # what the enhancement does
 
 

@@ -69,7 +69,13 @@ def test_a_thumbnail_is_too_small_to_grade_whatever_else_fails(synthetic_fundus)
     assert report.measures["fov_diameter_px"] < 100
     reduced = LoadedImage(tiny, (64 * 16, 96 * 16), "JPEG", "RGB", "x")  # a 1536x1024 photograph at 1/16
     assert not any("too small" in r for r in prepare_fundus(reduced, 512).quality.reasons)
-    assert not any("too small" in r for r in _verdict(synthetic_fundus.image).reasons)
+    full = _verdict(synthetic_fundus.image)
+    assert not any("too small" in r for r in full.reasons)
+    # the same photograph decoded at a quarter of its size reports the same diameter (original pixels)
+    h, w = synthetic_fundus.image.shape[:2]
+    quarter = cv2.resize(synthetic_fundus.image, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+    decoded = prepare_fundus(LoadedImage(quarter, (h, w), "JPEG", "RGB", "x"), 512).quality
+    assert decoded.measures["fov_diameter_px"] == pytest.approx(full.measures["fov_diameter_px"], rel=0.03)
 
 
 def test_measures_are_reported(synthetic_fundus) -> None:

@@ -26,6 +26,7 @@ ENHANCEMENT_NOTES = {
 _MEASURE_LIMITS = {
     "fov_area": ("min_fov_area", "min", "share of the image inside the field of view"),
     "fill_ratio": ("min_fill_ratio", "min", "how round and filled the field of view is"),
+    "fov_diameter_px": ("min_fov_diameter_px", "min", "field of view across, in the photograph's pixels"),
     "mean_luminance": ("min_mean_luminance", "min", "mean brightness inside the field (0-255)"),
     "overexposed_fraction": ("max_overexposed_fraction", "max", "share of saturated pixels"),
     "contrast": ("min_contrast", "min", "green-channel standard deviation"),
