@@ -59,12 +59,20 @@ def test_ray_and_local_engines_agree_and_ray_resumes(
         [str(archive / "eye0.png"), str(archive / "eye1.png")], tmp_path / "ray", ["attention"], num_cpus=2
     )
     assert len(first) == 2
+    # as if that first run were an older version's, whose summary.csv lacked the last column
+    summary = tmp_path / "ray" / "summary.csv"
+    with summary.open(newline="") as handle:
+        old = [row[:-1] for row in csv.reader(handle)]
+    assert old[0][-1] == "report"
+    with summary.open("w", newline="") as handle:
+        csv.writer(handle).writerows(old)
     kept = (tmp_path / "ray" / "eye0" / "report.json").stat().st_mtime_ns
     second = analyze_with_ray([str(archive)], tmp_path / "ray", ["attention"], num_cpus=2)
     assert sorted(Path(r["file"]).name for r in second) == ["corrupt.jpg", "eye2.png", "eye3.png"]
     assert (tmp_path / "ray" / "eye0" / "report.json").stat().st_mtime_ns == kept  # not rewritten
     local, ray_rows = _rows(tmp_path / "local" / "summary.csv"), _rows(tmp_path / "ray" / "summary.csv")
-    assert ray_rows == local
+    # the resumed file kept its own columns: every row under them, none shifted
+    assert ray_rows == [{k: v for k, v in row.items() if k != "quality_reasons"} for row in local]
     assert [r["status"] for r in ray_rows].count("error") == 1
     import pyarrow.parquet as pq
 

@@ -168,13 +168,16 @@ def _run(ray, todo, out, summary, explain, target, score, profile, grader) -> li
         max_task_retries=3,  # ... and its batch retried
     )
     new_file = not summary.is_file()
+    # a run resumed on a summary.csv from an older version keeps that file's columns (a field added since
+    # is left out of it; the reports hold everything), so no row ever shifts under another header
+    fields = list(SUMMARY_FIELDS) if new_file else _header(summary)
     written = []
     start = time.perf_counter()
     with (
         summary.open("a", newline="") as handle,
         tqdm(total=len(todo), desc="analyze (ray)", unit="image") as bar,
     ):
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new_file:
             writer.writeheader()
         for row in dataset.iter_rows():
@@ -186,6 +189,11 @@ def _run(ray, todo, out, summary, explain, target, score, profile, grader) -> li
     return written
 
 
+def _header(summary: Path) -> list[str]:
+    with summary.open(newline="") as handle:
+        return next(csv.reader(handle), []) or list(SUMMARY_FIELDS)
+
+
 def _write_parquet(summary: Path) -> None:
     if not summary.is_file():
         return
@@ -193,5 +201,5 @@ def _write_parquet(summary: Path) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    columns = pacsv.ConvertOptions(column_types={k: pa.string() for k in SUMMARY_FIELDS})
+    columns = pacsv.ConvertOptions(column_types={k: pa.string() for k in _header(summary)})
     pq.write_table(pacsv.read_csv(summary, convert_options=columns), summary.with_suffix(".parquet"))

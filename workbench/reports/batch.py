@@ -47,7 +47,6 @@ SUMMARY_FIELDS = (
     "status",
     "error",
     "gradeable",
-    "quality_reasons",
     "dr_grade",
     "referable",
     "referable_probability",
@@ -59,6 +58,7 @@ SUMMARY_FIELDS = (
     "dme_rule_grade",
     "dme_rule_agrees",
     "report",
+    "quality_reasons",  # last: columns added later go at the end, so readers by position keep working
 )
 
 

@@ -252,7 +252,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     wrap=True,
                     # the reasons and errors are sentences: they get the room, the short columns keep
                     # their titles readable (in BATCH_COLUMNS order)
-                    column_widths=["14%", "6%", "8%", "20%", "7%", "8%", "7%", "10%", "20%"],
+                    column_widths=["14%", "6%", "8%", "7%", "8%", "7%", "10%", "20%", "20%"],
                     elem_id="batch-table",
                 )
                 csv_out = gr.File(label="summary.csv")

@@ -54,12 +54,12 @@ BATCH_COLUMNS = [
     "file",
     "status",
     "gradeable",
-    "why not gradeable",
     "DR grade",
     "referable DR",
     "DME risk",
     "fovea",
     "error",
+    "why not gradeable",  # last: columns added later go at the end, so API readers by position keep working
 ]
 
 NO_UPLOAD = f"No image uploaded: choose a fundus photograph ({SUPPORTED_FORMATS_TEXT})."
@@ -241,7 +241,6 @@ class Handlers(BrowseHandlers):
                         name,
                         "ok",
                         data["gradeable"],
-                        "; ".join(data.get("quality_reasons", [])),
                         data.get("dr_grade"),
                         data.get("referable"),
                         data.get("dme_grade"),
@@ -249,20 +248,21 @@ class Handlers(BrowseHandlers):
                         if fovea.get("doubt")
                         else ("found" if fovea else None),
                         "",
+                        "; ".join(data.get("quality_reasons", [])),
                     ]
                 )
             except (ImageLoadError, FileNotFoundError) as exc:
-                rows.append([name, "error", None, None, None, None, None, None, str(exc)])
+                rows.append([name, "error", None, None, None, None, None, str(exc), None])
         header = [
             "file",
             "status",
             "gradeable",
-            "quality_reasons",
             "dr_grade",
             "referable",
             "dme_grade",
             "fovea",
             "error",
+            "quality_reasons",
         ]
         buffer = io.StringIO()
         csv.writer(buffer).writerows([header] + rows)
