@@ -140,7 +140,15 @@ def _cmd_provenance(args: argparse.Namespace) -> int:
     dataset = IDRiD(args.data)
     for name in args.models:
         path = Path(args.weights or weights_dir()) / f"{name}.json"
-        print(f"{name}: {record_trained_files(path, dataset)} training files recorded in {path}")
+        if not path.is_file():
+            print(f"error: no card {path}", file=sys.stderr)
+            return 2
+        try:
+            count = record_trained_files(path, dataset)
+        except ValueError as exc:  # not a grader, or a card that does not say what it trained on
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{name}: {count} training files recorded in {path}")
     return 0
 
 
@@ -152,9 +160,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     methods = [m for m in (args.explain or "").split(",") if m]
     target = parse_target(args.target) if args.target else None
     if args.grader:
-        from models.registry import list_shipped
+        from models.registry import shipped_names
 
-        graders = sorted(c.weights.removesuffix(".safetensors") for c in list_shipped() if c.arch == "grader")
+        graders = shipped_names("grader")
         if args.grader not in graders:
             known = ", ".join(graders)
             print(f"error: unknown grader {args.grader!r}; shipped graders: {known}", file=sys.stderr)

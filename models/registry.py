@@ -33,6 +33,7 @@ __all__ = [
     "load_run",
     "register_model",
     "save_model",
+    "shipped_names",
     "weights_dir",
 ]
 
@@ -53,6 +54,11 @@ def list_shipped(folder: Path | None = None) -> list[ModelCard]:
     """Cards of every shipped model (every ``*.json`` with weights beside it)."""
     folder = Path(folder) if folder else weights_dir()
     return [ModelCard.read(p) for p in sorted(Path(folder).glob("*.json"))]
+
+
+def shipped_names(arch: str, folder: Path | None = None) -> list[str]:
+    """Card stems of the shipped models of one arch ("grader", ...), sorted: what ``load_model`` takes."""
+    return sorted(c.weights.removesuffix(".safetensors") for c in list_shipped(folder) if c.arch == arch)
 
 
 def save_model(model: nn.Module, card: ModelCard, folder: Path, half: bool = True) -> ModelCard:

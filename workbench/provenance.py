@@ -18,6 +18,7 @@ someone audits on their own copy of IDRiD (a re-encoded copy is not recognised b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from models.card import ModelCard
+from models.hashing import file_sha256
 from workbench.io.idrid import IDRiD
 from workbench.io.splits import assign_folds, split_train_val
 
@@ -98,12 +100,10 @@ def trained_grading_names(card: ModelCard, dataset: IDRiD) -> set[str]:
 def record_trained_files(card_path: Path, dataset: IDRiD) -> int:
     """Write into the grader card at ``card_path`` the sorted sha256 of the files of the grading images
     it trained on (``TRAINED_FILES_KEY``; the weights and their sha256 are untouched); returns how many.
-    Raises ValueError when the card does not say what it trained on."""
-    import json
-
-    from models.hashing import file_sha256
-
+    Raises ValueError for a card that is not a grader's or does not say what it trained on."""
     card = ModelCard.read(card_path)
+    if card.arch != "grader":
+        raise ValueError(f"{card_path.name}: a {card.arch} card; only graders' training files are recorded")
     names = trained_grading_names(card, dataset)
     if not names:
         raise ValueError(f"{card_path.name}: the card does not say which images the grader trained on")
@@ -114,19 +114,18 @@ def record_trained_files(card_path: Path, dataset: IDRiD) -> int:
     return len(hashes)
 
 
-def seen_in_training(card: ModelCard, paths: Sequence[Path]) -> list[bool] | None:
-    """For each file, whether it is byte for byte one the grader of ``card`` trained on; None when the
-    card carries no record (``record_trained_files``). An unreadable file is not seen."""
-    from models.hashing import file_sha256
-
+def seen_in_training(card: ModelCard, paths: Sequence[Path]) -> list[bool | None] | None:
+    """For each file, whether it is byte for byte one the grader of ``card`` trained on (None for a file
+    that cannot be read: unknown, not "unseen"); None when the card carries no record
+    (``record_trained_files``)."""
     known = card.training.get(TRAINED_FILES_KEY)
     if known is None:
         return None
     known = set(known)
-    seen = []
+    seen: list[bool | None] = []
     for path in paths:
         try:
             seen.append(file_sha256(path) in known)
         except OSError:
-            seen.append(False)
+            seen.append(None)
     return seen

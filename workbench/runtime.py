@@ -21,11 +21,9 @@ A model is exported once per weights file and card, to ``$DRWB_CACHE/onnx`` (def
 ``~/.cache/drwb/onnx``), and reused by every later process (``export_key``); the export takes about two
 seconds a model. Batch is dynamic; height and width are dynamic too, except for the graders
 (``FIXED_SIZE_ARCHS``), which only ever see their card's input size: their graph is exported for that
-size with constant "same" padding (``_static_padding``), which ONNX Runtime folds into the convolutions.
-With the padding computed from the input shape at every call (timm's ``Conv2dSame``: the stem and the
-stride-2 depthwise layers of the TF-ported EfficientNets) each such layer ran a separate Pad, and a
-reorder out of and back into ONNX Runtime's blocked layout around it: 24% of a grader's time on one
-thread (profiled on the pair, 28 of 118 ms). Same outputs (equal to the last bit on the ensemble).
+size with constant "same" padding, which ONNX Runtime folds into the convolutions
+(``models.static_padding`` says why: 24% of a grader's time on one thread went to the padding computed
+at every call). Same outputs (equal to the last bit on the ensemble).
 
 Measured with ``drwb bench --only runtimes`` (README "Speed and memory"): the networks run 1.1-3.6x faster
 in ONNX Runtime on this project's 2-core CPU with logits within 3e-4, a whole quality-profile analysis 16%
@@ -35,7 +33,6 @@ eight analysts peaked at 2.87 GB with it against 2.42 GB without (target 2.5 GB)
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -52,6 +49,7 @@ import torch
 from torch import nn
 
 from models.card import ModelCard
+from models.static_padding import static_padding
 from workbench.precision import Bf16Forward, with_precision
 
 __all__ = [
@@ -240,7 +238,7 @@ def _export(module: nn.Module, card: ModelCard, target: str | io.BytesIO) -> Non
     size = card.input_size
     axes = {0: "batch", 2: "height", 3: "width"}
     if card.arch in FIXED_SIZE_ARCHS:
-        module, axes = _static_padding(module, size), {0: "batch"}
+        module, axes = static_padding(module, size), {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer's note on the grader's optional attention outputs (a Python branch, constant for
         # inference) and the exporter's own deprecation notes: nothing a user can act on
@@ -256,51 +254,6 @@ def _export(module: nn.Module, card: ModelCard, target: str | io.BytesIO) -> Non
             output_names=["logits"],
             dynamic_axes={"image": axes, "logits": {0: "batch"}},
         )
-
-
-def _static_padding(module: nn.Module, size: int) -> nn.Module:
-    """``module`` itself when it has no timm ``Conv2dSame``, else a copy for ``size`` x ``size`` inputs
-    only, each ``Conv2dSame`` replaced by the constant padding it computes for its input there and a
-    plain convolution on the same weights (the module docstring says why). The copy gives the same
-    outputs at that size; ``module`` is left as it is (explainers hook it)."""
-    from timm.layers.conv2d_same import Conv2dSame
-    from timm.layers.padding import pad_same_arg
-
-    if not any(isinstance(m, Conv2dSame) for m in module.modules()):
-        return module
-    module = copy.deepcopy(module)
-    seen: dict[nn.Module, set[tuple[int, int]]] = {}
-
-    def record(conv: nn.Module, args: tuple) -> None:
-        seen.setdefault(conv, set()).add(tuple(args[0].shape[-2:]))
-
-    hooks = [m.register_forward_pre_hook(record) for m in module.modules() if isinstance(m, Conv2dSame)]
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, 3, size, size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for parent in list(module.modules()):
-        for name, conv in list(parent.named_children()):
-            if not isinstance(conv, Conv2dSame) or len(seen.get(conv, ())) != 1:
-                continue  # unused, or called at two sizes: its padding stays computed per call
-            (height, width), *_ = seen[conv]
-            kernel, stride, dilation = list(conv.kernel_size), list(conv.stride), list(conv.dilation)
-            pads = pad_same_arg([height, width], kernel, stride, dilation)
-            plain = nn.Conv2d(
-                conv.in_channels,
-                conv.out_channels,
-                conv.kernel_size,
-                conv.stride,
-                0,
-                conv.dilation,
-                conv.groups,
-                conv.bias is not None,
-            )
-            plain.weight, plain.bias = conv.weight, conv.bias
-            setattr(parent, name, nn.Sequential(nn.ZeroPad2d(pads), plain))
-    return module
 
 
 def _export_file(module: nn.Module, card: ModelCard, path: Path) -> None:

@@ -108,7 +108,7 @@ def test_compare_endpoint_structure(served, fundus_file: str) -> None:
     assert target.startswith("referable")
     # the slider shows any two of the maps this comparison made (the menus offer only those)
     pair = client.predict("attention", "image", api_name="/slide")
-    assert len(pair) == 2 and all(Path(p).is_file() for p in pair if isinstance(p, str))
+    assert len(pair) == 2 and all(isinstance(p, str) and Path(p).is_file() for p in pair), pair
 
 
 def test_compare_says_when_it_explains_a_photograph_that_is_not_gradeable(served, tmp_path: Path) -> None:

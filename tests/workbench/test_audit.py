@@ -245,6 +245,8 @@ def test_an_audit_names_the_photographs_its_grader_trained_on(tmp_path: Path, ti
     trained = trained_grading_names(Workbench(weights_dir=weights, segment=False).grader.card, dataset)
     assert 0 < len(trained) < len(records)
     assert record_trained_files(card_path, dataset) == len(trained)
+    with pytest.raises(ValueError, match="only graders"):
+        record_trained_files(weights / "tiny_localizer.json", dataset)
     assert len(json.loads(card_path.read_text())["training"][TRAINED_FILES_KEY]) == len(trained)
 
     figures, graded, overlays = run_audit(Workbench(weights_dir=weights, segment=False), labels, worst=0)

@@ -12,7 +12,7 @@ import gradio as gr
 import numpy as np
 
 from models.constants import DR_GRADE_NAMES, LESIONS
-from workbench.analysis import Analysis, LesionSummary
+from workbench.analysis import Analysis, LesionSummary, Workbench
 from workbench.explain.scoring import original_masks_to_crop
 from workbench.io.idrid import IDRiD, load_mask, seg_to_grading
 from workbench.metrics import mask_dice, scaled_distances
@@ -44,7 +44,7 @@ class BrowseHandlers:
     """``/browse`` and ``/browse_graded``; ``data_dir`` None means no browser (the tab is not built)."""
 
     data_dir: Any
-    workbench: Any  # workbench.analysis.Workbench, provided by workbench.ui.handlers.Handlers
+    workbench: Workbench  # provided by workbench.ui.handlers.Handlers
 
     def _load(
         self, path: str | None, force: bool = False, explain: list[str] | None = None, target=None

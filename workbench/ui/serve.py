@@ -18,9 +18,9 @@ import workbench  # noqa: F401  (offline environment before gradio is imported)
 from workbench.analysis import Workbench, profile_from_env
 from workbench.ui.gradio_app import APP_CSS, MAX_UPLOAD, build_demo
 
-log = logging.getLogger(__name__)
-
 __all__ = ["main"]
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -108,14 +108,14 @@ def audit_plots(figures: dict[str, Any]) -> dict[str, go.Figure]:
 def per_image_rows(graded: list, seen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One row per labelled image: truth, prediction, probabilities, agreement, quality, error, and
     whether the grader trained on that file (``seen``: the figures' ``seen_in_training``; None: unknown)."""
-    trained_on = set((seen or {}).get("images", []))
+    trained_on, unknown = (set((seen or {}).get(k, [])) for k in ("images", "unknown"))
     rows = []
     for g in graded:
         row: dict[str, Any] = {
             "image": g.name,
             "dr_true": g.dr_true,
             "dme_true": "" if g.dme_true is None else g.dme_true,
-            "grader_trained_on_it": "unknown" if seen is None else g.name in trained_on,
+            "grader_trained_on_it": "unknown" if seen is None or g.name in unknown else g.name in trained_on,
         }
         if g.p_dr is None:
             row.update({"status": "unreadable", "error": g.error})

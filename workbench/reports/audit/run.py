@@ -120,8 +120,9 @@ def run_audit(
     figures["seen_in_training"] = None  # unknown: the card does not record its training files
     if seen is not None:
         names = [g.name for g, s in zip(graded, seen, strict=True) if s]
-        figures["seen_in_training"] = {"n": len(names), "images": names}
-        unseen = [g for g, s in zip(graded, seen, strict=True) if not s]
+        unknown = [g.name for g, s in zip(graded, seen, strict=True) if s is None]  # unreadable files
+        figures["seen_in_training"] = {"n": len(names), "images": names, "unknown": unknown}
+        unseen = [g for g, s in zip(graded, seen, strict=True) if s is False]
         if names and unseen:  # the honest figures: on the photographs it never trained on
             figures["grading_not_trained_on"] = audit_figures(unseen, worst=0).get("grading")
     figures["labels_format"] = labels.format
