@@ -260,3 +260,48 @@ def test_an_audit_names_the_photographs_its_grader_trained_on(tmp_path: Path, ti
     with written["csv"].open(newline="") as handle:
         flags = {row["image"]: row["grader_trained_on_it"] for row in csv.DictReader(handle)}
     assert sum(flag == "True" for flag in flags.values()) == len(trained)
+
+    # the same photograph at 3/4 of its size under another name: another file, recognised by fingerprint
+    first = next(r for r in records if r.name in trained)
+    with Image.open(first.image_path) as image:
+        image.resize((image.width * 3 // 4, image.height * 3 // 4)).save(first.image_path.parent / "copy.png")
+    copy_labels = _csv(tmp_path / "y", f"image,dr_grade\ncopy.png,{first.dr_grade}\n")
+    figures, _, _ = run_audit(
+        Workbench(weights_dir=weights, segment=False), read_labels(copy_labels, first.image_path.parent)
+    )
+    assert figures["seen_in_training"]["images"] == ["copy"]
+    # a folder where nothing can be graded (a thumbnail) still gets its figures, none of them grades
+    with Image.open(first.image_path) as image:
+        image.resize((64, 43)).save(first.image_path.parent / "thumb.png")
+    thumb_labels = _csv(tmp_path / "z", "image,dr_grade\nthumb.png,2\n")
+    figures, _, _ = run_audit(
+        Workbench(weights_dir=weights, segment=False), read_labels(thumb_labels, first.image_path.parent)
+    )
+    assert figures["n_graded"] == 0 and figures["n_ungradeable"] == 1 and "grading" not in figures
+
+
+def test_a_fingerprint_knows_a_photograph_at_another_size_and_quality_and_tells_others_apart() -> None:
+    """The same synthetic fundus at a quarter of its size and as a low-quality JPEG stays within
+    ``FINGERPRINT_MAX_BITS`` of itself; other fundi (same generator, other seeds) are far beyond it."""
+    import cv2
+
+    from workbench.fundus import prepare_fundus
+    from workbench.io.image_io import LoadedImage
+    from workbench.io.synthetic import make_fundus
+    from workbench.provenance import FINGERPRINT_MAX_BITS, fundus_fingerprint
+
+    def fingerprint(rgb: np.ndarray, original: tuple[int, int]) -> np.ndarray:
+        crop = prepare_fundus(LoadedImage(rgb, original, "JPEG", "RGB", "x"), 512).crop
+        return np.unpackbits(np.frombuffer(bytes.fromhex(fundus_fingerprint(crop)), np.uint8))
+
+    eye = make_fundus(11, size=(712, 1072), dr_grade=3).image
+    reference = fingerprint(eye, (712, 1072))
+    assert reference.size == 256
+    small = cv2.resize(eye, (268, 178), interpolation=cv2.INTER_AREA)
+    _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(eye, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 40])
+    recoded = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    for copy in (fingerprint(small, (712, 1072)), fingerprint(recoded, (712, 1072))):
+        assert (copy != reference).sum() <= FINGERPRINT_MAX_BITS
+    for seed in (12, 13, 14):
+        other = fingerprint(make_fundus(seed, size=(712, 1072), dr_grade=3).image, (712, 1072))
+        assert (other != reference).sum() > 3 * FINGERPRINT_MAX_BITS

@@ -140,7 +140,7 @@ class BrowseHandlers:
                 )
             state = "annotated" if annotated else "none"
             lines.append(f"| {label} | {error} (scaled to the 4288-px IDRiD frame) | {state} |")
-        seen = seen_in_training(self.workbench.grader.card, [record.image_path])
+        seen = seen_in_training(self.workbench.grader.card, [record.image_path], [analysis.crop])
         if seen is not None and seen[0]:  # then the table is no evidence (workbench.provenance)
             lines.append(
                 f"\n**The grader ({self.workbench.model_names['grader']}) trained on this photograph:** its "

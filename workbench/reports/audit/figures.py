@@ -188,8 +188,8 @@ def training_overlap_note(figures: dict[str, Any]) -> str | None:
     if not seen.get("n"):
         return None
     note = (
-        f"{seen['n']} of the {figures['n']} photographs are files this grader trained on: the figures "
-        "above are optimistic for them."
+        f"{seen['n']} of the {figures['n']} photographs are ones this grader trained on (the same file, or "
+        "the same photograph at another size or quality): the figures above are optimistic for them."
     )
     rest = figures.get("grading_not_trained_on")
     if rest:

@@ -116,7 +116,7 @@ def run_audit(
     predictor = workbench.grader_predictor(grader) if grader else workbench.grader
     graded = grade_images(predictor, labels.images, progress=progress, keep_crops=True)
     figures = audit_figures(graded, worst=worst)
-    seen = seen_in_training(predictor.card, [g.path for g in graded])
+    seen = seen_in_training(predictor.card, [g.path for g in graded], [g.crop for g in graded])
     figures["seen_in_training"] = None  # unknown: the card does not record its training files
     if seen is not None:
         names = [g.name for g, s in zip(graded, seen, strict=True) if s]
@@ -130,7 +130,7 @@ def run_audit(
     figures["grader"] = predictor.card.weights.removesuffix(".safetensors")
     overlays: dict[str, np.ndarray] = {}
     by_name = {g.name: g for g in graded}
-    for row in figures["worst_errors"]:
+    for row in figures.get("worst_errors", []):  # none when nothing could be graded
         item = by_name[row["image"]]
         heat = workbench.explain(item.crop, ["attention"], GradeTarget(row["dr_pred"]), grader=grader)
         overlays[item.name] = heatmap_overlay(item.crop, heat["attention"])
