@@ -39,8 +39,8 @@ from workbench.io.image_io import load_image
 from workbench.io.splits import assign_folds, split_train_val
 
 __all__ = [
-    "MATCH_THRESHOLD",
     "FINGERPRINT_MAX_BITS",
+    "MATCH_THRESHOLD",
     "TRAINED_FILES_KEY",
     "TRAINED_FINGERPRINTS_KEY",
     "fundus_fingerprint",

@@ -195,7 +195,8 @@ def training_overlap_note(figures: dict[str, Any]) -> str | None:
     if rest:
         shown = {k: "n/a" if rest.get(k) is None else f"{rest[k]:.3f}" for k in ("dr_accuracy", "dr_qwk")}
         note += (
-            f" On the {figures['n'] - seen['n']} it did not train on: DR accuracy {shown['dr_accuracy']}, "
+            f" On the {figures['n'] - seen['n'] - len(seen.get('unknown', []))} it did not train on: DR "
+            f"accuracy {shown['dr_accuracy']}, "
             f"QWK {shown['dr_qwk']}."
         )
     return note
