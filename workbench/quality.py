@@ -90,10 +90,7 @@ def _measures(crop: np.ndarray, fov_in_crop: FieldOfView) -> dict[str, float]:
 
 
 def assess_quality(
-    crop: np.ndarray,
-    fov: FieldOfView,
-    fov_in_crop: FieldOfView,
-    thresholds: QualityThresholds | None = None,
+    crop: np.ndarray, fov: FieldOfView, fov_in_crop: FieldOfView, thresholds: QualityThresholds | None = None
 ) -> QualityReport:
     """Judge whether an image is a gradeable colour fundus photograph.
 

@@ -52,13 +52,11 @@ def lesion_reliability(measured: dict, gradeable: bool = True) -> dict[str, Lesi
     were measured on gradeable photographs."""
     out = {}
     for code in LESION_CODES:
+        aupr = measured.get(f"aupr_{code}")
         if not gradeable:
-            aupr = measured.get(f"aupr_{code}")
             note = "unreliable: the photograph failed the quality check (analysed on request)"
             out[code] = LesionReliability(code, None if aupr is None else float(aupr), False, note)
-            continue
-        aupr = measured.get(f"aupr_{code}")
-        if aupr is None:
+        elif aupr is None:
             out[code] = LesionReliability(
                 code, None, False, "unreliable: no validated AUPR in the model card"
             )

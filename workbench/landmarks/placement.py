@@ -217,9 +217,9 @@ def place_landmarks(
                     radius = fallback_radius_px
     fovea = check_fovea(fov, od_xy, 2 * radius, detector_fovea_xy, fovea_confidence, prior)
     if image_size is not None:
+        outside = _OUTSIDE.format(*image_size[::-1])
         if not _inside(od_xy, image_size):
-            od_doubt = "; ".join(filter(None, [od_doubt, _OUTSIDE.format(*image_size[::-1])]))
+            od_doubt = "; ".join(filter(None, [od_doubt, outside]))
         if not _inside(fovea.xy, image_size):
-            doubt = "; ".join(filter(None, [fovea.doubt, _OUTSIDE.format(*image_size[::-1])]))
-            fovea = replace(fovea, doubt=doubt)
+            fovea = replace(fovea, doubt="; ".join(filter(None, [fovea.doubt, outside])))
     return PlacedLandmarks(od_xy=od_xy, od_radius_px=radius, od_mask=chosen, od_doubt=od_doubt, fovea=fovea)
