@@ -25,7 +25,7 @@ from torch import nn
 from models._registry import register_model
 from models.card import ModelCard
 from models.constants import DME_NAMES, DR_GRADE_NAMES
-from models.pretrained import LITE0_ENCODERS, load_lite0_into
+from models.pretrained import load_lite_into
 
 __all__ = ["AttentionPool", "FineAttention", "Grader", "NUM_DME", "NUM_DR", "grader_card"]
 
@@ -245,14 +245,14 @@ def _create_grader(card: ModelCard) -> Grader:
         fine_stride=(card.extra.get("fine_attention") or {}).get("stride"),
     )
     if card.extra.get("imagenet_init", False):
-        if card.encoder not in LITE0_ENCODERS:
-            raise ValueError(f"ImageNet init is only available offline for {', '.join(LITE0_ENCODERS)}")
-        load_lite0_into(model.backbone)
+        load_lite_into(model.backbone, card.encoder)  # raises for an encoder without offline weights
     return model
 
 
 _TARGET_LAYERS = {
     "tf_efficientnet_lite0": "backbone.bn2",
+    "tf_efficientnet_lite1": "backbone.bn2",
+    "tf_efficientnet_lite2": "backbone.bn2",
     "convnext_atto": "backbone.stages.3",
     "convnext_femto": "backbone.stages.3",
     "test_convnext": "backbone.stages.3",

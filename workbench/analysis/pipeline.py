@@ -69,6 +69,14 @@ def profile_from_env() -> str:
     return name
 
 
+def profile_grader(profile: str = "quality", weights_dir: Path | None = None) -> str:
+    """The grader a profile grades with when none is named (the best shipped within its forward passes)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    folder = Path(weights_dir) if weights_dir else configured_weights_dir()
+    return default_model("grader", folder, max_passes=_optional_int(PROFILES[profile]["max_passes"]))
+
+
 class Workbench:
     """Holds the models; ``analyze`` and ``explain`` are what the faces call.
 
@@ -101,8 +109,7 @@ class Workbench:
             available = {p.stem for p in self.weights_dir.glob("*.json")}
             segmenter = str(chosen["segmenter"]) if chosen["segmenter"] in available else None
         names = {
-            "grader": grader
-            or default_model("grader", self.weights_dir, max_passes=_optional_int(chosen["max_passes"])),
+            "grader": grader or profile_grader(profile, self.weights_dir),
             "segmenter": segmenter or default_model("segmenter", self.weights_dir),
             "localizer": localizer or default_model("localizer", self.weights_dir),
         }

@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from workbench.analysis.pipeline import profile_grader
 from workbench.reports.batch import SUMMARY_FIELDS, analyze_one, content_sha256, expand_inputs
 from workbench.targets import Target
 
@@ -84,11 +85,23 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _done_hashes(summary: Path) -> set[str]:
+def _done_hashes(summary: Path, grader: str) -> set[str]:
+    """The files ``summary`` already holds; raises when its rows were graded by another grader (a
+    resumed run must not leave one table with two graders' grades in it)."""
     if not summary.is_file():
         return set()
     with summary.open(newline="") as handle:
-        return {row["sha256"] for row in csv.DictReader(handle) if row.get("sha256")}
+        rows = list(csv.DictReader(handle))
+    others = sorted({row["grader"] for row in rows if row.get("grader") and row["grader"] != grader})
+    if others:
+        raise ValueError(
+            f"{summary} holds grades by {', '.join(others)}; this run grades with {grader}. Resume with "
+            f"--grader {others[0]} (and its --profile), or write to another --out, so that one table "
+            "never mixes two graders"
+        )
+    if rows and "grader" not in rows[0]:
+        log.warning("%s predates the grader column: its earlier rows do not name their grader", summary)
+    return {row["sha256"] for row in rows if row.get("sha256")}
 
 
 def analyze_with_ray(
@@ -112,9 +125,9 @@ def analyze_with_ray(
     """
     import ray
 
-    out.mkdir(parents=True, exist_ok=True)
     summary = out / "summary.csv"
-    done = _done_hashes(summary)
+    done = _done_hashes(summary, grader or profile_grader(profile))
+    out.mkdir(parents=True, exist_ok=True)
     todo, skipped = [], 0
     for path in expand_inputs(inputs):
         digest = content_sha256(path)

@@ -58,7 +58,8 @@ SUMMARY_FIELDS = (
     "dme_rule_grade",
     "dme_rule_agrees",
     "report",
-    "quality_reasons",  # last: columns added later go at the end, so readers by position keep working
+    "quality_reasons",  # columns added later go at the end, so readers by position keep working
+    "grader",  # the shipped grader that graded the row (a resumed Ray run refuses to mix two)
 )
 
 
@@ -126,7 +127,12 @@ def content_sha256(path: Path) -> str:
 
 
 def _row(
-    path: Path, data: dict[str, Any] | None, error: str = "", report: str = "", sha256: str = ""
+    path: Path,
+    data: dict[str, Any] | None,
+    error: str = "",
+    report: str = "",
+    sha256: str = "",
+    grader: str = "",
 ) -> dict[str, Any]:
     row: dict[str, Any] = {key: "" for key in SUMMARY_FIELDS}
     row.update(
@@ -136,6 +142,7 @@ def _row(
             "status": "error" if error else "ok",
             "error": error,
             "report": report,
+            "grader": grader,
         }
     )
     if data:
@@ -165,16 +172,17 @@ def analyze_one(
     write the same reports and rows.
     """
     digest = content_sha256(Path(path)) if sha256 is None else sha256
+    grader = workbench.model_names["grader"]
     try:
         analysis = workbench.analyze(path, explain=explain, target=target)
         chosen = target or (GradeTarget(analysis.dr_grade) if analysis.graded else None)
         scores = score_analysis(workbench, analysis, chosen) if score and analysis.heatmaps else None
         folder = out / Path(path).stem
         data = write_report(analysis, folder, scores)
-        return _row(Path(path), data, report=str(folder / "report.html"), sha256=digest)
+        return _row(Path(path), data, report=str(folder / "report.html"), sha256=digest, grader=grader)
     except (ImageLoadError, FileNotFoundError) as exc:
         log.warning("%s: %s", path, exc)
-        return _row(Path(path), None, error=str(exc), sha256=digest)
+        return _row(Path(path), None, error=str(exc), sha256=digest, grader=grader)
 
 
 def analyze_files(
