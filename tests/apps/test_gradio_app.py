@@ -242,7 +242,13 @@ def test_audit_inputs_are_checked_before_anything_runs(tmp_path: Path) -> None:
     text.write_text("not a zip")
     assert audit_input_problems(str(archive), str(good), None, None) == (None, None)
     assert "labels CSV" in audit_input_problems(str(archive), None, None, None)[1]
-    assert "no recognised label columns" in audit_input_problems(str(archive), str(bad), None, None)[1]
+    # on the upload box one short line (a narrow window cut the full list of formats off); in full for
+    # an API caller
+    assert "not a label format listed above" in audit_input_problems(str(archive), str(bad), None, None)[1]
+    assert "no recognised label columns" in audit_input_problems(str(archive), str(bad), None, None, False)[1]
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(f"measurement_{i}" for i in range(40)) + "\n" + ",".join(["1"] * 40) + "\n")
+    assert len(audit_input_problems(str(archive), str(wide), None, None)[1]) < 140
     assert "is empty" in audit_input_problems(str(archive), str(empty), None, None)[1]
     assert "not a readable zip" in audit_input_problems(str(text), str(good), None, None)[0]
     assert "Upload a zip" in audit_input_problems(None, str(good), "", None)[0]

@@ -41,7 +41,7 @@ from workbench.landmarks.fovea import FoveaRefiner, load_fovea_refiner
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
 from workbench.targets import GradeTarget, Target
 
-__all__ = ["FAST_SEGMENT_SIZE", "PROFILES", "Workbench", "profile_from_env"]
+__all__ = ["FAST_SEGMENT_SIZE", "PROFILES", "Workbench", "profile_from_env", "profile_grader"]
 
 FAST_SEGMENT_SIZE = 640  # px of the field-of-view crop the fast profile segments, in one tile
 

@@ -50,10 +50,15 @@ def _unpack(archive: str, into: Path) -> Path:
 
 
 def audit_input_problems(
-    archive: str | None, labels_csv: str | None, folder: str | None, data_dir: Path | None
+    archive: str | None,
+    labels_csv: str | None,
+    folder: str | None,
+    data_dir: Path | None,
+    brief: bool = True,
 ) -> tuple[str | None, str | None]:
     """(problem with the photographs input, problem with the labels input), None where it is usable: the
-    checks that need no unpacking, run before an audit starts (``audit`` checks the rest)."""
+    checks that need no unpacking, run before an audit starts (``audit`` checks the rest). ``brief``: the
+    labels' problem in one short line for its upload box; else in full (an API caller's error)."""
     images = None
     if archive:
         if not zipfile.is_zipfile(archive):
@@ -66,8 +71,10 @@ def audit_input_problems(
         )
     try:
         labels_format(Path(labels_csv))
-    except (LabelsError, OSError, UnicodeDecodeError) as exc:
-        return images, str(exc)
+    except LabelsError as exc:
+        return images, exc.brief if brief else str(exc)
+    except (OSError, UnicodeDecodeError) as exc:
+        return images, f"{Path(labels_csv).name} cannot be read as a CSV text file ({type(exc).__name__})."
     return images, None
 
 
@@ -80,7 +87,7 @@ def audit(
     progress: gr.Progress | None = None,
 ) -> tuple[Any, ...]:
     """Run an audit: (summary markdown, ROC, reliability, confusion, recall, HTML path, CSV path, JSON)."""
-    images_problem, labels_problem = audit_input_problems(archive, labels_csv, folder, data_dir)
+    images_problem, labels_problem = audit_input_problems(archive, labels_csv, folder, data_dir, brief=False)
     if labels_problem or images_problem:  # one message: the labels' problem before the photographs'
         raise gr.Error(labels_problem or images_problem)
     work = Path(tempfile.mkdtemp(prefix="drwb-audit-"))

@@ -33,7 +33,12 @@ _SHOWN = 5
 
 
 class LabelsError(ValueError):
-    """The labels CSV cannot be used; the message names the offending rows."""
+    """The labels CSV cannot be used; the message names the offending rows. ``brief``: the same in a line
+    short enough for a narrow upload box (the app's tab lists the formats above it)."""
+
+    def __init__(self, message: str, brief: str | None = None) -> None:
+        super().__init__(message)
+        self.brief = brief or message
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,12 @@ def _detect(header: list[str], path: Path) -> str:
         return "aptos"
     if {"image", "level"} <= columns:
         return "eyepacs"
+    shown = ",".join(header[:_SHOWN]) + (f",... ({len(header)} columns)" if len(header) > _SHOWN else "")
     raise LabelsError(
         f"{path.name}: no recognised label columns in header {header}. Expected one of: "
         "image,dr_grade[,dme_grade] (ours); Image name,Retinopathy grade[,Risk of macular edema] (IDRiD); "
-        "id_code,diagnosis (APTOS); image,level (EyePACS)"
+        "id_code,diagnosis (APTOS); image,level (EyePACS)",
+        brief=f"{path.name}: columns {shown[:80]} are not a label format listed above.",
     )
 
 
