@@ -22,7 +22,7 @@ from torch import nn
 from models._registry import register_model
 from models.card import ModelCard
 from models.preprocess import CROP_MARGIN
-from models.pretrained import load_lite0_into
+from models.pretrained import load_lite_into
 
 __all__ = [
     "LANDMARKS",
@@ -125,7 +125,7 @@ def _create_localizer(card: ModelCard, decoder: tuple[int, ...]) -> nn.Module:
     # CenterNet's prior: start every pixel at probability 0.1, so the focal loss does not begin huge.
     nn.init.constant_(model.segmentation_head[0].bias, -2.19)
     if card.extra.get("imagenet_init", False):
-        load_lite0_into(model.encoder.model)
+        load_lite_into(model.encoder.model, card.encoder)
     return model
 
 

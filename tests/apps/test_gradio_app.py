@@ -186,7 +186,8 @@ def test_audit_tab_through_the_client(served, tmp_path: Path) -> None:
     assert roc is not None and json.loads(roc["plot"])["data"]
     bad = tmp_path / "bad.csv"
     bad.write_text("name,grade\np0,1\n")
-    with pytest.raises(Exception, match="no recognised label columns"):
+    # the tab's validator answers an API call too: the one-line message, which names the formats
+    with pytest.raises(Exception, match="columns name,grade are not a label format"):
         client.predict(handle_file(str(archive)), handle_file(str(bad)), "", api_name="/audit")
 
 
@@ -244,11 +245,16 @@ def test_audit_inputs_are_checked_before_anything_runs(tmp_path: Path) -> None:
     assert "labels CSV" in audit_input_problems(str(archive), None, None, None)[1]
     # on the upload box one short line (a narrow window cut the full list of formats off); in full for
     # an API caller
-    assert "not a label format listed above" in audit_input_problems(str(archive), str(bad), None, None)[1]
+    assert audit_input_problems(str(archive), str(bad), None, None)[1] == (
+        "bad.csv: columns file,grade are not a label format (ours, IDRiD, APTOS or EyePACS)."
+    )
     assert "no recognised label columns" in audit_input_problems(str(archive), str(bad), None, None, False)[1]
     wide = tmp_path / "wide.csv"
     wide.write_text(",".join(f"measurement_{i}" for i in range(40)) + "\n" + ",".join(["1"] * 40) + "\n")
-    assert len(audit_input_problems(str(archive), str(wide), None, None)[1]) < 140
+    assert audit_input_problems(str(archive), str(wide), None, None)[1] == (
+        "wide.csv: columns measurement_0,measurement_1,measurement_2,... (40 columns) are not a label format "
+        "(ours, IDRiD, APTOS or EyePACS)."
+    )
     assert "is empty" in audit_input_problems(str(archive), str(empty), None, None)[1]
     assert "not a readable zip" in audit_input_problems(str(text), str(good), None, None)[0]
     assert "Upload a zip" in audit_input_problems(None, str(good), "", None)[0]

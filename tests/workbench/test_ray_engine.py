@@ -96,3 +96,17 @@ def test_a_resumed_run_refuses_a_summary_graded_by_another_grader(tmp_path: Path
     with pytest.raises(ValueError, match="holds grades by grader_a; this run grades with grader_x"):
         _done_hashes(summary, "grader_x")
     assert _done_hashes(tmp_path / "absent.csv", "grader_x") == set()
+
+
+def test_ray_resume_with_another_grader_stops_before_any_work(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.engines.ray_engine import analyze_with_ray
+
+    monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "summary.csv").write_text("file,sha256,status,grader\na.png,aa,ok,grader_lite0_ensemble\n")
+    with pytest.raises(ValueError, match="this run grades with tiny_grader"):  # the profile's default here
+        analyze_with_ray([str(tmp_path / "absent.png")], out)
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]  # nothing written, Ray never started

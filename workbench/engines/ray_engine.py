@@ -100,7 +100,10 @@ def _done_hashes(summary: Path, grader: str) -> set[str]:
             "never mixes two graders"
         )
     if rows and "grader" not in rows[0]:
-        log.warning("%s predates the grader column: its earlier rows do not name their grader", summary)
+        log.warning(
+            "%s predates the grader column: the same-grader check is skipped, new rows go in its old columns",
+            summary,
+        )
     return {row["sha256"] for row in rows if row.get("sha256")}
 
 
@@ -121,12 +124,15 @@ def analyze_with_ray(
         address: "auto", "ray://host:10001", or None for an embedded local Ray on this machine's cores.
         num_cpus: CPUs of the embedded local Ray (default: all of this machine's).
         profile: the analysis profile every actor's Workbench runs ("quality" or "fast").
-        grader: a shipped grader's card stem instead of the profile's default.
+        grader: a shipped grader's card stem instead of the profile's default (resolved here, from this
+            machine's weights folder, and loaded by every actor).
     """
     import ray
 
     summary = out / "summary.csv"
-    done = _done_hashes(summary, grader or profile_grader(profile))
+    # one grader for the whole run, named here: every actor loads it (not its own weights folder's default)
+    grader = grader or profile_grader(profile)
+    done = _done_hashes(summary, grader)
     out.mkdir(parents=True, exist_ok=True)
     todo, skipped = [], 0
     for path in expand_inputs(inputs):

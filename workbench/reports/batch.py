@@ -59,7 +59,7 @@ SUMMARY_FIELDS = (
     "dme_rule_agrees",
     "report",
     "quality_reasons",  # columns added later go at the end, so readers by position keep working
-    "grader",  # the shipped grader that graded the row (a resumed Ray run refuses to mix two)
+    "grader",  # the run's grader, on error rows too (a resumed Ray run refuses to mix two)
 )
 
 

@@ -144,7 +144,8 @@ def build_audit_tab(workbench: Workbench, data_dir: Path | None) -> None:
     gr.Markdown(
         "Hold the default grader against your own labelled photographs. Upload a **zip of images** and a "
         "**labels CSV**: `image,dr_grade[,dme_grade]` (image = file name with or without suffix), or "
-        "APTOS `id_code,diagnosis`, or EyePACS `image,level`."
+        "IDRiD's `Image name,Retinopathy grade,Risk of macular edema`, or APTOS `id_code,diagnosis`, or "
+        "EyePACS `image,level`."
     )
     with gr.Row():
         archive = gr.File(label="Photographs (zip)", file_types=[".zip"], type="filepath")

@@ -73,12 +73,13 @@ def _detect(header: list[str], path: Path) -> str:
         return "aptos"
     if {"image", "level"} <= columns:
         return "eyepacs"
-    shown = ",".join(header[:_SHOWN]) + (f",... ({len(header)} columns)" if len(header) > _SHOWN else "")
+    names = [c if len(c) <= 16 else c[:15] + "…" for c in header[:3]]
+    shown = ",".join(names) + (f",... ({len(header)} columns)" if len(header) > 3 else "")
     raise LabelsError(
         f"{path.name}: no recognised label columns in header {header}. Expected one of: "
         "image,dr_grade[,dme_grade] (ours); Image name,Retinopathy grade[,Risk of macular edema] (IDRiD); "
         "id_code,diagnosis (APTOS); image,level (EyePACS)",
-        brief=f"{path.name}: columns {shown[:80]} are not a label format listed above.",
+        brief=f"{path.name}: columns {shown} are not a label format (ours, IDRiD, APTOS or EyePACS).",
     )
 
 
