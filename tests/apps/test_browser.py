@@ -384,3 +384,61 @@ def test_a_comparison_at_420_px_reads_whole(browser, app_url: str, tmp_path: Pat
         assert "deletion AUC (lower is better)" in body and "insertion AUC (higher is better)" in body
     finally:
         browser.set_window_size(1400, 2400)
+
+
+def test_a_bad_labels_file_is_named_whole_on_a_narrow_window(browser, app_url: str, tmp_path: Path) -> None:
+    """The Audit tab's labels box shows its one-line message whole at 420 px (it was cut at both ends)."""
+    import zipfile
+
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = tmp_path / "p0.png"
+    Image.fromarray(make_fundus(1, size=(356, 536)).image).save(image)
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(image, "p0.png")
+    labels = tmp_path / "my_labels_export.csv"
+    labels.write_text(",".join(f"measurement_{i}" for i in range(40)) + "\n" + ",".join(["1"] * 40) + "\n")
+    ARTIFACTS.mkdir(exist_ok=True)
+    size = browser.get_window_size()
+    browser.set_window_size(420, 1800)
+    try:
+        browser.get(app_url)
+        wait = WebDriverWait(browser, 180)
+        tab = (By.XPATH, "//button[@role='tab' and contains(., 'Audit')]")
+        wait.until(ec.element_to_be_clickable(tab)).click()
+        boxes = {
+            e.get_attribute("accept"): e
+            for e in wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=file][accept]"))
+        }
+        boxes[".zip"].send_keys(str(archive))
+        boxes[".csv"].send_keys(str(labels))
+        run = wait.until(ec.element_to_be_clickable((By.XPATH, "//button[contains(., 'Run audit')]")))
+        message = (By.XPATH, "//*[contains(@class, 'validation-error')][contains(., 'not a label format')]")
+        shown = None
+        for _ in range(3):  # a click while the uploads register may find no file yet: click again
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", run)
+            run.click()
+            try:
+                shown = WebDriverWait(browser, 20).until(ec.presence_of_element_located(message))
+                break
+            except TimeoutException:
+                continue
+        assert shown is not None, browser.find_element(By.TAG_NAME, "body").text[:600]
+        box, inner = browser.execute_script(
+            "const e = arguments[0], p = e.parentElement.getBoundingClientRect();"
+            "const r = e.getBoundingClientRect();"
+            "return [[p.left, p.right], [r.left, r.right, e.scrollWidth, e.clientWidth]];",
+            shown,
+        )
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "browser_audit_narrow.png"))
+        browser.set_window_size(size["width"], size["height"])
+    assert "(40 columns) are not a label format (ours, IDRiD, APTOS or EyePACS)." in shown.get_attribute(
+        "textContent"
+    )
+    assert box[0] - 1 <= inner[0] and inner[1] <= box[1] + 1  # inside its box, not centred past its edges
+    assert inner[2] <= inner[3] + 1  # and wrapped there: nothing scrolled out of sight

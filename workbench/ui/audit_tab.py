@@ -148,8 +148,11 @@ def build_audit_tab(workbench: Workbench, data_dir: Path | None) -> None:
         "EyePACS `image,level`."
     )
     with gr.Row():
-        archive = gr.File(label="Photographs (zip)", file_types=[".zip"], type="filepath")
-        labels = gr.File(label="Labels (CSV)", file_types=[".csv"], type="filepath")
+        # side by side on a wide window, stacked on a narrow one (where a message on the box needs room)
+        archive = gr.File(
+            label="Photographs (zip)", file_types=[".zip"], type="filepath", min_width=NARROW_PX
+        )
+        labels = gr.File(label="Labels (CSV)", file_types=[".csv"], type="filepath", min_width=NARROW_PX)
         folder = gr.Textbox(
             label="...or a folder under the data root" if data_dir else "Folder (needs --data)",
             interactive=data_dir is not None,

@@ -51,6 +51,10 @@ APP_CSS = (
     # on a narrow window three ~100-px thumbnails leave the captions covering the maps: one a row
     " @media (max-width: 600px) { #methods-gallery .grid-container"
     " { grid-template-columns: 1fr !important; } }"
+    # a bad upload's message stays inside its box and wraps there (Gradio 6 sizes it wider than a narrow
+    # box and centres it, so both ends were cut off)
+    " .validation-error { left: 0 !important; right: 0 !important; width: auto !important;"
+    " max-width: 100%; box-sizing: border-box; overflow-wrap: anywhere; padding-right: 32px !important; }"
 )
 
 
@@ -221,7 +225,11 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                         api_name="browse",
                         **MODEL_WORK,
                     )
-                    gr.Markdown("### Graded photographs: predicted grades and landmarks beside IDRiD's")
+                    gr.Markdown(
+                        "### Graded photographs: predicted grades and landmarks beside IDRiD's\n"
+                        "Each runs the whole analysis, as the Analyze tab does (the disc is placed with the "
+                        "lesion network's disc mask): seconds in the quality profile, under one in the fast."
+                    )
                     graded_names = handlers.grading_names()
                     graded_choice = gr.Dropdown(
                         graded_names,
