@@ -49,6 +49,31 @@ def _ensure_chromium() -> None:
             pytest.skip(f"could not install chromium: {result.stderr[-300:]}")
 
 
+def _click_until(browser, button, done, seconds: float = 20):
+    """Click ``button`` until ``done`` holds (at most three clicks) and return what ``done`` returned.
+
+    ``button`` and ``done`` are locators or ``f(driver)`` conditions. A click that lands while an upload is
+    still being registered finds no file ("No image uploaded"); a user would click again, and so does the
+    test.
+    """
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    find = ec.element_to_be_clickable(button) if isinstance(button, tuple) else button
+    check = ec.presence_of_element_located(done) if isinstance(done, tuple) else done
+    for _ in range(3):
+        element = WebDriverWait(browser, 180).until(find)
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        element.click()  # a native click: a script-dispatched click does not reach Gradio's handler
+        try:
+            return WebDriverWait(browser, seconds).until(check)
+        except TimeoutException:
+            continue
+    raise AssertionError(browser.find_element(By.TAG_NAME, "body").text[:600])
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     _ensure_chromium()
@@ -78,7 +103,6 @@ def app_url(tmp_path_factory: pytest.TempPathFactory, tiny_workbench) -> Iterato
 
 
 def test_upload_analyze_and_see_grade(browser, app_url: str, tmp_path: Path) -> None:
-    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -94,19 +118,7 @@ def test_upload_analyze_and_see_grade(browser, app_url: str, tmp_path: Path) -> 
         file_input.send_keys(str(image))
         wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'synthetic_fundus')]")))
         grade = (By.XPATH, "//*[@id='analysis-summary']//*[contains(text(), 'DR grade')]")
-        summary = None
-        # A click that lands while the upload is still being registered is answered with "No image
-        # uploaded"; a user would click again, and so does the test (at most three times).
-        for _ in range(3):
-            button = wait.until(ec.element_to_be_clickable((By.ID, "analyze-button")))
-            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-            button.click()  # a native click: a script-dispatched click does not reach Gradio's handler
-            try:
-                summary = WebDriverWait(browser, 20).until(ec.presence_of_element_located(grade))
-                break
-            except TimeoutException:
-                continue
-        assert summary is not None, browser.find_element(By.TAG_NAME, "body").text[:600]
+        summary = _click_until(browser, (By.ID, "analyze-button"), grade)
     finally:
         browser.save_screenshot(str(screenshot))
     assert "DR grade" in summary.text
@@ -210,12 +222,9 @@ def _outside(browser, panel_id: str, selector: str) -> list[str]:
 
 def _upload_and_run(browser, wait, image: Path, button_text: str, done) -> None:
     """Upload ``image`` into the open tab's upload box, then click ``button_text`` until ``done(driver)``
-    holds: a click that lands while the upload is still being registered is answered "No image
-    uploaded", and a user would click again (at most three times)."""
-    from selenium.common.exceptions import TimeoutException
+    holds (``_click_until``)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     boxes = wait.until(  # the open tab's upload box (each tab has its own), once the page has drawn it
         lambda d: d.execute_script(
@@ -225,25 +234,19 @@ def _upload_and_run(browser, wait, image: Path, button_text: str, done) -> None:
     )
     boxes[0].send_keys(str(image))
     wait.until(ec.presence_of_element_located((By.XPATH, f"//*[contains(text(), '{image.stem}')]")))
-    for _ in range(3):
-        button = wait.until(
-            lambda d: next(
-                (
-                    b
-                    for b in d.find_elements(By.TAG_NAME, "button")
-                    if b.text == button_text and b.get_attribute("role") != "tab" and b.is_displayed()
-                ),
-                None,
-            )
-        )
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-        button.click()
-        try:
-            WebDriverWait(browser, 60).until(done)
-            return
-        except TimeoutException:
-            continue
-    raise AssertionError(browser.find_element(By.TAG_NAME, "body").text[:600])
+    _click_until(
+        browser,
+        lambda d: next(
+            (
+                b
+                for b in d.find_elements(By.TAG_NAME, "button")
+                if b.text == button_text and b.get_attribute("role") != "tab" and b.is_displayed()
+            ),
+            None,
+        ),
+        done,
+        60,
+    )
 
 
 def _fundus_file(path: Path, seed: int, dr_grade: int, dme_grade: int) -> Path:
@@ -390,10 +393,8 @@ def test_a_bad_labels_file_is_named_whole_on_a_narrow_window(browser, app_url: s
     """The Audit tab's labels box shows its one-line message whole at 420 px (it was cut at both ends)."""
     import zipfile
 
-    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     image = tmp_path / "p0.png"
     Image.fromarray(make_fundus(1, size=(356, 536)).image).save(image)
@@ -402,12 +403,9 @@ def test_a_bad_labels_file_is_named_whole_on_a_narrow_window(browser, app_url: s
         zf.write(image, "p0.png")
     labels = tmp_path / "my_labels_export.csv"
     labels.write_text(",".join(f"measurement_{i}" for i in range(40)) + "\n" + ",".join(["1"] * 40) + "\n")
-    ARTIFACTS.mkdir(exist_ok=True)
     size = browser.get_window_size()
-    browser.set_window_size(420, 1800)
     try:
-        browser.get(app_url)
-        wait = WebDriverWait(browser, 180)
+        wait = _open_at_420(browser, app_url)
         tab = (By.XPATH, "//button[@role='tab' and contains(., 'Audit')]")
         wait.until(ec.element_to_be_clickable(tab)).click()
         boxes = {
@@ -416,18 +414,8 @@ def test_a_bad_labels_file_is_named_whole_on_a_narrow_window(browser, app_url: s
         }
         boxes[".zip"].send_keys(str(archive))
         boxes[".csv"].send_keys(str(labels))
-        run = wait.until(ec.element_to_be_clickable((By.XPATH, "//button[contains(., 'Run audit')]")))
         message = (By.XPATH, "//*[contains(@class, 'validation-error')][contains(., 'not a label format')]")
-        shown = None
-        for _ in range(3):  # a click while the uploads register may find no file yet: click again
-            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", run)
-            run.click()
-            try:
-                shown = WebDriverWait(browser, 20).until(ec.presence_of_element_located(message))
-                break
-            except TimeoutException:
-                continue
-        assert shown is not None, browser.find_element(By.TAG_NAME, "body").text[:600]
+        shown = _click_until(browser, (By.XPATH, "//button[contains(., 'Run audit')]"), message)
         box, inner = browser.execute_script(
             "const e = arguments[0], p = e.parentElement.getBoundingClientRect();"
             "const r = e.getBoundingClientRect();"
