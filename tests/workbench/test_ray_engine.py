@@ -96,6 +96,14 @@ def test_a_resumed_run_refuses_a_summary_graded_by_another_grader(tmp_path: Path
     with pytest.raises(ValueError, match="holds grades by grader_a; this run grades with grader_x"):
         _done_hashes(summary, "grader_x")
     assert _done_hashes(tmp_path / "absent.csv", "grader_x") == set()
+    # a summary from before the grader column: each row's grader is read from the report beside it
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "report.json").write_text('{"models": {"grader": "grader_a"}}')
+    old = tmp_path / "old.csv"
+    old.write_text(f"file,sha256,status,report\na.png,aa,ok,{tmp_path / 'a' / 'report.html'}\n")
+    assert _done_hashes(old, "grader_a") == {"aa"}
+    with pytest.raises(ValueError, match="holds grades by grader_a"):
+        _done_hashes(old, "grader_x")
 
 
 def test_ray_resume_with_another_grader_stops_before_any_work(

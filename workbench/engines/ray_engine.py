@@ -18,6 +18,7 @@ reserves a fraction, ``(cpus - READ_RESERVE) / actors``, and half a CPU stays fr
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -85,6 +86,20 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _row_grader(row: dict[str, str]) -> str:
+    """The grader of a summary row: its ``grader`` cell, or for a row written before that column the
+    ``models.grader`` of the report.json beside its report ("" when neither says)."""
+    if row.get("grader"):
+        return row["grader"]
+    report = Path(row["report"]).with_name("report.json") if row.get("report") else None
+    if report is None or not report.is_file():
+        return ""
+    try:
+        return str(json.loads(report.read_text()).get("models", {}).get("grader", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def _done_hashes(summary: Path, grader: str) -> set[str]:
     """The files ``summary`` already holds; raises when its rows were graded by another grader (a
     resumed run must not leave one table with two graders' grades in it)."""
@@ -92,17 +107,18 @@ def _done_hashes(summary: Path, grader: str) -> set[str]:
         return set()
     with summary.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    others = sorted({row["grader"] for row in rows if row.get("grader") and row["grader"] != grader})
+    named = [_row_grader(row) for row in rows]
+    others = sorted({name for name in named if name and name != grader})
     if others:
         raise ValueError(
             f"{summary} holds grades by {', '.join(others)}; this run grades with {grader}. Resume with "
             f"--grader {others[0]} (and its --profile), or write to another --out, so that one table "
             "never mixes two graders"
         )
-    if rows and "grader" not in rows[0]:
+    unnamed = sum(1 for row, name in zip(rows, named, strict=True) if row.get("status") == "ok" and not name)
+    if unnamed:
         log.warning(
-            "%s predates the grader column: the same-grader check is skipped, new rows go in its old columns",
-            summary,
+            "%s: %d graded rows name no grader (no column, no report.json): not checked", summary, unnamed
         )
     return {row["sha256"] for row in rows if row.get("sha256")}
 
