@@ -58,7 +58,8 @@ def audit_input_problems(
 ) -> tuple[str | None, str | None]:
     """(problem with the photographs input, problem with the labels input), None where it is usable: the
     checks that need no unpacking, run before an audit starts (``audit`` checks the rest). ``brief``: the
-    labels' problem in one short line for its upload box; else in full (an API caller's error)."""
+    labels' problem in one short line for its upload box (the validator: what the tab and API callers
+    see); else in full (``audit`` called directly from Python)."""
     images = None
     if archive:
         if not zipfile.is_zipfile(archive):

@@ -30,11 +30,12 @@ FORMATS: dict[str, tuple[str, str, str | None]] = {
     "eyepacs": ("image", "level", None),
 }
 _SHOWN = 5
+_HEADER_SHOWN = 3  # columns an unknown header's one-line message names (each cut to 16 characters)
 
 
 class LabelsError(ValueError):
-    """The labels CSV cannot be used; the message names the offending rows. ``brief``: the same in a line
-    short enough for a narrow upload box (the app's tab lists the formats above it)."""
+    """The labels CSV cannot be used; the message names the offending rows. ``brief``: the same in one
+    line short enough for a narrow upload box (the Audit tab's validator shows it)."""
 
     def __init__(self, message: str, brief: str | None = None) -> None:
         super().__init__(message)
@@ -73,8 +74,8 @@ def _detect(header: list[str], path: Path) -> str:
         return "aptos"
     if {"image", "level"} <= columns:
         return "eyepacs"
-    names = [c if len(c) <= 16 else c[:15] + "…" for c in header[:3]]
-    shown = ",".join(names) + (f",... ({len(header)} columns)" if len(header) > 3 else "")
+    names = [c if len(c) <= 16 else c[:15] + "…" for c in header[:_HEADER_SHOWN]]
+    shown = ",".join(names) + (f",... ({len(header)} columns)" if len(header) > _HEADER_SHOWN else "")
     raise LabelsError(
         f"{path.name}: no recognised label columns in header {header}. Expected one of: "
         "image,dr_grade[,dme_grade] (ours); Image name,Retinopathy grade[,Risk of macular edema] (IDRiD); "
