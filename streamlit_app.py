@@ -20,7 +20,7 @@ import streamlit as st
 import workbench  # noqa: F401  (offline environment first)
 from workbench.analysis import Workbench, profile_from_env
 from workbench.io.idrid import IDRiD, IDRiDLayoutError
-from workbench.io.image_io import ImageLoadError
+from workbench.io.image_io import IMAGE_SUFFIXES, ImageLoadError
 from workbench.reports.audit import LabelsError, read_labels
 from workbench.reports.batch import expand_inputs
 from workbench.reports.render import (
@@ -72,7 +72,7 @@ st.caption("Research and audit tool, not a medical device.")
 
 with st.sidebar:
     uploads = st.file_uploader(
-        "Fundus images", type=["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp"], accept_multiple_files=True
+        "Fundus images", type=[suffix.lstrip(".") for suffix in IMAGE_SUFFIXES], accept_multiple_files=True
     )
     folder_text = st.text_input(
         "...or a folder (IDRiD layout shows ground truth)", os.environ.get("DRWB_DATA", "")

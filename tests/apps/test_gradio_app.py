@@ -131,6 +131,22 @@ def test_corrupt_upload_errors_and_app_keeps_serving(served, tmp_path: Path, fun
     assert "DR grade" in summary
 
 
+def test_a_dicom_photograph_is_analysed_like_its_pixels(served, tmp_path: Path) -> None:
+    """A camera's DICOM export (JPEG Baseline inside) goes through the upload box and grades; no patient
+    field of the file reaches what the app returns."""
+    from workbench.io.synthetic import dicom_bytes
+
+    client, _ = served
+    pixels = make_fundus(4, size=(356, 536), dr_grade=3, dme_grade=2).image
+    dicom = tmp_path / "eye.dcm"
+    dicom.write_bytes(dicom_bytes(pixels, jpeg=True))
+    summary, plot, *_, report = client.predict(handle_file(str(dicom)), False, api_name="/analyze")
+    assert "DR grade" in summary and report["graded"] and plot is not None
+    assert report["source"]["format"] == "DICOM" and report["source"]["mode"].startswith("YBR_FULL_422")
+    text = str(report) + summary
+    assert "Synthetic" not in text and "SYN-0001" not in text
+
+
 def test_non_fundus_is_reported_not_graded(served, tmp_path: Path) -> None:
     client, _ = served
     photo = tmp_path / "holiday.png"

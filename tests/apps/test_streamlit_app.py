@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workbench.io.synthetic import make_fundus
+from workbench.io.synthetic import dicom_bytes, make_fundus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,18 +43,19 @@ def test_upload_table_selection_and_bad_file(weights_env: Path) -> None:
         [
             ("eye_a.png", _png(1, 2), "image/png"),
             ("eye_b.png", _png(2, 0), "image/png"),
+            ("eye_c.dcm", dicom_bytes(make_fundus(3, size=(356, 536)).image, jpeg=True), "application/dicom"),
             ("broken.jpg", b"\xff\xd8\xff\xe0 not a jpeg", "image/jpeg"),
         ]
     )
     at.run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table["file"]) == ["eye_a.png", "eye_b.png", "broken.jpg"]
+    assert list(table["file"]) == ["eye_a.png", "eye_b.png", "eye_c.dcm", "broken.jpg"]
     assert table.loc[table["file"] == "broken.jpg", "quality"].item() == "error"
     assert any("broken.jpg" in error.value for error in at.error)
     assert not any("broken.jpg: broken.jpg" in error.value for error in at.error)  # named once
     assert "quality_reasons" in table.columns
-    assert at.selectbox[0].options == ["eye_a.png", "eye_b.png"]
+    assert at.selectbox[0].options == ["eye_a.png", "eye_b.png", "eye_c.dcm"]  # a camera's DICOM export too
     at.selectbox[0].select("eye_b.png")
     at.run()
     assert not at.exception

@@ -174,6 +174,8 @@ class Workbench:
         base = {
             "name": image.name,
             "original_size": image.original_size,
+            "source_format": image.source_format,
+            "source_mode": image.source_mode,
             "quality": prepared.quality,
             "fov": prepared.fov,
             "crop": prepared.crop,

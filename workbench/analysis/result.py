@@ -67,6 +67,9 @@ class Analysis:
     models: dict[str, str] = field(default_factory=dict)
     # what ran each of those models ("onnxruntime 1.32.0", "pytorch 2.14.1"): workbench.runtime
     runtimes: dict[str, str] = field(default_factory=dict)
+    # what the file held (image_io.LoadedImage): "JPEG" / "RGB", "DICOM" / "YBR_FULL_422 8-bit, JPEG Baseline"
+    source_format: str = ""
+    source_mode: str = ""
 
     @property
     def dr_grade(self) -> int | None:

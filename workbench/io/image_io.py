@@ -1,9 +1,9 @@
 """Safe loading of user-supplied fundus images.
 
-Accepts JPEG, PNG, TIFF, BMP and WebP from a path or raw bytes and always returns RGB uint8, whatever the
-file held (grayscale, palette, RGBA, 16-bit, CMYK). Each way a file can be unusable gets its own
-exception with a message that names the file and the problem, so the apps can show it verbatim and keep
-serving. The file itself is only ever read.
+Accepts JPEG, PNG, TIFF, BMP, WebP and DICOM (``workbench.io.dicom``) from a path or raw bytes and always
+returns RGB uint8, whatever the file held (grayscale, palette, RGBA, 16-bit, CMYK, YCbCr). Each way a file
+can be unusable gets its own exception (``workbench.io.errors``) with a message that names the file and the
+problem, so the apps can show it verbatim and keep serving. The file itself is only ever read.
 
 Large JPEGs are decoded at reduced size (libjpeg's DCT scaling through PIL ``draft``) when the caller
 says how many pixels it needs; ``LoadedImage.original_size`` still reports the full size, so every
@@ -20,9 +20,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from workbench.io import dicom
+from workbench.io.errors import (
+    EmptyImageError,
+    ImageLoadError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TruncatedImageError,
+    UnsupportedImageError,
+    check_size,
+)
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "EmptyImageError",
+    "HEAD_BYTES",
+    "IMAGE_SUFFIXES",
     "ImageLoadError",
     "ImageTooLargeError",
     "LoadedImage",
@@ -31,38 +44,31 @@ __all__ = [
     "SUPPORTED_FORMATS_TEXT",
     "TruncatedImageError",
     "UnsupportedImageError",
+    "is_image_file",
+    "is_image_name",
     "load_image",
 ]
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO")
 # the same list as every message names it (MPO is the multi-picture JPEG some cameras write)
-SUPPORTED_FORMATS_TEXT = "JPEG, PNG, TIFF, BMP or WebP"
+SUPPORTED_FORMATS_TEXT = "JPEG, PNG, TIFF, BMP, WebP or DICOM"
+# how much of a suffix-less file ``is_image_name`` needs to see (a DICOM preamble and its marker)
+HEAD_BYTES = dicom.MAGIC_OFFSET + 4
+# the files a folder, a zip or an upload box offers as photographs; a file without any suffix counts when
+# its content is DICOM (exports from PACS and cameras often carry bare names such as IM000001)
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".webp",
+    ".dcm",
+    ".dicom",
+)
 # 64 MP: twice the largest fundus cameras on the market; a decompression bomb is refused before decoding.
 DEFAULT_MAX_PIXELS: int = 64_000_000
-
-
-class ImageLoadError(ValueError):
-    """Base class: the file cannot be used as a fundus image. The message is meant for the user."""
-
-
-class EmptyImageError(ImageLoadError):
-    """The file has zero bytes."""
-
-
-class NotAnImageError(ImageLoadError):
-    """The bytes are not an image in any format we read."""
-
-
-class UnsupportedImageError(ImageLoadError):
-    """An image, but in a format or pixel mode we do not accept."""
-
-
-class TruncatedImageError(ImageLoadError):
-    """The image header is fine but the pixel data ends early or is corrupt."""
-
-
-class ImageTooLargeError(ImageLoadError):
-    """More pixels than ``max_pixels`` (a decompression-bomb guard)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,26 @@ class LoadedImage:
         return np.array([[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5], [0, 0, 1]], np.float64)
 
 
-def _open(source: str | Path | bytes, name: str) -> Image.Image:
+def is_image_name(name: str, head: bytes | None = None) -> bool:
+    """Whether a file called ``name`` is offered as a photograph: an image suffix, or no suffix and a DICOM
+    header in ``head`` (its first ``HEAD_BYTES`` bytes or more; None: not known, so not offered)."""
+    suffix = Path(name).suffix.lower()
+    if suffix:
+        return suffix in IMAGE_SUFFIXES
+    return head is not None and dicom.is_dicom(head)
+
+
+def is_image_file(path: Path) -> bool:
+    """``is_image_name`` for a file on disk, reading the head only when the name has no suffix."""
+    if not path.is_file():
+        return False
+    if path.suffix:
+        return is_image_name(path.name)
+    with path.open("rb") as handle:
+        return is_image_name(path.name, handle.read(HEAD_BYTES))
+
+
+def _read(source: str | Path | bytes, name: str) -> bytes:
     if isinstance(source, bytes | bytearray):
         data = bytes(source)
     else:
@@ -105,6 +130,10 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
         data = path.read_bytes()
     if not data:
         raise EmptyImageError(f"{name}: the file is empty (0 bytes)")
+    return data
+
+
+def _open(data: bytes, name: str) -> Image.Image:
     try:
         # Our own pixel limit (load_image) gives the clearer message; PIL's warning is redundant.
         with warnings.catch_warnings():
@@ -167,15 +196,15 @@ def load_image(
         FileNotFoundError: when ``source`` is a path that does not exist.
     """
     name = name or (Path(source).name if isinstance(source, str | Path) else "<bytes>")
-    image = _open(source, name)
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise NotAnImageError(f"{name}: image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, above the limit of "
-            f"{max_pixels / 1e6:.0f} MP; downscale it first"
+    data = _read(source, name)
+    if dicom.is_dicom(data):  # by content, whatever the file is called
+        rgb, mode = dicom.decode(data, name, max_pixels)
+        return LoadedImage(
+            rgb=rgb, original_size=rgb.shape[:2], source_format="DICOM", source_mode=mode, name=name
         )
+    image = _open(data, name)
+    width, height = image.size
+    check_size(name, width, height, max_pixels)
     orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
     swapped = orientation in (5, 6, 7, 8)
     original_size = (width, height) if swapped else (height, width)

@@ -16,6 +16,7 @@ masks, CSVs with trailing empty columns), so every reader and evaluation test ru
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from PIL import Image
 
 from models.constants import LESION_CODES, lesion_by_code
 
-__all__ = ["SyntheticFundus", "make_fundus", "write_idrid_folder"]
+__all__ = ["SyntheticFundus", "dicom_bytes", "make_fundus", "write_idrid_folder"]
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,65 @@ def make_fundus(
         dr_grade=grade,
         dme_grade=dme if bool_masks["EX"].any() else 0,
     )
+
+
+def dicom_bytes(
+    pixels: np.ndarray,
+    *,
+    jpeg: bool = False,
+    photometric: str | None = None,
+    bits_stored: int | None = None,
+    frames: int = 1,
+    laterality: str = "R",
+) -> bytes:
+    """A DICOM Ophthalmic Photography file holding ``pixels``, as a camera or PACS export would write it.
+
+    ``pixels``: (h, w, 3) uint8 RGB, or (h, w) uint8 / uint16 grayscale. ``jpeg`` stores an RGB image as
+    JPEG Baseline with YCbCr 4:2:2 (the usual camera export); otherwise the pixels are stored uncompressed
+    (``photometric`` overrides the interpretation, e.g. ``"MONOCHROME1"``). ``frames`` > 1 repeats the
+    image as a multi-frame file. The patient fields hold an obviously fake name, so a test can check that
+    nothing of them reaches a result.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+    colour = pixels.ndim == 3
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID, ds.ImageLaterality = (
+        "OP",
+        "Synthetic^Patient",
+        "SYN-0001",
+        laterality,
+    )
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric or (
+        ("YBR_FULL_422" if jpeg else "RGB") if colour else "MONOCHROME2"
+    )
+    ds.BitsAllocated = 8 * pixels.dtype.itemsize
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if jpeg:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=95, subsampling=1)  # 1: 4:2:2
+        ds.PixelData = encapsulate([buffer.getvalue()] * frames)
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes() * frames
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def _save_palette_mask(mask: np.ndarray, path: Path) -> None:

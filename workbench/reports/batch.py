@@ -25,7 +25,7 @@ from workbench.explain.scoring import (
     score_heatmap,
 )
 from workbench.inference import model_lock
-from workbench.io.image_io import ImageLoadError
+from workbench.io.image_io import IMAGE_SUFFIXES, ImageLoadError, is_image_file
 from workbench.reports.report import write_report
 from workbench.targets import GradeTarget, Target
 
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 SUMMARY_FIELDS = (
     "file",
     "sha256",
@@ -81,7 +80,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
         if path.suffix.lower() == ".csv" and path.is_file():
             found.extend(_manifest(path))
         elif path.is_dir():
-            found.extend(p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+            found.extend(p for p in sorted(path.iterdir()) if is_image_file(p))
         elif any(ch in item for ch in "*?["):
             found.extend(Path(p) for p in sorted(glob.glob(item)))
         else:

@@ -83,6 +83,7 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
     out: dict[str, Any] = {
         "file": analysis.name,
         "original_size_hw": list(analysis.original_size),
+        "source": {"format": analysis.source_format, "mode": analysis.source_mode},
         "gradeable": analysis.quality.gradeable,
         "quality_reasons": list(analysis.quality.reasons),
         "quality_measures": {k: _num(v) for k, v in analysis.quality.measures.items()},

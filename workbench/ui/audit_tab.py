@@ -14,10 +14,10 @@ from typing import Any
 import gradio as gr
 
 from workbench.analysis import Workbench
-from workbench.io.image_io import SUPPORTED_FORMATS_TEXT
+from workbench.io.image_io import HEAD_BYTES, SUPPORTED_FORMATS_TEXT, is_image_name
 from workbench.reports.audit import LabelsError, read_labels, run_audit, write_audit_report
 from workbench.reports.audit.figures import training_overlap_note
-from workbench.reports.audit.labels import IMAGE_SUFFIXES, labels_format
+from workbench.reports.audit.labels import labels_format
 from workbench.reports.audit.report import audit_plots
 from workbench.ui.handlers import LONG_WORK, NARROW_PX
 
@@ -27,15 +27,19 @@ MAX_ZIP_MEMBERS = 5000
 MAX_UNPACKED_BYTES = 4 * 1024**3
 
 
+def _is_image_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> bool:
+    """An image suffix, or none and a DICOM header (only then is the member's head read)."""
+    if Path(member.filename).suffix:
+        return is_image_name(member.filename)
+    with zf.open(member) as handle:
+        return is_image_name(member.filename, handle.read(HEAD_BYTES))
+
+
 def _unpack(archive: str, into: Path) -> Path:
     """Extract the image files of ``archive`` flat into ``into`` (no paths from the zip are trusted)."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            members = [
-                m
-                for m in zf.infolist()
-                if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_SUFFIXES
-            ]
+            members = [m for m in zf.infolist() if not m.is_dir() and _is_image_member(zf, m)]
             if not members:
                 raise gr.Error(f"The zip holds no image files ({SUPPORTED_FORMATS_TEXT}).")
             if len(members) > MAX_ZIP_MEMBERS or sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:

@@ -71,10 +71,15 @@ def write_examples(folder: str | Path) -> list[str]:
     return paths
 
 
+# "image" is what browsers call image/*; DICOM files (application/dicom) are named by suffix. A DICOM
+# export without a suffix can be renamed *.dcm, or given to `drwb analyze`, which reads content.
+UPLOAD_TYPES = ["image", ".dcm", ".dicom"]
+
+
 def _upload(label: str = "Fundus photograph") -> gr.File:
     # gr.File, not gr.Image: gr.Image decodes the upload itself and turns a corrupt file into a generic
     # error; our loader names the problem (truncated, not an image, too large...).
-    return gr.File(label=label, type="filepath", file_types=["image"])
+    return gr.File(label=label, type="filepath", file_types=UPLOAD_TYPES)
 
 
 def _upload_with_preview(handlers: Handlers) -> gr.File:
@@ -251,7 +256,10 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     )
             with gr.Tab("Batch"):
                 files = gr.File(
-                    label="Fundus photographs", file_count="multiple", type="filepath", file_types=["image"]
+                    label="Fundus photographs",
+                    file_count="multiple",
+                    type="filepath",
+                    file_types=UPLOAD_TYPES,
                 )
                 run_batch = gr.Button("Analyze all", variant="primary")
                 table = gr.Dataframe(

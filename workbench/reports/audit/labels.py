@@ -19,9 +19,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.io.image_io import is_image_file
+
 __all__ = ["FORMATS", "LabelledImage", "Labels", "LabelsError", "read_labels"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # format name -> (image column, DR column, DME column or None)
 FORMATS: dict[str, tuple[str, str, str | None]] = {
     "drwb": ("image", "dr_grade", "dme_grade"),
@@ -96,7 +97,7 @@ def _index_folder(folder: Path) -> dict[str, Path]:
     """name and stem -> file, for every image file in ``folder`` (not recursive)."""
     index: dict[str, Path] = {}
     for file in sorted(folder.iterdir()):
-        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_file(file):
             index.setdefault(file.name, file)
             index.setdefault(file.stem, file)
     return index

@@ -1,0 +1,134 @@
+"""DICOM photographs: read by content into RGB uint8 like any other upload; every way a DICOM file can be
+unusable has its own clear error; patient fields never reach a result."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workbench.io.image_io import (
+    ImageTooLargeError,
+    NotAnImageError,
+    TruncatedImageError,
+    UnsupportedImageError,
+    is_image_file,
+    load_image,
+)
+from workbench.io.synthetic import dicom_bytes, make_fundus
+from workbench.reports.batch import expand_inputs
+
+
+@pytest.fixture(scope="module")
+def fundus() -> np.ndarray:
+    return make_fundus(3, size=(120, 180), dr_grade=2).image
+
+
+def test_uncompressed_rgb_is_read_exactly(fundus: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "IM000001"  # a bare export name: recognised by content, not by suffix
+    path.write_bytes(dicom_bytes(fundus))
+    loaded = load_image(path)
+    assert loaded.source_format == "DICOM" and loaded.source_mode.startswith("RGB 8-bit")
+    assert loaded.original_size == (120, 180) and loaded.name == "IM000001"
+    assert np.array_equal(loaded.rgb, fundus)
+
+
+def test_jpeg_baseline_ycbcr_arrives_as_rgb(fundus: np.ndarray) -> None:
+    """The usual camera export: JPEG Baseline, YCbCr 4:2:2. Decoded as a JPEG viewer would (not left in
+    YCbCr, which would turn a fundus green-purple)."""
+    loaded = load_image(dicom_bytes(fundus, jpeg=True))
+    assert loaded.source_mode.startswith("YBR_FULL_422 8-bit, JPEG Baseline")
+    buffer = io.BytesIO()
+    Image.fromarray(fundus).save(buffer, "JPEG", quality=95, subsampling=1)
+    as_jpeg = np.asarray(Image.open(buffer).convert("RGB")).astype(int)
+    assert np.abs(loaded.rgb.astype(int) - as_jpeg).max() <= 2
+    assert np.abs(loaded.rgb.astype(int) - fundus.astype(int)).mean() < 4
+    # the red channel dominates a fundus; a YCbCr image read as RGB would put luma there
+    assert loaded.rgb[..., 0].mean() > loaded.rgb[..., 2].mean() + 20
+
+
+def test_high_bit_depth_is_scaled_by_the_declared_range_not_the_brightest_pixel() -> None:
+    values = np.array([[0, 2048, 4095, 1024]], dtype=np.uint16)  # 12 bits stored in 16
+    loaded = load_image(dicom_bytes(values, bits_stored=12))
+    assert loaded.rgb[0, :, 1].tolist() == [0, 128, 255, 64]
+    dark = load_image(dicom_bytes(np.full((4, 4), 1024, np.uint16), bits_stored=12))
+    assert int(dark.rgb.max()) == 64  # a dark image stays dark
+
+
+def test_monochrome1_is_inverted() -> None:
+    values = np.array([[0, 255]], dtype=np.uint8)
+    loaded = load_image(dicom_bytes(values, photometric="MONOCHROME1"))
+    assert loaded.rgb[0, :, 0].tolist() == [255, 0]
+
+
+def test_a_multi_frame_file_is_refused_with_its_frame_count(fundus: np.ndarray) -> None:
+    with pytest.raises(UnsupportedImageError, match="multi-frame DICOM \\(2 frames\\)"):
+        load_image(dicom_bytes(fundus, frames=2), name="stereo.dcm")
+
+
+def test_a_dicom_without_pixels_is_not_an_image(fundus: np.ndarray) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(fundus)))
+    del ds.PixelData
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    with pytest.raises(NotAnImageError, match="report.dcm: a DICOM file without an image"):
+        load_image(out.getvalue(), name="report.dcm")
+
+
+def test_a_cut_file_is_named_truncated(fundus: np.ndarray) -> None:
+    data = dicom_bytes(fundus)
+    with pytest.raises(TruncatedImageError, match="cut.dcm: the DICOM .*truncated or corrupt"):
+        load_image(data[: len(data) // 2], name="cut.dcm")
+
+
+def test_too_many_pixels_are_refused_from_the_header(fundus: np.ndarray, monkeypatch) -> None:
+    import pydicom.dataset
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("pixels decoded before the size check")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(never))
+    with pytest.raises(ImageTooLargeError, match="big.dcm: 180x120 is 0.0 megapixels"):
+        load_image(dicom_bytes(fundus), max_pixels=10_000, name="big.dcm")
+
+
+def test_the_file_is_only_read(fundus: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "eye.dcm"
+    data = dicom_bytes(fundus, jpeg=True)
+    path.write_bytes(data)
+    load_image(path)
+    assert path.read_bytes() == data
+
+
+def test_folders_offer_dicom_by_suffix_or_by_content(fundus: np.ndarray, tmp_path: Path) -> None:
+    (tmp_path / "a.dcm").write_bytes(dicom_bytes(fundus))
+    (tmp_path / "IM000002").write_bytes(dicom_bytes(fundus, jpeg=True))
+    (tmp_path / "README").write_text("not an image, no suffix")
+    (tmp_path / "notes.txt").write_text("not an image")
+    Image.fromarray(fundus).save(tmp_path / "b.png")
+    assert [p.name for p in expand_inputs([str(tmp_path)])] == ["IM000002", "a.dcm", "b.png"]
+    assert not is_image_file(tmp_path / "README") and is_image_file(tmp_path / "IM000002")
+
+
+def test_an_audit_zip_offers_dicom_members_by_suffix_or_by_content(
+    fundus: np.ndarray, tmp_path: Path
+) -> None:
+    import zipfile
+
+    from workbench.ui.audit_tab import _unpack
+
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("export/a.dcm", dicom_bytes(fundus))
+        zf.writestr("export/IM000003", dicom_bytes(fundus, jpeg=True))
+        zf.writestr("export/README", "no suffix, not DICOM")
+    into = tmp_path / "unpacked"
+    into.mkdir()
+    folder = _unpack(str(archive), into)
+    assert sorted(p.name for p in folder.iterdir()) == ["IM000003", "a.dcm"]
+    assert load_image(folder / "IM000003").source_format == "DICOM"

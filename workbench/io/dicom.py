@@ -1,0 +1,106 @@
+"""DICOM fundus photographs as RGB uint8.
+
+Screening programmes and fundus cameras export Ophthalmic Photography (modality OP) as DICOM: one frame,
+RGB or YCbCr, uncompressed or JPEG-compressed inside the file. ``image_io.load_image`` recognises a DICOM
+file by its content (the ``DICM`` marker after the 128-byte preamble of a DICOM Part 10 file), whatever
+its name, and hands it here. Only the pixels and the tags that say how to read them are used: no patient
+or study field is read into a result, so a report made from a DICOM file names the file and nothing else.
+
+What is refused, each with a message naming the file and the problem: a DICOM file that holds no image
+(a structured report, an encapsulated PDF), several frames (a stereo pair or a series: export the frame to
+grade), more pixels than the caller's limit (checked from the header, before decoding), pixel data
+compressed in a syntax this installation cannot decode, and a file cut short.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from workbench.io.errors import NotAnImageError, TruncatedImageError, UnsupportedImageError, check_size
+
+__all__ = ["MAGIC_OFFSET", "decode", "is_dicom"]
+
+MAGIC_OFFSET = 128  # a Part 10 file: 128-byte preamble, then b"DICM", then the file meta information
+
+
+def is_dicom(data: bytes) -> bool:
+    """True for a DICOM Part 10 file (the ``DICM`` marker after the preamble)."""
+    return data[MAGIC_OFFSET : MAGIC_OFFSET + 4] == b"DICM"
+
+
+def _to_uint8(values: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    """Scale stored values to 0..255 by the range the header declares (not by the image's own maximum,
+    so a dark photograph stays dark)."""
+    if values.dtype == np.uint8:
+        return values
+    if np.issubdtype(values.dtype, np.floating):
+        top = 1.0 if float(np.nanmax(values, initial=0.0)) <= 1.0 else 255.0
+        return np.clip(np.nan_to_num(values) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    bits = max(1, min(int(bits_stored), 8 * values.dtype.itemsize))
+    shifted = values.astype(np.float64) + (2.0 ** (bits - 1) if signed else 0.0)
+    return np.clip(shifted / (2.0**bits - 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def decode(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, str]:
+    """Decode a single-frame DICOM image.
+
+    Returns:
+        (rgb, mode): (h, w, 3) uint8 RGB pixels and a description of what the file held, e.g.
+        ``"YBR_FULL_422 8-bit, JPEG Baseline (Process 1)"``.
+
+    Raises:
+        NotAnImageError, UnsupportedImageError, ImageTooLargeError, TruncatedImageError: each with a
+        message naming the file and the problem.
+    """
+    import pydicom  # imported here: only DICOM files pay for it
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as exc:
+        raise NotAnImageError(f"{name}: not a readable DICOM file ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 (pydicom raises many kinds on a cut or corrupt header)
+        raise TruncatedImageError(f"{name}: the DICOM file is truncated or corrupt ({exc})") from exc
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        kind = getattr(ds.get("SOPClassUID"), "name", None) or "no SOP class"
+        raise NotAnImageError(f"{name}: a DICOM file without an image ({kind}); upload a fundus photograph")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise UnsupportedImageError(
+            f"{name}: a multi-frame DICOM ({frames} frames); export the one frame to grade as its own file"
+        )
+    check_size(name, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0), max_pixels)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    syntax_name = getattr(syntax, "name", None) or "an unknown transfer syntax"
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        values = ds.pixel_array  # YCbCr (JPEG's and the native YBR_FULL forms) arrives as RGB
+    except (NotImplementedError, RuntimeError) as exc:  # no decoder for this compression here
+        raise UnsupportedImageError(
+            f"{name}: DICOM pixel data compressed as {syntax_name}, which this installation cannot decode; "
+            "export it uncompressed or as JPEG Baseline"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 (cut pixel data surfaces as ValueError, EOFError, OSError...)
+        raise TruncatedImageError(f"{name}: the DICOM pixel data is truncated or corrupt ({exc})") from exc
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        values, bits, signed = apply_color_lut(values, ds), 16, False
+        if values.dtype == np.uint8:
+            bits = 8
+    if values.ndim == 2:
+        gray = _to_uint8(values, bits, signed)
+        if photometric == "MONOCHROME1":  # 0 is white
+            gray = 255 - gray
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+    elif values.ndim == 3 and values.shape[-1] == 3:
+        rgb = _to_uint8(values, bits, signed)
+    elif values.ndim == 3 and values.shape[-1] == 4:  # ARGB/CMYK were retired from the standard
+        raise UnsupportedImageError(f"{name}: a four-sample DICOM image ({photometric}) is not supported")
+    else:
+        raise UnsupportedImageError(f"{name}: DICOM pixel data of shape {values.shape} is not an image")
+    return np.ascontiguousarray(rgb), f"{photometric} {bits}-bit, {syntax_name}"
