@@ -132,3 +132,125 @@ def test_an_audit_zip_offers_dicom_members_by_suffix_or_by_content(
     folder = _unpack(str(archive), into)
     assert sorted(p.name for p in folder.iterdir()) == ["IM000003", "a.dcm"]
     assert load_image(folder / "IM000003").source_format == "DICOM"
+
+
+def _edited(data: bytes, **tags) -> bytes:
+    """The DICOM file ``data`` with some elements set (None deletes one), written back."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in tags.items():
+        if value is None:
+            delattr(ds, keyword)
+        elif keyword == "TransferSyntaxUID":
+            ds.file_meta.TransferSyntaxUID = value
+        else:
+            setattr(ds, keyword, value)
+            if keyword.endswith("LookupTableDescriptor"):
+                ds[keyword].VR = "US"  # "US or SS" in the dictionary; unsigned entries here
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_a_jpeg_export_cut_short_is_named_truncated_not_imageless(fundus: np.ndarray) -> None:
+    """An interrupted copy: pydicom quietly returns an empty dataset for a cut encapsulated file."""
+    data = dicom_bytes(fundus, jpeg=True)
+    with pytest.raises(TruncatedImageError, match="cut.dcm: the DICOM file is truncated"):
+        load_image(data[:-10], name="cut.dcm")
+
+
+def test_a_garbled_jpeg_inside_is_corrupt_not_an_unsupported_compression(fundus: np.ndarray) -> None:
+    from pydicom.encaps import encapsulate
+
+    data = _edited(dicom_bytes(fundus, jpeg=True), PixelData=encapsulate([b"\xff\xd8\xff\xdb garbage" * 20]))
+    with pytest.raises(TruncatedImageError, match="pixel data is truncated or corrupt"):
+        load_image(data, name="garbled.dcm")
+
+
+def test_a_compression_without_a_decoder_here_is_named(fundus: np.ndarray) -> None:
+    from pydicom.uid import JPEGLossless
+
+    data = _edited(dicom_bytes(fundus, jpeg=True), TransferSyntaxUID=JPEGLossless)
+    with pytest.raises(UnsupportedImageError, match="compressed as JPEG Lossless.*cannot decode"):
+        load_image(data, name="lossless.dcm")
+
+
+def test_a_jpeg_larger_than_its_header_says_is_refused_before_decoding(fundus: np.ndarray) -> None:
+    data = _edited(dicom_bytes(fundus, jpeg=True), Rows=10, Columns=10)  # the JPEG inside is 180x120
+    with pytest.raises(ImageTooLargeError, match="180x120"):
+        load_image(data, max_pixels=5_000, name="bomb.dcm")
+
+
+def test_a_dcm_file_without_the_preamble_is_read(fundus: np.ndarray) -> None:
+    data = dicom_bytes(fundus)
+    bare = data[132:]  # no 128-byte preamble, no DICM marker: meta information first
+    assert np.array_equal(load_image(bare, name="bare.dcm").rgb, fundus)
+
+
+def test_native_ycbcr_planar_rle_signed_and_palette_variants() -> None:
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import RLELossless
+
+    rgb = make_fundus(5, size=(48, 64)).image
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    loaded = load_image(dicom_bytes(ybr, photometric="YBR_FULL"))
+    assert np.abs(loaded.rgb.astype(int) - rgb.astype(int)).max() <= 2
+    planar = _edited(dicom_bytes(rgb), PlanarConfiguration=1, PixelData=rgb.transpose(2, 0, 1).tobytes())
+    assert np.array_equal(load_image(planar).rgb, rgb)
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(rgb)))
+    ds.compress(RLELossless)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    loaded = load_image(out.getvalue())
+    assert loaded.source_mode.endswith("RLE Lossless") and np.array_equal(loaded.rgb, rgb)
+    signed = np.array([[-128, 0, 127]], dtype=np.int8)
+    data = _edited(dicom_bytes(signed.view(np.uint8)), PixelRepresentation=1)
+    assert load_image(data).rgb[0, :, 0].tolist() == [0, 128, 255]
+    lut = np.linspace(0, 65535, 256).astype(np.uint16)
+    palette = _edited(
+        dicom_bytes(np.array([[0, 255, 128]], np.uint8), photometric="PALETTE COLOR"),
+        RedPaletteColorLookupTableDescriptor=[256, 0, 16],
+        GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
+        BluePaletteColorLookupTableDescriptor=[256, 0, 16],
+        RedPaletteColorLookupTableData=lut.tobytes(),
+        GreenPaletteColorLookupTableData=np.zeros(256, np.uint16).tobytes(),
+        BluePaletteColorLookupTableData=lut[::-1].copy().tobytes(),
+    )
+    assert load_image(palette).rgb[0].tolist() == [[0, 0, 255], [255, 0, 0], [128, 0, 127]]
+
+
+def test_uid_names_are_offered_and_dicomdir_and_unreadable_files_are_not(
+    fundus: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = tmp_path / "1.2.826.0.1.3680043.8.498.12345"  # storescp names files by UID: suffix ".12345"
+    uid.write_bytes(dicom_bytes(fundus))
+    (tmp_path / "DICOMDIR").write_bytes(dicom_bytes(fundus))  # a stand-in: offered by name never
+    locked = tmp_path / "IM000009"
+    locked.write_bytes(dicom_bytes(fundus))
+    real_open = Path.open
+
+    def refuse(self: Path, *args, **kwargs):
+        if self.name == "IM000009":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    assert [p.name for p in expand_inputs([str(tmp_path)])] == [uid.name]
+
+
+def test_no_patient_field_reaches_what_is_loaded_or_any_message(fundus: np.ndarray) -> None:
+    loaded = load_image(dicom_bytes(fundus, jpeg=True), name="eye.dcm")
+    text = f"{loaded.name} {loaded.source_format} {loaded.source_mode}"
+    messages = []
+    for bad in (
+        dicom_bytes(fundus, frames=2),
+        dicom_bytes(fundus)[:-100],
+        dicom_bytes(fundus, jpeg=True)[:-10],
+    ):
+        with pytest.raises(Exception) as error:
+            load_image(bad, name="x.dcm")
+        messages.append(str(error.value))
+    assert messages and not any(word in " ".join([text, *messages]) for word in ("Synthetic", "SYN-0001"))

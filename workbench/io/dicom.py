@@ -20,9 +20,11 @@ import numpy as np
 
 from workbench.io.errors import NotAnImageError, TruncatedImageError, UnsupportedImageError, check_size
 
-__all__ = ["MAGIC_OFFSET", "decode", "is_dicom"]
+__all__ = ["MAGIC_OFFSET", "SUFFIXES", "decode", "is_dicom"]
 
 MAGIC_OFFSET = 128  # a Part 10 file: 128-byte preamble, then b"DICM", then the file meta information
+SUFFIXES = (".dcm", ".dicom")
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian
 
 
 def is_dicom(data: bytes) -> bool:
@@ -43,8 +45,42 @@ def _to_uint8(values: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
     return np.clip(shifted / (2.0**bits - 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, str]:
+def _header(ds, name: str) -> tuple[int, int, int, int, bool, str]:
+    """(frames, rows, columns, bits stored, signed, photometric interpretation) from the header; a value
+    that cannot be read is a corrupt file, not a crash."""
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+        signed = int(ds.get("PixelRepresentation") or 0) == 1
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    except Exception as exc:  # noqa: BLE001 (a garbled element raises ValueError, NotImplementedError...)
+        raise TruncatedImageError(f"{name}: the DICOM header is corrupt ({exc})") from exc
+    return frames, rows, columns, bits, signed, photometric
+
+
+def _check_encoded_size(ds, name: str, max_pixels: int) -> None:
+    """A compressed frame says its own size; refuse it before decoding when it exceeds the limit (the
+    header's Rows and Columns need not agree with what the JPEG inside holds)."""
+    if not ds.file_meta.get("TransferSyntaxUID", None) or not ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    from PIL import Image, UnidentifiedImageError
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        with Image.open(io.BytesIO(frame)) as encoded:  # reads the header only
+            width, height = encoded.size
+    except (StopIteration, UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return  # not a format PIL reads the size of; the decoder's own errors follow
+    check_size(name, width, height, max_pixels)
+
+
+def decode(data: bytes, name: str, max_pixels: int, force: bool = False) -> tuple[np.ndarray, str]:
     """Decode a single-frame DICOM image.
+
+    Args:
+        force: read a file without the Part 10 preamble (one named ``*.dcm``), as pydicom's ``force``.
 
     Returns:
         (rgb, mode): (h, w, 3) uint8 RGB pixels and a description of what the file held, e.g.
@@ -56,42 +92,50 @@ def decode(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, str]:
     """
     import pydicom  # imported here: only DICOM files pay for it
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import get_decoder
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data), force=force)
     except InvalidDicomError as exc:
         raise NotAnImageError(f"{name}: not a readable DICOM file ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 (pydicom raises many kinds on a cut or corrupt header)
         raise TruncatedImageError(f"{name}: the DICOM file is truncated or corrupt ({exc})") from exc
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if len(ds) == 0 or _PIXEL_DATA_TAG in data:  # pydicom stops quietly where a cut file ends
+            raise TruncatedImageError(f"{name}: the DICOM file is truncated (it ends inside the image)")
+        if "DirectoryRecordSequence" in ds:
+            raise NotAnImageError(
+                f"{name}: a DICOMDIR (the index of a DICOM media export); give the image files it lists"
+            )
         kind = getattr(ds.get("SOPClassUID"), "name", None) or "no SOP class"
         raise NotAnImageError(f"{name}: a DICOM file without an image ({kind}); upload a fundus photograph")
-    frames = int(ds.get("NumberOfFrames") or 1)
+    frames, rows, columns, bits, signed, photometric = _header(ds, name)
     if frames > 1:
         raise UnsupportedImageError(
             f"{name}: a multi-frame DICOM ({frames} frames); export the one frame to grade as its own file"
         )
-    check_size(name, int(ds.get("Columns") or 0), int(ds.get("Rows") or 0), max_pixels)
+    check_size(name, columns, rows, max_pixels)
+    _check_encoded_size(ds, name, max_pixels)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     syntax_name = getattr(syntax, "name", None) or "an unknown transfer syntax"
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
-        values = ds.pixel_array  # YCbCr (JPEG's and the native YBR_FULL forms) arrives as RGB
-    except (NotImplementedError, RuntimeError) as exc:  # no decoder for this compression here
+        decodable = syntax is None or not syntax.is_compressed or get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError):  # no decoder is known for this syntax at all
+        decodable = False
+    if not decodable:
         raise UnsupportedImageError(
             f"{name}: DICOM pixel data compressed as {syntax_name}, which this installation cannot decode; "
             "export it uncompressed or as JPEG Baseline"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 (cut pixel data surfaces as ValueError, EOFError, OSError...)
-        raise TruncatedImageError(f"{name}: the DICOM pixel data is truncated or corrupt ({exc})") from exc
-    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
-    signed = int(ds.get("PixelRepresentation") or 0) == 1
-    if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
+        )
+    try:
+        values = ds.pixel_array  # YCbCr (JPEG's and the native YBR_FULL forms) arrives as RGB
+        if photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
 
-        values, bits, signed = apply_color_lut(values, ds), 16, False
-        if values.dtype == np.uint8:
-            bits = 8
+            values = apply_color_lut(values, ds)
+            bits, signed = 8 * values.dtype.itemsize, False
+    except Exception as exc:  # noqa: BLE001 (cut or garbled pixel data: RuntimeError, ValueError, EOFError...)
+        raise TruncatedImageError(f"{name}: the DICOM pixel data is truncated or corrupt ({exc})") from exc
     if values.ndim == 2:
         gray = _to_uint8(values, bits, signed)
         if photometric == "MONOCHROME1":  # 0 is white
@@ -99,8 +143,6 @@ def decode(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, str]:
         rgb = np.repeat(gray[..., None], 3, axis=2)
     elif values.ndim == 3 and values.shape[-1] == 3:
         rgb = _to_uint8(values, bits, signed)
-    elif values.ndim == 3 and values.shape[-1] == 4:  # ARGB/CMYK were retired from the standard
-        raise UnsupportedImageError(f"{name}: a four-sample DICOM image ({photometric}) is not supported")
     else:
-        raise UnsupportedImageError(f"{name}: DICOM pixel data of shape {values.shape} is not an image")
+        raise UnsupportedImageError(f"{name}: DICOM pixel data of shape {values.shape} is not a photograph")
     return np.ascontiguousarray(rgb), f"{photometric} {bits}-bit, {syntax_name}"

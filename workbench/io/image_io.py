@@ -102,22 +102,27 @@ class LoadedImage:
 
 
 def is_image_name(name: str, head: bytes | None = None) -> bool:
-    """Whether a file called ``name`` is offered as a photograph: an image suffix, or no suffix and a DICOM
-    header in ``head`` (its first ``HEAD_BYTES`` bytes or more; None: not known, so not offered)."""
-    suffix = Path(name).suffix.lower()
-    if suffix:
-        return suffix in IMAGE_SUFFIXES
-    return head is not None and dicom.is_dicom(head)
+    """Whether a file called ``name`` is offered as a photograph: an image suffix, or any other name (a
+    bare export name, a UID such as ``1.2.826.0.1.3680043.8.498.12345``) with a DICOM header in ``head``
+    (its first ``HEAD_BYTES`` bytes or more; None: not known, so not offered). A DICOMDIR, the index of a
+    media export, is not a photograph."""
+    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return head is not None and Path(name).name.upper() != "DICOMDIR" and dicom.is_dicom(head)
 
 
 def is_image_file(path: Path) -> bool:
-    """``is_image_name`` for a file on disk, reading the head only when the name has no suffix."""
-    if not path.is_file():
+    """``is_image_name`` for a file on disk, reading its head only when the suffix does not decide; a file
+    that cannot be read is not offered (the batch goes on without it)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return path.is_file()
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as handle:
+            return is_image_name(path.name, handle.read(HEAD_BYTES))
+    except OSError:
         return False
-    if path.suffix:
-        return is_image_name(path.name)
-    with path.open("rb") as handle:
-        return is_image_name(path.name, handle.read(HEAD_BYTES))
 
 
 def _read(source: str | Path | bytes, name: str) -> bytes:
@@ -197,8 +202,9 @@ def load_image(
     """
     name = name or (Path(source).name if isinstance(source, str | Path) else "<bytes>")
     data = _read(source, name)
-    if dicom.is_dicom(data):  # by content, whatever the file is called
-        rgb, mode = dicom.decode(data, name, max_pixels)
+    part10 = dicom.is_dicom(data)  # by content, whatever the file is called
+    if part10 or Path(name).suffix.lower() in dicom.SUFFIXES:  # a *.dcm without the preamble too
+        rgb, mode = dicom.decode(data, name, max_pixels, force=not part10)
         return LoadedImage(
             rgb=rgb, original_size=rgb.shape[:2], source_format="DICOM", source_mode=mode, name=name
         )

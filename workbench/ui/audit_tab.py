@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,15 @@ MAX_UNPACKED_BYTES = 4 * 1024**3
 
 
 def _is_image_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> bool:
-    """An image suffix, or none and a DICOM header (only then is the member's head read)."""
-    if Path(member.filename).suffix:
-        return is_image_name(member.filename)
-    with zf.open(member) as handle:
-        return is_image_name(member.filename, handle.read(HEAD_BYTES))
+    """An image suffix, or another name and a DICOM header (only then is the member's head read); a member
+    that cannot be read (encrypted, an unknown compression, corrupt) is not offered."""
+    if is_image_name(member.filename):
+        return True
+    try:
+        with zf.open(member) as handle:
+            return is_image_name(member.filename, handle.read(HEAD_BYTES))
+    except (RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error, OSError):
+        return False
 
 
 def _unpack(archive: str, into: Path) -> Path:
