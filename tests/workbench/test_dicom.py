@@ -254,3 +254,15 @@ def test_no_patient_field_reaches_what_is_loaded_or_any_message(fundus: np.ndarr
             load_image(bad, name="x.dcm")
         messages.append(str(error.value))
     assert messages and not any(word in " ".join([text, *messages]) for word in ("Synthetic", "SYN-0001"))
+
+
+def test_the_report_says_what_the_file_held(tiny_workbench) -> None:
+    from workbench.reports.html_page import report_html
+    from workbench.reports.report import analysis_to_dict
+
+    pixels = make_fundus(4, size=(356, 536), dr_grade=3).image
+    data = analysis_to_dict(tiny_workbench.analyze(load_image(dicom_bytes(pixels, jpeg=True), name="IM7")))
+    assert data["source"] == {"format": "DICOM", "mode": "YBR_FULL_422 8-bit, JPEG Baseline (Process 1)"}
+    page = report_html(data, {})
+    assert "<p id='source'>DICOM (YBR_FULL_422 8-bit, JPEG Baseline (Process 1)), 536 x 356 px</p>" in page
+    assert "Synthetic" not in page + str(data)

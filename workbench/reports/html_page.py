@@ -162,6 +162,16 @@ def _tables(data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _source_line(data: dict[str, Any]) -> str:
+    """What the file held and its size, e.g. "DICOM (YBR_FULL_422 8-bit, JPEG Baseline), 4288 x 2848 px"."""
+    source = data.get("source") or {}
+    height, width = data.get("original_size_hw", (0, 0))
+    held = html.escape(str(source.get("format") or "image"))
+    if source.get("mode"):
+        held += f" ({html.escape(str(source['mode']))})"
+    return f"{held}, {width} x {height} px"
+
+
 def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
     title = html.escape(str(data["file"]))
     if data.get("graded"):
@@ -184,7 +194,8 @@ def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
         "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px}"
         "img{max-width:384px}table{border-collapse:collapse;margin:1em 0}caption{text-align:left;"
         "font-weight:bold;padding:4px 0}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>"
-        f"<h1>{title}</h1><h2 id='headline'>{headline}</h2>{figures}{_tables(data)}"
+        f"<h1>{title}</h1><p id='source'>{_source_line(data)}</p><h2 id='headline'>{headline}</h2>"
+        f"{figures}{_tables(data)}"
         "<p>All numbers are in report.json beside this file. DR Workbench: research and audit tool, not a "
         "medical device.</p></body></html>"
     )
