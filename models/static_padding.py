@@ -4,9 +4,10 @@ timm's TF-ported networks (the ``tf_efficientnet_lite*`` backbones) pad their st
 amount computed from the input shape at every call (``timm.layers.Conv2dSame``). Exported to ONNX with
 dynamic height and width, each such layer becomes a Pad that ONNX Runtime cannot fold into the
 convolution, with a reorder out of its blocked memory layout and back around it: 24% of a grader's time
-on one thread (``grader_lite0_pair``, 28 of 118 ms, ONNX Runtime's own profile). For a network that only
-ever sees one input size (a grader: ``workbench.runtime.FIXED_SIZE_ARCHS``) the padding is a constant,
-which ONNX Runtime's basic optimisations fuse into the convolution. Same outputs to the last bit.
+on one thread (``grader_lite0_pair``, then the fast profile's grader, 28 of 118 ms, ONNX Runtime's own
+profile). For a network that only ever sees one input size (a grader:
+``workbench.runtime.FIXED_SIZE_ARCHS``) the padding is a constant, which ONNX Runtime's basic
+optimisations fuse into the convolution. Same outputs to the last bit.
 """
 
 from __future__ import annotations

@@ -310,7 +310,9 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
     training["evaluation"][held_key]["predictions"] = {
         "file": f"{stem}.oof.csv",
         "sha256": file_sha256(folder / f"{stem}.oof.csv"),
-        "rescore": f"drwb evaluate --task grading --data {cfg.data} --oof models/weights/{stem}.oof.csv",
+        # the folder as the command named it (relative to the repository), where the CSV was written
+        "rescore": f"drwb evaluate --task grading --data {cfg.data} "
+        f"--oof {Path(cfg.ship_dir or 'models/weights') / f'{stem}.oof.csv'}",
     }
     final = card.with_updates(name=card.name, weights=f"{stem}.safetensors", training=json_safe(training))
     return save_model(model, final, folder, half=use_half).weights

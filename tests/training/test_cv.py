@@ -95,6 +95,8 @@ def test_cv_run_scores_every_image_once_and_refits(synthetic_idrid: Path, tmp_pa
 
     rescored = evaluate_oof(shipped / oof["predictions"]["file"], synthetic_idrid)
     assert rescored["plain"]["dr_accuracy"] == pytest.approx(oof["dr_accuracy"])
+    # the card's re-score command names the folder the CSV was written to (here --ship-dir), not another
+    assert oof["predictions"]["rescore"].endswith(f"--oof {shipped / oof['predictions']['file']}")
     assert rescored["plain"]["temperature"]["dr"] == pytest.approx(oof["temperature"]["dr"], rel=1e-4)
     weights = shipped / card.weights
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
