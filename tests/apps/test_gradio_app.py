@@ -227,19 +227,28 @@ def test_batch_endpoint_keeps_going_past_a_bad_file(served, tmp_path: Path, fund
     client, _ = served
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    from workbench.io.synthetic import dicom_bytes
+
+    same_name = tmp_path / "fundus.dcm"  # the same stem as fundus.png: its report must not replace that one
+    same_name.write_bytes(dicom_bytes(np.asarray(Image.open(fundus_file).convert("RGB")), jpeg=True))
     table, summary_csv, archive = client.predict(
-        [handle_file(fundus_file), handle_file(str(bad))], api_name="/batch"
+        [handle_file(fundus_file), handle_file(str(bad)), handle_file(str(same_name))], api_name="/batch"
     )
     # the columns of before keep their places; the reasons came last
     assert table["headers"][3:7] == ["DR grade", "referable DR", "DME risk", "fovea"]
     assert table["headers"][-1] == "why not gradeable"
-    good, broken = table["data"]
+    good, broken, dicom = table["data"]
+    assert dicom[1] == "ok"
     assert good[1] == "ok" and (good[6] == "found" or good[6].startswith("doubtful"))
     assert bool(good[8]) is (good[2] is not True)  # the reasons exactly when it is not gradeable
     assert broken[1] == "error" and "broken.jpg" in broken[7]
     header = Path(summary_csv).read_text().splitlines()[0]
     assert header.endswith("dme_grade,fovea,error,quality_reasons")
-    assert Path(archive).stat().st_size > 0
+    import zipfile
+
+    with zipfile.ZipFile(archive) as zf:
+        folders = {Path(n).parts[0] for n in zf.namelist() if n.endswith("report.json")}
+    assert folders == {"fundus.png", "fundus.dcm"}  # one report each
 
 
 def test_audit_inputs_are_checked_before_anything_runs(tmp_path: Path) -> None:

@@ -266,3 +266,35 @@ def test_the_report_says_what_the_file_held(tiny_workbench) -> None:
     page = report_html(data, {})
     assert "<p id='source'>DICOM (YBR_FULL_422 8-bit, JPEG Baseline (Process 1)), 536 x 356 px</p>" in page
     assert "Synthetic" not in page + str(data)
+
+
+def test_report_folders_never_let_one_input_overwrite_another() -> None:
+    from workbench.reports.batch import report_folders
+
+    paths = [Path(p) for p in ("a/eye.dcm", "a/eye.png", "b/x.png", "c/x.png", "d/y.jpg", "e/x.png-1.tif")]
+    assert report_folders(paths) == ["eye.dcm", "eye.png", "x.png-1", "x.png-2", "y", "x.png-1-2"]
+    assert report_folders([Path("only.png")]) == ["only"]  # a unique stem keeps the usual folder
+
+
+def test_a_dicom_and_a_png_of_the_same_name_get_a_report_each(tiny_workbench, tmp_path: Path) -> None:
+    """A camera export beside its PNG conversion: both analysed, neither report lost (the Batch tab's zip
+    held one folder before)."""
+    from workbench.reports.batch import analyze_files
+
+    pixels = make_fundus(4, size=(356, 536), dr_grade=2).image
+    photos = tmp_path / "in"
+    photos.mkdir()
+    (photos / "eye.dcm").write_bytes(dicom_bytes(pixels, jpeg=True))
+    Image.fromarray(pixels).save(photos / "eye.png")
+    rows = analyze_files(tiny_workbench, [str(photos)], tmp_path / "out", score=False)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    import json
+
+    formats = {
+        folder: json.loads((tmp_path / "out" / folder / "report.json").read_text())["source"]["format"]
+        for folder in ("eye.dcm", "eye.png")
+    }
+    assert formats == {"eye.dcm": "DICOM", "eye.png": "PNG"}
+    assert sorted(r["report"] for r in rows) == sorted(
+        str(tmp_path / "out" / f / "report.html") for f in ("eye.dcm", "eye.png")
+    )

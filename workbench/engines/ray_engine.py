@@ -30,7 +30,13 @@ from typing import Any
 from tqdm import tqdm
 
 from workbench.analysis.pipeline import profile_grader
-from workbench.reports.batch import SUMMARY_FIELDS, analyze_one, content_sha256, expand_inputs
+from workbench.reports.batch import (
+    SUMMARY_FIELDS,
+    analyze_one,
+    content_sha256,
+    expand_inputs,
+    report_folders,
+)
 from workbench.targets import Target
 
 __all__ = ["READ_RESERVE", "analyze_with_ray", "pool_size"]
@@ -75,8 +81,10 @@ class _AnalyzeActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         rows = [
-            analyze_one(self.workbench, Path(p), self.out, self.explain, self.target, self.score, sha256=h)
-            for p, h in zip(batch["path"], batch["sha256"], strict=True)
+            analyze_one(
+                self.workbench, Path(p), self.out, self.explain, self.target, self.score, sha256=h, folder=f
+            )
+            for p, h, f in zip(batch["path"], batch["sha256"], batch["folder"], strict=True)
         ]
         return {key: [_cell(row[key]) for row in rows] for key in SUMMARY_FIELDS}
 
@@ -151,12 +159,14 @@ def analyze_with_ray(
     done = _done_hashes(summary, grader)
     out.mkdir(parents=True, exist_ok=True)
     todo, skipped = [], 0
-    for path in expand_inputs(inputs):
+    paths = expand_inputs(inputs)
+    # folders named over every input, done or not, so a resumed run names each report as the first did
+    for path, folder in zip(paths, report_folders(paths), strict=True):
         digest = content_sha256(path)
         if digest and digest in done:
             skipped += 1
             continue
-        todo.append({"path": str(path), "sha256": digest})
+        todo.append({"path": str(path), "sha256": digest, "folder": folder})
     log.info("%d images to analyze, %d already in %s", len(todo), skipped, summary)
     written: list[dict[str, str]] = []
     if todo:

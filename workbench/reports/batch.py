@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "analyze_one",
     "content_sha256",
     "expand_inputs",
+    "report_folders",
     "score_analysis",
 ]
 
@@ -156,6 +158,26 @@ def _row(
     return row
 
 
+def report_folders(paths: Sequence[Path]) -> list[str]:
+    """The report folder of each input, in order: its stem; where inputs share a stem (``eye.dcm`` and
+    ``eye.png``), its whole name; where whole names collide too (``a/eye.png``, ``b/eye.png``), the name
+    with a counter. Computed over a whole run, so no report overwrites another."""
+    stems = Counter(Path(p).stem for p in paths)
+    wanted = [Path(p).stem if stems[Path(p).stem] == 1 else Path(p).name for p in paths]
+    repeated = Counter(wanted)
+    used: set[str] = set()
+    folders = []
+    for name in wanted:
+        k = 1
+        folder = f"{name}-1" if repeated[name] > 1 else name
+        while folder in used:
+            k += 1
+            folder = f"{name}-{k}"
+        used.add(folder)
+        folders.append(folder)
+    return folders
+
+
 def analyze_one(
     workbench: Workbench,
     path: Path,
@@ -164,8 +186,10 @@ def analyze_one(
     target: Target | None = None,
     score: bool = True,
     sha256: str | None = None,
+    folder: str | None = None,
 ) -> dict[str, Any]:
-    """Analyze one file into ``out/<stem>/`` and return its summary row (an error row when it fails).
+    """Analyze one file into ``out/<folder>/`` (default: its stem; ``report_folders`` names a run's) and
+    return its summary row (an error row when it fails).
 
     Shared by the local engine (below) and the Ray engine (``workbench.engines.ray_engine``), so both
     write the same reports and rows.
@@ -176,9 +200,9 @@ def analyze_one(
         analysis = workbench.analyze(path, explain=explain, target=target)
         chosen = target or (GradeTarget(analysis.dr_grade) if analysis.graded else None)
         scores = score_analysis(workbench, analysis, chosen) if score and analysis.heatmaps else None
-        folder = out / Path(path).stem
-        data = write_report(analysis, folder, scores)
-        return _row(Path(path), data, report=str(folder / "report.html"), sha256=digest, grader=grader)
+        where = out / (folder or Path(path).stem)
+        data = write_report(analysis, where, scores)
+        return _row(Path(path), data, report=str(where / "report.html"), sha256=digest, grader=grader)
     except (ImageLoadError, FileNotFoundError) as exc:
         log.warning("%s: %s", path, exc)
         return _row(Path(path), None, error=str(exc), sha256=digest, grader=grader)
@@ -192,11 +216,15 @@ def analyze_files(
     target: Target | None = None,
     score: bool = True,
 ) -> list[dict[str, Any]]:
-    """Analyze every input into ``out/<stem>/`` and write ``out/summary.csv``; returns the summary rows."""
+    """Analyze every input into ``out/<folder>/`` (``report_folders``) and write ``out/summary.csv``;
+    returns the summary rows."""
     out.mkdir(parents=True, exist_ok=True)
+    paths = expand_inputs(inputs)
     rows = [
-        analyze_one(workbench, path, out, explain, target, score)
-        for path in tqdm(expand_inputs(inputs), desc="analyze", unit="image")
+        analyze_one(workbench, path, out, explain, target, score, folder=folder)
+        for path, folder in tqdm(
+            zip(paths, report_folders(paths), strict=True), total=len(paths), desc="analyze", unit="image"
+        )
     ]
     with (out / "summary.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)

@@ -22,7 +22,7 @@ from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, Workbench
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
 from workbench.model_table import models_markdown
-from workbench.reports.batch import score_analysis
+from workbench.reports.batch import report_folders, score_analysis
 from workbench.reports.render import (
     curves_figure,
     heatmap_overlay,
@@ -230,11 +230,12 @@ class Handlers(BrowseHandlers):
         if not paths:
             raise gr.Error("Upload one or more fundus photographs.")
         rows, out = [], Path(tempfile.mkdtemp(prefix="drwb-batch-"))
-        for path in progress.tqdm(paths, desc="analyzing"):
+        folders = report_folders([Path(p) for p in paths])  # eye.dcm and eye.png: two reports, not one
+        for path, folder in progress.tqdm(list(zip(paths, folders, strict=True)), desc="analyzing"):
             name = Path(path).name
             try:
                 analysis = self.workbench.analyze(path, name=name)
-                data = write_report(analysis, out / Path(name).stem)
+                data = write_report(analysis, out / folder)
                 fovea = data.get("fovea") or {}
                 rows.append(
                     [
