@@ -153,8 +153,9 @@ def test_audit_report_opens_offline_with_its_plots(browser, tiny_workbench, tmp_
 
 
 def test_a_bad_upload_is_named_once_and_leaves_no_error_badges(browser, app_url: str, tmp_path: Path) -> None:
-    """A text file renamed .jpg: named at upload (no preview) and on Analyze, by the upload box, while
-    the output panels show no "Error" badge (the event's validator stops it before anything runs)."""
+    """A text file renamed .jpg: named at upload (no preview; in the summary, where it stays) and on
+    Analyze, by the upload box, while the output panels show no "Error" badge (the event's validator
+    stops it before anything runs)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -181,7 +182,9 @@ def test_a_bad_upload_is_named_once_and_leaves_no_error_badges(browser, app_url:
         e for e in browser.find_elements(By.XPATH, "//*[normalize-space(text())='Error']") if e.is_displayed()
     ]
     assert not badges, [b.get_attribute("outerHTML")[:200] for b in badges]
-    assert browser.find_element(By.ID, "analysis-summary").text.strip() == ""  # nothing ran
+    # nothing ran; the summary names the file's problem from upload on (the warning at upload fades)
+    summary = browser.find_element(By.ID, "analysis-summary").text.strip()
+    assert summary.startswith("This file cannot be analysed. notes.jpg: not a recognised image"), summary
 
 
 TABS = ("Analyze", "Compare explanations", "Batch", "Audit", "Models", "Inspect")

@@ -219,6 +219,9 @@ def test_uploads_are_checked_and_previewed_at_upload(tiny_workbench, tmp_path: P
     preview = handlers.preview(fundus_file)
     assert preview.dtype == np.uint8 and preview.shape[2] == 3 and max(preview.shape[:2]) <= 2 * PREVIEW_SIDE
     assert handlers.preview(None) is None
+    # the old results go at a new upload; a bad one is named where the summary goes, and stays there
+    assert handlers.cleared(str(text))[0].startswith("**This file cannot be analysed.** notes.jpg: not a")
+    assert handlers.cleared(fundus_file) == ("", None, None, None, None, None) == handlers.cleared(None)
     with pytest.warns(UserWarning, match="not a recognised image"):
         assert handlers.preview(str(text)) is None  # outside an event gr.Warning is a Python warning
 

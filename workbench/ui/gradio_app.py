@@ -133,15 +133,18 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 lesion_table = gr.Dataframe(
                     headers=LESION_COLUMNS,
                     wrap=True,  # the reliability reason is read whole, not cut at the column edge
+                    # room for every heading's longest word ("lesion", "count" broke mid-word at 1500 px);
+                    # the reason takes the rest
+                    column_widths=["10%", "9%", "10%", "11%", "11%", "11%", "38%"],
                     label="Lesions (types below the reliability floor are not findings: see 'reliability')",
                 )
                 report = gr.JSON(label="All numbers")
                 analysis_outputs = [summary, probabilities, lesions, landmarks, lesion_table, report]
                 # a new (or removed, or bad) upload clears the last photograph's results: nothing on screen
-                # belongs to another photograph
+                # belongs to another photograph; a bad one is named in the summary until the next upload
                 upload.change(
                     handlers.cleared,
-                    None,
+                    upload,
                     analysis_outputs,
                     show_progress="hidden",
                     api_visibility="private",

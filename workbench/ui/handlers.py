@@ -140,10 +140,13 @@ class Handlers(BrowseHandlers):
         problem = self.upload_problem(path)
         return [gr.validate(problem is None, problem or "")] + [gr.validate(True, "") for _ in _rest]
 
-    @staticmethod
-    def cleared() -> tuple[Any, ...]:
-        """Empty Analyze outputs (summary, plot, lesions, landmarks, table, numbers)."""
-        return "", None, None, None, None, None
+    @classmethod
+    def cleared(cls, path: str | None = None) -> tuple[Any, ...]:
+        """Empty Analyze outputs (summary, plot, lesions, landmarks, table, numbers) for a new upload; when
+        the upload cannot be analysed, the summary says why and stays (the warning at upload fades)."""
+        problem = cls.upload_problem(path) if path else None
+        summary = f"**This file cannot be analysed.** {problem}" if problem else ""
+        return summary, None, None, None, None, None
 
     # /analyze ---------------------------------------------------------------------------------------
     def analyze(self, path: str | None, force: bool) -> tuple[Any, ...]:
