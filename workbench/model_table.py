@@ -49,6 +49,19 @@ def _stem(card: ModelCard) -> str:
     return card.weights.removesuffix(".safetensors")
 
 
+def _family_default_note(arch: str, stem: str, default: str | None) -> str:
+    """The note "default", or which profile's default where the profiles differ (the fast profile
+    segments with its own model); "" for neither."""
+    from workbench.analysis.pipeline import PROFILES  # imported here, as below: the pipeline imports models
+
+    fast = PROFILES["fast"].get(arch) if arch == "segmenter" else None
+    if fast is None or fast == default:
+        return "default" if stem == default else ""
+    if stem == default:
+        return "default (quality profile)"
+    return "default (fast profile)" if stem == fast else ""
+
+
 def grader_label(card: ModelCard) -> str:
     """A grader's name for menus: "(default)" or "(weak: QWK 0.34)" appended where it applies."""
     _, metrics = held_out(card)
@@ -130,7 +143,8 @@ def models_markdown(folder: Path | None = None) -> str:
         for card in (c for c in cards if c.arch == arch):
             source, m = held_out(card)
             cells = " | ".join(_cell(m, key, digits) for key, _, digits in columns)
-            notes = ["default"] if _stem(card) == defaults[arch] else []
+            notes = [_family_default_note(arch, _stem(card), defaults[arch])]
+            notes = [n for n in notes if n]
             for entry in card.extra.get("channels_from", []):  # channels taken from another model
                 size = f" at {entry['input_size']} px" if entry.get("input_size") else ""
                 notes.append(f"{', '.join(entry['channels'])} from {entry['model']}{size}")

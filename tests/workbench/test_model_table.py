@@ -75,6 +75,18 @@ def test_models_table_shows_the_fast_profiles_segmenter_figures_beside_its_own(t
     )
 
 
+def test_models_table_says_which_profile_each_default_segmenter_serves() -> None:
+    """The quality and fast profiles segment with different shipped models: each row says whose default
+    it is (a bare "default" on the 2048-px model read as if the fast profile used it too)."""
+    rows = {
+        line.split(" | ")[0].removeprefix("| "): line
+        for line in models_markdown().splitlines()
+        if line.startswith("| segmenter_lite0")
+    }
+    assert rows["segmenter_lite0"].endswith("| default (fast profile) |")
+    assert "| default (quality profile)" in rows["segmenter_lite0_hr"]
+
+
 def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(tmp_path: Path) -> None:
     folder = write_tiny_weights(tmp_path)
     card_path = folder / "tiny_grader.json"
