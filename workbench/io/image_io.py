@@ -54,8 +54,8 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "BMP", "WEBP", "MPO
 SUPPORTED_FORMATS_TEXT = "JPEG, PNG, TIFF, BMP, WebP or DICOM"
 # how much of a suffix-less file ``is_image_name`` needs to see (a DICOM preamble and its marker)
 HEAD_BYTES = dicom.MAGIC_OFFSET + 4
-# the files a folder, a zip or an upload box offers as photographs; a file without any suffix counts when
-# its content is DICOM (exports from PACS and cameras often carry bare names such as IM000001)
+# the files a folder, a zip or an upload box offers as photographs by name; any other file counts when its
+# content is DICOM (exports carry bare names such as IM000001, or UIDs: ``is_image_name``)
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".jpg",
     ".jpeg",
