@@ -61,9 +61,8 @@ def _header(ds, name: str) -> tuple[int, int, int, int, bool, str]:
 
 def _check_encoded_size(ds, name: str, max_pixels: int) -> None:
     """A compressed frame says its own size; refuse it before decoding when it exceeds the limit (the
-    header's Rows and Columns need not agree with what the JPEG inside holds)."""
-    if not ds.file_meta.get("TransferSyntaxUID", None) or not ds.file_meta.TransferSyntaxUID.is_compressed:
-        return
+    header's Rows and Columns need not agree with what the JPEG inside holds). Only called for a
+    compressed transfer syntax."""
     from PIL import Image, UnidentifiedImageError
     from pydicom.encaps import generate_frames
 
@@ -115,9 +114,10 @@ def decode(data: bytes, name: str, max_pixels: int, force: bool = False) -> tupl
             f"{name}: a multi-frame DICOM ({frames} frames); export the one frame to grade as its own file"
         )
     check_size(name, columns, rows, max_pixels)
-    _check_encoded_size(ds, name, max_pixels)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     syntax_name = getattr(syntax, "name", None) or "an unknown transfer syntax"
+    if syntax is not None and syntax.is_compressed:
+        _check_encoded_size(ds, name, max_pixels)
     try:
         decodable = syntax is None or not syntax.is_compressed or get_decoder(syntax).is_available
     except (NotImplementedError, ValueError):  # no decoder is known for this syntax at all

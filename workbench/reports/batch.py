@@ -26,12 +26,11 @@ from workbench.explain.scoring import (
     score_heatmap,
 )
 from workbench.inference import model_lock
-from workbench.io.image_io import IMAGE_SUFFIXES, ImageLoadError, is_image_file
+from workbench.io.image_io import ImageLoadError, is_image_file
 from workbench.reports.report import write_report
 from workbench.targets import GradeTarget, Target
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "SUMMARY_FIELDS",
     "analyze_files",
     "analyze_one",
