@@ -150,6 +150,9 @@ if choices:
             caption=landmarks_caption(analysis),
         )
         st.plotly_chart(probability_figure(analysis), use_container_width=True)
+        if analysis.laterality is not None:
+            show = st.warning if analysis.laterality.agrees is False else st.caption
+            show(f"Eye: {analysis.laterality.sentence}")
         if analysis.fovea_doubt:
             st.warning(
                 f"Fovea doubtful ({analysis.fovea_doubt}): no ETDRS grid, lesions by region "

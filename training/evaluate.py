@@ -27,6 +27,7 @@ from workbench.io.idrid import IDRiD, load_mask
 from workbench.io.image_io import load_image
 from workbench.io.splits import split_names, split_train_val
 from workbench.landmarks import place_landmarks
+from workbench.landmarks.laterality import eye_from_landmarks
 from workbench.metrics import (
     PixelCurve,
     confusion_matrix,
@@ -128,11 +129,14 @@ def localization_records(dataset: IDRiD, split: str, seed: int = 0) -> list[Any]
 def landmark_errors(records: list[Any], model_name: str) -> dict[str, np.ndarray]:
     """Per-image centre errors (4288-px frame) of the localizer as analyze uses it (one disc from the
     landmark segmenter, fovea anatomy check): ``od``, ``fovea``, the detector's own ``raw_od`` /
-    ``raw_fovea``, and ``doubtful`` (the fovea flag). Paired comparisons of two localizers use these."""
+    ``raw_fovea``, and ``doubtful`` (the fovea flag). Paired comparisons of two localizers use these.
+    Also the eye read from those landmarks (``eye``: +1 right, -1 left, 0 undetermined;
+    ``workbench.landmarks.laterality``) and the one the annotated landmarks imply (``eye_true``)."""
     predictor = LocalizerPredictor(*load_model(model_name))
     segmenter = SegmenterPredictor(*load_model(LANDMARK_SEGMENTER))
     threshold = lesion_thresholds(segmenter_figures(segmenter.card.training))["OD"]
-    out: dict[str, list] = {"raw_od": [], "raw_fovea": [], "od": [], "fovea": [], "doubtful": []}
+    keys = ("raw_od", "raw_fovea", "od", "fovea", "doubtful", "eye", "eye_true")
+    out: dict[str, list] = {k: [] for k in keys}
     for record in tqdm(records, desc="localization", leave=False):
         image = load_image(record.image_path, min_side=segmenter.decode_side)
         crop, transform, fov = crop_to_fov(image.rgb, GRADING_CROP, image.original_size)
@@ -153,6 +157,10 @@ def landmark_errors(records: list[Any], model_name: str) -> dict[str, np.ndarray
         out["od"].append(scaled_distances([placed.od_xy], [record.od_xy], width))
         out["fovea"].append(scaled_distances([placed.fovea.xy], [record.fovea_xy], width))
         out["doubtful"].append(np.array([placed.fovea.doubt is not None]))
+        # +1 right eye, -1 left, 0 undetermined; the truth: the annotated disc's side of the annotated fovea
+        eye, _ = eye_from_landmarks(placed.od_xy, placed.fovea.xy, fov, placed.fovea.doubt, placed.od_doubt)
+        out["eye"].append(np.array([{"right": 1, "left": -1, None: 0}[eye]]))
+        out["eye_true"].append(np.sign([record.od_xy[0] - record.fovea_xy[0]]))
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
@@ -172,8 +180,27 @@ def _localization(dataset: IDRiD, split: str, model_name: str, seed: int) -> dic
         "measure those)",
         "detector_only": localization_metrics(errors["raw_od"], errors["raw_fovea"]),
         "fovea_doubtful": int(flagged.sum()),
+        "laterality": _laterality_agreement(errors["eye"], errors["eye_true"]),
         "fovea_mean_px_trusted": float(fovea[~flagged].mean()) if (~flagged).any() else None,
         "fovea_mean_px_doubtful": float(fovea[flagged].mean()) if flagged.any() else None,
+    }
+
+
+def _laterality_agreement(eye: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """How often the eye read from the predicted landmarks is the one the annotated landmarks imply."""
+    told = eye != 0
+    right = eye[told] == truth[told]
+    return {
+        "n": int(eye.size),
+        "determined": int(told.sum()),
+        "agree": int(right.sum()),
+        "accuracy_of_determined": float(right.mean()) if told.any() else None,
+        "ci95_accuracy_of_determined": (
+            list(bootstrap_intervals(int(told.sum()), lambda rows: {"a": float(right[rows].mean())})["a"])
+            if told.any()
+            else None
+        ),
+        "truth": "the annotated disc's side of the annotated fovea (right of it: a right eye)",
     }
 
 

@@ -185,6 +185,22 @@ def test_a_bad_upload_is_named_once_and_leaves_no_error_badges(browser, app_url:
     # nothing ran; the summary names the file's problem from upload on (the warning at upload fades)
     summary = browser.find_element(By.ID, "analysis-summary").text.strip()
     assert summary.startswith("This file cannot be analysed. notes.jpg: not a recognised image"), summary
+    # the box's message leaves its clear button free: the bad file can be removed with one click
+    banner = WebDriverWait(browser, 30).until(
+        lambda d: next(
+            (e for e in d.find_elements(By.CLASS_NAME, "validation-error") if e.is_displayed()), None
+        )
+    )
+    on_top = browser.execute_script(
+        "const box = arguments[0].closest('.block');"
+        "return [...box.querySelectorAll('button[aria-label]')]"
+        ".filter(b => /clear|remove/i.test(b.getAttribute('aria-label')) && b.offsetParent !== null)"
+        ".map(b => { const r = b.getBoundingClientRect();"
+        " const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);"
+        " return b.contains(hit); });",
+        banner,
+    )
+    assert on_top and all(on_top), on_top
 
 
 TABS = ("Analyze", "Compare explanations", "Batch", "Audit", "Models", "Inspect")

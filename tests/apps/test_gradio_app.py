@@ -239,14 +239,17 @@ def test_batch_endpoint_keeps_going_past_a_bad_file(served, tmp_path: Path, fund
     )
     # the columns of before keep their places; the reasons came last
     assert table["headers"][3:7] == ["DR grade", "referable DR", "DME risk", "fovea"]
-    assert table["headers"][-1] == "why not gradeable"
+    assert table["headers"][8:] == ["why not gradeable", "eye"]
     good, broken, dicom = table["data"]
     assert dicom[1] == "ok"
+    # the eye from the landmarks; the camera export's ImageLaterality (R) is set beside it
+    assert good[9] in ("right", "left", "undetermined") and good[9] == dicom[9].split(" (")[0]
+    assert "(the file says right" in dicom[9]
     assert good[1] == "ok" and (good[6] == "found" or good[6].startswith("doubtful"))
     assert bool(good[8]) is (good[2] is not True)  # the reasons exactly when it is not gradeable
     assert broken[1] == "error" and "broken.jpg" in broken[7]
     header = Path(summary_csv).read_text().splitlines()[0]
-    assert header.endswith("dme_grade,fovea,error,quality_reasons")
+    assert header.endswith("dme_grade,fovea,error,quality_reasons,eye")
     import zipfile
 
     with zipfile.ZipFile(archive) as zf:

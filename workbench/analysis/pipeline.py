@@ -35,7 +35,7 @@ from workbench.explain.explainers.budget import release_freed_memory
 from workbench.fundus import prepare_fundus
 from workbench.inference import model_lock
 from workbench.io.image_io import LoadedImage, load_image
-from workbench.landmarks import place_landmarks
+from workbench.landmarks import place_landmarks, read_laterality
 from workbench.landmarks.disc import DiscRefiner, load_disc_refiner
 from workbench.landmarks.fovea import FoveaRefiner, load_fovea_refiner
 from workbench.predictors import GRADING_CROP, GraderPredictor, LocalizerPredictor, load_segmenter
@@ -225,6 +225,10 @@ class Workbench:
         )
         if "OD" in lesions:
             lesions["OD"] = one_disc(lesions["OD"], placed.od_mask, lesion_transform)
+        fovea_doubt, od_doubt = placed.fovea.doubt, placed.od_doubt
+        laterality = read_laterality(
+            placed.od_xy, placed.fovea.xy, prepared.fov, fovea_doubt, od_doubt, image.name, image.laterality
+        )
         lap("landmarks")
         od_radius, fovea = placed.od_radius_px, placed.fovea
         grid, check, by_region = None, None, {}
@@ -258,6 +262,7 @@ class Workbench:
             fovea_doubt=fovea.doubt,
             fovea_refined=fovea_refined,
             disc_outline_refined=disc_refined,
+            laterality=laterality,
             etdrs=grid,
             dme_check=check,
             lesions_by_region=by_region,

@@ -15,6 +15,7 @@ from models.preprocess import CropTransform
 from workbench.analysis.lesion_trust import LesionReliability
 from workbench.anatomy import DmeRuleCheck, EtdrsGrid
 from workbench.explain.explainers import Heatmap
+from workbench.landmarks.laterality import Laterality
 from workbench.quality import QualityReport
 
 __all__ = ["Analysis", "LesionSummary"]
@@ -58,6 +59,7 @@ class Analysis:
     fovea_refined: bool | None = None
     disc_outline_refined: bool | None = None
     od_doubt: str | None = None
+    laterality: Laterality | None = None  # the eye the landmarks show, checked against the file's label
     etdrs: EtdrsGrid | None = None
     dme_check: DmeRuleCheck | None = None
     lesions_by_region: dict[str, dict[str, int]] = field(default_factory=dict)

@@ -75,15 +75,18 @@ def _check_encoded_size(ds, name: str, max_pixels: int) -> None:
     check_size(name, width, height, max_pixels)
 
 
-def decode(data: bytes, name: str, max_pixels: int, force: bool = False) -> tuple[np.ndarray, str]:
+def decode(
+    data: bytes, name: str, max_pixels: int, force: bool = False
+) -> tuple[np.ndarray, str, str | None]:
     """Decode a single-frame DICOM image.
 
     Args:
         force: read a file without the Part 10 preamble (one named ``*.dcm``), as pydicom's ``force``.
 
     Returns:
-        (rgb, mode): (h, w, 3) uint8 RGB pixels and a description of what the file held, e.g.
-        ``"YBR_FULL_422 8-bit, JPEG Baseline (Process 1)"``.
+        (rgb, mode, laterality): (h, w, 3) uint8 RGB pixels, a description of what the file held, e.g.
+        ``"YBR_FULL_422 8-bit, JPEG Baseline (Process 1)"``, and the eye the file names with the tag that
+        names it (``"ImageLaterality R"``, else the series' ``"Laterality L"``), or None ("B", "U", absent).
 
     Raises:
         NotAnImageError, UnsupportedImageError, ImageTooLargeError, TruncatedImageError: each with a
@@ -145,4 +148,13 @@ def decode(data: bytes, name: str, max_pixels: int, force: bool = False) -> tupl
         rgb = _to_uint8(values, bits, signed)
     else:
         raise UnsupportedImageError(f"{name}: DICOM pixel data of shape {values.shape} is not a photograph")
-    return np.ascontiguousarray(rgb), f"{photometric} {bits}-bit, {syntax_name}"
+    return np.ascontiguousarray(rgb), f"{photometric} {bits}-bit, {syntax_name}", _laterality(ds)
+
+
+def _laterality(ds) -> str | None:
+    """The eye the file names: the image's own tag first, then the series'; only R and L count."""
+    for tag in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(tag) or "").strip().upper()
+        if value in ("R", "L"):
+            return f"{tag} {value}"
+    return None

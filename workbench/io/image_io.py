@@ -81,6 +81,7 @@ class LoadedImage:
         source_format: PIL's format name (``"JPEG"``...).
         source_mode: PIL's pixel mode before conversion (``"L"``, ``"I;16"``, ``"RGBA"``...).
         name: file name, or ``"<bytes>"``.
+        laterality: the eye a DICOM file names and the tag naming it (``"ImageLaterality R"``), else None.
     """
 
     rgb: np.ndarray
@@ -88,6 +89,7 @@ class LoadedImage:
     source_format: str
     source_mode: str
     name: str
+    laterality: str | None = None
 
     @property
     def decode_factor(self) -> float:
@@ -204,9 +206,14 @@ def load_image(
     data = _read(source, name)
     part10 = dicom.is_dicom(data)  # by content, whatever the file is called
     if part10 or Path(name).suffix.lower() in dicom.SUFFIXES:  # a *.dcm without the preamble too
-        rgb, mode = dicom.decode(data, name, max_pixels, force=not part10)
+        rgb, mode, laterality = dicom.decode(data, name, max_pixels, force=not part10)
         return LoadedImage(
-            rgb=rgb, original_size=rgb.shape[:2], source_format="DICOM", source_mode=mode, name=name
+            rgb=rgb,
+            original_size=rgb.shape[:2],
+            source_format="DICOM",
+            source_mode=mode,
+            name=name,
+            laterality=laterality,
         )
     image = _open(data, name)
     width, height = image.size

@@ -110,6 +110,9 @@ def _tables(data: dict[str, Any]) -> str:
                 digits=1,
             )
         )
+        laterality = data.get("laterality")
+        if laterality:
+            parts.append(_laterality_paragraph(laterality))
         if "fovea_dependent" in data:
             parts.append(
                 "<p class='doubt'>ETDRS grid, lesions by region, DME rule check: "
@@ -199,3 +202,15 @@ def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
         "<p>All numbers are in report.json beside this file. DR Workbench: research and audit tool, not a "
         "medical device.</p></body></html>"
     )
+
+
+def _laterality_paragraph(laterality: dict) -> str:
+    """The eye, why, and the file's own label with the verdict (report.json's ``laterality``)."""
+    text = f"Eye: {laterality['eye'] or 'undetermined'} ({laterality['basis']})"
+    agrees = laterality["agrees_with_file"]
+    verdict = {True: "agrees", False: "MISMATCH: mislabelled or mirrored?", None: ""}[agrees]
+    if laterality["file_says"]:
+        text += f"; the file says {laterality['file_says']} ({laterality['file_source']})"
+        text += f": {verdict}" if verdict else ""
+    doubt = " class='doubt'" if agrees is False else ""
+    return f"<p id='laterality'{doubt}>{html.escape(text)}</p>"

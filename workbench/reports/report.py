@@ -121,6 +121,7 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
                     "doubt": analysis.fovea_doubt,
                     "refined": analysis.fovea_refined,
                 },
+                "laterality": analysis.laterality.as_dict() if analysis.laterality else None,
                 "lesions": {
                     code: {
                         "count": s.count,

@@ -52,8 +52,10 @@ APP_CSS = (
     " @media (max-width: 600px) { #methods-gallery .grid-container"
     " { grid-template-columns: 1fr !important; } }"
     # a bad upload's message stays inside its box and wraps there (Gradio 6 sizes it wider than a narrow
-    # box and centres it, so both ends were cut off)
+    # box and centres it, so both ends were cut off), at the box's foot: at its head it covered the box's
+    # clear button, so the file could not be removed until the message was closed
     " .validation-error { left: 0 !important; right: 0 !important; width: auto !important;"
+    " top: auto !important; bottom: 0 !important;"
     " max-width: 100%; box-sizing: border-box; overflow-wrap: anywhere; padding-right: 32px !important; }"
 )
 

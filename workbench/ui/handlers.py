@@ -59,7 +59,8 @@ BATCH_COLUMNS = [
     "DME risk",
     "fovea",
     "error",
-    "why not gradeable",  # last: columns added later go at the end, so API readers by position keep working
+    "why not gradeable",  # columns added later go at the end, so API readers by position keep working
+    "eye",  # from the landmarks, and whether the file's own label (DICOM tag, file name) agrees
 ]
 
 NO_UPLOAD = f"No image uploaded: choose a fundus photograph ({SUPPORTED_FORMATS_TEXT})."
@@ -72,6 +73,17 @@ NARROW_PX = 360  # panels side by side need this much each; on a narrower window
 # one runs, at most three model jobs run at once.
 MODEL_WORK: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 2}
 LONG_WORK: dict[str, Any] = {"concurrency_id": "long", "concurrency_limit": 1}
+
+
+def _eye_cell(laterality: dict | None) -> str | None:
+    """The Batch table's eye: "right", "left (the file says left)", "right (the file says left: MISMATCH)"."""
+    if not laterality:
+        return None
+    eye = laterality["eye"] or "undetermined"
+    if not laterality["file_says"]:
+        return eye
+    verdict = ": MISMATCH" if laterality["agrees_with_file"] is False else ""
+    return f"{eye} (the file says {laterality['file_says']}{verdict})"
 
 
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -253,10 +265,11 @@ class Handlers(BrowseHandlers):
                         else ("found" if fovea else None),
                         "",
                         "; ".join(data.get("quality_reasons", [])),
+                        _eye_cell(data.get("laterality")),
                     ]
                 )
             except (ImageLoadError, FileNotFoundError) as exc:
-                rows.append([name, "error", None, None, None, None, None, str(exc), None])
+                rows.append([name, "error", None, None, None, None, None, str(exc), None, None])
         header = [
             "file",
             "status",
@@ -267,6 +280,7 @@ class Handlers(BrowseHandlers):
             "fovea",
             "error",
             "quality_reasons",
+            "eye",
         ]
         buffer = io.StringIO()
         csv.writer(buffer).writerows([header] + rows)
