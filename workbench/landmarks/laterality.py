@@ -26,11 +26,20 @@ from pathlib import Path
 
 from models.fov import FieldOfView
 
-__all__ = ["Laterality", "eye_from_landmarks", "laterality_from_name", "read_laterality"]
+__all__ = ["Laterality", "eye_cell", "eye_from_landmarks", "laterality_from_name", "read_laterality"]
 
 MIN_OFFSET = 0.2  # disc offset from the field's centre (fraction of its radius) that decides without a fovea
 EYES = ("right", "left")
 _NAME_TOKEN = re.compile(r"(?:^|[^a-z0-9])(left|right)(?:$|[^a-z0-9])")
+
+
+def eye_cell(eye: str | None, file_says: str | None, agrees: bool | None) -> str:
+    """A table cell: "right", "undetermined", "left (the file says left)", "right (the file says left:
+    MISMATCH)"."""
+    text = eye or "undetermined"
+    if not file_says:
+        return text
+    return f"{text} (the file says {file_says}{': MISMATCH' if agrees is False else ''})"
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,11 @@ class Laterality:
             return f"{self.eye} eye by the landmarks; {self.warning}"
         told = f"; the file says so too: {self.file_source}" if self.agrees else ""
         return f"{self.eye} eye ({self.basis}{told})"
+
+    @property
+    def cell(self) -> str:
+        """The tables' short form (``eye_cell``)."""
+        return eye_cell(self.eye, self.file_says, self.agrees)
 
     def as_dict(self) -> dict[str, object]:
         """The report's ``laterality`` entry."""

@@ -41,6 +41,7 @@ SUMMARY_COLUMNS = (
     "EX",
     "SE",
     "error",
+    "eye",  # right / left from the landmarks, and the file's own label where it has one (MISMATCH)
 )
 
 
@@ -194,6 +195,7 @@ def summary_row(analysis: Analysis | None, name: str, error: str = "") -> dict[s
                 "dr_probability": round(float(analysis.dr_probabilities[analysis.dr_grade]), 3),
                 "dme_grade": analysis.dme_grade,
                 "referable": bool(analysis.referable),
+                "eye": analysis.laterality.cell if analysis.laterality else None,
             }
         )
         row.update(

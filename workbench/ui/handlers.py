@@ -21,6 +21,7 @@ import numpy as np
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, Workbench
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
+from workbench.landmarks.laterality import eye_cell
 from workbench.model_table import models_markdown
 from workbench.reports.batch import report_folders, score_analysis
 from workbench.reports.render import (
@@ -73,17 +74,6 @@ NARROW_PX = 360  # panels side by side need this much each; on a narrower window
 # one runs, at most three model jobs run at once.
 MODEL_WORK: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 2}
 LONG_WORK: dict[str, Any] = {"concurrency_id": "long", "concurrency_limit": 1}
-
-
-def _eye_cell(laterality: dict | None) -> str | None:
-    """The Batch table's eye: "right", "left (the file says left)", "right (the file says left: MISMATCH)"."""
-    if not laterality:
-        return None
-    eye = laterality["eye"] or "undetermined"
-    if not laterality["file_says"]:
-        return eye
-    verdict = ": MISMATCH" if laterality["agrees_with_file"] is False else ""
-    return f"{eye} (the file says {laterality['file_says']}{verdict})"
 
 
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -251,7 +241,7 @@ class Handlers(BrowseHandlers):
             try:
                 analysis = self.workbench.analyze(path, name=name)
                 data = write_report(analysis, out / folder)
-                fovea = data.get("fovea") or {}
+                fovea, eye = data.get("fovea") or {}, data.get("laterality")
                 rows.append(
                     [
                         name,
@@ -265,7 +255,7 @@ class Handlers(BrowseHandlers):
                         else ("found" if fovea else None),
                         "",
                         "; ".join(data.get("quality_reasons", [])),
-                        _eye_cell(data.get("laterality")),
+                        eye_cell(eye["eye"], eye["file_says"], eye["agrees_with_file"]) if eye else None,
                     ]
                 )
             except (ImageLoadError, FileNotFoundError) as exc:
