@@ -56,7 +56,9 @@ def _ground_truth(folder: Path, labels: Path | None) -> tuple[list[Path], dict[s
 
 
 def _analyze(name: str, data: bytes) -> None:
-    key = hashlib.sha256(data).hexdigest()
+    # by content and name: the name can say which eye (workbench.landmarks.laterality), so two names of
+    # one photograph ("x_left.jpg", "x_right.jpg") are two analyses, each checked against its own label
+    key = f"{hashlib.sha256(data).hexdigest()}:{name}"
     cache = st.session_state.setdefault("analyses", {})
     if key not in cache:
         try:

@@ -4,8 +4,10 @@ name, and a disagreement said in every face rather than resolved silently."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from models.fov import FieldOfView
@@ -17,6 +19,7 @@ from workbench.landmarks.laterality import (
     laterality_from_name,
     read_laterality,
 )
+from workbench.landmarks.placement import NASAL_SIDE
 
 FIELD = FieldOfView(cx=1000.0, cy=700.0, radius=650.0, area_fraction=0.7, fill_ratio=0.95, corners_dark=True)
 
@@ -35,8 +38,16 @@ def test_a_doubtful_fovea_leaves_the_disc_offset_or_nothing() -> None:
     )
     eye, why = eye_from_landmarks((1050, 700), (1600, 100), FIELD, fovea_doubt="far off")
     assert eye is None and "near the field's centre" in why
-    eye, why = eye_from_landmarks((1350, 700), (1600, 100), FIELD, "far off", od_doubt="two discs")
-    assert eye is None and "both doubtful" in why
+    # a fovea on the disc's nasal side: the landmarks point to different eyes, so neither decides
+    eye, why = eye_from_landmarks((1350, 700), (1500, 720), FIELD, fovea_doubt=NASAL_SIDE)
+    assert eye is None and why == "the disc and the fovea point to different eyes"
+
+
+def test_a_doubtful_disc_decides_nothing_even_with_a_trusted_fovea() -> None:
+    assert eye_from_landmarks((1350, 700), (900, 720), FIELD, od_doubt="two discs") == (
+        None,
+        "the disc is doubtful",
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,6 +59,9 @@ def test_a_doubtful_fovea_leaves_the_disc_offset_or_nothing() -> None:
         ("bright.png", None),  # a word inside another word is not a label
         ("leftover_right.png", "right"),
         ("left_and_right.png", None),  # both: the name says nothing
+        ("left_right.png", None),  # both, sharing one separator
+        ("right-left.jpg", None),
+        ("Left.dcm", "left"),
         ("left/IDRiD_01.jpg", None),  # folders are not the file's name
         ("IDRiD_01.jpg", None),
     ],
@@ -56,20 +70,28 @@ def test_the_file_name_names_an_eye_only_as_a_word_of_its_own(name: str, eye: st
     assert laterality_from_name(name) == eye
 
 
-def test_a_disagreement_is_a_warning_naming_both_sides() -> None:
+def test_a_disagreement_is_said_naming_both_sides_and_the_causes() -> None:
     lat = read_laterality((1350, 700), (900, 720), FIELD, None, None, "x.dcm", "ImageLaterality L")
     assert (lat.eye, lat.file_says, lat.agrees) == ("right", "left", False)
-    assert lat.warning == (
-        "the file says left eye (DICOM ImageLaterality L) but the disc lies right of the fovea, as in a "
-        "right eye: the file may be mislabelled or the image mirrored"
+    assert lat.sentence == (
+        "MISMATCH: the landmarks show a right eye (the disc lies right of the fovea) but the file says left "
+        "(DICOM ImageLaterality L): the file may be mislabelled, the image mirrored or inverted, or the "
+        "disc misplaced"
     )
+    assert lat.cell == "right (the file says left: MISMATCH)"
     agreeing = read_laterality((1350, 700), (900, 720), FIELD, None, None, "7_right.jpg")
-    assert agreeing.agrees is True and agreeing.warning is None
-    assert agreeing.sentence == (
-        "right eye (the disc lies right of the fovea; the file says so too: file name)"
-    )
+    assert agreeing.agrees is True
+    assert agreeing.sentence == "right (the disc lies right of the fovea; the file says right too: file name)"
     silent = Laterality("left", "the disc lies left of the fovea")
-    assert silent.agrees is None and silent.sentence == "left eye (the disc lies left of the fovea)"
+    assert silent.agrees is None and silent.sentence == "left (the disc lies left of the fovea)"
+    unknown = read_laterality((1350, 700), (900, 720), FIELD, None, "two discs", "7_left.jpg")
+    assert unknown.agrees is None
+    assert unknown.sentence == "undetermined (the disc is doubtful; the file says left (file name))"
+    assert Laterality.from_dict(lat.as_dict()) == lat
+    # a tag value the reader never hands over (anything but R / L) is no label, not a crash
+    assert (
+        read_laterality((1350, 700), (900, 720), FIELD, None, None, "x.dcm", "Laterality B").file_says is None
+    )
 
 
 def test_the_dicom_tag_is_read_and_only_r_or_l_counts() -> None:
@@ -77,36 +99,52 @@ def test_the_dicom_tag_is_read_and_only_r_or_l_counts() -> None:
     assert load_image(dicom_bytes(pixels, laterality="L"), name="a.dcm").laterality == "ImageLaterality L"
     for unknown in ("B", "U"):
         assert load_image(dicom_bytes(pixels, laterality=unknown), name="a.dcm").laterality is None
+    # the series' Laterality when the image's own tag says nothing; padded lower case is read
+    series = pydicom.dcmread(io.BytesIO(dicom_bytes(pixels, laterality="U")))
+    series.Laterality = "l "
+    buffer = io.BytesIO()
+    series.save_as(buffer)
+    assert load_image(buffer.getvalue(), name="b.dcm").laterality == "Laterality L"
     assert load_image(dicom_bytes(pixels, laterality="R"), name="a.dcm").source_format == "DICOM"
 
 
-def test_every_face_says_a_mismatch(tiny_workbench, tmp_path: Path) -> None:
-    """The same photograph labelled with each eye: exactly one label disagrees with the landmarks, and
-    the summary, report.json, the HTML report and the batch CSV all say which."""
+def test_every_face_says_a_mismatch(tiny_workbench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same photograph labelled with each eye: the one label that disagrees with the landmarks is
+    said by the summary, report.json, the HTML report and the batch CSV. The tiny test networks place
+    landmarks at random, so the analysis is given the synthetic photograph's own disc and fovea."""
+    from dataclasses import replace
+
+    from workbench.analysis import pipeline
     from workbench.reports.batch import analyze_files
     from workbench.reports.html_page import report_html
     from workbench.reports.report import analysis_to_dict
     from workbench.ui.summary import summary_markdown
 
-    pixels = make_fundus(4, size=(356, 536), dr_grade=2).image
+    sample = make_fundus(4, size=(356, 536), dr_grade=2)
+    place = pipeline.place_landmarks
+
+    def at_truth(*args, **kwargs):
+        placed = place(*args, **kwargs)
+        fovea = replace(placed.fovea, xy=sample.fovea_xy, doubt=None)
+        return replace(placed, od_xy=sample.od_xy, od_doubt=None, fovea=fovea)
+
+    monkeypatch.setattr(pipeline, "place_landmarks", at_truth)
+    eye = "right" if sample.od_xy[0] > sample.fovea_xy[0] else "left"
+    right, wrong = ("R", "L") if eye == "right" else ("L", "R")
+    pixels = sample.image
     analyses = {
         tag: tiny_workbench.analyze(load_image(dicom_bytes(pixels, laterality=tag), name=f"{tag}.dcm"))
         for tag in ("R", "L")
     }
-    eyes = {a.laterality.eye for a in analyses.values()}
-    assert len(eyes) == 1 and eyes != {None}  # the landmarks decide, whatever the file says
-    wrong = next(tag for tag, a in analyses.items() if a.laterality.agrees is False)
-    right = "L" if wrong == "R" else "R"
-    assert analyses[right].laterality.agrees is True
-    assert f"**Laterality mismatch:** {eyes.pop()} eye by the landmarks; the file says" in summary_markdown(
-        analyses[wrong]
-    )
-    assert "**Eye:**" in summary_markdown(analyses[right])
+    assert {a.laterality.eye for a in analyses.values()} == {eye}  # the landmarks decide, not the file
+    assert (analyses[right].laterality.agrees, analyses[wrong].laterality.agrees) == (True, False)
+    assert f"**Eye:** MISMATCH: the landmarks show a {eye} eye (" in summary_markdown(analyses[wrong])
+    assert f"**Eye:** {eye} (the disc lies" in summary_markdown(analyses[right])
     data = analysis_to_dict(analyses[wrong])
     assert data["laterality"]["agrees_with_file"] is False
     assert data["laterality"]["file_source"] == f"DICOM ImageLaterality {wrong}"
     page = report_html(data, {})
-    assert "<p id='laterality' class='doubt'>" in page and "MISMATCH" in page
+    assert "<p id='laterality' class='doubt'>Eye: MISMATCH: the landmarks show" in page
 
     photos = tmp_path / "in"
     photos.mkdir()
@@ -116,4 +154,5 @@ def test_every_face_says_a_mismatch(tiny_workbench, tmp_path: Path) -> None:
     with open(tmp_path / "out" / "summary.csv", newline="") as handle:
         rows = {Path(r["file"]).stem: r for r in csv.DictReader(handle)}
     assert rows[wrong]["eye_agrees_with_file"] == "False" and rows[right]["eye_agrees_with_file"] == "True"
-    assert rows[wrong]["eye"] == rows[right]["eye"] == analyses[wrong].laterality.eye
+    assert (rows["R"]["eye_file_says"], rows["L"]["eye_file_says"]) == ("right", "left")
+    assert rows[wrong]["eye"] == rows[right]["eye"] == eye

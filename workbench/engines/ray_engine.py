@@ -216,6 +216,13 @@ def _run(ray, todo, out, summary, explain, target, score, profile, grader) -> li
     # a run resumed on a summary.csv from an older version keeps that file's columns (a field added since
     # is left out of it; the reports hold everything), so no row ever shifts under another header
     fields = list(SUMMARY_FIELDS) if new_file else _header(summary)
+    left_out = [f for f in SUMMARY_FIELDS if f not in fields]
+    if left_out:
+        log.warning(
+            "%s is from an older version: its columns are kept and %s left out of it (report.json has them)",
+            summary,
+            ", ".join(left_out),
+        )
     written = []
     start = time.perf_counter()
     with (

@@ -43,6 +43,7 @@ __all__ = [
     "place_landmarks",
 ]
 
+NASAL_SIDE = "on the nasal side of the disc"  # a fovea doubt: the two landmarks point to different eyes
 DD_RANGE = (1.7, 3.4)  # without a prior: accepted fovea distance from the disc, in disc diameters
 LOW_CONFIDENCE = 0.1  # localizer peak height below which a fovea is doubtful whatever its position
 MAX_DEVIATION = 4.0  # with a prior: spreads from the expected place beyond which a fovea is doubtful
@@ -109,7 +110,7 @@ def fovea_doubts(
         reasons.append("outside the field of view")
     temporal = np.sign(fov.cx - od_xy[0])
     if temporal != 0 and np.sign(fx - od_xy[0]) == -temporal:
-        reasons.append("on the nasal side of the disc")
+        reasons.append(NASAL_SIDE)
     elif prior is not None:
         deviation = float(np.hypot(*prior.fovea_deviation(fovea_xy, od_xy, fov.cx, fov.radius)))
         if deviation > MAX_DEVIATION:

@@ -60,8 +60,9 @@ SUMMARY_FIELDS = (
     "report",
     "quality_reasons",  # columns added later go at the end, so readers by position keep working
     "grader",  # the run's grader, on error rows too (a resumed Ray run refuses to mix two)
-    "eye",  # right / left from the landmarks (workbench.landmarks.laterality), empty when undetermined
-    "eye_agrees_with_file",  # against the file's DICOM tag or name; empty when the file names no eye
+    "eye",  # right / left / undetermined from the landmarks (workbench.landmarks.laterality)
+    "eye_file_says",  # right / left from the file's DICOM tag or name; empty when it names no eye
+    "eye_agrees_with_file",  # True / False; empty when either says nothing
 )
 
 
@@ -156,10 +157,12 @@ def _row(
             row[code] = data.get("lesions", {}).get(code, {}).get("count", "")
         check = data.get("dme_rule_check", {})
         row["dme_rule_grade"], row["dme_rule_agrees"] = check.get("rule_grade", ""), check.get("agrees", "")
-        laterality = data.get("laterality") or {}
-        row["eye"] = laterality.get("eye") or ""
-        agrees = laterality.get("agrees_with_file")
-        row["eye_agrees_with_file"] = "" if agrees is None else agrees
+        laterality = data.get("laterality")
+        if laterality:  # graded photographs only
+            agrees = laterality["agrees_with_file"]
+            row["eye"] = laterality["eye"] or "undetermined"
+            row["eye_file_says"] = laterality["file_says"] or ""
+            row["eye_agrees_with_file"] = "" if agrees is None else agrees
     return row
 
 

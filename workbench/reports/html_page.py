@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES
+from workbench.landmarks.laterality import Laterality
 
 __all__ = ["LESION_COLUMNS", "report_html"]
 
@@ -205,12 +206,7 @@ def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
 
 
 def _laterality_paragraph(laterality: dict) -> str:
-    """The eye, why, and the file's own label with the verdict (report.json's ``laterality``)."""
-    text = f"Eye: {laterality['eye'] or 'undetermined'} ({laterality['basis']})"
-    agrees = laterality["agrees_with_file"]
-    verdict = {True: "agrees", False: "MISMATCH: mislabelled or mirrored?", None: ""}[agrees]
-    if laterality["file_says"]:
-        text += f"; the file says {laterality['file_says']} ({laterality['file_source']})"
-        text += f": {verdict}" if verdict else ""
-    doubt = " class='doubt'" if agrees is False else ""
-    return f"<p id='laterality'{doubt}>{html.escape(text)}</p>"
+    """The eye, why, and the file's own label (report.json's ``laterality``), as every face says it."""
+    sentence = Laterality.from_dict(laterality).sentence
+    doubt = " class='doubt'" if laterality["agrees_with_file"] is False else ""
+    return f"<p id='laterality'{doubt}>Eye: {html.escape(sentence)}</p>"

@@ -71,8 +71,7 @@ def summary_markdown(analysis: Analysis) -> str:
         f"{analysis.fovea_confidence:.2f}{refined}, {fovea_state}"
     )
     if analysis.laterality is not None:
-        mismatch = analysis.laterality.agrees is False
-        lines.append(f"**{'Laterality mismatch' if mismatch else 'Eye'}:** {analysis.laterality.sentence}")
+        lines.append(f"**Eye:** {analysis.laterality.sentence}")
     unreliable = [r.code for r in analysis.lesion_reliability.values() if not r.reliable and r.code != "OD"]
     if unreliable and not analysis.quality.gradeable:
         lines.append(
