@@ -22,7 +22,7 @@ from models.registry import default_model, load_model
 from workbench.analysis import PROFILES, inside_field
 from workbench.analysis.lesion_trust import lesion_thresholds, segmenter_figures
 from workbench.fundus import prepare_fundus
-from workbench.intervals import bootstrap_intervals
+from workbench.intervals import bootstrap_intervals, wilson_interval
 from workbench.io.idrid import IDRiD, load_mask
 from workbench.io.image_io import load_image
 from workbench.io.splits import split_names, split_train_val
@@ -195,10 +195,9 @@ def _laterality_agreement(eye: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
         "determined": int(told.sum()),
         "agree": int(right.sum()),
         "accuracy_of_determined": float(right.mean()) if told.any() else None,
+        # Wilson: a bootstrap of an all-correct sample is the useless [1, 1]
         "ci95_accuracy_of_determined": (
-            list(bootstrap_intervals(int(told.sum()), lambda rows: {"a": float(right[rows].mean())})["a"])
-            if told.any()
-            else None
+            list(wilson_interval(int(right.sum()), int(told.sum()))) if told.any() else None
         ),
         "truth": "the annotated disc's side of the annotated fovea (right of it: a right eye)",
     }

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["bootstrap_intervals"]
+__all__ = ["bootstrap_intervals", "wilson_interval"]
 
 
 def _flatten(values: dict[str, object]) -> dict[str, float]:
@@ -61,3 +61,14 @@ def bootstrap_intervals(
         else:
             out[key] = [float(np.percentile(array, tail)), float(np.percentile(array, 100 - tail))]
     return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion: unlike the bootstrap, informative when every (or no)
+    trial succeeds (78 of 78 gives [0.953, 1.0], a bootstrap the degenerate [1.0, 1.0])."""
+    if n <= 0:
+        raise ValueError("a proportion of no trials has no interval")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))

@@ -7,6 +7,7 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -156,3 +157,18 @@ def test_every_face_says_a_mismatch(tiny_workbench, tmp_path: Path, monkeypatch:
     assert rows[wrong]["eye_agrees_with_file"] == "False" and rows[right]["eye_agrees_with_file"] == "True"
     assert (rows["R"]["eye_file_says"], rows["L"]["eye_file_says"]) == ("right", "left")
     assert rows[wrong]["eye"] == rows[right]["eye"] == eye
+
+
+def test_the_agreement_interval_is_informative_when_every_eye_is_right() -> None:
+    """Wilson, checked against its textbook values; a bootstrap of 78 of 78 would say [1, 1]."""
+    from training.evaluate import _laterality_agreement
+    from workbench.intervals import wilson_interval
+
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    eye, truth = np.array([1] * 40 + [-1] * 38 + [0] * 5), np.array([1] * 40 + [-1] * 38 + [1] * 5)
+    agreement = _laterality_agreement(eye, truth)
+    assert (agreement["determined"], agreement["agree"], agreement["accuracy_of_determined"]) == (78, 78, 1.0)
+    assert agreement["ci95_accuracy_of_determined"] == pytest.approx([0.9531, 1.0], abs=1e-4)
+    eye[0] = -1  # one wrong eye lowers both
+    assert _laterality_agreement(eye, truth)["agree"] == 77
