@@ -144,6 +144,9 @@ if choices:
         st.warning("Not gradeable: " + "; ".join(analysis.quality.reasons))
         st.image(analysis.crop, caption="field of view")
     else:
+        if analysis.laterality is not None:  # before the pictures: a mismatch is not to be scrolled past
+            show = st.warning if analysis.laterality.agrees is False else st.caption
+            show(f"Eye: {analysis.laterality.sentence}")
         # the same two views, colours and legends as the Gradio Analyze tab and the HTML report
         left, right = st.columns(2)
         left.image(lesion_overlay(analysis), caption="lesions (unreliable types grey, marked in the legend)")
@@ -152,9 +155,6 @@ if choices:
             caption=landmarks_caption(analysis),
         )
         st.plotly_chart(probability_figure(analysis), use_container_width=True)
-        if analysis.laterality is not None:
-            show = st.warning if analysis.laterality.agrees is False else st.caption
-            show(f"Eye: {analysis.laterality.sentence}")
         if analysis.fovea_doubt:
             st.warning(
                 f"Fovea doubtful ({analysis.fovea_doubt}): no ETDRS grid, lesions by region "

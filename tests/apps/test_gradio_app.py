@@ -243,13 +243,22 @@ def test_batch_endpoint_keeps_going_past_a_bad_file(served, tmp_path: Path, fund
     good, broken, dicom = table["data"]
     assert dicom[1] == "ok"
     # the eye from the landmarks; the camera export's ImageLaterality (R) is set beside it
-    assert good[9] in ("right", "left", "undetermined") and good[9] == dicom[9].split(" (")[0]
-    assert "(the file says right" in dicom[9]
+    assert good[9] in ("right", "left", "undetermined")
+    assert dicom[9] in (f"{good[9]} (the file says right)", f"MISMATCH: {good[9]}, the file says right")
     assert good[1] == "ok" and (good[6] == "found" or good[6].startswith("doubtful"))
     assert bool(good[8]) is (good[2] is not True)  # the reasons exactly when it is not gradeable
     assert broken[1] == "error" and "broken.jpg" in broken[7]
     header = Path(summary_csv).read_text().splitlines()[0]
-    assert header.endswith("dme_grade,fovea,error,quality_reasons,eye")
+    assert header.endswith("dme_grade,fovea,error,quality_reasons,eye,eye_file_says,eye_agrees_with_file")
+    import csv
+
+    with open(summary_csv, newline="") as handle:
+        written = {row["file"]: row for row in csv.DictReader(handle)}
+    verdict = "" if dicom[9].startswith("undetermined") else str(not dicom[9].startswith("MISMATCH"))
+    assert (written["fundus.dcm"]["eye_file_says"], written["fundus.dcm"]["eye_agrees_with_file"]) == (
+        "right",
+        verdict,
+    )
     import zipfile
 
     with zipfile.ZipFile(archive) as zf:

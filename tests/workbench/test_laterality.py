@@ -15,6 +15,7 @@ from models.fov import FieldOfView
 from workbench.io.image_io import load_image
 from workbench.io.synthetic import dicom_bytes, make_fundus
 from workbench.landmarks.laterality import (
+    NO_LABEL,
     Laterality,
     eye_from_landmarks,
     laterality_from_name,
@@ -79,12 +80,13 @@ def test_a_disagreement_is_said_naming_both_sides_and_the_causes() -> None:
         "(DICOM ImageLaterality L): the file may be mislabelled, the image mirrored or inverted, or the "
         "disc misplaced"
     )
-    assert lat.cell == "right (the file says left: MISMATCH)"
+    assert lat.cell == "MISMATCH: right, the file says left"
     agreeing = read_laterality((1350, 700), (900, 720), FIELD, None, None, "7_right.jpg")
     assert agreeing.agrees is True
     assert agreeing.sentence == "right (the disc lies right of the fovea; the file says right too: file name)"
     silent = Laterality("left", "the disc lies left of the fovea")
-    assert silent.agrees is None and silent.sentence == "left (the disc lies left of the fovea)"
+    assert silent.agrees is None
+    assert silent.sentence == f"left (the disc lies left of the fovea; {NO_LABEL})"
     unknown = read_laterality((1350, 700), (900, 720), FIELD, None, "two discs", "7_left.jpg")
     assert unknown.agrees is None
     assert unknown.sentence == "undetermined (the disc is doubtful; the file says left (file name))"
@@ -139,8 +141,11 @@ def test_every_face_says_a_mismatch(tiny_workbench, tmp_path: Path, monkeypatch:
     }
     assert {a.laterality.eye for a in analyses.values()} == {eye}  # the landmarks decide, not the file
     assert (analyses[right].laterality.agrees, analyses[wrong].laterality.agrees) == (True, False)
-    assert f"**Eye:** MISMATCH: the landmarks show a {eye} eye (" in summary_markdown(analyses[wrong])
+    # a mismatch comes right under the grades, in bold; an agreeing label on the landmarks' line
+    summary = summary_markdown(analyses[wrong]).split("\n\n")
+    assert summary[3].startswith(f"**Eye: MISMATCH:** the landmarks show a {eye} eye (")
     assert f"**Eye:** {eye} (the disc lies" in summary_markdown(analyses[right])
+    assert "MISMATCH" not in summary_markdown(analyses[right])
     data = analysis_to_dict(analyses[wrong])
     assert data["laterality"]["agrees_with_file"] is False
     assert data["laterality"]["file_source"] == f"DICOM ImageLaterality {wrong}"

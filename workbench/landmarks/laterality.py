@@ -36,16 +36,17 @@ __all__ = ["Laterality", "eye_cell", "eye_from_landmarks", "laterality_from_name
 
 MIN_OFFSET = 0.2  # disc offset from the field's centre (fraction of its radius) that decides without a fovea
 EYES = ("right", "left")
+NO_LABEL = "the file names no eye (no DICOM laterality tag, no left / right in its name)"
 _NAME_WORD = re.compile(r"(?<![a-z0-9])(left|right)(?![a-z0-9])")
 
 
 def eye_cell(eye: str | None, file_says: str | None, agrees: bool | None) -> str:
-    """A table cell: "right", "undetermined", "left (the file says left)", "right (the file says left:
-    MISMATCH)"."""
+    """A table cell: "right", "undetermined", "left (the file says left)", "MISMATCH: right, the file says
+    left" (the word a reader scans for first)."""
     text = eye or "undetermined"
-    if not file_says:
-        return text
-    return f"{text} (the file says {file_says}{': MISMATCH' if agrees is False else ''})"
+    if agrees is False:
+        return f"MISMATCH: {text}, the file says {file_says}"
+    return f"{text} (the file says {file_says})" if file_says else text
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class Laterality:
             )
         if self.agrees:
             return f"{self.eye} ({self.basis}; the file says {self.file_says} too: {self.file_source})"
-        return f"{self.eye or 'undetermined'} ({self.basis}{f'; the file says {told}' if told else ''})"
+        told = f"the file says {told}" if told else NO_LABEL
+        return f"{self.eye or 'undetermined'} ({self.basis}; {told})"
 
     @property
     def cell(self) -> str:

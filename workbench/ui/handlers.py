@@ -76,6 +76,14 @@ MODEL_WORK: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 2
 LONG_WORK: dict[str, Any] = {"concurrency_id": "long", "concurrency_limit": 1}
 
 
+def _eye_columns(laterality: dict | None) -> list[Any]:
+    """summary.csv's file-says and agrees columns (empty: the file names no eye, or nothing was graded)."""
+    if not laterality:
+        return ["", ""]
+    agrees = laterality["agrees_with_file"]
+    return [laterality["file_says"] or "", "" if agrees is None else agrees]
+
+
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
     """Every ``step``-th pixel so the longer side is at most about ``side`` (a preview, no resampling)."""
     step = max(1, int(np.ceil(max(rgb.shape[:2]) / side)))
@@ -235,6 +243,7 @@ class Handlers(BrowseHandlers):
         if not paths:
             raise gr.Error("Upload one or more fundus photographs.")
         rows, out = [], Path(tempfile.mkdtemp(prefix="drwb-batch-"))
+        eyes = []  # summary.csv's machine columns of the eye check, as `drwb analyze` writes them
         folders = report_folders([Path(p) for p in paths])  # eye.dcm and eye.png: two reports, not one
         for path, folder in progress.tqdm(list(zip(paths, folders, strict=True)), desc="analyzing"):
             name = Path(path).name
@@ -242,6 +251,7 @@ class Handlers(BrowseHandlers):
                 analysis = self.workbench.analyze(path, name=name)
                 data = write_report(analysis, out / folder)
                 fovea, eye = data.get("fovea") or {}, data.get("laterality")
+                eyes.append(_eye_columns(eye))
                 rows.append(
                     [
                         name,
@@ -260,6 +270,7 @@ class Handlers(BrowseHandlers):
                 )
             except (ImageLoadError, FileNotFoundError) as exc:
                 rows.append([name, "error", None, None, None, None, None, str(exc), None, None])
+                eyes.append(_eye_columns(None))
         header = [
             "file",
             "status",
@@ -271,9 +282,11 @@ class Handlers(BrowseHandlers):
             "error",
             "quality_reasons",
             "eye",
+            "eye_file_says",
+            "eye_agrees_with_file",
         ]
         buffer = io.StringIO()
-        csv.writer(buffer).writerows([header] + rows)
+        csv.writer(buffer).writerows([header] + [row + extra for row, extra in zip(rows, eyes, strict=True)])
         (out / "summary.csv").write_text(buffer.getvalue())
         archive = out / "reports.zip"
         with zipfile.ZipFile(archive, "w") as zf:

@@ -43,6 +43,8 @@ def summary_markdown(analysis: Analysis) -> str:
         f"**DME risk {analysis.dme_grade}** ({_dme_meaning(analysis.dme_grade)}, probability {dme_p:.2f})",
         f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
     ]
+    if analysis.laterality is not None and analysis.laterality.agrees is False:  # up top: not to be missed
+        lines.append(f"**Eye: MISMATCH:** {analysis.laterality.sentence.removeprefix('MISMATCH: ')}")
     if analysis.fovea_doubt is not None:
         lines.append(
             f"**Fovea doubtful** ({analysis.fovea_doubt}): ETDRS grid, lesions by region and the DME rule "
@@ -70,7 +72,7 @@ def summary_markdown(analysis: Analysis) -> str:
         f"**fovea** ({analysis.fovea_xy[0]:.0f}, {analysis.fovea_xy[1]:.0f}) px, detector confidence "
         f"{analysis.fovea_confidence:.2f}{refined}, {fovea_state}"
     )
-    if analysis.laterality is not None:
+    if analysis.laterality is not None and analysis.laterality.agrees is not False:
         lines.append(f"**Eye:** {analysis.laterality.sentence}")
     unreliable = [r.code for r in analysis.lesion_reliability.values() if not r.reliable and r.code != "OD"]
     if unreliable and not analysis.quality.gradeable:
