@@ -35,6 +35,7 @@ __all__ = [
     "analyze_files",
     "analyze_one",
     "content_sha256",
+    "eye_columns",
     "expand_inputs",
     "report_folders",
     "score_analysis",
@@ -157,13 +158,20 @@ def _row(
             row[code] = data.get("lesions", {}).get(code, {}).get("count", "")
         check = data.get("dme_rule_check", {})
         row["dme_rule_grade"], row["dme_rule_agrees"] = check.get("rule_grade", ""), check.get("agrees", "")
-        laterality = data.get("laterality")
-        if laterality:  # graded photographs only
-            agrees = laterality["agrees_with_file"]
-            row["eye"] = laterality["eye"] or "undetermined"
-            row["eye_file_says"] = laterality["file_says"] or ""
-            row["eye_agrees_with_file"] = "" if agrees is None else agrees
+        row.update(eye_columns(data.get("laterality")))
     return row
+
+
+def eye_columns(laterality: dict | None) -> dict[str, Any]:
+    """summary.csv's eye columns from report.json's ``laterality`` (all empty when nothing was graded)."""
+    if not laterality:
+        return {"eye": "", "eye_file_says": "", "eye_agrees_with_file": ""}
+    agrees = laterality["agrees_with_file"]
+    return {
+        "eye": laterality["eye"] or "undetermined",
+        "eye_file_says": laterality["file_says"] or "",
+        "eye_agrees_with_file": "" if agrees is None else agrees,
+    }
 
 
 def report_folders(paths: Sequence[Path]) -> list[str]:

@@ -23,7 +23,7 @@ from workbench.analysis import Analysis, Workbench
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
 from workbench.landmarks.laterality import eye_cell
 from workbench.model_table import models_markdown
-from workbench.reports.batch import report_folders, score_analysis
+from workbench.reports.batch import eye_columns, report_folders, score_analysis
 from workbench.reports.render import (
     curves_figure,
     heatmap_overlay,
@@ -74,14 +74,6 @@ NARROW_PX = 360  # panels side by side need this much each; on a narrower window
 # one runs, at most three model jobs run at once.
 MODEL_WORK: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 2}
 LONG_WORK: dict[str, Any] = {"concurrency_id": "long", "concurrency_limit": 1}
-
-
-def _eye_columns(laterality: dict | None) -> list[Any]:
-    """summary.csv's file-says and agrees columns (empty: the file names no eye, or nothing was graded)."""
-    if not laterality:
-        return ["", ""]
-    agrees = laterality["agrees_with_file"]
-    return [laterality["file_says"] or "", "" if agrees is None else agrees]
 
 
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -243,7 +235,7 @@ class Handlers(BrowseHandlers):
         if not paths:
             raise gr.Error("Upload one or more fundus photographs.")
         rows, out = [], Path(tempfile.mkdtemp(prefix="drwb-batch-"))
-        eyes = []  # summary.csv's machine columns of the eye check, as `drwb analyze` writes them
+        eyes = []  # summary.csv's file-says and agrees columns, as `drwb analyze` writes them
         folders = report_folders([Path(p) for p in paths])  # eye.dcm and eye.png: two reports, not one
         for path, folder in progress.tqdm(list(zip(paths, folders, strict=True)), desc="analyzing"):
             name = Path(path).name
@@ -251,7 +243,7 @@ class Handlers(BrowseHandlers):
                 analysis = self.workbench.analyze(path, name=name)
                 data = write_report(analysis, out / folder)
                 fovea, eye = data.get("fovea") or {}, data.get("laterality")
-                eyes.append(_eye_columns(eye))
+                eyes.append(list(eye_columns(eye).values())[1:])
                 rows.append(
                     [
                         name,
@@ -270,7 +262,7 @@ class Handlers(BrowseHandlers):
                 )
             except (ImageLoadError, FileNotFoundError) as exc:
                 rows.append([name, "error", None, None, None, None, None, str(exc), None, None])
-                eyes.append(_eye_columns(None))
+                eyes.append(list(eye_columns(None).values())[1:])
         header = [
             "file",
             "status",
