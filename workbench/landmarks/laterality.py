@@ -32,21 +32,12 @@ from pathlib import Path
 from models.fov import FieldOfView
 from workbench.landmarks.placement import NASAL_SIDE
 
-__all__ = ["Laterality", "eye_cell", "eye_from_landmarks", "laterality_from_name", "read_laterality"]
+__all__ = ["Laterality", "eye_from_landmarks", "laterality_from_name", "read_laterality"]
 
 MIN_OFFSET = 0.2  # disc offset from the field's centre (fraction of its radius) that decides without a fovea
 EYES = ("right", "left")
 NO_LABEL = "the file names no eye (no DICOM laterality tag, no left / right in its name)"
 _NAME_WORD = re.compile(r"(?<![a-z0-9])(left|right)(?![a-z0-9])")
-
-
-def eye_cell(eye: str | None, file_says: str | None, agrees: bool | None) -> str:
-    """A table cell: "right", "undetermined", "left (the file says left)", "MISMATCH: right, the file says
-    left" (the word a reader scans for first)."""
-    text = eye or "undetermined"
-    if agrees is False:
-        return f"MISMATCH: {text}, the file says {file_says}"
-    return f"{text} (the file says {file_says})" if file_says else text
 
 
 @dataclass(frozen=True)
@@ -90,8 +81,12 @@ class Laterality:
 
     @property
     def cell(self) -> str:
-        """The tables' short form (``eye_cell``)."""
-        return eye_cell(self.eye, self.file_says, self.agrees)
+        """The tables' short form: "right", "undetermined", "left (the file says left)", or "MISMATCH:
+        right, the file says left" (the word a reader scans for first)."""
+        text = self.eye or "undetermined"
+        if self.agrees is False:
+            return f"MISMATCH: {text}, the file says {self.file_says}"
+        return f"{text} (the file says {self.file_says})" if self.file_says else text
 
     def as_dict(self) -> dict[str, object]:
         """The report's ``laterality`` entry (``from_dict`` reads it back)."""

@@ -21,7 +21,7 @@ import numpy as np
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, Workbench
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
-from workbench.landmarks.laterality import eye_cell
+from workbench.landmarks.laterality import Laterality
 from workbench.model_table import models_markdown
 from workbench.reports.batch import eye_columns, report_folders, score_analysis
 from workbench.reports.render import (
@@ -257,7 +257,7 @@ class Handlers(BrowseHandlers):
                         else ("found" if fovea else None),
                         "",
                         "; ".join(data.get("quality_reasons", [])),
-                        eye_cell(eye["eye"], eye["file_says"], eye["agrees_with_file"]) if eye else None,
+                        Laterality.from_dict(eye).cell if eye else None,
                     ]
                 )
             except (ImageLoadError, FileNotFoundError) as exc:
