@@ -154,7 +154,7 @@ def _cmd_provenance(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from workbench.analysis import Workbench
-    from workbench.reports.batch import analyze_files
+    from workbench.reports.batch import analyze_files, batch_tally
     from workbench.targets import parse_target
 
     methods = [m for m in (args.explain or "").split(",") if m]
@@ -197,6 +197,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                 row["error"] or f"grade {row['dr_grade']} DME {row['dme_grade']} referable {row['referable']}"
             )
             print(f"{row['file']}: {shown if str(row['gradeable']) != 'False' else 'not gradeable'}")
+        print(batch_tally(rows))
     return 1 if any(row["status"] == "error" for row in rows) else 0
 
 

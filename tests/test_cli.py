@@ -68,6 +68,7 @@ def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) 
         env=env,
     )
     assert result.returncode == 1, result.stderr  # one file failed, the batch went on
+    assert result.stdout.splitlines()[-1].startswith("2 photographs: 1 analysed, 1 could not be read · ")
     report = json.loads((out / "eye" / "report.json").read_text())
     assert report["graded"] and 0 <= report["dr_grade"] <= 4
     # what ran each model is recorded: the grader in ONNX Runtime (the default "auto"), the rest in PyTorch

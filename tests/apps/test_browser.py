@@ -449,3 +449,32 @@ def test_a_bad_labels_file_is_named_whole_on_a_narrow_window(browser, app_url: s
     )
     assert box[0] - 1 <= inner[0] and inner[1] <= box[1] + 1  # inside its box, not centred past its edges
     assert inner[2] <= inner[3] + 1  # and wrapped there: nothing scrolled out of sight
+
+
+def test_a_batch_run_is_tallied_above_its_table(browser, app_url: str, tmp_path: Path) -> None:
+    """Batch tab: two photographs and a broken file in one upload; after "Analyze all" the line above the
+    table counts them (the follow-up event that leaves /batch's outputs as they were)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    paths = []
+    for k in (1, 2):
+        paths.append(tmp_path / f"eye{k}.png")
+        Image.fromarray(make_fundus(k, size=(356, 536)).image).save(paths[-1])
+    paths.append(tmp_path / "broken.jpg")
+    paths[-1].write_bytes(b"\xff\xd8\xff not a jpeg")
+    browser.get(app_url)
+    wait = WebDriverWait(browser, 180)
+    _open_tab(browser, wait, "Batch")
+    upload = wait.until(
+        lambda d: next((i for i in d.find_elements(By.CSS_SELECTOR, "input[type=file][multiple]")), None)
+    )
+    upload.send_keys("\n".join(str(p) for p in paths))
+    try:
+        wait.until(lambda d: "broken" in d.find_element(By.TAG_NAME, "body").text)  # stem and suffix apart
+        tally = (By.XPATH, "//*[@id='batch-tally']//*[contains(text(), 'photographs')]")
+        shown = _click_until(browser, (By.XPATH, "//button[text()='Analyze all']"), tally, seconds=180)
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "batch_tally.png"))
+    assert shown.text.startswith("Batch: 3 photographs: 2 analysed, 1 could not be read · "), shown.text

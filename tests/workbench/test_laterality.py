@@ -162,6 +162,40 @@ def test_every_face_says_a_mismatch(tiny_workbench, tmp_path: Path, monkeypatch:
     assert rows[wrong]["eye_agrees_with_file"] == "False" and rows[right]["eye_agrees_with_file"] == "True"
     assert (rows["R"]["eye_file_says"], rows["L"]["eye_file_says"]) == ("right", "left")
     assert rows[wrong]["eye"] == rows[right]["eye"] == eye
+    # and the run's one-line tally (drwb analyze's last line, above the Batch tab's table) counts it
+    from workbench.reports.batch import batch_tally
+    from workbench.ui.handlers import Handlers
+
+    assert batch_tally(rows.values()).endswith(" · 1 eye MISMATCH with the file's own label")
+    shown = Handlers.batch_tally(str(tmp_path / "out" / "summary.csv"))
+    assert shown.startswith("**Batch:** 2 photographs: 2 analysed")
+
+
+def test_the_batch_tally_counts_each_outcome_and_names_mismatches_only_when_there_are_some() -> None:
+    from workbench.reports.batch import batch_tally
+
+    def row(status="ok", gradeable="True", referable="False", dme="0", agrees=""):
+        return {
+            "status": status,
+            "gradeable": gradeable,
+            "referable": referable,
+            "dme_grade": dme,
+            "eye_agrees_with_file": agrees,
+        }
+
+    rows = [
+        row(referable=True, dme=2, agrees=False),  # as analyze_files returns them
+        row(referable="True", dme="1", agrees="True"),  # as summary.csv reads back
+        row(gradeable="False", dme=""),
+        row(status="error", gradeable="", referable="", dme=""),
+        row(agrees="False"),
+    ]
+    assert batch_tally(rows) == (
+        "5 photographs: 4 analysed, 1 could not be read · 1 not gradeable · 2 referable DR · "
+        "2 DME risk 1-2 · 2 eye MISMATCHES with the file's own label"
+    )
+    one = "1 photograph: 1 analysed · 0 not gradeable · 1 referable DR · 1 DME risk 1-2"
+    assert batch_tally(rows[1:2]) == one
 
 
 def test_the_agreement_interval_is_informative_when_every_eye_is_right() -> None:

@@ -10,7 +10,7 @@ import csv
 import glob
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "SUMMARY_FIELDS",
     "analyze_files",
     "analyze_one",
+    "batch_tally",
     "content_sha256",
     "eye_columns",
     "expand_inputs",
@@ -172,6 +173,32 @@ def eye_columns(laterality: dict | None) -> dict[str, Any]:
         "eye_file_says": laterality["file_says"] or "",
         "eye_agrees_with_file": "" if agrees is None else agrees,
     }
+
+
+def _said(value: Any) -> bool:
+    """A summary cell's truth, as written (True) or read back from summary.csv ("True")."""
+    return str(value) == "True"
+
+
+def batch_tally(rows: Iterable[Mapping[str, Any]]) -> str:
+    """A run at a glance, from its summary rows (``_row``'s, or summary.csv read back: the local, Ray and
+    Batch-tab files share these columns): how many photographs were read, could not be read, were not
+    gradeable, are referable, carry a DME risk, and whose eye disagrees with the file's own label."""
+    rows = list(rows)
+    errors = sum(row["status"] == "error" for row in rows)
+    parts = [f"{len(rows)} photograph{'s' * (len(rows) != 1)}: {len(rows) - errors} analysed"]
+    if errors:
+        parts[0] += f", {errors} could not be read"
+    counts = {
+        "not gradeable": sum(row["status"] == "ok" and not _said(row["gradeable"]) for row in rows),
+        "referable DR": sum(_said(row["referable"]) for row in rows),
+        "DME risk 1-2": sum(str(row["dme_grade"]) in ("1", "2") for row in rows),
+    }
+    parts += [f"{n} {what}" for what, n in counts.items()]
+    mismatches = sum(str(row["eye_agrees_with_file"]) == "False" for row in rows)
+    if mismatches:
+        parts.append(f"{mismatches} eye MISMATCH{'ES' * (mismatches != 1)} with the file's own label")
+    return " · ".join(parts)
 
 
 def report_folders(paths: Sequence[Path]) -> list[str]:

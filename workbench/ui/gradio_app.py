@@ -267,6 +267,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     file_types=UPLOAD_TYPES,
                 )
                 run_batch = gr.Button("Analyze all", variant="primary")
+                tally = gr.Markdown(elem_id="batch-tally")  # counts, mismatched eyes (after each run)
                 table = gr.Dataframe(
                     headers=BATCH_COLUMNS,
                     label="Grades (a file that could not be read gets an error row; the others go on)",
@@ -280,7 +281,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 zip_out = gr.File(label="HTML reports (zip)")
                 run_batch.click(
                     handlers.batch, files, [table, csv_out, zip_out], api_name="batch", **LONG_WORK
-                )
+                ).success(handlers.batch_tally, csv_out, tally, api_visibility="private")
             with gr.Tab("Audit"):
                 build_audit_tab(workbench, data_dir)
             with gr.Tab("Models"):

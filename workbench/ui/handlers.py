@@ -23,7 +23,7 @@ from workbench.analysis import Analysis, Workbench
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
 from workbench.landmarks.laterality import Laterality
 from workbench.model_table import models_markdown
-from workbench.reports.batch import eye_columns, report_folders, score_analysis
+from workbench.reports.batch import batch_tally, eye_columns, report_folders, score_analysis
 from workbench.reports.render import (
     curves_figure,
     heatmap_overlay,
@@ -286,6 +286,14 @@ class Handlers(BrowseHandlers):
                 if file.is_file() and file != archive:
                     zf.write(file, file.relative_to(out))
         return rows, str(out / "summary.csv"), str(archive)
+
+    @staticmethod
+    def batch_tally(summary_csv: str | None) -> str:
+        """The line above the Batch table (a follow-up event, so /batch's outputs stay as they were)."""
+        if not summary_csv:
+            return ""
+        with open(summary_csv, newline="") as handle:
+            return f"**Batch:** {batch_tally(csv.DictReader(handle))}"
 
     # models -----------------------------------------------------------------------------------------
     @staticmethod
