@@ -14,6 +14,7 @@ from PIL import Image
 
 from workbench.engines.ray_engine import READ_RESERVE, pool_size
 from workbench.io.synthetic import make_fundus
+from workbench.reports.batch import content_sha256
 
 pytest.importorskip("ray")
 
@@ -83,7 +84,7 @@ def test_ray_and_local_engines_agree_and_ray_resumes(
 
 
 def test_a_resumed_run_refuses_a_summary_graded_by_another_grader(tmp_path: Path) -> None:
-    from workbench.engines.ray_engine import _done_hashes
+    from workbench.engines.ray_engine import _done_files
     from workbench.reports.batch import SUMMARY_FIELDS
 
     summary = tmp_path / "summary.csv"
@@ -92,18 +93,34 @@ def test_a_resumed_run_refuses_a_summary_graded_by_another_grader(tmp_path: Path
         writer.writeheader()
         writer.writerow({"file": "a.png", "sha256": "aa", "grader": "grader_a"})
         writer.writerow({"file": "b.jpg", "sha256": "bb", "status": "error", "grader": "grader_a"})
-    assert _done_hashes(summary, "grader_a") == {"aa", "bb"}
+    assert _done_files(summary, "grader_a") == {("aa", "a.png"), ("bb", "b.jpg")}
     with pytest.raises(ValueError, match="holds grades by grader_a; this run grades with grader_x"):
-        _done_hashes(summary, "grader_x")
-    assert _done_hashes(tmp_path / "absent.csv", "grader_x") == set()
+        _done_files(summary, "grader_x")
+    assert _done_files(tmp_path / "absent.csv", "grader_x") == set()
     # a summary from before the grader column: each row's grader is read from the report beside it
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "report.json").write_text('{"models": {"grader": "grader_a"}}')
     old = tmp_path / "old.csv"
     old.write_text(f"file,sha256,status,report\na.png,aa,ok,{tmp_path / 'a' / 'report.html'}\n")
-    assert _done_hashes(old, "grader_a") == {"aa"}
+    assert _done_files(old, "grader_a") == {("aa", "a.png")}
     with pytest.raises(ValueError, match="holds grades by grader_a"):
-        _done_hashes(old, "grader_x")
+        _done_files(old, "grader_x")
+
+
+def test_a_resumed_run_skips_a_moved_photograph_but_not_a_renamed_copy(tmp_path: Path) -> None:
+    """A done photograph is known by its content and its file name: moved to another folder it is skipped,
+    copied under another name it is analysed anew (the name may say another eye)."""
+    from workbench.engines.ray_engine import _todo
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name, content in (("eye0.png", b"same"), ("eye0_left.png", b"same"), ("eye1.png", b"new")):
+        (moved / name).write_bytes(content)
+    digest = {p.name: content_sha256(p) for p in moved.iterdir()}
+    todo, skipped = _todo(sorted(moved.iterdir()), {(digest["eye0.png"], "eye0.png")})
+    assert skipped == 1
+    assert [Path(t["path"]).name for t in todo] == ["eye0_left.png", "eye1.png"]
+    assert [t["folder"] for t in todo] == ["eye0_left", "eye1"]
 
 
 def test_ray_resume_with_another_grader_stops_before_any_work(

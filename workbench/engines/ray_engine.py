@@ -6,9 +6,10 @@ resources Ray reports; each actor writes the per-image report folder exactly as 
 ``summary.csv`` as they arrive (so a killed run keeps what it finished), shows images/s, and at the end
 writes ``summary.parquet`` beside it.
 
-Resumable: an image whose content sha256 is already in ``summary.csv`` is skipped, so repeating a killed
-run's command finishes the rest without redoing or rewriting anything. An unreadable file becomes an
-error row; an actor that dies is restarted by Ray and its batch retried.
+Resumable: an image whose content sha256 and file name are already in ``summary.csv`` is skipped, so
+repeating a killed run's command finishes the rest without redoing or rewriting anything (a moved folder
+too). A renamed copy is analysed anew: its name may say another eye (``workbench.landmarks.laterality``).
+An unreadable file becomes an error row; an actor that dies is restarted by Ray and its batch retried.
 
 Pool sizing (seen with Ray 2.60 on 2 cores): actors that each reserve a whole CPU leave none for Ray
 Data's read tasks and the pipeline waits forever ("backpressured ... 0.0 CPU"). Each actor therefore
@@ -108,9 +109,9 @@ def _row_grader(row: dict[str, str]) -> str:
         return ""
 
 
-def _done_hashes(summary: Path, grader: str) -> set[str]:
-    """The files ``summary`` already holds; raises when its rows were graded by another grader (a
-    resumed run must not leave one table with two graders' grades in it)."""
+def _done_files(summary: Path, grader: str) -> set[tuple[str, str]]:
+    """The files ``summary`` already holds, as (content sha256, file name); raises when its rows were
+    graded by another grader (a resumed run must not leave one table with two graders' grades in it)."""
     if not summary.is_file():
         return set()
     with summary.open(newline="") as handle:
@@ -128,7 +129,20 @@ def _done_hashes(summary: Path, grader: str) -> set[str]:
         log.warning(
             "%s: %d graded rows name no grader (no column, no report.json): not checked", summary, unnamed
         )
-    return {row["sha256"] for row in rows if row.get("sha256")}
+    return {(row["sha256"], Path(row["file"]).name) for row in rows if row.get("sha256")}
+
+
+def _todo(paths: Sequence[Path], done: set[tuple[str, str]]) -> tuple[list[dict[str, str]], int]:
+    """The inputs still to analyse (path, content sha256, report folder) and how many were done already.
+    Folders are named over every input, done or not, so a resumed run names each report as the first did."""
+    todo, skipped = [], 0
+    for path, folder in zip(paths, report_folders(paths), strict=True):
+        digest = content_sha256(path)
+        if digest and (digest, path.name) in done:
+            skipped += 1
+            continue
+        todo.append({"path": str(path), "sha256": digest, "folder": folder})
+    return todo, skipped
 
 
 def analyze_with_ray(
@@ -156,17 +170,9 @@ def analyze_with_ray(
     summary = out / "summary.csv"
     # one grader for the whole run, named here: every actor loads it (not its own weights folder's default)
     grader = grader or profile_grader(profile)
-    done = _done_hashes(summary, grader)
+    done = _done_files(summary, grader)
     out.mkdir(parents=True, exist_ok=True)
-    todo, skipped = [], 0
-    paths = expand_inputs(inputs)
-    # folders named over every input, done or not, so a resumed run names each report as the first did
-    for path, folder in zip(paths, report_folders(paths), strict=True):
-        digest = content_sha256(path)
-        if digest and digest in done:
-            skipped += 1
-            continue
-        todo.append({"path": str(path), "sha256": digest, "folder": folder})
+    todo, skipped = _todo(expand_inputs(inputs), done)
     log.info("%d images to analyze, %d already in %s", len(todo), skipped, summary)
     written: list[dict[str, str]] = []
     if todo:
