@@ -106,6 +106,8 @@ def build_ensemble(
                 f"{stem} and {members[0]} were cross-validated on different folds or images: their "
                 "out-of-fold predictions cannot be combined (train both with the same --folds and --seed)"
             )
+    # members that cannot run as one module (input size, normalisation, heads) are refused before any file
+    card = ensemble_card([(stem, c) for stem, (c, _) in zip(members, loaded, strict=True)], flip)
     labels = {r.name: r for r in IDRiD(data).grading("train")}
     truth = {
         "dr_true": np.array([labels[str(n)].dr_grade for n in first["names"]]),
@@ -150,7 +152,6 @@ def build_ensemble(
         metadata={"format": "pt", "model": "grader_ensemble"},
     )
     write_oof_csv(views, out / f"{name}.oof.csv")
-    card = ensemble_card([(stem, c) for stem, (c, _) in zip(members, loaded, strict=True)], flip)
     evaluation = {
         "oof": {
             **{k: v for k, v in measured.items() if k != "reliability_dr"},

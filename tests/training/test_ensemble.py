@@ -120,6 +120,18 @@ def test_members_from_different_folds_are_refused(
         build_ensemble(["grader_a", "members/grader_b"], "e", synthetic_idrid, folder=folder)
     with pytest.raises(ValueError, match="two or more"):
         build_ensemble(["grader_a"], "e", synthetic_idrid, folder=folder)
+    # members of different input sizes cannot run as one module: refused, and no file is left behind
+    other = tmp_path / "sizes"
+    shutil.copytree(shipped_members, other)
+    card = other / "members" / "grader_b.json"
+    import json
+
+    data = json.loads(card.read_text())
+    data["input_size"] += 32
+    card.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="differs from grader_a in input size"):
+        build_ensemble(["grader_a", "members/grader_b"], "e", synthetic_idrid, folder=other)
+    assert not list(other.glob("e.*"))
 
 
 def _oof_sha(card: Path) -> str:
