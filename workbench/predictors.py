@@ -86,9 +86,10 @@ class GraderPredictor:
         self._chosen: OrderedDict[str, int] = OrderedDict()
         self._chosen_lock = threading.Lock()
 
-    def input_tensor(self, crop512: np.ndarray) -> torch.Tensor:
-        """(1, 3, S, S) normalised model input for one 512-px crop (used by explainers too)."""
-        return _batch([crop512], self.card)
+    def input_tensor(self, crop512: np.ndarray, card: ModelCard | None = None) -> torch.Tensor:
+        """(1, 3, S, S) normalised model input for one 512-px crop (used by explainers too); ``card``:
+        the input of the network ``explained`` returned (an ensemble's member may take a smaller one)."""
+        return _batch([crop512], card or self.card)
 
     @torch.inference_mode()
     def explained(self, crop512: np.ndarray) -> tuple[nn.Module, ModelCard, str]:

@@ -96,3 +96,82 @@ def test_a_corrupt_ensemble_or_member_file_fails_its_sha256(tmp_path: Path) -> N
     own.write_bytes(_flip_last_byte(own.read_bytes()))
     with pytest.raises(WeightsError, match="grader_ens.safetensors"):
         load_model("grader_ens", tmp_path)
+
+
+@pytest.mark.parametrize(("side", "size"), [(512, 448), (512, 384), (64, 48), (300, 299)])
+def test_area_resize_is_what_resize_crop_does_when_it_shrinks(side: int, size: int) -> None:
+    """cv2's INTER_AREA, on floats to the last bits (300 -> 299 has no short period: the dense path)."""
+    import cv2
+    import numpy as np
+
+    from models.ensemble import area_resize
+
+    image = np.random.default_rng(side + size).random((side, side, 3)).astype(np.float32)
+    expected = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    got = area_resize(torch.from_numpy(image).permute(2, 0, 1)[None], size)[0].permute(1, 2, 0).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="only shrinks"):
+        area_resize(torch.zeros(1, 3, size, size), side)
+
+
+def _mixed_members() -> list[tuple[str, torch.nn.Module, object]]:
+    """A 64-px and a 48-px member (the same tiny network family; only the card's input size differs)."""
+    out = []
+    for seed, size in ((0, 64), (1, 48)):
+        model, card = _member(seed, temperature=1.5)
+        out.append((f"grader_{size}", model, card.with_updates(input_size=size)))
+    return out
+
+
+def _ensemble_of(members: list, flip: bool) -> GraderEnsemble:
+    names, modules, cards = zip(*members, strict=True)
+    return GraderEnsemble(list(modules), flip=flip, names=names, cards=cards).eval()
+
+
+def test_members_of_different_input_sizes_each_see_the_crop_as_they_would_alone() -> None:
+    """The ensemble takes the largest size; the smaller member grades the crop shrunk as resize_crop
+    shrinks it for that member alone (the uint8 crop through ``workbench.predictors``: within cv2's
+    rounding to 8 bits)."""
+    import numpy as np
+
+    from workbench.predictors import _batch
+
+    members = _mixed_members()
+    card = ensemble_card([(stem, c) for stem, _, c in members], flip=True)
+    assert card.input_size == 64
+    assert [m["input_size"] for m in card.extra["members"]] == [64, 48]
+    ensemble = _ensemble_of(members, flip=True)
+    crop = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        alone = [
+            torch.stack([m(v) for v in (x, x.flip(-1))]).mean(0)
+            for _, m, c in members
+            for x in [_batch([crop], c)]
+        ]
+        got = ensemble(_batch([crop], card))
+        unresized = torch.stack([m(v) for _, m, _ in members for v in [_batch([crop], card)]]).mean(0)
+    assert _batch([crop], members[1][2]).shape[-1] == 48
+    torch.testing.assert_close(got, torch.stack(alone).mean(0), atol=2e-3, rtol=0)
+    assert not torch.allclose(got, unresized, atol=1e-2)  # without the resize the 48-px member differs
+
+
+def test_members_must_share_their_normalisation_but_not_their_input_size() -> None:
+    (a, _, card_a), (b, _, card_b) = _mixed_members()
+    assert ensemble_card([(a, card_a), (b, card_b)], flip=False).input_size == 64
+    odd = card_b.with_updates(mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="normalisation"):
+        ensemble_card([(a, card_a), (b, odd)], flip=False)
+
+
+def test_a_mixed_size_ensemble_runs_in_onnx_runtime_as_in_pytorch() -> None:
+    """The shrinking is part of the exported graph (``workbench.runtime`` checks the graph agrees)."""
+    from workbench.runtime import OnnxForward
+
+    members = _mixed_members()
+    card = ensemble_card([(stem, c) for stem, _, c in members], flip=False)
+    ensemble = _ensemble_of(members, flip=False)
+    forward = OnnxForward(ensemble, card)  # raises unless the graph agrees with the module
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(x), ensemble(x), atol=1e-3, rtol=0)

@@ -120,18 +120,58 @@ def test_members_from_different_folds_are_refused(
         build_ensemble(["grader_a", "members/grader_b"], "e", synthetic_idrid, folder=folder)
     with pytest.raises(ValueError, match="two or more"):
         build_ensemble(["grader_a"], "e", synthetic_idrid, folder=folder)
-    # members of different input sizes cannot run as one module: refused, and no file is left behind
-    other = tmp_path / "sizes"
+    # members of different normalisation cannot run on one input: refused, and no file is left behind
+    other = tmp_path / "norm"
     shutil.copytree(shipped_members, other)
-    card = other / "members" / "grader_b.json"
-    import json
-
-    data = json.loads(card.read_text())
-    data["input_size"] += 32
-    card.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="differs from grader_a in input size"):
+    _edit_card(other / "members" / "grader_b.json", mean=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="differs from grader_a in normalisation"):
         build_ensemble(["grader_a", "members/grader_b"], "e", synthetic_idrid, folder=other)
     assert not list(other.glob("e.*"))
+
+
+def _edit_card(path: Path, **fields: object) -> dict:
+    import json
+
+    data = json.loads(path.read_text())
+    data.update(fields)
+    path.write_text(json.dumps(data))
+    return data
+
+
+def test_members_of_different_input_sizes_form_one_grader_at_the_largest(
+    shipped_members: Path, synthetic_idrid: Path, synthetic_fundus, tmp_path: Path
+) -> None:
+    """The smaller member grades the crop shrunk to its own size, in ONNX Runtime too (the workbench's
+    default runtime checks its graph against the module); its explanations are at its own size."""
+    import shutil
+
+    from models.registry import load_model
+    from tests.conftest import write_tiny_weights
+    from training.ensemble import build_ensemble
+    from workbench.analysis import Workbench
+    from workbench.io.image_io import LoadedImage
+    from workbench.reports.batch import score_analysis
+    from workbench.targets import GradeTarget
+
+    folder = tmp_path / "w"
+    shutil.copytree(shipped_members, folder)
+    small = load_model("members/grader_b", folder)[1].input_size
+    _edit_card(folder / "grader_a.json", input_size=small + 16)
+    build_ensemble(["grader_a", "members/grader_b"], "grader_mixed", synthetic_idrid, folder=folder)
+    model, card = load_model("grader_mixed", folder)
+    assert card.input_size == small + 16 and model.sizes == (small + 16, small)
+    assert [m["input_size"] for m in card.extra["members"]] == [small + 16, small]
+    write_tiny_weights(folder)
+    workbench = Workbench(grader="grader_mixed", weights_dir=folder)
+    assert workbench.grader.runtime.startswith("onnxruntime")  # exported, agreed with the module on a probe
+    image = synthetic_fundus.image
+    analysis = workbench.analyze(
+        LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png"), explain=["gradcam"], force=True
+    )
+    _, member_card, _ = workbench.grader.explained(analysis.crop)
+    assert analysis.heatmaps["gradcam"].values.shape[-1] == member_card.input_size
+    scores = score_analysis(workbench, analysis, GradeTarget(int(np.argmax(analysis.dr_probabilities))))
+    assert set(scores) == {"gradcam"}
 
 
 def _oof_sha(card: Path) -> str:

@@ -289,7 +289,7 @@ class Workbench:
             predictor = self.grader_predictor(grader) if grader else self.grader
             module, card, member = predictor.explained(crop512)  # an ensemble: one member (the note)
             model = ExplainableModel(module, card)
-            tensor = predictor.input_tensor(crop512)
+            tensor = predictor.input_tensor(crop512, card)  # at the explained network's own input size
         out = {}
         # one explanation at a time (memory), and none while another session runs the same module
         with self._explain_lock, model_lock(model.module):

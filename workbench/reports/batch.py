@@ -108,9 +108,9 @@ def score_analysis(
     predictor = workbench.grader_predictor(grader) if grader else workbench.grader
     module, card, _ = predictor.explained(analysis.crop)  # an ensemble: the member its maps came from
     model = ExplainableModel(module, card)
-    tensor = predictor.input_tensor(analysis.crop)
+    tensor = predictor.input_tensor(analysis.crop, card)  # the member's own input size
     lesions = {code: s.mask for code, s in analysis.lesions.items()}
-    size = predictor.card.input_size
+    size = card.input_size
     mask = lesion_union_in_input(lesions, size)
     tolerance = pointing_tolerance(analysis.crop_transform, size)
     scores = {}
