@@ -330,7 +330,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "provenance",
         help="record in grader cards the sha256 of the files each trained on (audits flag those files)",
     )
-    pv.add_argument("models", nargs="+", help="grader card stems, e.g. grader_lite0_ensemble")
+    pv.add_argument("models", nargs="+", help="grader card stems, e.g. grader_lite0_lite2_trio")
     pv.add_argument("--data", default="../shared/data/idrid-lite", help="IDRiD-layout folder it trained on")
     pv.add_argument("--weights", help="the cards' folder (default: the shipped weights)")
     pv.set_defaults(handler=_cmd_provenance)

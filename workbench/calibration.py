@@ -2,7 +2,9 @@
 
 Temperature scaling (Guo et al., ICML 2017) divides a head's logits by one scalar T > 0 fitted to
 minimise the negative log-likelihood of held-out labels; it never changes the arg-max, only how
-confident the probabilities are. ECE is the top-label form: predictions binned by their confidence
+confident the probabilities are. Temperature with class biases (``fit_temperature_bias``: ``logits / T +
+b``, ``b[0] = 0``) may move the arg-max: it re-weights the classes, as when training sampled some grades
+more often than they occur. ECE is the top-label form: predictions binned by their confidence
 (``bins`` equal-width bins on [0, 1]), ``sum_b |B|/n * |accuracy(B) - mean confidence(B)|``.
 """
 
@@ -17,6 +19,7 @@ __all__ = [
     "binned_reliability",
     "expected_calibration_error",
     "fit_temperature",
+    "fit_temperature_bias",
     "reliability",
     "softmax",
 ]
@@ -57,6 +60,51 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05, h
             d = a + ratio * (b - a)
             fd = _nll(logits, labels, np.exp(d))
     return float(np.exp((a + b) / 2))
+
+
+def fit_temperature_bias(
+    logits: np.ndarray, labels: np.ndarray, steps: int = 100
+) -> tuple[float, np.ndarray]:
+    """``(T, b)`` minimising the NLL of ``softmax(logits / T + b)``, ``b`` one bias per class, ``b[0] = 0``.
+
+    The NLL is convex in ``(1/T, b)`` (a multinomial logistic regression on fixed features), so damped
+    Newton steps from ``(1/T, b) = (1, 0)`` find the optimum. A class absent from ``labels`` would drive
+    its bias to minus infinity: refused.
+    """
+    z, y = np.asarray(logits, np.float64), np.asarray(labels, int)
+    n, k = z.shape
+    if n == 0 or np.bincount(y, minlength=k).min() == 0:
+        raise ValueError(f"fit_temperature_bias needs every one of {k} classes among the labels")
+    onehot = np.eye(k)[y]
+    # scores = z * theta[0] + basis @ theta[1:]: the Jacobian of each row's scores in theta is [z_i | basis]
+    basis = np.eye(k)[:, 1:]
+
+    def nll(theta: np.ndarray) -> float:
+        scores = z * theta[0] + basis @ theta[1:]
+        scores -= scores.max(axis=1, keepdims=True)
+        return float(-(scores[np.arange(n), y] - np.log(np.exp(scores).sum(axis=1))).mean())
+
+    theta = np.zeros(k)
+    theta[0] = 1.0
+    for _ in range(steps):
+        scores = z * theta[0] + basis @ theta[1:]
+        probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        jac = np.concatenate([z[:, :, None], np.broadcast_to(basis, (n, k, k - 1))], axis=2)  # n, k, k
+        residual = probs - onehot
+        grad = np.einsum("nk,nkp->p", residual, jac) / n
+        curvature = probs[:, :, None] * np.eye(k) - probs[:, :, None] * probs[:, None, :]
+        hessian = np.einsum("nkp,nkl,nlq->pq", jac, curvature, jac) / n + 1e-9 * np.eye(k)
+        step = np.linalg.solve(hessian, grad)
+        size, before = 1.0, nll(theta)
+        while nll(theta - size * step) > before and size > 1e-6:
+            size /= 2
+        theta = theta - size * step
+        if np.abs(size * step).max() < 1e-10:
+            break
+    if theta[0] <= 0:
+        raise ValueError("fit_temperature_bias: the logits rank the classes backwards (1/T <= 0)")
+    return float(1.0 / theta[0]), np.concatenate([[0.0], theta[1:]])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.calibration import expected_calibration_error, fit_temperature, reliability, softmax
+from workbench.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_bias,
+    reliability,
+    softmax,
+)
 from workbench.intervals import bootstrap_intervals
 from workbench.metrics import accuracy
 
@@ -78,3 +84,66 @@ def test_cross_fitted_calibration_scores_each_fold_with_a_temperature_fitted_els
     assert crossed == pytest.approx(expected_calibration_error(expected, labels))
     pooled = expected_calibration_error(softmax(logits, fit_temperature(logits, labels)), labels)
     assert crossed > pooled + 0.05
+
+
+def _prior_shifted(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a 3-class model trained on balanced classes, used where class 0 is 8x as common:
+    its scores favour the rare classes by log(8) too little, as a grader sampled towards rare grades."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, n, p=[0.8, 0.1, 0.1])
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), labels] += 1.0
+    return logits * 2.0, labels  # and twice too sure of itself
+
+
+def test_class_biases_undo_a_prior_shift_that_temperature_cannot() -> None:
+    logits, labels = _prior_shifted(3)
+    temperature, bias = fit_temperature_bias(logits, labels)
+    assert bias[0] == 0.0 and (bias[1:] < -1.0).all()  # the rare classes pushed down
+    assert temperature == pytest.approx(2.0, rel=0.15)  # and the logits cooled
+    plain = accuracy(labels, logits.argmax(1))
+    biased = softmax(logits / temperature + bias)
+    assert accuracy(labels, biased.argmax(1)) > plain + 0.05  # the arg-max moved, for the better
+    # at the optimum each class's mean probability is its frequency; temperature alone misses it
+    frequency = np.bincount(labels, minlength=3) / len(labels)
+    assert np.abs(biased.mean(0) - frequency).max() < 1e-6
+    alone = softmax(logits, fit_temperature(logits, labels))
+    assert np.abs(alone.mean(0) - frequency).max() > 0.1
+
+    # an optimum: no small move of T or of a bias lowers the NLL
+    def nll(t: float, b: np.ndarray) -> float:
+        return float(-np.log(softmax(logits / t + b)[np.arange(len(labels)), labels]).mean())
+
+    best = nll(temperature, bias)
+    for t, b in ((temperature * 1.02, bias), (temperature / 1.02, bias), (temperature, bias + [0, 0.02, 0])):
+        assert nll(t, b) > best
+
+
+def test_class_biases_need_every_class() -> None:
+    logits, labels = _prior_shifted(4, n=200)
+    with pytest.raises(ValueError, match="every one of 3 classes"):
+        fit_temperature_bias(logits, np.where(labels == 2, 1, labels))
+
+
+def test_cross_fitted_class_bias_figures_ride_along_the_oof_metrics() -> None:
+    """training.oof.oof_metrics records what class biases would give, each fold fitted elsewhere; only
+    the temperature is applied (the figures beside it are the shipped behaviour)."""
+    from training.oof import class_bias_cross_fitted, oof_metrics
+
+    rng = np.random.default_rng(5)
+    n = 1000
+    dr, dr_true = _prior_shifted(6, n)
+    dr = np.concatenate([dr, rng.normal(-5, 0.1, (n, 2))], axis=1)  # grades 3, 4 never predicted ...
+    dr_true[:5], dr_true[5:10] = 3, 4  # ... but present
+    dme, dme_true = _prior_shifted(7, n)
+    oof = {"logits": np.concatenate([dr, dme], 1), "dr_true": dr_true, "dme_true": dme_true}
+    oof["logits_flip"], folds = oof["logits"], np.arange(n) % 5
+    assert "class_bias_cross_fitted" not in oof_metrics(oof, tta=False)  # no folds: nothing to cross-fit
+    measured = oof_metrics({**oof, "fold": folds}, tta=False)
+    biased = measured["class_bias_cross_fitted"]
+    assert biased["dme_accuracy"] > measured["dme_accuracy"] + 0.05 and biased["dme_ece"] < 0.05
+    assert biased == {
+        k: v for k, v in class_bias_cross_fitted(oof["logits"], dr_true, dme_true, folds).items()
+    }
+    dr_true[:10] = 0  # a grade that no fold's complement holds: nothing to fit, no figures
+    assert class_bias_cross_fitted(oof["logits"], dr_true, dme_true, folds) is None
