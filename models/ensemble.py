@@ -64,16 +64,20 @@ def area_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     so each axis is one small matrix product over those blocks (a few MFLOP) rather than the dense
     ``area_matrix`` product (1.3 GFLOP for 512 -> 448 px); sizes without such a short period use it."""
     side, size = int(x.shape[-1]), int(size)
+    if x.ndim != 4 or int(x.shape[-2]) != side:
+        raise ValueError(f"area_resize takes square (B, C, S, S) crops, got {tuple(x.shape)}")
     if side == size:
         return x
+    if size > side:
+        raise ValueError(f"area averaging only shrinks: {side} -> {size} px")
     period = side // math.gcd(side, size)
     if period <= 64:  # rows then columns, each a product over blocks of ``period`` pixels (no transposes)
-        block = torch.tensor(area_matrix(period, size * period // side), dtype=x.dtype)
+        block = torch.tensor(area_matrix(period, size * period // side), dtype=x.dtype, device=x.device)
         channels, blocks = int(x.shape[1]), side // period
         # -1 for the batch: the exported graph must take any batch (a traced x.shape[0] is a constant)
         rows = (x.reshape(-1, channels, side, blocks, period) @ block.T).reshape(-1, channels, side, size)
         return (block @ rows.reshape(-1, channels, blocks, period, size)).reshape(-1, channels, size, size)
-    dense = torch.tensor(area_matrix(side, size), dtype=x.dtype)
+    dense = torch.tensor(area_matrix(side, size), dtype=x.dtype, device=x.device)
     return dense @ x @ dense.T
 
 
@@ -141,7 +145,9 @@ class GraderEnsemble(nn.Module):
 def ensemble_card(members: Sequence[tuple[str, ModelCard]], flip: bool, **extra: object) -> ModelCard:
     """The card of an ensemble of ``members`` ((card stem, card) pairs): normalisation, labels and heads
     from the first member, which all members must share; the input size of the largest member (each
-    smaller one shrinks the crop to its own, ``GraderEnsemble``)."""
+    smaller one shrinks the crop to its own, ``GraderEnsemble``). A smaller member sees what it sees
+    alone only while the largest is no larger than the grading crop (512 px): a larger one would have the
+    crop enlarged first (``training.ensemble.build_ensemble`` refuses that)."""
     first = members[0][1]
 
     def shape(card: ModelCard) -> tuple:

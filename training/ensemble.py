@@ -31,6 +31,7 @@ from workbench.calibration import softmax
 from workbench.intervals import bootstrap_intervals
 from workbench.io.idrid import IDRiD
 from workbench.metrics import grading_metrics, json_safe
+from workbench.predictors import GRADING_CROP
 
 __all__ = ["build_ensemble", "member_oof"]
 
@@ -106,8 +107,14 @@ def build_ensemble(
                 f"{stem} and {members[0]} were cross-validated on different folds or images: their "
                 "out-of-fold predictions cannot be combined (train both with the same --folds and --seed)"
             )
-    # members that cannot run as one module (input size, normalisation, heads) are refused before any file
+    # members that cannot run as one module (normalisation, heads) are refused before any file
     card = ensemble_card([(stem, c) for stem, (c, _) in zip(members, loaded, strict=True)], flip)
+    sizes = sorted({c.input_size for c, _ in loaded})
+    if len(sizes) > 1 and sizes[-1] > GRADING_CROP:  # the smaller would see an enlarged crop shrunk again
+        raise ValueError(
+            f"members of different input sizes {sizes} need the largest within the {GRADING_CROP}-px "
+            "grading crop: a smaller member would not see the crop as it does alone"
+        )
     labels = {r.name: r for r in IDRiD(data).grading("train")}
     truth = {
         "dr_true": np.array([labels[str(n)].dr_grade for n in first["names"]]),

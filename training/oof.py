@@ -173,7 +173,7 @@ def class_bias_cross_fitted(
                 return None
             try:
                 temperature, bias = fit_temperature_bias(head[~held], truth[~held])
-            except ValueError:  # logits that rank the classes backwards (a model that learnt nothing)
+            except ValueError:  # logits ranking the classes backwards (nothing learnt), or no convergence
                 return None
             out[held] = softmax(head[held] / temperature + bias)
     metrics = grading_metrics(probs[0], probs[1], t_dr, t_dme)

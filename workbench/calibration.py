@@ -63,13 +63,17 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, low: float = 0.05, h
 
 
 def fit_temperature_bias(
-    logits: np.ndarray, labels: np.ndarray, steps: int = 100
+    logits: np.ndarray, labels: np.ndarray, steps: int = 200
 ) -> tuple[float, np.ndarray]:
     """``(T, b)`` minimising the NLL of ``softmax(logits / T + b)``, ``b`` one bias per class, ``b[0] = 0``.
 
     The NLL is convex in ``(1/T, b)`` (a multinomial logistic regression on fixed features), so damped
-    Newton steps from ``(1/T, b) = (1, 0)`` find the optimum. A class absent from ``labels`` would drive
-    its bias to minus infinity: refused.
+    Newton steps find the optimum; they start from temperature alone (``fit_temperature``, ``b = 0``),
+    which also keeps saturated logits in range.
+
+    Raises:
+        ValueError: a class absent from ``labels`` (its bias would run to minus infinity), logits that rank
+            the classes backwards (the optimum has ``1/T <= 0``), or no convergence in ``steps``.
     """
     z, y = np.asarray(logits, np.float64), np.asarray(labels, int)
     n, k = z.shape
@@ -78,30 +82,36 @@ def fit_temperature_bias(
     onehot = np.eye(k)[y]
     # scores = z * theta[0] + basis @ theta[1:]: the Jacobian of each row's scores in theta is [z_i | basis]
     basis = np.eye(k)[:, 1:]
+    jac = np.concatenate([z[:, :, None], np.broadcast_to(basis, (n, k, k - 1))], axis=2)  # n, k, k
+
+    def probabilities(theta: np.ndarray) -> np.ndarray:
+        scores = z * theta[0] + basis @ theta[1:]
+        exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
 
     def nll(theta: np.ndarray) -> float:
-        scores = z * theta[0] + basis @ theta[1:]
-        scores -= scores.max(axis=1, keepdims=True)
-        return float(-(scores[np.arange(n), y] - np.log(np.exp(scores).sum(axis=1))).mean())
+        return float(-np.log(np.clip(probabilities(theta)[np.arange(n), y], 1e-300, None)).mean())
 
     theta = np.zeros(k)
-    theta[0] = 1.0
+    theta[0] = 1.0 / fit_temperature(z, y, low=1e-4, high=1e4)
     for _ in range(steps):
-        scores = z * theta[0] + basis @ theta[1:]
-        probs = np.exp(scores - scores.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        jac = np.concatenate([z[:, :, None], np.broadcast_to(basis, (n, k, k - 1))], axis=2)  # n, k, k
-        residual = probs - onehot
-        grad = np.einsum("nk,nkp->p", residual, jac) / n
+        probs = probabilities(theta)
+        grad = np.einsum("nk,nkp->p", probs - onehot, jac) / n
         curvature = probs[:, :, None] * np.eye(k) - probs[:, :, None] * probs[:, None, :]
-        hessian = np.einsum("nkp,nkl,nlq->pq", jac, curvature, jac) / n + 1e-9 * np.eye(k)
-        step = np.linalg.solve(hessian, grad)
+        hessian = np.einsum("nkp,nkl,nlq->pq", jac, curvature, jac) / n
+        step = np.linalg.lstsq(hessian, grad, rcond=None)[0]  # a flat direction gets no step, not an error
         size, before = 1.0, nll(theta)
-        while nll(theta - size * step) > before and size > 1e-6:
+        while nll(theta - size * step) > before and size > 1e-8:
             size /= 2
-        theta = theta - size * step
-        if np.abs(size * step).max() < 1e-10:
+        if nll(theta - size * step) > before:  # no descent left at double precision: at the optimum
             break
+        theta = theta - size * step
+        if np.abs(size * step).max() < 1e-12:
+            break
+    gradient = np.einsum("nk,nkp->p", probabilities(theta) - onehot, jac) / n
+    scale = max(1.0, float(np.abs(z).mean()))
+    if np.abs(gradient).max() > 1e-6 * scale:
+        raise ValueError(f"fit_temperature_bias did not converge (gradient {np.abs(gradient).max():.2g})")
     if theta[0] <= 0:
         raise ValueError("fit_temperature_bias: the logits rank the classes backwards (1/T <= 0)")
     return float(1.0 / theta[0]), np.concatenate([[0.0], theta[1:]])

@@ -100,9 +100,13 @@ def models_markdown(folder: Path | None = None) -> str:
         details = []  # sentences, in the last column: they would push the figures off a laptop's screen
         if members := card.extra.get("members"):
             views = ", each on the image and its mirror image" if card.extra.get("flip") else ""
+            # members of different input sizes each see the crop at their own (models.ensemble)
+            named = (
+                m["model"] + (f" at {m['input_size']} px" if m.get("input_size") else "") for m in members
+            )
             details.append(
-                f"ensemble of {' + '.join(m['model'] for m in members)}{views}; explained through the "
-                "member nearest its probabilities"
+                f"ensemble of {' + '.join(named)}{views}; explained through the member nearest its "
+                "probabilities"
             )
         if m.get("dr_qwk") is not None and m["dr_qwk"] < WEAK_QWK:
             notes = [f"**weak** (QWK below {WEAK_QWK})"]

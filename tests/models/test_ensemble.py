@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.classifier import grader_card
-from models.ensemble import GraderEnsemble, ensemble_card
+from models.ensemble import GraderEnsemble, area_resize, ensemble_card
 from models.hashing import file_sha256
 from models.registry import WeightsError, build_model, load_model, save_model
 
@@ -104,8 +104,6 @@ def test_area_resize_is_what_resize_crop_does_when_it_shrinks(side: int, size: i
     import cv2
     import numpy as np
 
-    from models.ensemble import area_resize
-
     image = np.random.default_rng(side + size).random((side, side, 3)).astype(np.float32)
     expected = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     got = area_resize(torch.from_numpy(image).permute(2, 0, 1)[None], size)[0].permute(1, 2, 0).numpy()
@@ -129,7 +127,8 @@ def _ensemble_of(members: list, flip: bool) -> GraderEnsemble:
     return GraderEnsemble(list(modules), flip=flip, names=names, cards=cards).eval()
 
 
-def test_members_of_different_input_sizes_each_see_the_crop_as_they_would_alone() -> None:
+@pytest.mark.parametrize("smaller_first", [False, True])  # the shipped pair lists its 448-px member first
+def test_members_of_different_input_sizes_each_see_the_crop_as_they_would_alone(smaller_first: bool) -> None:
     """The ensemble takes the largest size; the smaller member grades the crop shrunk as resize_crop
     shrinks it for that member alone (the uint8 crop through ``workbench.predictors``: within cv2's
     rounding to 8 bits)."""
@@ -137,23 +136,30 @@ def test_members_of_different_input_sizes_each_see_the_crop_as_they_would_alone(
 
     from workbench.predictors import _batch
 
-    members = _mixed_members()
+    members = _mixed_members()[::-1] if smaller_first else _mixed_members()
     card = ensemble_card([(stem, c) for stem, _, c in members], flip=True)
     assert card.input_size == 64
-    assert [m["input_size"] for m in card.extra["members"]] == [64, 48]
+    assert [m["input_size"] for m in card.extra["members"]] == [c.input_size for _, _, c in members]
     ensemble = _ensemble_of(members, flip=True)
     crop = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+    def both_views(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([model(v) for v in (x, x.flip(-1))]).mean(0)
+
     with torch.no_grad():
-        alone = [
-            torch.stack([m(v) for v in (x, x.flip(-1))]).mean(0)
-            for _, m, c in members
-            for x in [_batch([crop], c)]
-        ]
+        alone = torch.stack([both_views(m, _batch([crop], c)) for _, m, c in members]).mean(0)
+        unresized = torch.stack([both_views(m, _batch([crop], card)) for _, m, _ in members]).mean(0)
         got = ensemble(_batch([crop], card))
-        unresized = torch.stack([m(v) for _, m, _ in members for v in [_batch([crop], card)]]).mean(0)
-    assert _batch([crop], members[1][2]).shape[-1] == 48
-    torch.testing.assert_close(got, torch.stack(alone).mean(0), atol=2e-3, rtol=0)
+    assert sorted(_batch([crop], c).shape[-1] for _, _, c in members) == [48, 64]
+    torch.testing.assert_close(got, alone, atol=2e-3, rtol=0)
     assert not torch.allclose(got, unresized, atol=1e-2)  # without the resize the 48-px member differs
+
+
+def test_area_resize_refuses_what_it_cannot_do() -> None:
+    with pytest.raises(ValueError, match="square"):
+        area_resize(torch.zeros(2, 3, 32, 64), 16)  # would fold the batch into the columns
+    with pytest.raises(ValueError, match="only shrinks: 32 -> 48"):
+        area_resize(torch.zeros(1, 3, 32, 32), 48)
 
 
 def test_members_must_share_their_normalisation_but_not_their_input_size() -> None:

@@ -127,6 +127,12 @@ def test_members_from_different_folds_are_refused(
     with pytest.raises(ValueError, match="differs from grader_a in normalisation"):
         build_ensemble(["grader_a", "members/grader_b"], "e", synthetic_idrid, folder=other)
     assert not list(other.glob("e.*"))
+    # a member larger than the grading crop would make the smaller see an enlarged crop shrunk again
+    _edit_card(other / "members" / "grader_b.json", mean=_edit_card(folder / "grader_a.json")["mean"])
+    _edit_card(other / "grader_a.json", input_size=520)
+    with pytest.raises(ValueError, match="within the 512-px grading crop"):
+        build_ensemble(["grader_a", "members/grader_b"], "e", synthetic_idrid, folder=other)
+    assert not list(other.glob("e.*"))
 
 
 def _edit_card(path: Path, **fields: object) -> dict:
@@ -143,6 +149,7 @@ def test_members_of_different_input_sizes_form_one_grader_at_the_largest(
 ) -> None:
     """The smaller member grades the crop shrunk to its own size, in ONNX Runtime too (the workbench's
     default runtime checks its graph against the module); its explanations are at its own size."""
+    import hashlib
     import shutil
 
     from models.registry import load_model
@@ -165,11 +172,14 @@ def test_members_of_different_input_sizes_form_one_grader_at_the_largest(
     workbench = Workbench(grader="grader_mixed", weights_dir=folder)
     assert workbench.grader.runtime.startswith("onnxruntime")  # exported, agreed with the module on a probe
     image = synthetic_fundus.image
-    analysis = workbench.analyze(
-        LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png"), explain=["gradcam"], force=True
-    )
-    _, member_card, _ = workbench.grader.explained(analysis.crop)
-    assert analysis.heatmaps["gradcam"].values.shape[-1] == member_card.input_size
+    loaded = LoadedImage(image, image.shape[:2], "PNG", "RGB", "s.png")
+    crop = workbench.analyze(loaded, force=True).crop
+    # the member explained is the one nearest the ensemble's probabilities: make it the smaller one
+    workbench.grader._chosen[hashlib.sha1(np.ascontiguousarray(crop).tobytes()).hexdigest()] = 1
+    analysis = workbench.analyze(loaded, explain=["gradcam"], force=True)
+    assert workbench.grader.explained(analysis.crop)[1].input_size == small
+    assert analysis.heatmaps["gradcam"].values.shape[-1] == small
+    assert "members/grader_b" in analysis.heatmaps["gradcam"].model
     scores = score_analysis(workbench, analysis, GradeTarget(int(np.argmax(analysis.dr_probabilities))))
     assert set(scores) == {"gradcam"}
 

@@ -155,6 +155,10 @@ def test_models_table_marks_each_profiles_default_grader_and_names_an_ensembles_
     for stem, flip, score in (("tiny_ens", True, 0.88), ("tiny_pair", False, 0.87)):
         ensemble = dict(single, name=stem, weights=f"{stem}.safetensors")
         ensemble["extra"] = {"members": members, "flip": flip}
+        if not flip:  # members of different input sizes: each size is named
+            ensemble["extra"]["members"] = [
+                dict(m, input_size=size) for m, size in zip(members, (64, 80), strict=True)
+            ]
         ensemble["training"] = {
             "evaluation": {"oof": {"n": 413, "folds": 5, "dr_accuracy": 0.7, "score": score}}
         }
@@ -167,6 +171,7 @@ def test_models_table_marks_each_profiles_default_grader_and_names_an_ensembles_
 
     assert "default (quality profile)" in row("tiny_ens") and "ensemble of tiny_grader" in row("tiny_ens")
     assert "mirror image" in row("tiny_ens") and "mirror image" not in row("tiny_pair")
+    assert "tiny_grader at 64 px + tiny_grader at 80 px" in row("tiny_pair") and " px" not in row("tiny_ens")
     assert "default (fast profile)" in row("tiny_pair") and "default" not in row("tiny_grader")
     assert any(line.startswith("- tiny_ens: explained through one member") for line in lines)
     (folder / "tiny_pair.json").unlink()  # without the pair, one network is the fast profile's best
