@@ -164,16 +164,14 @@ def class_bias_cross_fitted(
     """
     if folds is None or len(np.unique(folds)) < 2:
         return None
-    heads = ((logits[:, :NUM_DR], t_dr, NUM_DR), (logits[:, NUM_DR:], t_dme, logits.shape[1] - NUM_DR))
-    probs = [np.zeros(head.shape, np.float64) for head, _, _ in heads]
+    heads = ((logits[:, :NUM_DR], t_dr), (logits[:, NUM_DR:], t_dme))
+    probs = [np.zeros(head.shape, np.float64) for head, _ in heads]
     for fold in np.unique(folds):
         held = folds == fold
-        for out, (head, truth, classes) in zip(probs, heads, strict=True):
-            if np.bincount(truth[~held], minlength=classes).min() == 0:
-                return None
+        for out, (head, truth) in zip(probs, heads, strict=True):
             try:
                 temperature, bias = fit_temperature_bias(head[~held], truth[~held])
-            except ValueError:  # logits ranking the classes backwards (nothing learnt), or no convergence
+            except ValueError:  # a class missing from the other folds, backwards logits, or no convergence
                 return None
             out[held] = softmax(head[held] / temperature + bias)
     metrics = grading_metrics(probs[0], probs[1], t_dr, t_dme)
