@@ -20,7 +20,8 @@ from models.constants import LESION_CODES
 from models.preprocess import crop_to_fov
 from models.registry import default_model, load_model
 from workbench.analysis import PROFILES, inside_field
-from workbench.analysis.lesion_trust import lesion_thresholds, segmenter_figures
+from workbench.analysis.lesion_maps import one_type_per_pixel
+from workbench.analysis.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
 from workbench.fundus import prepare_fundus
 from workbench.intervals import bootstrap_intervals, wilson_interval
 from workbench.io.idrid import IDRiD, load_mask
@@ -93,6 +94,11 @@ def _segmentation(
     size = PROFILES[profile]["segment_size"]
     predictor = load_segmenter(model_name, input_size=int(size) if size else None)
     curves = {code: PixelCurve() for code in LESION_CODES}
+    # the masks as analyze draws them: the card's thresholds for this profile, one type per pixel
+    figures = segmenter_figures(predictor.card.training, profile)
+    thresholds = lesion_thresholds(figures)
+    reliable = frozenset(code for code, r in lesion_reliability(figures).items() if r.reliable)
+    drawn = {code: np.zeros(3, np.int64) for code in LESION_CODES}  # tp, fp, positives
     for record in tqdm(records, desc="segmentation", leave=False):
         image = load_image(record.image_path, min_side=predictor.decode_side)
         maps = predictor.predict(image)
@@ -100,6 +106,7 @@ def _segmentation(
         probabilities = inside_field(
             maps.probabilities, maps.transform, prepare_fundus(image, GRADING_CROP).fov
         )
+        masks = one_type_per_pixel(probabilities, thresholds, reliable)
         for channel, code in enumerate(LESION_CODES):
             path = record.mask_paths[code]
             if path is None:
@@ -107,13 +114,20 @@ def _segmentation(
             truth = load_mask(path)
             prob = maps.transform.warp_to_original(probabilities[channel], cv2.INTER_LINEAR)
             curves[code].add(prob, truth)
+            mask = maps.transform.warp_to_original(masks[code].astype(np.float32), cv2.INTER_NEAREST) > 0.5
+            drawn[code] += (int((mask & truth).sum()), int((mask & ~truth).sum()), int(truth.sum()))
     return {
         **segmentation_metrics(curves),
+        **{f"drawn_dice_{code}": _dice(*counts) for code, counts in drawn.items() if counts[2]},
         "n": len(records),
         "profile": profile,
         "crop_px": predictor.input_size,
         "runtime": predictor.runtime,
     }
+
+
+def _dice(tp: int, fp: int, positives: int) -> float:
+    return float(2 * tp / max(2 * tp + fp + positives - tp, 1))
 
 
 def localization_records(dataset: IDRiD, split: str, seed: int = 0) -> list[Any]:

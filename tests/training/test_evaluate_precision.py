@@ -37,3 +37,15 @@ def test_write_card_measures_in_fp32_unless_told_otherwise(
     before = (folder / "tiny_segmenter.json").read_text()
     assert drwb.main([*args, "--write-card", "--precision", "bf16"]) == 2  # refused, card untouched
     assert (folder / "tiny_segmenter.json").read_text() == before
+
+
+def test_segmentation_figures_include_the_dice_of_the_masks_as_drawn(
+    synthetic_idrid: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside the threshold-free figures, the Dice of the masks analyze draws (the card's thresholds, one
+    lesion type per pixel) for every annotated type."""
+    monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))
+    result = evaluate(synthetic_idrid, "val", "segmentation", "tiny_segmenter")
+    drawn = {key: value for key, value in result.items() if key.startswith("drawn_dice_")}
+    assert set(drawn) >= {"drawn_dice_MA", "drawn_dice_HE", "drawn_dice_EX", "drawn_dice_OD"}
+    assert all(0.0 <= value <= 1.0 for value in drawn.values())

@@ -405,3 +405,67 @@ def test_unreliable_lesion_types_are_greyed_wherever_they_are_shown(tiny_workben
     assert sent.metadata["display_value"][0][5] == "0.01"  # AUPR to 2 decimals, not pandas' 6
     page = report_html(analysis_to_dict(analysis), {})
     assert page.count('<tr style="color: #9e9e9e; font-style: italic">') == 1
+
+
+def test_a_pixel_claimed_by_two_lesion_types_is_kept_by_one() -> None:
+    """A reliable type keeps a contested pixel over an unreliable one whatever the probabilities; between
+    two of the same trust the higher probability wins; uncontested pixels and the optic disc stay as
+    thresholded."""
+    from workbench.analysis.lesion_maps import one_type_per_pixel
+
+    index = {code: i for i, code in enumerate(LESION_CODES)}
+    probabilities = np.zeros((len(LESION_CODES), 4, 4), np.float32)
+    probabilities[index["EX"], 0, 0], probabilities[index["SE"], 0, 0] = 0.6, 0.9  # EX reliable, SE not
+    probabilities[index["HE"], 1, 1], probabilities[index["EX"], 1, 1] = 0.8, 0.7  # both reliable
+    probabilities[index["MA"], 2, 2], probabilities[index["SE"], 2, 2] = 0.4, 0.6  # both unreliable
+    probabilities[index["SE"], 3, 3] = 0.9  # uncontested
+    probabilities[index["OD"], 0:2, 0:2] = 0.9  # the disc under lesions keeps its mask
+    thresholds = dict.fromkeys(LESION_CODES, 0.3)
+    masks = one_type_per_pixel(probabilities, thresholds, reliable=frozenset({"HE", "EX"}))
+    owners = {(y, x): [c for c in LESION_CODES if c != "OD" and masks[c][y, x]] for y, x in np.ndindex(4, 4)}
+    assert owners[(0, 0)] == ["EX"] and owners[(1, 1)] == ["HE"] and owners[(2, 2)] == ["SE"]
+    assert owners[(3, 3)] == ["SE"] and sum(map(len, owners.values())) == 4
+    assert masks["OD"][0:2, 0:2].all() and masks["OD"].sum() == 4
+    # without a reliable type the higher probability decides everywhere
+    plain = one_type_per_pixel(probabilities, thresholds)
+    assert plain["SE"][0, 0] and not plain["EX"][0, 0]
+
+
+def test_analyze_never_gives_a_pixel_two_lesion_types(tiny_workbench, synthetic_fundus) -> None:
+    analysis = tiny_workbench.analyze(_loaded(synthetic_fundus.image))
+    claims = sum(s.mask.astype(int) for code, s in analysis.lesions.items() if code != "OD")
+    assert claims.max() <= 1
+    # the tiny untrained segmenter claims pixels for several types at once before the rule
+    probabilities = np.stack([analysis.lesions[code].probability.astype(np.float32) for code in LESION_CODES])
+    thresholds = tiny_workbench._thresholds()
+    lesion_channels = [(i, c) for i, c in enumerate(LESION_CODES) if c != "OD"]
+    raw = sum((probabilities[i] >= thresholds[c]).astype(int) for i, c in lesion_channels)
+    assert raw.max() > 1
+
+
+def test_a_reliable_lesion_is_drawn_over_an_unreliable_neighbour(tiny_workbench, synthetic_fundus) -> None:
+    """Masks are dilated for visibility; where a grey (unreliable) lesion's halo meets a reliable lesion,
+    the reliable colour stays on top."""
+    from dataclasses import replace
+
+    from models.constants import LESIONS
+    from workbench.analysis.lesion_trust import LesionReliability
+    from workbench.reports.render import UNRELIABLE_COLOUR
+
+    analysis = tiny_workbench.analyze(_loaded(synthetic_fundus.image))
+    masks = {code: np.zeros_like(s.mask) for code, s in analysis.lesions.items()}
+    masks["EX"][20:30, 20:30] = True
+    masks["SE"][20:30, 30:40] = True  # touching: SE's dilation reaches into EX (SE is drawn after EX)
+    lesions = {code: replace(s, mask=masks[code]) for code, s in analysis.lesions.items()}
+    trust = {
+        "EX": LesionReliability("EX", 0.7, True, "reliable"),
+        "SE": LesionReliability("SE", 0.1, False, "unreliable: validated AUPR 0.10 < 0.30"),
+    }
+    analysis = replace(analysis, lesions=lesions, lesion_reliability=trust)
+    drawn = lesion_overlay(analysis, codes=["EX", "SE"], opacity=1.0, legend=False)
+    scale = analysis.crop.shape[0] / masks["EX"].shape[0]
+    ex = {lesion.code: tuple(lesion.colour) for lesion in LESIONS}["EX"]
+    first_se = int(np.ceil(30 * scale))  # SE's first column on the crop; its dilation reaches one left
+    assert tuple(drawn[int(25 * scale), first_se - 1]) == ex
+    assert tuple(drawn[int(25 * scale), first_se + 1]) == UNRELIABLE_COLOUR
+    assert tuple(drawn[int(25 * scale), int(35 * scale)]) == UNRELIABLE_COLOUR

@@ -201,16 +201,18 @@ class Workbench:
             marks = replace(marks, fovea_xy=refined) if refined is not None else marks
             fovea_refined = refined is not None
         lap("landmarks")
-        lesions, lesion_transform, disc_refined = {}, None, None
+        lesions, lesion_transform, disc_refined, trust = {}, None, None, {}
         if self.segment:
             maps = self.segmenter.predict(image)
             lesion_transform = maps.transform
             if self.disc is not None:  # the disc segmented again around the detected disc
                 disc_refined = self.disc.refine(maps, image, marks.od_xy, prepared.fov)
+            trust = lesion_reliability(self._measured(), prepared.quality.gradeable)
             lesions = summarise_lesions(
                 inside_field(maps.probabilities, maps.transform, prepared.fov),
                 maps.transform,
                 self._thresholds(),
+                reliable=frozenset(code for code, r in trust.items() if r.reliable),
             )
             lap("lesions")
         placed = place_landmarks(
@@ -267,9 +269,7 @@ class Workbench:
             dme_check=check,
             lesions_by_region=by_region,
             heatmaps=heatmaps,
-            lesion_reliability=(
-                lesion_reliability(self._measured(), prepared.quality.gradeable) if self.segment else {}
-            ),
+            lesion_reliability=trust,
             timings_ms=timings,
             **base,
         )

@@ -95,7 +95,8 @@ def lesion_overlay(
     base = analysis.crop.copy()
     size = base.shape[0]
     wanted = set(codes) if codes is not None else {lesion.code for lesion in LESIONS}
-    for lesion in LESIONS:
+    # unreliable (grey) types first, so a dilated unreliable lesion never paints over a reliable one
+    for lesion in sorted(LESIONS, key=lambda lesion: not _unreliable(analysis, lesion.code)):
         summary = analysis.lesions.get(lesion.code)
         if summary is None or lesion.code not in wanted:
             continue
