@@ -99,12 +99,14 @@ def test_compare_endpoint_structure(served, fundus_file: str) -> None:
     gallery, slider, curves, scores, target, left, right = client.predict(
         handle_file(fundus_file), "referable", ["gradcam", "attention"], "tiny_grader", api_name="/compare"
     )
-    assert len(gallery) == 2 and "deletion" in gallery[0]["caption"]
+    assert len(gallery) == 2 and "deletion" in gallery[0]["caption"] and "scored in" in gallery[0]["caption"]
     assert len(slider) == 2
     assert (left, right) == ("gradcam", "lesions")  # the menus name what the slider shows
     assert [row[0] for row in scores["data"]] == ["gradcam", "attention"]
     # every score column says which way is better (or what 1 means)
-    assert all("better" in title or "= hit" in title for title in scores["headers"][2:]), scores["headers"]
+    assert scores["headers"][1:3] == ["map seconds", "scoring seconds"]
+    assert all("better" in title or "= hit" in title for title in scores["headers"][3:]), scores["headers"]
+    assert all(row[2] > 0 for row in scores["data"])  # each map's scoring took measurable time
     assert target.startswith("referable")
     # the slider shows any two of the maps this comparison made (the menus offer only those)
     pair = client.predict("attention", "image", api_name="/slide")
@@ -335,3 +337,25 @@ def test_a_mistyped_data_folder_stops_the_launch_with_its_name(
     with pytest.raises(SystemExit) as exited:
         main(["--data", str(tmp_path / "idrid-lyte")])
     assert exited.value.code == 2 and "idrid-lyte: no such folder" in capsys.readouterr().err
+
+
+def test_compare_shows_each_map_before_scoring_it(tmp_path: Path, fundus_file: str) -> None:
+    """Each map reaches the gallery as soon as it is computed ("scoring..."), and again with its scores and
+    how long scoring took; a lesion target (nothing to score a grader's output on) is shown once."""
+    from tests.conftest import write_tiny_weights
+    from workbench.analysis import Workbench
+    from workbench.ui.handlers import SCORE_TABLE_HEADERS, Handlers
+
+    folder = write_tiny_weights(tmp_path / "weights")
+    handlers = Handlers(Workbench(grader="tiny_grader", weights_dir=folder), None)
+    steps = list(handlers.compare(fundus_file, "referable", ["gradcam", "attention"], ""))
+    assert len(steps) == 4  # map, scores; map, scores
+    first_map, first_scored = steps[0], steps[1]
+    gallery, _, curves, table = first_map[:4]
+    assert len(gallery) == 1 and gallery[0][1].endswith("scoring...") and curves is None
+    assert table[0][2:] == [None] * (len(SCORE_TABLE_HEADERS) - 2)
+    gallery, _, curves, table = first_scored[:4]
+    assert "scored in" in gallery[0][1] and "deletion" in gallery[0][1] and curves is not None
+    assert table[0][2] > 0 and isinstance(table[0][3], float)
+    assert len(steps[2][0]) == 2 and steps[2][0][1][1].endswith("scoring...")  # the second map, unscored
+    assert len(steps[3][3]) == 2 and all(len(row) == len(SCORE_TABLE_HEADERS) for row in steps[3][3])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, Workbench
+from workbench.explain.scoring import SCORE_COLUMNS
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
 from workbench.landmarks.laterality import Laterality
 from workbench.model_table import models_markdown
@@ -46,6 +48,7 @@ __all__ = [
     "NARROW_PX",
     "NO_UPLOAD",
     "PREVIEW_SIDE",
+    "SCORE_TABLE_HEADERS",
     "TARGET_CHOICES",
     "thumbnail",
 ]
@@ -74,6 +77,11 @@ NARROW_PX = 360  # panels side by side need this much each; on a narrower window
 # one runs, at most three model jobs run at once.
 MODEL_WORK: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 2}
 LONG_WORK: dict[str, Any] = {"concurrency_id": "long", "concurrency_limit": 1}
+
+
+# the Compare tab's scores table: a map's own time, then its scoring's (deletion / insertion re-run the
+# grader ~30 times: most of a comparison's time), then the scores
+SCORE_TABLE_HEADERS = ["method", "map seconds", "scoring seconds", *SCORE_COLUMNS]
 
 
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -197,19 +205,29 @@ class Handlers(BrowseHandlers):
                 heat = self.workbench.explain(analysis.crop, [method], target, grader=grader or None)[method]
             except ValueError as exc:  # e.g. attention asked for a lesion target
                 raise gr.Error(str(exc)) from exc
-            if target.arch == "grader":
-                one = replace(analysis, heatmaps={method: heat})
-                scores.update(score_analysis(self.workbench, one, target, grader=grader or None))
+            name = heat.named(method)
             overlays[method] = heatmap_overlay(analysis.crop, heat)
-            gallery.append((overlays[method], _caption(heat.named(method), heat.seconds, scores.get(method))))
-            table.append(_score_row(heat.named(method), heat.seconds, scores.get(method)))
-            curves = curves_figure({k: s.curves for k, s in scores.items()}) if scores else None
-            first = methods[0]
-            # the slider's pair and the Left / Right menus say the same thing
-            pair = (overlays[first], overlays["lesions"])
             # an ensemble is explained through one member, the same for every method: said once
-            through = f" · explained {heat.model}" if heat.model else ""
-            yield gallery, pair, curves, table, overlays, label + through, first, "lesions"
+            title = label + (f" · explained {heat.model}" if heat.model else "")
+            first = methods[0]
+            pair = (overlays[first], overlays["lesions"])  # the slider's pair and the menus say the same
+            scoring = target.arch == "grader"  # deletion / insertion need the grader's own output
+            gallery.append((overlays[method], _caption(name, heat.seconds, None, scoring=scoring)))
+            table.append(_score_row(name, heat.seconds, None))
+            curves = curves_figure({k: v.curves for k, v in scores.items()}) if scores else None
+            # the map shows now; its deletion / insertion scoring (most of the time) follows
+            yield list(gallery), pair, curves, list(table), dict(overlays), title, first, "lesions"
+            if not scoring:
+                continue
+            progress((index + 0.5) / len(methods), desc=f"scoring {method} ({index + 1} of {len(methods)})")
+            started = time.perf_counter()
+            one = replace(analysis, heatmaps={method: heat})
+            scores.update(score_analysis(self.workbench, one, target, grader=grader or None))
+            scored = time.perf_counter() - started
+            gallery[-1] = (overlays[method], _caption(name, heat.seconds, scores[method], scored))
+            table[-1] = _score_row(name, heat.seconds, scores[method], scored)
+            curves = curves_figure({k: v.curves for k, v in scores.items()})
+            yield list(gallery), pair, curves, list(table), dict(overlays), title, first, "lesions"
 
     @staticmethod
     def slide_menus(overlays: dict[str, np.ndarray] | None, left: str, right: str) -> tuple[Any, Any]:
@@ -301,23 +319,28 @@ class Handlers(BrowseHandlers):
         return models_markdown(folder)
 
 
-def _caption(name: str, seconds: float, score) -> str:
-    caption = f"{name}: {seconds:.2f} s"
-    if score is not None:  # the directions as in the scores table's titles
-        caption += (
-            f" | deletion {score.deletion_auc:.2f} (lower better), insertion {score.insertion_auc:.2f} "
-            f"(higher better) | pointing {_local(score, score.pointing_game)}, "
-            f"mass {_local(score, score.relevance_mass)}"
-        )
-    return caption
-
-
-def _score_row(name: str, seconds: float, score) -> list[Any]:
+def _caption(name: str, seconds: float, score, scored_s: float | None = None, scoring: bool = False) -> str:
+    """A gallery caption: the map's time, then (once scored) its scores and how long scoring took."""
+    caption = f"{name}: map {seconds:.2f} s"
     if score is None:
-        return [name, round(seconds, 3)] + [None] * 5
+        return caption + (" | scoring..." if scoring else "")
+    caption += f", scored in {scored_s:.1f} s" if scored_s is not None else ""
+    # the directions as in the scores table's titles
+    return caption + (
+        f" | deletion {score.deletion_auc:.2f} (lower better), insertion {score.insertion_auc:.2f} "
+        f"(higher better) | pointing {_local(score, score.pointing_game)}, "
+        f"mass {_local(score, score.relevance_mass)}"
+    )
+
+
+def _score_row(name: str, seconds: float, score, scored_s: float | None = None) -> list[Any]:
+    """A row of the scores table (``SCORE_TABLE_HEADERS``); the scores empty until they are measured."""
+    if score is None:
+        return [name, round(seconds, 3)] + [None] * 6
     return [
         name,
         round(seconds, 3),
+        None if scored_s is None else round(scored_s, 1),
         round(score.deletion_auc, 3),
         round(score.insertion_auc, 3),
         _local(score, score.pointing_game),
