@@ -16,9 +16,30 @@ import numpy as np
 
 from models.fov import FieldOfView, fov_mask
 
-__all__ = ["QualityReport", "QualityThresholds", "assess_quality"]
+__all__ = ["NOT_A_FUNDUS", "QualityReport", "QualityThresholds", "assess_quality", "forced_grade_warning"]
 
 _MEASURE_SIDE = 512
+
+NO_FIELD = "no fundus field found: expected a bright circular field on a dark background"
+NOT_FUNDUS_COLOURS = "colours are not those of a colour fundus photograph (red channel not dominant)"
+NOT_A_FUNDUS = (NO_FIELD, NOT_FUNDUS_COLOURS)  # reasons that say the picture is not a fundus photograph
+
+
+def forced_grade_warning(reasons: list[str]) -> str:
+    """The line that heads a grade given on request to a photograph that failed the quality check; harder
+    when the check found no fundus at all (a grade of such a picture is the network's output on something
+    it never saw)."""
+    failed = "; ".join(reasons)
+    if any(reason in NOT_A_FUNDUS for reason in reasons):
+        return (
+            f"NOT A FUNDUS PHOTOGRAPH? Graded on request although the quality check failed ({failed}): "
+            "the grade below is the grader's output on a picture unlike any it was trained or validated on, "
+            "not a finding"
+        )
+    return (
+        f"NOT GRADEABLE, graded on request ({failed}): the grade below was not validated on such "
+        "photographs and may be wrong"
+    )
 
 
 @dataclass(frozen=True)
@@ -116,10 +137,10 @@ def assess_quality(
         or not fov.corners_dark
         or fov.fill_ratio < limits.min_fill_ratio
     ):
-        reasons.append("no fundus field found: expected a bright circular field on a dark background")
+        reasons.append(NO_FIELD)
     values.update(_measures(crop, fov_in_crop))
     if values["red_dominance"] < limits.min_red_dominance:
-        reasons.append("colours are not those of a colour fundus photograph (red channel not dominant)")
+        reasons.append(NOT_FUNDUS_COLOURS)
     if values["mean_luminance"] < limits.min_mean_luminance:
         reasons.append(
             f"too dark (mean luminance {values['mean_luminance']:.0f} < {limits.min_mean_luminance:.0f})"

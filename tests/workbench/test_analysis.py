@@ -53,6 +53,31 @@ def test_ungradeable_image_is_not_graded(tiny_workbench) -> None:
     assert forced.graded
 
 
+def test_a_grade_given_on_request_is_headed_by_why_it_may_mean_nothing(tiny_workbench) -> None:
+    """A forced grade never headlines alone: the summary and the HTML report open with the failed check,
+    harder when the picture is not a fundus at all; a gradeable photograph's headline is the grade."""
+    from workbench.io.synthetic import make_fundus
+    from workbench.reports.html_page import report_html
+    from workbench.reports.report import analysis_to_dict
+    from workbench.ui.summary import summary_markdown
+
+    holiday = np.zeros((300, 400, 3), np.uint8)
+    holiday[:] = (120, 170, 230)  # blue sky: no field, not fundus colours
+    forced = tiny_workbench.analyze(_loaded(holiday), force=True)
+    headline = summary_markdown(forced).split("\n\n")
+    assert headline[0].startswith("## NOT A FUNDUS PHOTOGRAPH?") and "not a finding" in headline[0]
+    assert headline[1].startswith("### DR grade")
+    page = report_html(analysis_to_dict(forced), {})
+    assert "NOT A FUNDUS PHOTOGRAPH?" in page.split("id='headline'>")[1].split("<br>")[0]
+    import cv2
+
+    blurred = cv2.GaussianBlur(make_fundus(seed=3).image, (0, 0), 8)  # a fundus, out of focus
+    forced_blurred = tiny_workbench.analyze(_loaded(blurred), force=True)
+    assert summary_markdown(forced_blurred).startswith("## NOT GRADEABLE, graded on request (out of focus")
+    plain = tiny_workbench.analyze(_loaded(make_fundus(seed=3).image))
+    assert plain.quality.gradeable and summary_markdown(plain).startswith("## DR grade")
+
+
 def test_concurrent_analyses(tiny_workbench) -> None:
     images = [_loaded(make_fundus(seed, size=(356, 536)).image) for seed in range(4)]
     with ThreadPoolExecutor(max_workers=2) as pool:

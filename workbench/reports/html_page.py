@@ -8,6 +8,7 @@ from typing import Any
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES
 from workbench.landmarks.laterality import Laterality
+from workbench.quality import forced_grade_warning
 
 __all__ = ["LESION_COLUMNS", "report_html"]
 
@@ -186,6 +187,8 @@ def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
             f"{data['referable_probability']:.2f}); DME risk {data['dme_grade']} "
             f"({html.escape(data['dme_grade_name'])})"
         )
+        if not data.get("gradeable", True):  # graded on request: said before the grade
+            headline = html.escape(forced_grade_warning(data.get("quality_reasons", []))) + "<br>" + headline
     else:
         headline = "NOT GRADEABLE: " + html.escape("; ".join(data["quality_reasons"]))
     figures = "".join(

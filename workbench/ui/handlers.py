@@ -340,7 +340,7 @@ def _score_row(name: str, seconds: float, score, scored_s: float | None = None) 
     return [
         name,
         round(seconds, 3),
-        None if scored_s is None else round(scored_s, 1),
+        None if scored_s is None else round(scored_s, 3),
         round(score.deletion_auc, 3),
         round(score.insertion_auc, 3),
         _local(score, score.pointing_game),

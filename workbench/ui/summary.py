@@ -7,6 +7,7 @@ from __future__ import annotations
 from models.constants import DME_NAMES, DR_GRADE_NAMES
 from workbench.analysis import Analysis
 from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
+from workbench.quality import forced_grade_warning
 
 __all__ = ["FOVEA_REFINED", "landmarks_caption", "summary_markdown"]
 
@@ -37,8 +38,12 @@ def summary_markdown(analysis: Analysis) -> str:
     referable = "**REFERABLE**" if analysis.referable else "not referable"
     grade_p = float(analysis.dr_probabilities[analysis.dr_grade])
     dme_p = float(analysis.dme_probabilities[analysis.dme_grade])
+    # a grade given on request says so before anything else (workbench.quality.forced_grade_warning)
+    forced = [] if analysis.quality.gradeable else [f"## {forced_grade_warning(analysis.quality.reasons)}"]
+    level = "###" if forced else "##"
     lines = [
-        f"## DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
+        *forced,
+        f"{level} DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
         f"{grade_p:.2f}) · {referable} (referable probability {analysis.referable_probability:.2f})",
         f"**DME risk {analysis.dme_grade}** ({_dme_meaning(analysis.dme_grade)}, probability {dme_p:.2f})",
         f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
