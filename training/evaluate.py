@@ -94,11 +94,12 @@ def _segmentation(
     size = PROFILES[profile]["segment_size"]
     predictor = load_segmenter(model_name, input_size=int(size) if size else None)
     curves = {code: PixelCurve() for code in LESION_CODES}
-    # the masks as analyze draws them: the card's thresholds for this profile, one type per pixel
+    # the lesion masks as analyze draws them: the card's thresholds for this profile, one type per pixel
     figures = segmenter_figures(predictor.card.training, profile)
     thresholds = lesion_thresholds(figures)
     reliable = frozenset(code for code, r in lesion_reliability(figures).items() if r.reliable)
-    drawn = {code: np.zeros(3, np.int64) for code in LESION_CODES}  # tp, fp, positives
+    lesion_codes = [code for code in LESION_CODES if code != "OD"]  # analyze redraws the disc (one_disc)
+    drawn = {code: np.zeros(3, np.int64) for code in lesion_codes}  # tp, fp, positives
     for record in tqdm(records, desc="segmentation", leave=False):
         image = load_image(record.image_path, min_side=predictor.decode_side)
         maps = predictor.predict(image)
@@ -114,11 +115,15 @@ def _segmentation(
             truth = load_mask(path)
             prob = maps.transform.warp_to_original(probabilities[channel], cv2.INTER_LINEAR)
             curves[code].add(prob, truth)
-            mask = maps.transform.warp_to_original(masks[code].astype(np.float32), cv2.INTER_NEAREST) > 0.5
-            drawn[code] += (int((mask & truth).sum()), int((mask & ~truth).sum()), int(truth.sum()))
+            if code in drawn:
+                shown = maps.transform.warp_to_original(masks[code].astype(np.float32), cv2.INTER_NEAREST)
+                hit = shown > 0.5
+                drawn[code] += (int((hit & truth).sum()), int((hit & ~truth).sum()), int(truth.sum()))
     return {
         **segmentation_metrics(curves),
         **{f"drawn_dice_{code}": _dice(*counts) for code, counts in drawn.items() if counts[2]},
+        # the thresholds those were drawn at: the card's before this run (`--write-card` stores new ones)
+        "drawn_thresholds": {code: thresholds[code] for code in lesion_codes},
         "n": len(records),
         "profile": profile,
         "crop_px": predictor.input_size,

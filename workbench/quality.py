@@ -9,6 +9,7 @@ training image passes (lowest focus 8.3, lowest contrast 4.7), while a Gaussian 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -25,20 +26,20 @@ NOT_FUNDUS_COLOURS = "colours are not those of a colour fundus photograph (red c
 NOT_A_FUNDUS = (NO_FIELD, NOT_FUNDUS_COLOURS)  # reasons that say the picture is not a fundus photograph
 
 
-def forced_grade_warning(reasons: list[str]) -> str:
-    """The line that heads a grade given on request to a photograph that failed the quality check; harder
-    when the check found no fundus at all (a grade of such a picture is the network's output on something
-    it never saw)."""
+def forced_grade_warning(reasons: Sequence[str]) -> str:
+    """The line that heads a grade given to a photograph that failed the quality check (on a user's
+    request, or in the Dataset browser, which grades every photograph); harder when the check found no
+    fundus at all (a grade of such a picture is the network's output on something it never saw)."""
     failed = "; ".join(reasons)
     if any(reason in NOT_A_FUNDUS for reason in reasons):
         return (
-            f"NOT A FUNDUS PHOTOGRAPH? Graded on request although the quality check failed ({failed}): "
-            "the grade below is the grader's output on a picture unlike any it was trained or validated on, "
+            f"NOT A FUNDUS PHOTOGRAPH? The quality check failed ({failed}) and it was graded anyway: the "
+            "grade below is the grader's output on a picture unlike any it was trained or validated on, "
             "not a finding"
         )
     return (
-        f"NOT GRADEABLE, graded on request ({failed}): the grade below was not validated on such "
-        "photographs and may be wrong"
+        f"NOT GRADEABLE ({failed}), graded anyway: the grade below was not validated on such photographs "
+        "and may be wrong"
     )
 
 

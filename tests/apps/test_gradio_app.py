@@ -103,10 +103,10 @@ def test_compare_endpoint_structure(served, fundus_file: str) -> None:
     assert len(slider) == 2
     assert (left, right) == ("gradcam", "lesions")  # the menus name what the slider shows
     assert [row[0] for row in scores["data"]] == ["gradcam", "attention"]
-    # every score column says which way is better (or what 1 means)
-    assert scores["headers"][1:3] == ["map seconds", "scoring seconds"]
-    assert all("better" in title or "= hit" in title for title in scores["headers"][3:]), scores["headers"]
-    assert all(row[2] > 0 for row in scores["data"])  # each map's scoring took measurable time
+    # every score column says which way is better (or what 1 means); the time scoring took comes last
+    assert scores["headers"][1] == "seconds" and scores["headers"][-1] == "scoring seconds"
+    assert all("better" in title or "= hit" in title for title in scores["headers"][2:-1]), scores["headers"]
+    assert all(row[-1] > 0 for row in scores["data"])  # each map's scoring took measurable time
     assert target.startswith("referable")
     # the slider shows any two of the maps this comparison made (the menus offer only those)
     pair = client.predict("attention", "image", api_name="/slide")
@@ -341,21 +341,24 @@ def test_a_mistyped_data_folder_stops_the_launch_with_its_name(
 
 def test_compare_shows_each_map_before_scoring_it(tmp_path: Path, fundus_file: str) -> None:
     """Each map reaches the gallery as soon as it is computed ("scoring..."), and again with its scores and
-    how long scoring took; a lesion target (nothing to score a grader's output on) is shown once."""
+    how long scoring took; a lesion target (no grader output to score) is shown once, unscored."""
     from tests.conftest import write_tiny_weights
     from workbench.analysis import Workbench
-    from workbench.ui.handlers import SCORE_TABLE_HEADERS, Handlers
+    from workbench.ui.handlers import Handlers
+    from workbench.ui.scores_table import SCORE_TABLE_HEADERS
 
     folder = write_tiny_weights(tmp_path / "weights")
     handlers = Handlers(Workbench(grader="tiny_grader", weights_dir=folder), None)
     steps = list(handlers.compare(fundus_file, "referable", ["gradcam", "attention"], ""))
     assert len(steps) == 4  # map, scores; map, scores
-    first_map, first_scored = steps[0], steps[1]
-    gallery, _, curves, table = first_map[:4]
+    gallery, _, curves, table = steps[0][:4]
     assert len(gallery) == 1 and gallery[0][1].endswith("scoring...") and curves is None
     assert table[0][2:] == [None] * (len(SCORE_TABLE_HEADERS) - 2)
-    gallery, _, curves, table = first_scored[:4]
+    gallery, _, curves, table = steps[1][:4]
     assert "scored in" in gallery[0][1] and "deletion" in gallery[0][1] and curves is not None
-    assert table[0][2] > 0 and isinstance(table[0][3], float)
+    assert isinstance(table[0][2], float) and table[0][-1] > 0
     assert len(steps[2][0]) == 2 and steps[2][0][1][1].endswith("scoring...")  # the second map, unscored
     assert len(steps[3][3]) == 2 and all(len(row) == len(SCORE_TABLE_HEADERS) for row in steps[3][3])
+    lesion = list(handlers.compare(fundus_file, "lesion:EX", ["gradcam"], ""))
+    assert len(lesion) == 1 and "scoring" not in lesion[0][0][0][1]
+    assert lesion[0][3][0][2:] == [None] * (len(SCORE_TABLE_HEADERS) - 2)

@@ -42,10 +42,25 @@ def test_write_card_measures_in_fp32_unless_told_otherwise(
 def test_segmentation_figures_include_the_dice_of_the_masks_as_drawn(
     synthetic_idrid: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Beside the threshold-free figures, the Dice of the masks analyze draws (the card's thresholds, one
-    lesion type per pixel) for every annotated type."""
+    """Beside the threshold-free figures, the Dice of the lesion masks analyze draws (the card's thresholds,
+    one lesion type per pixel) for every annotated lesion type, with the thresholds they were drawn at."""
+    import numpy as np
+
+    import training.evaluate as evaluating
+    from workbench.analysis.lesion_maps import one_type_per_pixel
+
     monkeypatch.setenv("DRWB_WEIGHTS", str(tiny_weights))
     result = evaluate(synthetic_idrid, "val", "segmentation", "tiny_segmenter")
     drawn = {key: value for key, value in result.items() if key.startswith("drawn_dice_")}
-    assert set(drawn) >= {"drawn_dice_MA", "drawn_dice_HE", "drawn_dice_EX", "drawn_dice_OD"}
+    assert set(drawn) == {f"drawn_dice_{code}" for code in ("MA", "HE", "EX", "SE")}  # OD: redrawn
     assert all(0.0 <= value <= 1.0 for value in drawn.values())
+    assert set(result["drawn_thresholds"]) == {"MA", "HE", "EX", "SE"}
+
+    def everywhere(probabilities, thresholds, reliable=frozenset()):
+        masks = one_type_per_pixel(probabilities, thresholds, reliable)
+        return {**masks, "EX": np.ones_like(masks["EX"])}  # every pixel of the crop a hard exudate
+
+    monkeypatch.setattr(evaluating, "one_type_per_pixel", everywhere)
+    claimed = evaluate(synthetic_idrid, "val", "segmentation", "tiny_segmenter")
+    assert claimed["drawn_dice_EX"] != drawn["drawn_dice_EX"]  # the figure is of the masks as drawn
+    assert claimed["drawn_dice_MA"] == drawn["drawn_dice_MA"] and claimed["dice_EX"] == result["dice_EX"]

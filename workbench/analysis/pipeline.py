@@ -208,11 +208,13 @@ class Workbench:
             if self.disc is not None:  # the disc segmented again around the detected disc
                 disc_refined = self.disc.refine(maps, image, marks.od_xy, prepared.fov)
             trust = lesion_reliability(self._measured(), prepared.quality.gradeable)
+            # which type keeps a contested pixel follows the card's figures, photograph quality aside
+            validated = lesion_reliability(self._measured())
             lesions = summarise_lesions(
                 inside_field(maps.probabilities, maps.transform, prepared.fov),
                 maps.transform,
                 self._thresholds(),
-                reliable=frozenset(code for code, r in trust.items() if r.reliable),
+                reliable=frozenset(code for code, r in validated.items() if r.reliable),
             )
             lap("lesions")
         placed = place_landmarks(

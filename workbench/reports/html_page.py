@@ -187,7 +187,7 @@ def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
             f"{data['referable_probability']:.2f}); DME risk {data['dme_grade']} "
             f"({html.escape(data['dme_grade_name'])})"
         )
-        if not data.get("gradeable", True):  # graded on request: said before the grade
+        if not data.get("gradeable", True):  # graded although the check failed: said before the grade
             headline = html.escape(forced_grade_warning(data.get("quality_reasons", []))) + "<br>" + headline
     else:
         headline = "NOT GRADEABLE: " + html.escape("; ".join(data["quality_reasons"]))

@@ -91,7 +91,7 @@ def lesion_overlay(
 ) -> np.ndarray:
     """Lesion masks, one fixed colour per type (grey for a type below the reliability floor), over the
     segmenter's crop resized to the grading crop, with a legend of the types drawn (unreliable ones
-    marked)."""
+    marked). Unreliable types are drawn first, so a reliable lesion stays on top where halos meet."""
     base = analysis.crop.copy()
     size = base.shape[0]
     wanted = set(codes) if codes is not None else {lesion.code for lesion in LESIONS}

@@ -29,11 +29,11 @@ from workbench.ui.handlers import (
     LONG_WORK,
     MODEL_WORK,
     NARROW_PX,
-    SCORE_TABLE_HEADERS,
     TARGET_CHOICES,
     Handlers,
 )
 from workbench.ui.inspect import inspect_fundus
+from workbench.ui.scores_table import SCORE_TABLE_HEADERS
 
 __all__ = ["APP_CSS", "MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 
@@ -195,7 +195,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     label="Deletion (dashed, lower is better) and insertion (solid, higher is better) curves",
                     elem_id="curves-panel",
                 )
-                scores = gr.Dataframe(headers=SCORE_TABLE_HEADERS, label="Explanation scores")
+                scores = gr.Dataframe(headers=list(SCORE_TABLE_HEADERS), label="Explanation scores")
                 gr.Markdown(
                     "\n".join(f"- **{title}**: {meaning}." for title, meaning in SCORE_COLUMNS.items())
                     + '\n- Empty localisation scores: "no evidence" (the map has no positive value) or '

@@ -21,7 +21,6 @@ import numpy as np
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, Workbench
-from workbench.explain.scoring import SCORE_COLUMNS
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
 from workbench.landmarks.laterality import Laterality
 from workbench.model_table import models_markdown
@@ -38,6 +37,7 @@ from workbench.reports.render import (
 from workbench.reports.report import analysis_to_dict, lesion_rows, write_report
 from workbench.targets import GradeTarget, parse_target
 from workbench.ui.browse import BrowseHandlers
+from workbench.ui.scores_table import score_caption, score_row
 from workbench.ui.summary import summary_markdown
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
     "NARROW_PX",
     "NO_UPLOAD",
     "PREVIEW_SIDE",
-    "SCORE_TABLE_HEADERS",
     "TARGET_CHOICES",
     "thumbnail",
 ]
@@ -77,11 +76,6 @@ NARROW_PX = 360  # panels side by side need this much each; on a narrower window
 # one runs, at most three model jobs run at once.
 MODEL_WORK: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 2}
 LONG_WORK: dict[str, Any] = {"concurrency_id": "long", "concurrency_limit": 1}
-
-
-# the Compare tab's scores table: a map's own time, then its scoring's (deletion / insertion re-run the
-# grader ~30 times: most of a comparison's time), then the scores
-SCORE_TABLE_HEADERS = ["method", "map seconds", "scoring seconds", *SCORE_COLUMNS]
 
 
 def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -212,8 +206,8 @@ class Handlers(BrowseHandlers):
             first = methods[0]
             pair = (overlays[first], overlays["lesions"])  # the slider's pair and the menus say the same
             scoring = target.arch == "grader"  # deletion / insertion need the grader's own output
-            gallery.append((overlays[method], _caption(name, heat.seconds, None, scoring=scoring)))
-            table.append(_score_row(name, heat.seconds, None))
+            gallery.append((overlays[method], score_caption(name, heat.seconds, None, scoring=scoring)))
+            table.append(score_row(name, heat.seconds, None))
             curves = curves_figure({k: v.curves for k, v in scores.items()}) if scores else None
             # the map shows now; its deletion / insertion scoring (most of the time) follows
             yield list(gallery), pair, curves, list(table), dict(overlays), title, first, "lesions"
@@ -224,8 +218,8 @@ class Handlers(BrowseHandlers):
             one = replace(analysis, heatmaps={method: heat})
             scores.update(score_analysis(self.workbench, one, target, grader=grader or None))
             scored = time.perf_counter() - started
-            gallery[-1] = (overlays[method], _caption(name, heat.seconds, scores[method], scored))
-            table[-1] = _score_row(name, heat.seconds, scores[method], scored)
+            gallery[-1] = (overlays[method], score_caption(name, heat.seconds, scores[method], scored))
+            table[-1] = score_row(name, heat.seconds, scores[method], scored)
             curves = curves_figure({k: v.curves for k, v in scores.items()})
             yield list(gallery), pair, curves, list(table), dict(overlays), title, first, "lesions"
 
@@ -317,40 +311,3 @@ class Handlers(BrowseHandlers):
     @staticmethod
     def models_markdown(folder: Path | None = None) -> str:
         return models_markdown(folder)
-
-
-def _caption(name: str, seconds: float, score, scored_s: float | None = None, scoring: bool = False) -> str:
-    """A gallery caption: the map's time, then (once scored) its scores and how long scoring took."""
-    caption = f"{name}: map {seconds:.2f} s"
-    if score is None:
-        return caption + (" | scoring..." if scoring else "")
-    caption += f", scored in {scored_s:.1f} s" if scored_s is not None else ""
-    # the directions as in the scores table's titles
-    return caption + (
-        f" | deletion {score.deletion_auc:.2f} (lower better), insertion {score.insertion_auc:.2f} "
-        f"(higher better) | pointing {_local(score, score.pointing_game)}, "
-        f"mass {_local(score, score.relevance_mass)}"
-    )
-
-
-def _score_row(name: str, seconds: float, score, scored_s: float | None = None) -> list[Any]:
-    """A row of the scores table (``SCORE_TABLE_HEADERS``); the scores empty until they are measured."""
-    if score is None:
-        return [name, round(seconds, 3)] + [None] * 6
-    return [
-        name,
-        round(seconds, 3),
-        None if scored_s is None else round(scored_s, 3),
-        round(score.deletion_auc, 3),
-        round(score.insertion_auc, 3),
-        _local(score, score.pointing_game),
-        _local(score, score.relevance_mass),
-        _local(score, score.relevance_rank),
-    ]
-
-
-def _local(score, value: float | None) -> float | str | None:
-    """A localisation score for display: "no evidence" for an empty map, "no lesions" without lesions."""
-    if not score.evidence:
-        return "no evidence"
-    return "no lesions" if value is None else round(value, 3)
