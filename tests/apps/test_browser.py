@@ -385,7 +385,13 @@ def test_a_comparison_at_420_px_reads_whole(browser, app_url: str, tmp_path: Pat
             "Compare",
             lambda d: d.find_elements(By.CSS_SELECTOR, "#curves-panel .main-svg"),
         )
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#methods-gallery .caption-label")) >= 3)
+        # every map scored: the captions at their longest ("map ... s, scored in ... s | deletion ...")
+        wait.until(
+            lambda d: (
+                len(labels := d.find_elements(By.CSS_SELECTOR, "#methods-gallery .caption-label")) >= 3
+                and all("scored in" in label.text for label in labels)
+            )
+        )
         browser.execute_script("arguments[0].scrollIntoView();", browser.find_element(By.ID, "curves-panel"))
         browser.save_screenshot(str(ARTIFACTS / "compare_420.png"))
         cut = browser.execute_script(

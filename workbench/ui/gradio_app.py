@@ -200,6 +200,8 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     "\n".join(f"- **{title}**: {meaning}." for title, meaning in SCORE_COLUMNS.items())
                     + '\n- Empty localisation scores: "no evidence" (the map has no positive value) or '
                     '"no lesions" (nothing segmented to score against).'
+                    "\n- **seconds** / **scoring seconds**: the map's own time, and its scores' (deletion "
+                    "and insertion re-run the grader ~30 times: most of a comparison's time)."
                 )
                 compare.click(
                     handlers.compare,
