@@ -21,7 +21,7 @@ from models.preprocess import crop_to_fov
 from models.registry import default_model, load_model
 from workbench.analysis import PROFILES, inside_field
 from workbench.analysis.lesion_maps import one_type_per_pixel
-from workbench.analysis.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
+from workbench.analysis.lesion_trust import lesion_thresholds, reliable_types, segmenter_figures
 from workbench.fundus import prepare_fundus
 from workbench.intervals import bootstrap_intervals, wilson_interval
 from workbench.io.idrid import IDRiD, load_mask
@@ -97,7 +97,7 @@ def _segmentation(
     # the lesion masks as analyze draws them: the card's thresholds for this profile, one type per pixel
     figures = segmenter_figures(predictor.card.training, profile)
     thresholds = lesion_thresholds(figures)
-    reliable = frozenset(code for code, r in lesion_reliability(figures).items() if r.reliable)
+    reliable = reliable_types(figures)
     lesion_codes = [code for code in LESION_CODES if code != "OD"]  # analyze redraws the disc (one_disc)
     drawn = {code: np.zeros(3, np.int64) for code in lesion_codes}  # tp, fp, positives
     for record in tqdm(records, desc="segmentation", leave=False):

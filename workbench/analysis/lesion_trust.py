@@ -16,6 +16,7 @@ __all__ = [
     "LesionReliability",
     "lesion_reliability",
     "lesion_thresholds",
+    "reliable_types",
     "segmenter_figures",
 ]
 
@@ -68,3 +69,9 @@ def lesion_reliability(measured: dict, gradeable: bool = True) -> dict[str, Lesi
         else:
             out[code] = LesionReliability(code, float(aupr), True, f"validated AUPR {aupr:.2f}")
     return out
+
+
+def reliable_types(measured: dict) -> frozenset[str]:
+    """The lesion types whose validated AUPR clears the floor, photograph quality aside: the types that
+    keep a pixel two types claim (``workbench.analysis.lesion_maps.one_type_per_pixel``)."""
+    return frozenset(code for code, r in lesion_reliability(measured).items() if r.reliable)

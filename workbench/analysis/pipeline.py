@@ -27,7 +27,12 @@ from models.preprocess import normalise, resize_crop
 from models.registry import WeightsError, default_model, load_model
 from models.registry import weights_dir as configured_weights_dir
 from workbench.analysis.lesion_maps import inside_field, lesions_by_region, one_disc, summarise_lesions
-from workbench.analysis.lesion_trust import lesion_reliability, lesion_thresholds, segmenter_figures
+from workbench.analysis.lesion_trust import (
+    lesion_reliability,
+    lesion_thresholds,
+    reliable_types,
+    segmenter_figures,
+)
 from workbench.analysis.result import Analysis
 from workbench.anatomy import dme_rule, etdrs_grid
 from workbench.explain.explainers import ExplainableModel, Heatmap, get_explainer
@@ -207,14 +212,13 @@ class Workbench:
             lesion_transform = maps.transform
             if self.disc is not None:  # the disc segmented again around the detected disc
                 disc_refined = self.disc.refine(maps, image, marks.od_xy, prepared.fov)
-            trust = lesion_reliability(self._measured(), prepared.quality.gradeable)
-            # which type keeps a contested pixel follows the card's figures, photograph quality aside
-            validated = lesion_reliability(self._measured())
+            measured = self._measured()
+            trust = lesion_reliability(measured, prepared.quality.gradeable)
             lesions = summarise_lesions(
                 inside_field(maps.probabilities, maps.transform, prepared.fov),
                 maps.transform,
                 self._thresholds(),
-                reliable=frozenset(code for code, r in validated.items() if r.reliable),
+                reliable=reliable_types(measured),  # the card's figures decide, photograph quality aside
             )
             lap("lesions")
         placed = place_landmarks(
