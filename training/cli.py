@@ -28,6 +28,7 @@ _VALUE_FLAGS: tuple[tuple[str, type], ...] = (
     ("tile", int),
     ("tiles-per-image", int),
     ("seed", int),
+    ("fold-seed", int),
     ("limit", int),
     ("threads", int),
     ("max-minutes", float),

@@ -80,7 +80,7 @@ def predict_oof(cfg: TrainConfig, only: list[int] | None = None) -> dict[str, np
     card = task.card()
     folder = task._cache("grading", 512)
     entries = {e.name: e for e in load_index(folder)}
-    folds = assign_folds(IDRiD(cfg.data).grading("train"), cfg.folds, cfg.seed)
+    folds = assign_folds(IDRiD(cfg.data).grading("train"), cfg.folds, cfg.split_seed)
     names, fold_of, plain, flipped = [], [], [], []
     for fold in range(cfg.folds) if only is None else only:
         held = sorted(n for n, f in folds.items() if f == fold and n in entries)
@@ -233,7 +233,7 @@ def ship_cv_model(cfg: TrainConfig, summary: dict[str, Any], command: str, oof: 
     max_diff = float(np.abs(p32 - p16).max())
     use_half = same or over_file_limit(model)
     figures = {k: v for k, v in variant.items() if k != "reliability_dr"}
-    assigned = assign_folds(IDRiD(cfg.data).grading("train"), cfg.folds, cfg.seed)
+    assigned = assign_folds(IDRiD(cfg.data).grading("train"), cfg.folds, cfg.split_seed)
     fold_sizes = np.bincount(list(assigned.values()), minlength=cfg.folds).tolist()
     if cfg.ship_fold >= 0:
         held = oof["fold"] == cfg.ship_fold

@@ -3,12 +3,13 @@
 An ensemble is measured from the members' out-of-fold (OOF) predictions, which ship beside their cards
 (``<member>.oof.csv``, ``training.cv``): for each image, each member's fold model that did not train on
 it, on the image and on its mirror image. The members must come from cross-validations with the same
-folds (same ``--folds`` and ``--seed``), so that no image is scored by a model that saw it. The ensemble
-then combines them as ``models.ensemble.GraderEnsemble`` does at inference (each member's logits divided
-by its own temperature, averaged over members and views), fits its own temperature on those OOF logits,
-and records the figures with bootstrap intervals, the same ensemble without the mirror view, each member
-alone, and the paired difference to the first member. What ships: the card and a weights file that holds
-the ensemble's temperature; the members' weights stay in their own files.
+folds (same ``--folds`` and ``--fold-seed``, else ``--seed``), so that no image is scored by a model that
+saw it. The ensemble then combines them as ``models.ensemble.GraderEnsemble`` does at inference (each
+member's logits divided by its own temperature, averaged over members and views), fits its own
+temperature on those OOF logits, and records the figures with bootstrap intervals, the same ensemble
+without the mirror view, each member alone, and the paired difference to the first member. What ships:
+the card and a weights file that holds the ensemble's temperature; the members' weights stay in their
+own files.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def build_ensemble(
         ):
             raise ValueError(
                 f"{stem} and {members[0]} were cross-validated on different folds or images: their "
-                "out-of-fold predictions cannot be combined (train both with the same --folds and --seed)"
+                "out-of-fold predictions cannot be combined (train both with the same --folds and "
+                "--fold-seed, else --seed)"
             )
     # members that cannot run as one module (normalisation, heads) are refused before any file
     card = ensemble_card([(stem, c) for stem, (c, _) in zip(members, loaded, strict=True)], flip)

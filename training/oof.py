@@ -212,8 +212,10 @@ def teacher_comparison(teacher_model: str, oof: dict[str, np.ndarray]) -> dict[s
         rows = [row[str(n)] for n in oof["names"]]
         teacher = arrays["logits"][rows]
         if not np.array_equal(arrays["fold"][rows], oof["fold"]):
-            # the teacher of fold k must not have trained on fold k: same folds, same seed
-            raise ValueError(f"{source}: the teacher's folds differ from the student's (--folds, --seed)")
+            # the teacher of fold k must not have trained on fold k: same folds, same fold seed
+            raise ValueError(
+                f"{source}: the teacher's folds differ from the student's (--folds, --fold-seed or --seed)"
+            )
     t_dr, t_dme = oof["dr_true"].astype(int), oof["dme_true"].astype(int)
     keys = ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc")
 

@@ -73,6 +73,7 @@ class TrainConfig:
     ordinal_weight: float = 0.0  # grader: weight of the expected-grade regression term (ordinal-aware)
     sampling: str = "mild3"  # grader: "mild3" (grade 1 shown 3x) or "sqrt" (class-balanced by 1/sqrt(n))
     seed: int = 0
+    fold_seed: int = -1  # seed of the folds / validation split; -1: --seed (another --seed, the same folds)
     workers: int = 2
     threads: int = 0
     limit: int = 0
@@ -113,6 +114,11 @@ class TrainConfig:
     @property
     def name(self) -> str:
         return self.run_name or f"{self.task}_{self.backbone}"
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the folds and the validation split: ``--fold-seed``, else ``--seed``."""
+        return self.fold_seed if self.fold_seed >= 0 else self.seed
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:

@@ -28,6 +28,21 @@ def test_folds_keep_duplicates_together_and_cover_every_image(real_idrid: Path) 
         assert per_fold.max() - per_fold.min() <= 2, (g, per_fold)  # stratified (pairs may add one)
 
 
+def test_fold_seed_keeps_the_folds_while_seed_changes_the_training(synthetic_idrid: Path) -> None:
+    """A second member with another --seed must be held out on the same folds to be ensembled."""
+    from training.tasks import TASKS
+
+    def held_out(**changes: object) -> set[str]:
+        cfg = TrainConfig(task="grader", data=str(synthetic_idrid), folds=2, fold=0, **changes)
+        return TASKS["grader"](cfg)._grading_split()[1]
+
+    base = held_out(seed=0)
+    assert held_out(seed=1, fold_seed=0) == base
+    assert TrainConfig(seed=1, fold_seed=0).split_seed == 0
+    assert TrainConfig(seed=3).split_seed == 3
+    assert any(held_out(seed=s) != base for s in range(1, 6))  # the folds do follow the seed otherwise
+
+
 def _cv_config(synthetic_idrid: Path, tmp_path: Path, **changes: object) -> TrainConfig:
     return TrainConfig(
         **{

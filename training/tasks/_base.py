@@ -82,10 +82,10 @@ class TrainTask:
         if self.cfg.refit:
             return {r.name for r in records}, set()
         if self.cfg.fold >= 0:
-            folds = assign_folds(records, self.cfg.folds, self.cfg.seed)
+            folds = assign_folds(records, self.cfg.folds, self.cfg.split_seed)
             held = {name for name, fold in folds.items() if fold == self.cfg.fold}
             return set(folds) - held, held
-        split = split_train_val(records, self.cfg.val_fraction, self.cfg.seed)
+        split = split_train_val(records, self.cfg.val_fraction, self.cfg.split_seed)
         return set(split.train), set(split.val)
 
     def _limit(self, entries: list) -> list:

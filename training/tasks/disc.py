@@ -121,7 +121,7 @@ class DiscTask(TrainTask):
         folder = self._cache("segmentation", CACHE_SIZE)
         entries = [e for e in load_index(folder) if "OD" in e.annotated]
         train_names, val_names = disc_training_names(
-            self.cfg.data, [e.name for e in entries], self.cfg.val_fraction, self.cfg.seed
+            self.cfg.data, [e.name for e in entries], self.cfg.val_fraction, self.cfg.split_seed
         )
 
         def pick(names: list[str]) -> list[CacheEntry]:

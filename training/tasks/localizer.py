@@ -37,7 +37,7 @@ class LocalizerTask(TrainTask):
     def _prior(self) -> LandmarkPrior:
         """Fitted on this run's training images' annotations only (training.landmark_prior)."""
         train_names, _ = self._grading_split()
-        return fit_landmark_prior(self.cfg.data, train_names, self.cfg.val_fraction, self.cfg.seed)
+        return fit_landmark_prior(self.cfg.data, train_names, self.cfg.val_fraction, self.cfg.split_seed)
 
     def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
         folder = self._cache("localization", 512)

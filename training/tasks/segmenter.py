@@ -59,7 +59,7 @@ class SegmenterTask(TrainTask):
     def datasets(self, card: ModelCard) -> tuple[Dataset, Dataset]:
         folder = self._cache("segmentation", card.input_size)
         entries = load_index(folder)
-        split = split_names([e.name for e in entries], self.cfg.val_fraction, self.cfg.seed)
+        split = split_names([e.name for e in entries], self.cfg.val_fraction, self.cfg.split_seed)
         train = self._limit([e for e in entries if e.name in set(split.train)])
         val = self._limit([e for e in entries if e.name in set(split.val)])
         tile, rates = self.cfg.tile, parse_rates(self.cfg.lesion_rates)
