@@ -45,6 +45,17 @@ def _cell(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
     return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text
 
 
+def _figure_cell(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
+    """``_cell``, or for ``drawn_dice`` the Dice of each lesion type's mask as the apps draw it (one type
+    per pixel, at the card's thresholds; ``drwb evaluate --task segmentation``) as "MA / HE / EX / SE"."""
+    if key != "drawn_dice":
+        return _cell(metrics, key, digits)
+    codes = ("MA", "HE", "EX", "SE")
+    if not any(f"drawn_dice_{c}" in metrics for c in codes):
+        return "n/a"
+    return " / ".join(_cell(metrics, f"drawn_dice_{c}", digits) for c in codes)
+
+
 def _stem(card: ModelCard) -> str:
     return card.weights.removesuffix(".safetensors")
 
@@ -126,9 +137,10 @@ def models_markdown(folder: Path | None = None) -> str:
             f"{ece_cell} | {'; '.join(details)} |"
         )
     families = (
-        ("segmenter", "**Lesion segmenters** (AUPR at the original resolution)",
+        ("segmenter", "**Lesion segmenters** (AUPR at the original resolution; Dice of the masks as drawn, "
+         "one type per pixel at the card's thresholds, which were picked on these images: optimistic)",
          [(f"aupr_{c}", c, 3) for c in ("MA", "HE", "EX", "SE", "OD")]
-         + [("jaccard_OD", "OD Jaccard at 0.5", 3)]),
+         + [("jaccard_OD", "OD Jaccard at 0.5", 3), ("drawn_dice", "Dice as drawn MA / HE / EX / SE", 3)]),
         ("localizer", "**Landmark localizers** (centre error, px in a 4288-px-wide photograph)",
          [("od_mean_px", "disc mean", 1), ("od_median_px", "disc median", 1),
           ("fovea_mean_px", "fovea mean", 1), ("fovea_median_px", "fovea median", 1)]),
@@ -146,7 +158,7 @@ def models_markdown(folder: Path | None = None) -> str:
         out.append("|" + "---|" * (len(columns) + 3))
         for card in (c for c in cards if c.arch == arch):
             source, m = held_out(card)
-            cells = " | ".join(_cell(m, key, digits) for key, _, digits in columns)
+            cells = " | ".join(_figure_cell(m, key, digits) for key, _, digits in columns)
             notes = [_family_default_note(arch, _stem(card), defaults[arch])]
             notes = [n for n in notes if n]
             for entry in card.extra.get("channels_from", []):  # channels taken from another model
@@ -155,7 +167,7 @@ def models_markdown(folder: Path | None = None) -> str:
             out.append(f"| {_stem(card)} | {source} | {cells} | {'; '.join(notes)} |")
             fast_figures = card.training.get("evaluation", {}).get("val_fast")
             if arch == "segmenter" and fast_figures:  # what the Analyze tab shows in the fast profile
-                cells = " | ".join(_cell(fast_figures, key, digits) for key, _, digits in columns)
+                cells = " | ".join(_figure_cell(fast_figures, key, digits) for key, _, digits in columns)
                 crop, n = PROFILES["fast"]["segment_size"], fast_figures.get("n", "?")
                 out.append(
                     f"| {_stem(card)}, fast profile | validation split, n={n}, {crop}-px crop in one tile | "

@@ -75,6 +75,23 @@ def test_models_table_shows_the_fast_profiles_segmenter_figures_beside_its_own(t
     )
 
 
+def test_models_table_shows_the_dice_of_the_masks_as_drawn_per_profile(tmp_path: Path) -> None:
+    """``drwb evaluate --task segmentation`` measures the masks the apps draw (one type per pixel); the
+    table shows them per profile row, and "n/a" for a card measured before that existed."""
+    folder = write_tiny_weights(tmp_path)
+    card_path = folder / "tiny_segmenter.json"
+    card = json.loads(card_path.read_text())
+    drawn = {"drawn_dice_MA": 0.44, "drawn_dice_HE": 0.455, "drawn_dice_EX": 0.678, "drawn_dice_SE": 0.657}
+    card["training"]["evaluation"] = {"val": {"aupr_EX": 0.7, "n": 11, **drawn}, "val_fast": {"n": 11}}
+    card_path.write_text(json.dumps(card))
+    table = models_markdown(folder).splitlines()
+    header = next(line for line in table if line.startswith("| model | figures from | MA"))
+    assert "Dice as drawn MA / HE / EX / SE" in header
+    rows = [line for line in table if line.startswith("| tiny_segmenter")]
+    assert "0.440 / 0.455 / 0.678 / 0.657" in rows[0]
+    assert rows[1].split("|")[-3].strip() == "n/a"  # the fast row: no drawn figures in its card
+
+
 def test_models_table_says_which_profile_each_default_segmenter_serves() -> None:
     """The quality and fast profiles segment with different shipped models: each row says whose default
     it is (a bare "default" on the 2048-px model read as if the fast profile used it too)."""
