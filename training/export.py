@@ -183,7 +183,7 @@ def final_card(
         training={
             "data": f"IDRiD training images ({cfg.data}), deterministic split "
             f"val_fraction={cfg.val_fraction} "
-            f"seed={cfg.split_seed} (workbench.io.splits)",
+            f"split seed={cfg.split_seed} (workbench.io.splits)",
             "command": command or "drwb train " + cfg.task,
             "commit": git_commit(),
             "epochs_run": meta["epoch"],

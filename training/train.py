@@ -169,6 +169,14 @@ _STATE_SHAPING = (
 
 def _check_resumable(path: Path, cfg: TrainConfig) -> None:
     saved = json.loads(path.read_text()).get("config", {})
+    saved_split = int(saved.get("fold_seed", -1))
+    saved_split = saved_split if saved_split >= 0 else int(saved.get("seed", cfg.split_seed))
+    if saved_split != cfg.split_seed:  # another held-out fold would score images the model trained on
+        raise ValueError(
+            f"{path.parent} was started with folds / validation split of seed {saved_split}, not "
+            f"{cfg.split_seed} (--fold-seed, else --seed): resuming would hold out images it trained on; "
+            "use another --run-name"
+        )
     changed = [k for k in _STATE_SHAPING if k in saved and saved[k] != getattr(cfg, k)]
     if changed:
         raise ValueError(

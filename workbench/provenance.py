@@ -103,10 +103,13 @@ def trained_grading_names(card: ModelCard, dataset: IDRiD) -> set[str]:
     records = dataset.grading("train")
     if config.get("refit"):
         return {r.name for r in records}
+    # training.train.TrainConfig.split_seed: --fold-seed when given, else --seed
+    seed = int(config.get("fold_seed", -1))
+    seed = seed if seed >= 0 else int(config.get("seed", 0))
     if int(config.get("fold", -1)) >= 0:
-        folds = assign_folds(records, int(config["folds"]), int(config.get("seed", 0)))
+        folds = assign_folds(records, int(config["folds"]), seed)
         return {n for n, f in folds.items() if f != int(config["fold"])}
-    split = split_train_val(records, float(config.get("val_fraction", 0.2)), int(config.get("seed", 0)))
+    split = split_train_val(records, float(config.get("val_fraction", 0.2)), seed)
     return set(split.train)
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from training.train import TrainConfig
 from workbench.io.idrid import IDRiD
@@ -40,7 +41,30 @@ def test_fold_seed_keeps_the_folds_while_seed_changes_the_training(synthetic_idr
     assert held_out(seed=1, fold_seed=0) == base
     assert TrainConfig(seed=1, fold_seed=0).split_seed == 0
     assert TrainConfig(seed=3).split_seed == 3
-    assert any(held_out(seed=s) != base for s in range(1, 6))  # the folds do follow the seed otherwise
+    assert held_out(seed=1) != base  # without --fold-seed the folds follow --seed
+    # and what a shipped card says it trained on follows the same folds (drwb provenance, the browser)
+    from models.card import ModelCard
+    from models.registry import weights_dir
+    from workbench.provenance import trained_grading_names
+
+    config = {"folds": 2, "fold": 0, "seed": 1, "fold_seed": 0}
+    card = ModelCard.read(weights_dir() / "grader_lite0.json").with_updates(training={"config": config})
+    names = {r.name for r in IDRiD(synthetic_idrid).grading("train")}
+    assert trained_grading_names(card, IDRiD(synthetic_idrid)) == names - base
+
+
+def test_a_run_resumed_with_other_folds_is_refused(tmp_path: Path) -> None:
+    """Other folds on resume would hold out images the saved model trained on (OOF figures leak)."""
+    from training.train import _check_resumable
+
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"config": {"seed": 0}}))  # a run from before --fold-seed existed
+    _check_resumable(state, TrainConfig(seed=1, fold_seed=0))  # another training seed, the same folds
+    with pytest.raises(ValueError, match="seed 0, not 1"):
+        _check_resumable(state, TrainConfig(seed=1))
+    state.write_text(json.dumps({"config": {"seed": 1, "fold_seed": 0}}))
+    with pytest.raises(ValueError, match="seed 0, not 2"):
+        _check_resumable(state, TrainConfig(seed=0, fold_seed=2))
 
 
 def _cv_config(synthetic_idrid: Path, tmp_path: Path, **changes: object) -> TrainConfig:
