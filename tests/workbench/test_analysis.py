@@ -77,6 +77,30 @@ def test_a_grade_given_on_request_is_headed_by_why_it_may_mean_nothing(tiny_work
     assert plain.quality.gradeable and summary_markdown(plain).startswith("## DR grade")
 
 
+def test_a_grade_and_a_referral_that_disagree_are_explained(tiny_workbench) -> None:
+    """The grade is the most likely of five; referral sums grades 2-4. A flat distribution can show
+    "No DR" beside "REFERABLE": the summary and the HTML report then say why, right under the grade."""
+    import dataclasses
+
+    from workbench.analysis.result import referral_note
+    from workbench.io.synthetic import make_fundus
+    from workbench.reports.html_page import report_html
+    from workbench.reports.report import analysis_to_dict
+    from workbench.ui.summary import summary_markdown
+
+    assert referral_note(0, 0.53) is not None and "grades 2-4 together" in referral_note(0, 0.53)
+    assert "grades 0-1 together are more likely (0.55)" in referral_note(2, 0.45)
+    assert referral_note(0, 0.2) is None and referral_note(3, 0.9) is None
+    analysis = tiny_workbench.analyze(_loaded(make_fundus(seed=3).image))
+    flat = dataclasses.replace(analysis, dr_probabilities=np.array([0.33, 0.14, 0.2, 0.2, 0.13]))
+    lines = summary_markdown(flat).split("\n\n")
+    assert "No DR" in lines[0] and "REFERABLE" in lines[0]
+    assert lines[1].startswith("**Grade and referral:** Grade 0 is the single most likely")
+    assert "referred on that sum" in report_html(analysis_to_dict(flat), {})
+    sure = dataclasses.replace(analysis, dr_probabilities=np.array([0.9, 0.05, 0.03, 0.01, 0.01]))
+    assert "Grade and referral" not in summary_markdown(sure)
+
+
 def test_concurrent_analyses(tiny_workbench) -> None:
     images = [_loaded(make_fundus(seed, size=(356, 536)).image) for seed in range(4)]
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -102,3 +102,24 @@ class Analysis:
     def referable(self) -> bool | None:
         p = self.referable_probability
         return None if p is None else p >= 0.5
+
+
+def referral_note(dr_grade: int, referable_probability: float) -> str | None:
+    """Why the referral differs from what the grade alone suggests, or None where they agree.
+
+    The grade is the single most likely of five; referable DR is the summed probability of grades 2-4
+    (>= 0.5), the screening decision. A flat distribution can make "No DR" the most likely grade while grades
+    2-4 together are more likely still (or the reverse), which reads as a contradiction unless said.
+    """
+    referable = referable_probability >= 0.5
+    if referable == (dr_grade >= REFERABLE_MIN_GRADE):
+        return None
+    if referable:
+        return (
+            f"Grade {dr_grade} is the single most likely grade, but grades {REFERABLE_MIN_GRADE}-4 together "
+            f"are more likely ({referable_probability:.2f}): referred on that sum. An uncertain grade."
+        )
+    return (
+        f"Grade {dr_grade} is the single most likely grade, but grades 0-{REFERABLE_MIN_GRADE - 1} together "
+        f"are more likely ({1 - referable_probability:.2f}): not referred on that sum. An uncertain grade."
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from models.constants import DME_NAMES, DR_GRADE_NAMES
 from workbench.analysis import Analysis
 from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
+from workbench.analysis.result import referral_note
 from workbench.quality import forced_grade_warning
 
 __all__ = ["FOVEA_REFINED", "landmarks_caption", "summary_markdown"]
@@ -41,10 +42,13 @@ def summary_markdown(analysis: Analysis) -> str:
     # a grade given on request says so before anything else (workbench.quality.forced_grade_warning)
     forced = [] if analysis.quality.gradeable else [f"## {forced_grade_warning(analysis.quality.reasons)}"]
     level = "###" if forced else "##"
+    # where the grade and the referral disagree (a flat distribution), said right under them
+    note = referral_note(analysis.dr_grade, analysis.referable_probability)
     lines = [
         *forced,
         f"{level} DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
         f"{grade_p:.2f}) · {referable} (referable probability {analysis.referable_probability:.2f})",
+        *([f"**Grade and referral:** {note}"] if note else []),
         f"**DME risk {analysis.dme_grade}** ({_dme_meaning(analysis.dme_grade)}, probability {dme_p:.2f})",
         f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
     ]
