@@ -158,14 +158,25 @@ def models_markdown(folder: Path | None = None) -> str:
         out.append("|" + "---|" * (len(columns) + 3))
         for card in (c for c in cards if c.arch == arch):
             source, m = held_out(card)
+            if arch == "segmenter" and m.get("crop_px"):  # the crop the figures were measured at
+                source += f", {m['crop_px']}-px crop"
             cells = " | ".join(_figure_cell(m, key, digits) for key, _, digits in columns)
+            fast_figures = card.training.get("evaluation", {}).get("val_fast")
             notes = [_family_default_note(arch, _stem(card), defaults[arch])]
+            if notes[0] == "default (fast profile)" and fast_figures:  # this row is not what it shows
+                notes[0] += ", whose figures are the fast-profile row below"
             notes = [n for n in notes if n]
             for entry in card.extra.get("channels_from", []):  # channels taken from another model
                 size = f" at {entry['input_size']} px" if entry.get("input_size") else ""
-                notes.append(f"{', '.join(entry['channels'])} from {entry['model']}{size}")
+                averaged = set(entry.get("averaged", []))  # averaged with this model's own channel
+                taken = [c for c in entry["channels"] if c not in averaged]
+                parts = [f"{', '.join(taken)} from {entry['model']}{size}"] if taken else []
+                if averaged:
+                    parts.append(
+                        f"{', '.join(sorted(averaged))}: the mean of its own and {entry['model']}'s{size}"
+                    )
+                notes.append("; ".join(parts))
             out.append(f"| {_stem(card)} | {source} | {cells} | {'; '.join(notes)} |")
-            fast_figures = card.training.get("evaluation", {}).get("val_fast")
             if arch == "segmenter" and fast_figures:  # what the Analyze tab shows in the fast profile
                 cells = " | ".join(_figure_cell(fast_figures, key, digits) for key, _, digits in columns)
                 crop, n = PROFILES["fast"]["segment_size"], fast_figures.get("n", "?")

@@ -100,8 +100,19 @@ def test_models_table_says_which_profile_each_default_segmenter_serves() -> None
         for line in models_markdown().splitlines()
         if line.startswith("| segmenter_lite0")
     }
-    assert rows["segmenter_lite0"].endswith("| default (fast profile) |")
+    # the fast profile's model is measured at two crops: its own row points at the one the profile uses
+    assert rows["segmenter_lite0"].endswith(
+        "| default (fast profile), whose figures are the fast-profile row below |"
+    )
+    assert (
+        "1024-px crop" in rows["segmenter_lite0"] and "640-px crop" in rows["segmenter_lite0, fast profile"]
+    )
     assert "| default (quality profile)" in rows["segmenter_lite0_hr"]
+    # a channel averaged with another model's is not called taken from it
+    assert (
+        "OD from segmenter_lite0 at 640 px; HE: the mean of its own and segmenter_lite0's at 640 px"
+        in rows["segmenter_lite0_hr"]
+    )
 
 
 def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(tmp_path: Path) -> None:
