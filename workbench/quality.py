@@ -23,6 +23,10 @@ _MEASURE_SIDE = 512
 
 NO_FIELD = "no fundus field found: expected a bright circular field on a dark background"
 NOT_FUNDUS_COLOURS = "colours are not those of a colour fundus photograph (red channel not dominant)"
+GRAYSCALE = (
+    "a grayscale picture (its three channels are equal): the grader reads colour fundus photographs; "
+    "a red-free or monochrome photograph is not graded"
+)
 NOT_A_FUNDUS = (NO_FIELD, NOT_FUNDUS_COLOURS)  # reasons that say the picture is not a fundus photograph
 
 
@@ -54,6 +58,8 @@ class QualityThresholds:
     min_contrast: float = 3.0
     min_focus: float = 5.0
     min_red_dominance: float = 1.05
+    # mean spread between the brightest and darkest channel of a pixel (0-255); a grayscale file has 0
+    min_colour_spread: float = 2.0
     # across the field of view, in the original image's pixels: below this a photograph is a thumbnail
     # (the grader reads 448 px; a microaneurysm is 10-25 px across in a 4288-px IDRiD photograph)
     min_fov_diameter_px: float = 256.0
@@ -108,6 +114,7 @@ def _measures(crop: np.ndarray, fov_in_crop: FieldOfView) -> dict[str, float]:
         "contrast": float(green[inside].std()),
         "focus": float(laplacian[inside].var()),
         "red_dominance": float(channel_means[0] / max(1.0, channel_means[1:].max())),
+        "colour_spread": float(np.ptp(small[inside].reshape(-1, 3).astype(np.int16), axis=1).mean()),
     }
 
 
@@ -140,7 +147,9 @@ def assess_quality(
     ):
         reasons.append(NO_FIELD)
     values.update(_measures(crop, fov_in_crop))
-    if values["red_dominance"] < limits.min_red_dominance:
+    if values["colour_spread"] < limits.min_colour_spread:  # said as such, not as "not fundus colours"
+        reasons.append(GRAYSCALE)
+    elif values["red_dominance"] < limits.min_red_dominance:
         reasons.append(NOT_FUNDUS_COLOURS)
     if values["mean_luminance"] < limits.min_mean_luminance:
         reasons.append(

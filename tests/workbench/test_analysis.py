@@ -50,6 +50,10 @@ def test_ungradeable_image_is_not_graded(tiny_workbench) -> None:
     analysis = tiny_workbench.analyze(_loaded(np.zeros((300, 400, 3), np.uint8)))
     assert not analysis.graded and analysis.dr_probabilities is None
     assert any("no fundus field" in reason for reason in analysis.quality.reasons)
+    from workbench.ui.summary import FORCE_LABEL, summary_markdown
+
+    summary = summary_markdown(analysis)
+    assert summary.startswith("## Not gradeable") and f"tick **{FORCE_LABEL}**" in summary  # the way out
     forced = tiny_workbench.analyze(_loaded(np.zeros((300, 400, 3), np.uint8)), force=True)
     assert forced.graded
 

@@ -42,6 +42,16 @@ def test_holiday_photo_is_not_a_fundus() -> None:
     assert any("colours are not those of a colour fundus" in r for r in report.reasons)
 
 
+def test_a_grayscale_fundus_is_named_grayscale(synthetic_fundus) -> None:
+    """A grayscale file (three equal channels once loaded) is told apart from a non-fundus colour photo."""
+    gray = cv2.cvtColor(cv2.cvtColor(synthetic_fundus.image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    report = _verdict(gray)
+    assert not report.gradeable and any("a grayscale picture" in r for r in report.reasons)
+    assert not any("colours are not those" in r for r in report.reasons)
+    assert report.measures["colour_spread"] == 0.0
+    assert _verdict(synthetic_fundus.image).measures["colour_spread"] > 2.0
+
+
 def test_blurred_fundus_is_out_of_focus(synthetic_fundus) -> None:
     blurred = cv2.GaussianBlur(synthetic_fundus.image, (0, 0), 6)
     report = _verdict(blurred)

@@ -34,6 +34,7 @@ from workbench.ui.handlers import (
 )
 from workbench.ui.inspect import inspect_fundus
 from workbench.ui.scores_table import SCORE_TABLE_HEADERS
+from workbench.ui.summary import FORCE_LABEL
 
 __all__ = ["APP_CSS", "MAX_UPLOAD", "build_demo", "inspect_fundus", "write_examples"]
 
@@ -114,7 +115,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                 with gr.Row():
                     with gr.Column(scale=1):
                         upload = _upload_with_preview(handlers)
-                        force = gr.Checkbox(label="Grade even if the quality check fails", value=False)
+                        force = gr.Checkbox(label=FORCE_LABEL, value=False)
                         run = gr.Button("Analyze", variant="primary", elem_id="analyze-button")
                         gr.Examples(examples, inputs=upload)
                     with gr.Column(scale=2):

@@ -32,6 +32,7 @@ _MEASURE_LIMITS = {
     "contrast": ("min_contrast", "min", "green-channel standard deviation"),
     "focus": ("min_focus", "min", "variance of the Laplacian of the green channel (sharpness)"),
     "red_dominance": ("min_red_dominance", "min", "red over the other channels: a fundus is red"),
+    "colour_spread": ("min_colour_spread", "min", "mean spread between a pixel's channels: 0 is grayscale"),
 }
 
 

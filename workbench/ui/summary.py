@@ -10,7 +10,9 @@ from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
 from workbench.analysis.result import referral_note
 from workbench.quality import forced_grade_warning
 
-__all__ = ["FOVEA_REFINED", "landmarks_caption", "summary_markdown"]
+__all__ = ["FORCE_LABEL", "FOVEA_REFINED", "landmarks_caption", "summary_markdown"]
+
+FORCE_LABEL = "Grade even if the quality check fails"  # the Analyze tab's checkbox
 
 # what the fovea refiner did (workbench.landmarks.fovea), by ``Analysis.fovea_refined``
 FOVEA_REFINED = {
@@ -35,7 +37,12 @@ def _dme_meaning(grade: int) -> str:
 
 def summary_markdown(analysis: Analysis) -> str:
     if not analysis.graded:
-        return "## Not gradeable\n" + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
+        return (
+            "## Not gradeable\n"
+            + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
+            + f"\n\nTo grade it anyway, tick **{FORCE_LABEL}** (the grade is then headed by the "
+            "failed check)."
+        )
     referable = "**REFERABLE**" if analysis.referable else "not referable"
     grade_p = float(analysis.dr_probabilities[analysis.dr_grade])
     dme_p = float(analysis.dme_probabilities[analysis.dme_grade])
