@@ -203,6 +203,12 @@ def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, m
     assert fast.segmenter.input_size == fast.segmenter.tile == FAST_SEGMENT_SIZE
     analysis = fast.analyze(_loaded(synthetic_fundus.image))
     assert analysis.lesions["EX"].mask.shape == (FAST_SEGMENT_SIZE, FAST_SEGMENT_SIZE)
+    # the profile that ran is said where the models are, and in report.json
+    from workbench.reports.report import analysis_to_dict
+    from workbench.ui.summary import summary_markdown
+
+    assert "Profile: fast. Models:" in summary_markdown(analysis)
+    assert analysis_to_dict(analysis)["profile"] == "fast"
     quality = Workbench(weights_dir=tiny_weights)
     assert quality.segmenter.input_size == quality.segmenter.card.input_size
     with pytest.raises(ValueError, match="quality, fast"):

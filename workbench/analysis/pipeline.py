@@ -186,6 +186,7 @@ class Workbench:
             "crop": prepared.crop,
             "crop_transform": prepared.transform,
             "models": dict(self.model_names),
+            "profile": self.profile,
             "runtimes": {
                 "grader": self.grader.runtime,
                 "localizer": self.localizer.runtime,

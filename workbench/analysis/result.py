@@ -72,6 +72,7 @@ class Analysis:
     # what the file held (image_io.LoadedImage): "JPEG" / "RGB", "DICOM" / "YBR_FULL_422 8-bit, JPEG Baseline"
     source_format: str = ""
     source_mode: str = ""
+    profile: str = "quality"  # the analysis profile that ran (workbench.analysis.pipeline.PROFILES)
 
     @property
     def dr_grade(self) -> int | None:

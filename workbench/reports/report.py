@@ -94,6 +94,7 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
             "radius": _num(analysis.fov.radius),
         },
         "graded": analysis.graded,
+        "profile": analysis.profile,
         "models": analysis.models,
         "runtimes": analysis.runtimes,
         "timings_ms": {k: _num(v) for k, v in analysis.timings_ms.items()},

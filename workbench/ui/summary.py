@@ -107,5 +107,5 @@ def summary_markdown(analysis: Analysis) -> str:
         f"{role} {name}" + (" (bf16)" if analysis.runtimes.get(role, "").endswith(" bf16") else "")
         for role, name in analysis.models.items()
     )
-    lines.append(f"<small>Models: {models}. Timings: {timing}</small>")
+    lines.append(f"<small>Profile: {analysis.profile}. Models: {models}. Timings: {timing}</small>")
     return "\n\n".join(lines)
