@@ -36,6 +36,7 @@ from training.devices import pick_device, to_device, trains_in_bf16
 from training.distributed import setup, shard
 from training.export import final_card, parse_inference_tiling, ship_best
 from training.tasks import TASKS
+from workbench.io.splits import split_seed
 
 __all__ = ["TrainConfig", "train"]
 
@@ -118,7 +119,7 @@ class TrainConfig:
     @property
     def split_seed(self) -> int:
         """The seed of the folds and the validation split: ``--fold-seed``, else ``--seed``."""
-        return self.fold_seed if self.fold_seed >= 0 else self.seed
+        return split_seed({"seed": self.seed, "fold_seed": self.fold_seed})
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -169,8 +170,7 @@ _STATE_SHAPING = (
 
 def _check_resumable(path: Path, cfg: TrainConfig) -> None:
     saved = json.loads(path.read_text()).get("config", {})
-    saved_split = int(saved.get("fold_seed", -1))
-    saved_split = saved_split if saved_split >= 0 else int(saved.get("seed", cfg.split_seed))
+    saved_split = split_seed(saved) if "seed" in saved else cfg.split_seed
     if saved_split != cfg.split_seed:  # another held-out fold would score images the model trained on
         raise ValueError(
             f"{path.parent} was started with folds / validation split of seed {saved_split}, not "

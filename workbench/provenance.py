@@ -36,7 +36,7 @@ from models.hashing import file_sha256
 from workbench.fundus import prepare_fundus
 from workbench.io.idrid import IDRiD
 from workbench.io.image_io import load_image
-from workbench.io.splits import assign_folds, split_train_val
+from workbench.io.splits import assign_folds, split_seed, split_train_val
 
 __all__ = [
     "FINGERPRINT_MAX_BITS",
@@ -103,9 +103,7 @@ def trained_grading_names(card: ModelCard, dataset: IDRiD) -> set[str]:
     records = dataset.grading("train")
     if config.get("refit"):
         return {r.name for r in records}
-    # training.train.TrainConfig.split_seed: --fold-seed when given, else --seed
-    seed = int(config.get("fold_seed", -1))
-    seed = seed if seed >= 0 else int(config.get("seed", 0))
+    seed = split_seed(config)  # --fold-seed when given, else --seed
     if int(config.get("fold", -1)) >= 0:
         folds = assign_folds(records, int(config["folds"]), seed)
         return {n for n, f in folds.items() if f != int(config["fold"])}

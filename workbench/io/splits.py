@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models.hashing import file_sha256
 from workbench.io.idrid import GradingRecord
 
-__all__ = ["Split", "assign_folds", "content_hash", "duplicate_groups", "split_names", "split_train_val"]
+__all__ = [
+    "Split",
+    "assign_folds",
+    "content_hash",
+    "duplicate_groups",
+    "split_names",
+    "split_seed",
+    "split_train_val",
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,13 @@ def duplicate_groups(records: Sequence[GradingRecord]) -> list[tuple[str, ...]]:
     for record in records:
         by_hash[content_hash(record.image_path)].append(record.name)
     return sorted(tuple(sorted(names)) for names in by_hash.values() if len(names) > 1)
+
+
+def split_seed(config: Mapping[str, Any]) -> int:
+    """The seed of a run's folds and validation split, from its config (``training.train.TrainConfig``
+    fields, or a card's / saved state's ``config``): ``fold_seed`` when given (>= 0), else ``seed``."""
+    fold_seed = int(config.get("fold_seed", -1))
+    return fold_seed if fold_seed >= 0 else int(config.get("seed", 0))
 
 
 def _order_key(seed: int, name: str) -> str:
