@@ -13,7 +13,7 @@ from typing import Any
 
 from models.card import ModelCard
 from models.registry import default_model, held_out_fold_key, list_shipped
-from workbench.explain.notes import supervision_note
+from workbench.explain.notes import EXPLANATION_COLUMNS_LEGEND, supervision_note
 
 __all__ = ["WEAK_QWK", "explanations_markdown", "grader_label", "held_out", "models_markdown"]
 
@@ -246,4 +246,4 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
             )
             cells = " | ".join(_mean_ci(stats, key) for key, _ in _EXPLAIN_COLUMNS)
             out.append(f"| {_stem(card)} | {bench['images']} | {label} | {cells} | {sanity} |")
-    return out + (["", "No rows:", *unmeasured] if unmeasured else [])
+    return out + ["", EXPLANATION_COLUMNS_LEGEND] + (["", "No rows:", *unmeasured] if unmeasured else [])

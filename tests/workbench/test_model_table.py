@@ -151,6 +151,11 @@ def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(
             break
         section.append(line)
     assert len(section) == 4 and {row.count("|") for row in section} == {9}  # 8 cells in every row
+    # every column, "(fails)" included, is explained under the table
+    legend = next(line for line in lines[start:] if line.startswith("Columns:"))
+    for column in ("pointing game", "relevance mass", "insertion AUC", "deletion AUC", "randomisation rho"):
+        assert f"**{column}**" in legend
+    assert "above 0.5" in legend and "*fails*" in legend
     # a grader without rows says why under the table, not in its columns
     assert "- refit: none left: trained on every IDRiD segmentation photograph" in lines[start:]
 

@@ -27,6 +27,7 @@ from models.constants import LESION_CODES
 from models.registry import default_model, load_model, load_run
 from workbench.explain.explainers import ExplainableModel, get_explainer
 from workbench.explain.explanation_quality import randomisation_correlation, randomised_copy
+from workbench.explain.notes import RANDOMISATION_RHO_LIMIT
 from workbench.explain.scoring import (
     POINTING_TOLERANCE_PX,
     lesion_union_in_input,
@@ -149,7 +150,7 @@ def explain_bench(
     table = {m: {k: mean_ci(v) for k, v in stats.items()} for m, stats in per_method.items()}
     for stats in table.values():
         rho = stats.get("randomisation_spearman", {}).get("mean")
-        stats["fails_sanity_check"] = rho is not None and rho > 0.5
+        stats["fails_sanity_check"] = rho is not None and rho > RANDOMISATION_RHO_LIMIT
     return {
         "data": str(data),
         "split": split,
