@@ -13,6 +13,7 @@ import numpy as np
 
 from models.classifier import NUM_DR
 from workbench.calibration import (
+    ece_if_calibrated,
     expected_calibration_error,
     fit_temperature,
     fit_temperature_bias,
@@ -128,9 +129,13 @@ def oof_metrics(oof: dict[str, np.ndarray], tta: bool) -> dict[str, Any]:
                 if folds is not None and len(np.unique(folds)) > 1
                 else {}
             ),
+            "dr_after_if_calibrated": ece_if_calibrated(p_dr, t_dr),
             "bins": 10,
             "note": "after: temperature fitted on the same OOF logits it is scored on (one parameter per "
-            "head); after_cross_fitted: each fold scored with a temperature fitted on the other folds only",
+            "head); after_cross_fitted: each fold scored with a temperature fitted on the other folds only; "
+            "dr_after_if_calibrated: the ECE a perfectly calibrated grader with the same confidences shows "
+            "on these images (median, 95th percentile of 2000 draws) and the share of draws at or above "
+            "the observed one (workbench.calibration.ece_if_calibrated)",
         },
         **({"class_bias_cross_fitted": biased} if biased else {}),
         "reliability_dr": {

@@ -6,6 +6,12 @@ confident the probabilities are. Temperature with class biases (``fit_temperatur
 b``, ``b[0] = 0``) may move the arg-max: it re-weights the classes, as when training sampled some grades
 more often than they occur. ECE is the top-label form: predictions binned by their confidence
 (``bins`` equal-width bins on [0, 1]), ``sum_b |B|/n * |accuracy(B) - mean confidence(B)|``.
+
+ECE is biased upwards on few images: even a perfectly calibrated grader shows a positive ECE, because each
+bin's accuracy is a sample. ``ece_if_calibrated`` measures that floor by consistency resampling (Broecker
+and Smith, 2007): outcomes drawn from the grader's own confidences, as a calibrated grader's would be,
+give the ECE such a grader shows on these images; the share of draws at or above the observed ECE says
+whether the observed miscalibration is more than sampling.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 __all__ = [
     "Reliability",
     "binned_reliability",
+    "ece_if_calibrated",
     "expected_calibration_error",
     "fit_temperature",
     "fit_temperature_bias",
@@ -159,3 +166,34 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     if len(np.asarray(labels)) == 0:
         return float("nan")
     return reliability(probs, labels, bins).ece
+
+
+def ece_if_calibrated(
+    probs: np.ndarray, labels: np.ndarray, bins: int = 10, draws: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """The top-label ECE a perfectly calibrated grader with these confidences would show on this many
+    images (consistency resampling: each draw marks a prediction correct with probability equal to its
+    confidence), beside the observed ECE.
+
+    Returns ``observed``, the ``median`` and ``p95`` of the calibrated grader's ECE, and ``p_value``: the
+    share of draws whose ECE is at least the observed one (small: more miscalibration than sampling gives).
+    """
+    probs, labels = np.asarray(probs, float), np.asarray(labels, int)
+    if len(labels) == 0:
+        raise ValueError("ece_if_calibrated needs at least one labelled example")
+    confidence = probs.max(axis=1)
+    observed = expected_calibration_error(probs, labels, bins)
+    rng = np.random.default_rng(seed)
+    floor = np.array(
+        [
+            binned_reliability(confidence, rng.random(len(confidence)) < confidence, bins).ece
+            for _ in range(draws)
+        ]
+    )
+    return {
+        "observed": observed,
+        "median": float(np.median(floor)),
+        "p95": float(np.percentile(floor, 95)),
+        "p_value": float(np.mean(floor >= observed - 1e-12)),
+        "draws": draws,
+    }

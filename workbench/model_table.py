@@ -128,6 +128,9 @@ def models_markdown(folder: Path | None = None) -> str:
         ece_cell = "n/a" if ece is None else f"{ece:.3f}"
         if crossed is not None:  # temperatures fitted on the other folds only (training.oof.cross_fitted_ece)
             ece_cell += f" ({crossed:.3f} cross-fitted)"
+        # how much ECE sampling alone gives on this many images (workbench.calibration.ece_if_calibrated)
+        if floor := (m.get("ece") or {}).get("dr_after_if_calibrated"):
+            ece_cell += f"; a calibrated grader: {floor['median']:.3f} (p = {floor['p_value']:.2f})"
         # the short note (which profile's default, weak) beside the name, where it is seen
         out.append(
             f"| {_stem(card)} | {note} | {card.encoder} | {card.input_size} | {source} | "

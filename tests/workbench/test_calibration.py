@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from workbench.calibration import (
+    ece_if_calibrated,
     expected_calibration_error,
     fit_temperature,
     fit_temperature_bias,
@@ -41,6 +42,24 @@ def test_temperature_scaling_lowers_calibration_error_of_an_overconfident_model(
     assert after < before / 3 and after < 0.05
     # the arg-max, hence accuracy, never changes
     assert (softmax(overconfident, temperature).argmax(1) == overconfident.argmax(1)).all()
+
+
+def test_ece_if_calibrated_tells_sampling_from_miscalibration() -> None:
+    """On 400 images a calibrated grader still shows an ECE of a few points; an over-confident one shows
+    more than any draw of a calibrated one."""
+    rng = np.random.default_rng(1)
+    n, k = 400, 5
+    logits = rng.normal(0, 1.5, (n, k))
+    probs = softmax(logits)
+    labels = (rng.random((n, 1)) > np.cumsum(probs, axis=1)).sum(axis=1).clip(0, k - 1)  # drawn from probs
+    calibrated = ece_if_calibrated(probs, labels)
+    assert calibrated["observed"] == pytest.approx(expected_calibration_error(probs, labels))
+    assert 0.01 < calibrated["median"] < calibrated["p95"] < 0.15  # a floor well above 0 on 400 images
+    assert calibrated["p_value"] > 0.05  # its ECE is what sampling gives
+    overconfident = ece_if_calibrated(softmax(logits * 3), labels)  # same labels, 3x too sure
+    assert overconfident["observed"] > overconfident["p95"] and overconfident["p_value"] < 0.01
+    with pytest.raises(ValueError, match="at least one"):
+        ece_if_calibrated(probs[:0], labels[:0])
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_n() -> None:
@@ -140,6 +159,8 @@ def test_cross_fitted_class_bias_figures_ride_along_the_oof_metrics() -> None:
     oof["logits_flip"], folds = oof["logits"], np.arange(n) % 5
     assert "class_bias_cross_fitted" not in oof_metrics(oof, tta=False)  # no folds: nothing to cross-fit
     measured = oof_metrics({**oof, "fold": folds}, tta=False)
+    floor = measured["ece"]["dr_after_if_calibrated"]  # what sampling alone gives, beside the ECE
+    assert floor["observed"] == measured["ece"]["dr_after"] and 0 < floor["median"] < floor["p95"]
     biased = measured["class_bias_cross_fitted"]
     assert biased["dme_accuracy"] > measured["dme_accuracy"] + 0.05 and biased["dme_ece"] < 0.05
     assert biased == {

@@ -23,7 +23,11 @@ def test_models_table_columns_intervals_and_weak_marking(tmp_path: Path) -> None
             "dr_qwk": 0.86,
             "score": 0.9,
             "ci95": {"dr_accuracy": [0.66, 0.75]},
-            "ece": {"dr_after": 0.03, "dr_after_cross_fitted": 0.041},
+            "ece": {
+                "dr_after": 0.03,
+                "dr_after_cross_fitted": 0.041,
+                "dr_after_if_calibrated": {"median": 0.038, "p95": 0.06, "p_value": 0.71},
+            },
         }
     }
     card_path.write_text(json.dumps(card))
@@ -39,6 +43,7 @@ def test_models_table_columns_intervals_and_weak_marking(tmp_path: Path) -> None
     row = next(line for line in table.splitlines() if line.startswith("| tiny_grader"))
     assert "5-fold out-of-fold, n=413" in row and "0.710 [0.660, 0.750]" in row and "default" in row
     assert "0.030 (0.041 cross-fitted)" in row  # ECE after temperature scaling, in-sample and cross-fitted
+    assert "a calibrated grader: 0.038 (p = 0.71)" in row  # the ECE sampling alone gives on 413 images
     weak_row = next(line for line in table.splitlines() if line.startswith("| weak"))
     assert "**weak**" in weak_row and "validation split, n=83" in weak_row
     from models.card import ModelCard
