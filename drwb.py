@@ -132,6 +132,18 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_selection_check(args: argparse.Namespace) -> int:
+    from models.registry import weights_dir
+    from training.selection import record_selection, selection_check
+
+    folder = weights_dir()
+    result = selection_check(args.members, Path(args.data), folder, args.max_passes, args.mirror)
+    if args.write_card:
+        print(record_selection(result, args.write_card, folder, args.command_line))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _cmd_provenance(args: argparse.Namespace) -> int:
     from models.registry import weights_dir
     from workbench.io.idrid import IDRiD
@@ -325,6 +337,20 @@ def _build_parser() -> argparse.ArgumentParser:
     en.add_argument("--no-flip", action="store_true", help="members grade the image only, not its mirror")
     en.add_argument("--out", help="write the card here (default: the weights folder)")
     en.set_defaults(handler=_cmd_ensemble)
+
+    sc = sub.add_parser(
+        "selection-check",
+        help="how optimistic a default grader's OOF figures are for having been chosen on them: nested "
+        "cross-validation of choosing the best combination of the given members",
+    )
+    sc.add_argument("members", nargs="+", help="cross-validated card stems (same folds), e.g. grader_lite0")
+    sc.add_argument("--max-passes", type=int, help="only combinations costing at most this many passes")
+    sc.add_argument("--mirror", action="store_true", help="also every combination with the mirror view")
+    sc.add_argument("--data", default="../shared/data/idrid-lite", help="IDRiD-layout folder (labels)")
+    sc.add_argument(
+        "--write-card", metavar="STEM", help="store the result in this grader's card (the rule's pick)"
+    )
+    sc.set_defaults(handler=_cmd_selection_check)
 
     pv = sub.add_parser(
         "provenance",

@@ -34,14 +34,15 @@ from workbench.io.idrid import IDRiD
 from workbench.metrics import grading_metrics, json_safe
 from workbench.predictors import GRADING_CROP
 
-__all__ = ["build_ensemble", "member_oof"]
+__all__ = ["build_ensemble", "member_oof", "oof_truth"]
 
 _HEADLINE = ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc")
 
 
-def member_oof(stem: str, folder: Path) -> tuple[ModelCard, dict[str, np.ndarray]]:
+def member_oof(stem: str, folder: Path, scaled: bool = True) -> tuple[ModelCard, dict[str, np.ndarray]]:
     """A shipped grader's card and its OOF logits, each view divided by the member's own temperature
-    (as the member's forward pass divides them at inference)."""
+    (as the member's forward pass divides them at inference), or as the fold models gave them when not
+    ``scaled``."""
     card = ModelCard.read(folder / f"{stem}.json")
     oof = card.training.get("evaluation", {}).get("oof")
     if not oof or "predictions" not in oof:
@@ -53,9 +54,33 @@ def member_oof(stem: str, folder: Path) -> tuple[ModelCard, dict[str, np.ndarray
     if file_sha256(path) != oof["predictions"]["sha256"]:
         raise ValueError(f"{path}: sha256 differs from {stem}'s card")
     arrays = read_oof_csv(path)
+    if not scaled:
+        return card, arrays
     temperature = card.extra.get("temperature") or {}
     scale = np.array([float(temperature.get("dr", 1.0))] * NUM_DR + [float(temperature.get("dme", 1.0))] * 3)
     return card, {**arrays, "logits": arrays["logits"] / scale, "logits_flip": arrays["logits_flip"] / scale}
+
+
+def oof_truth(stems: list[str], arrays: list[dict[str, np.ndarray]], data: Path) -> dict[str, np.ndarray]:
+    """The labels (from ``data``) and folds of the members' OOF images, after checking that every member
+    was cross-validated on the same images and folds (else no image is scored only by models that never
+    saw it)."""
+    first = arrays[0]
+    for stem, member in zip(stems[1:], arrays[1:], strict=True):
+        if not (
+            np.array_equal(member["names"], first["names"]) and np.array_equal(member["fold"], first["fold"])
+        ):
+            raise ValueError(
+                f"{stem} and {stems[0]} were cross-validated on different folds or images: their "
+                "out-of-fold predictions cannot be combined (train both with the same --folds and "
+                "--fold-seed, else --seed)"
+            )
+    labels = {r.name: r for r in IDRiD(data).grading("train")}
+    return {
+        "dr_true": np.array([labels[str(n)].dr_grade for n in first["names"]]),
+        "dme_true": np.array([labels[str(n)].dme_grade for n in first["names"]]),
+        "fold": first["fold"],  # for the cross-fitted calibration (training.oof.cross_fitted_ece)
+    }
 
 
 def _combined(members: list[dict[str, np.ndarray]], flip: bool) -> np.ndarray:
@@ -100,15 +125,7 @@ def build_ensemble(
         raise ValueError(f"an ensemble needs two or more members, got {members}")
     loaded = [member_oof(stem, folder) for stem in members]
     first = loaded[0][1]
-    for stem, (_, arrays) in zip(members[1:], loaded[1:], strict=True):
-        if not (
-            np.array_equal(arrays["names"], first["names"]) and np.array_equal(arrays["fold"], first["fold"])
-        ):
-            raise ValueError(
-                f"{stem} and {members[0]} were cross-validated on different folds or images: their "
-                "out-of-fold predictions cannot be combined (train both with the same --folds and "
-                "--fold-seed, else --seed)"
-            )
+    truth = oof_truth(members, [a for _, a in loaded], data)
     # members that cannot run as one module (normalisation, heads) are refused before any file
     card = ensemble_card([(stem, c) for stem, (c, _) in zip(members, loaded, strict=True)], flip)
     sizes = sorted({c.input_size for c, _ in loaded})
@@ -117,12 +134,6 @@ def build_ensemble(
             f"members of different input sizes {sizes} need the largest within the {GRADING_CROP}-px "
             "grading crop: a smaller member would not see the crop as it does alone"
         )
-    labels = {r.name: r for r in IDRiD(data).grading("train")}
-    truth = {
-        "dr_true": np.array([labels[str(n)].dr_grade for n in first["names"]]),
-        "dme_true": np.array([labels[str(n)].dme_grade for n in first["names"]]),
-        "fold": first["fold"],  # for the cross-fitted calibration (training.oof.cross_fitted_ece)
-    }
     arrays = [a for _, a in loaded]
     plain = np.mean([a["logits"] for a in arrays], axis=0)
     mirrored = np.mean([a["logits_flip"] for a in arrays], axis=0)

@@ -28,6 +28,7 @@ __all__ = [
     "cross_fitted_ece",
     "evaluate_oof",
     "oof_metrics",
+    "with_intervals",
     "oof_summary",
     "read_oof_csv",
     "teacher_comparison",
@@ -89,7 +90,8 @@ def evaluate_oof(source: Path, data: Path) -> dict[str, Any]:
     )
 
 
-def _with_intervals(p_dr: np.ndarray, p_dme: np.ndarray, t_dr: np.ndarray, t_dme: np.ndarray) -> dict:
+def with_intervals(p_dr: np.ndarray, p_dme: np.ndarray, t_dr: np.ndarray, t_dme: np.ndarray) -> dict:
+    """Grading metrics of class probabilities with the DR confusion matrix and bootstrap 95% intervals."""
     metrics = grading_metrics(p_dr, p_dme, t_dr, t_dme)
     metrics["confusion_matrix"] = confusion_matrix(t_dr, p_dr.argmax(1), NUM_DR).tolist()
     metrics["ci95"] = bootstrap_intervals(
@@ -113,7 +115,7 @@ def oof_metrics(oof: dict[str, np.ndarray], tta: bool) -> dict[str, Any]:
     folds = oof.get("fold")
     biased = class_bias_cross_fitted(logits, t_dr, t_dme, folds)
     return {
-        **_with_intervals(p_dr, p_dme, t_dr, t_dme),
+        **with_intervals(p_dr, p_dme, t_dr, t_dme),
         "tta": "horizontal flip (mean of logits)" if tta else "none",
         "temperature": {"dr": temp_dr, "dme": temp_dme},
         "ece": {

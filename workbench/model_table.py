@@ -139,6 +139,7 @@ def models_markdown(folder: Path | None = None) -> str:
             f"{_cell(m, 'referable_sensitivity', 2)} / {_cell(m, 'referable_specificity', 2)} | "
             f"{ece_cell} | {'; '.join(details)} |"
         )
+    out += _selection_notes([c for c in cards if c.arch == "grader"])
     families = (
         ("segmenter", "**Lesion segmenters** (AUPR at the original resolution; Dice of the masks as drawn, "
          "one type per pixel at the card's thresholds, which were picked on these images: optimistic)",
@@ -190,6 +191,36 @@ def models_markdown(folder: Path | None = None) -> str:
     out += ["", *explanations_markdown([c for c in cards if c.arch == "grader"])]
     out += ["", "Reproduce each model with the command in its card (`training.command`); see the README."]
     return "\n".join(out)
+
+
+def _selection_notes(graders: list[ModelCard]) -> list[str]:
+    """Lines under the grader table: for each grader chosen by OOF score whose card measured that choice
+    (``training.selection``, ``drwb selection-check --write-card``), what the choice delivers."""
+    lines = []
+    for card in graders:
+        check = card.training.get("evaluation", {}).get("selection_aware")
+        if not check:
+            continue
+        nested = check["nested"]
+        figures = ", ".join(
+            f"{label} {_cell(nested, key)}"
+            for key, label in (
+                ("dr_accuracy", "DR accuracy"),
+                ("dr_qwk", "QWK"),
+                ("dme_accuracy", "DME accuracy"),
+                ("joint_accuracy", "joint"),
+            )
+        )
+        lines.append(
+            f"- {_stem(card)} was chosen by OOF score among {check['candidates']} combinations of "
+            f"{len(check['members'])} members, so its own OOF figures are optimistic. The choice itself, "
+            f"measured by nested cross-validation (each fold graded by the combination that scored best on "
+            f"the other four): {figures}; score {nested['score']:.3f} against its own "
+            f"{check['selected_on_all']['score']:.3f}."
+        )
+    return (
+        ["", "**How much of a default's figures is the luck of being chosen**", "", *lines] if lines else []
+    )
 
 
 _EXPLAIN_COLUMNS = (

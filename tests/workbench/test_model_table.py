@@ -215,3 +215,25 @@ def test_models_table_marks_each_profiles_default_grader_and_names_an_ensembles_
     (folder / "tiny_pair.json").unlink()  # without the pair, one network is the fast profile's best
     lines = models_markdown(folder).splitlines()
     assert "default (fast profile)" in row("tiny_grader") and "ensemble" not in row("tiny_grader")
+
+
+def test_models_table_says_how_much_of_a_defaults_figures_is_the_luck_of_being_chosen(tmp_path: Path) -> None:
+    folder = write_tiny_weights(tmp_path)
+    card_path = folder / "tiny_grader.json"
+    card = json.loads(card_path.read_text())
+    nested = {"dr_accuracy": 0.70, "dr_qwk": 0.877, "dme_accuracy": 0.869, "joint_accuracy": 0.63,
+              "score": 0.873, "ci95": {"dr_accuracy": [0.654, 0.743]}}  # fmt: skip
+    card["training"]["evaluation"] = {
+        "oof": {"n": 413, "folds": 5, "dr_accuracy": 0.705, "score": 0.882},
+        "selection_aware": {"candidates": 25, "members": ["a", "b", "c", "d"], "nested": nested,
+                            "selected_on_all": {"score": 0.8817}},
+    }  # fmt: skip
+    card_path.write_text(json.dumps(card))
+    lines = models_markdown(folder).splitlines()
+    note = next(line for line in lines if line.startswith("- tiny_grader was chosen by OOF score"))
+    assert "among 25 combinations of 4 members" in note and "DR accuracy 0.700 [0.654, 0.743]" in note
+    assert "score 0.873 against its own 0.882" in note
+    plain = json.loads(card_path.read_text())
+    del plain["training"]["evaluation"]["selection_aware"]
+    card_path.write_text(json.dumps(plain))
+    assert "luck of being chosen" not in models_markdown(folder)  # nothing measured, nothing said
