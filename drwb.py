@@ -139,7 +139,7 @@ def _cmd_selection_check(args: argparse.Namespace) -> int:
     folder = weights_dir()
     result = selection_check(args.members, Path(args.data), folder, args.max_passes, args.mirror)
     if args.write_card:
-        print(record_selection(result, args.write_card, folder, args.command_line))
+        print(record_selection(result, args.write_card, folder, args.command_line), file=sys.stderr)
     print(json.dumps(result, indent=1))
     return 0
 

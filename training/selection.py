@@ -28,22 +28,35 @@ from training.oof import with_intervals
 from workbench.calibration import expected_calibration_error, fit_temperature, softmax
 from workbench.metrics import grading_metrics, json_safe
 
-__all__ = ["Candidate", "candidates", "nested_selection", "record_selection", "selection_check"]
+__all__ = [
+    "Candidate",
+    "candidates",
+    "held_out_choice",
+    "nested_selection",
+    "record_selection",
+    "selection_check",
+]
 
 Candidate = tuple[tuple[str, ...], bool]  # (member stems, with the mirror view)
 _HEADLINE = ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc", "score")
 
 
 def candidates(members: list[str], max_passes: int | None, mirror: bool) -> list[Candidate]:
-    """Every non-empty combination of ``members``, plain and (with ``mirror``) with the mirror view, that
-    costs at most ``max_passes`` forward passes a photograph (a member is one pass, two with the mirror)."""
+    """Every non-empty combination of ``members``, plain and (with ``mirror``, two members or more: only an
+    ensemble has a mirror view) with the mirror view, that costs at most ``max_passes`` forward passes a
+    photograph (a member is one pass, two with the mirror)."""
     out = []
     for size in range(1, len(members) + 1):
         for combo in combinations(members, size):
-            for flip in (False, True) if mirror else (False,):
-                if max_passes is None or len(combo) * (2 if flip else 1) <= max_passes:
+            for flip in (False, True) if mirror and size > 1 else (False,):  # one grader ships plain
+                if max_passes is None or _passes((combo, flip)) <= max_passes:
                     out.append((combo, flip))
     return out
+
+
+def _passes(candidate: Candidate) -> int:
+    """Forward passes a photograph, as ``models.registry.forward_passes`` counts an ensemble's."""
+    return len(candidate[0]) * (2 if candidate[1] else 1)
 
 
 def _name(candidate: Candidate) -> str:
@@ -76,6 +89,44 @@ def _combined(
     return np.mean(views, axis=0)
 
 
+def _best(
+    raw: dict[str, dict[str, np.ndarray]],
+    truth: dict[str, np.ndarray],
+    pool: list[Candidate],
+    fit_on: np.ndarray,
+) -> tuple[Candidate, np.ndarray, tuple[float, float]]:
+    """The candidate with the best score on the images ``fit_on`` (ties: the cheaper, then the earlier),
+    its logits on every image and its temperatures, everything fitted on ``fit_on`` only."""
+    t_dr, t_dme = np.asarray(truth["dr_true"], int), np.asarray(truth["dme_true"], int)
+    ranked = []
+    for rank, candidate in enumerate(pool):
+        logits = _combined(raw, candidate, fit_on, truth)
+        temperature = _fit(logits[fit_on], t_dr[fit_on], t_dme[fit_on])
+        a, b = _heads(logits[fit_on], temperature)
+        score = grading_metrics(a, b, t_dr[fit_on], t_dme[fit_on])["score"]
+        ranked.append((-score, _passes(candidate), rank, candidate, logits, temperature))
+    *_, candidate, logits, temperature = min(ranked, key=lambda r: r[:3])
+    return candidate, logits, temperature
+
+
+def held_out_choice(
+    raw: dict[str, dict[str, np.ndarray]], truth: dict[str, np.ndarray], pool: list[Candidate]
+) -> tuple[np.ndarray, np.ndarray, dict[int, Candidate]]:
+    """Per fold, the best of ``pool`` on the other folds grades that fold: DR and DME probabilities of
+    every image, and the candidate picked for each fold."""
+    if not pool:
+        raise ValueError("no candidate within the cost: raise --max-passes or give more members")
+    folds = np.asarray(truth["fold"])
+    p_dr, p_dme = np.zeros((len(folds), NUM_DR)), np.zeros((len(folds), 3))
+    picks = {}
+    for fold in np.unique(folds):
+        held = folds == fold
+        candidate, logits, temperature = _best(raw, truth, pool, ~held)
+        p_dr[held], p_dme[held] = _heads(logits[held], temperature)
+        picks[int(fold)] = candidate
+    return p_dr, p_dme, picks
+
+
 def nested_selection(
     raw: dict[str, dict[str, np.ndarray]], truth: dict[str, np.ndarray], pool: list[Candidate]
 ) -> dict[str, Any]:
@@ -93,41 +144,24 @@ def nested_selection(
         ``selected_on_all``: the candidate the same rule picks on every image, with its own OOF figures
         (what would ship); ``optimism``: those figures minus the nested ones.
     """
-    if not pool:
-        raise ValueError("no candidate within the cost: raise --max-passes or give more members")
-    t_dr, t_dme, folds = (np.asarray(truth[k], int) for k in ("dr_true", "dme_true", "fold"))
-    n = len(t_dr)
-    p_dr, p_dme = np.zeros((n, NUM_DR)), np.zeros((n, 3))
-    picks = {}
-
-    def best(fit_on: np.ndarray) -> tuple[Candidate, np.ndarray, tuple[float, float]]:
-        ranked = []
-        for rank, candidate in enumerate(pool):
-            logits = _combined(raw, candidate, fit_on, truth)
-            temperature = _fit(logits[fit_on], t_dr[fit_on], t_dme[fit_on])
-            a, b = _heads(logits[fit_on], temperature)
-            score = grading_metrics(a, b, t_dr[fit_on], t_dme[fit_on])["score"]
-            ranked.append((-score, rank, candidate, logits, temperature))  # ties: the earlier (cheaper)
-        _, _, candidate, logits, temperature = min(ranked, key=lambda r: r[:2])
-        return candidate, logits, temperature
-
-    for fold in np.unique(folds):
-        held = folds == fold
-        candidate, logits, temperature = best(~held)
-        p_dr[held], p_dme[held] = _heads(logits[held], temperature)
-        picks[int(fold)] = _name(candidate)
+    t_dr, t_dme = np.asarray(truth["dr_true"], int), np.asarray(truth["dme_true"], int)
+    p_dr, p_dme, picks = held_out_choice(raw, truth, pool)
     nested = with_intervals(p_dr, p_dme, t_dr, t_dme)
     nested["dr_ece"] = expected_calibration_error(p_dr, t_dr)
-    every = np.ones(n, bool)
-    chosen, logits, temperature = best(every)
+    chosen, logits, temperature = _best(raw, truth, pool, np.ones(len(t_dr), bool))
     a, b = _heads(logits, temperature)
     on_all = grading_metrics(a, b, t_dr, t_dme)
     return json_safe(
         {
             "candidates": len(pool),
-            "picks": picks,
+            "picks": {fold: _name(candidate) for fold, candidate in picks.items()},
             "nested": nested,
-            "selected_on_all": {"candidate": _name(chosen), **{k: on_all[k] for k in _HEADLINE}},
+            "selected_on_all": {
+                "candidate": _name(chosen),
+                "members": list(chosen[0]),
+                "mirror_view": chosen[1],
+                **{k: on_all[k] for k in _HEADLINE},
+            },
             "optimism": {k: on_all[k] - nested[k] for k in _HEADLINE},
         }
     )
@@ -137,11 +171,13 @@ def selection_check(
     members: list[str], data: Path, folder: Path, max_passes: int | None = None, mirror: bool = False
 ) -> dict[str, Any]:
     """``nested_selection`` over every combination of the shipped cross-validated graders ``members``."""
-    loaded = {stem: member_oof(stem, folder, scaled=False)[1] for stem in members}
+    cards = {stem: member_oof(stem, folder, scaled=False) for stem in members}
+    loaded = {stem: arrays for stem, (_, arrays) in cards.items()}
     truth = oof_truth(members, list(loaded.values()), data)
     pool = candidates(members, max_passes, mirror)
     return {
         "members": members,
+        "member_sha256": {stem: card.sha256 for stem, (card, _) in cards.items()},
         "max_passes": max_passes,
         "mirror_view": mirror,
         **nested_selection(loaded, truth, pool),
@@ -155,12 +191,19 @@ def record_selection(result: dict[str, Any], stem: str, folder: Path, command: s
     path = Path(folder) / f"{stem}.json"
     card = json.loads(path.read_text())
     extra = card.get("extra") or {}
-    members = tuple(m["model"] for m in extra.get("members") or []) or (stem,)
-    mine = _name((members, bool(extra.get("flip"))))
-    if result["selected_on_all"]["candidate"] != mine:
+    members = {m["model"]: m.get("sha256") for m in extra.get("members") or []} or {stem: card.get("sha256")}
+    picked = result["selected_on_all"]
+    if set(picked["members"]) != set(members) or picked["mirror_view"] != bool(extra.get("flip")):
         raise ValueError(
-            f"the rule picks {result['selected_on_all']['candidate']} on every image, not {stem} ({mine}): "
-            "its nested figures would describe another grader"
+            f"the rule picks {picked['candidate']} on every image, not {stem} "
+            f"({_name((tuple(members), bool(extra.get('flip'))))}): its nested figures would describe "
+            "another grader"
+        )
+    stale = [m for m, sha in members.items() if sha and result["member_sha256"].get(m) != sha]
+    if stale:
+        raise ValueError(
+            f"{', '.join(stale)}: the weights measured differ from those {stem} names (sha256); "
+            "rebuild the ensemble or measure again"
         )
     card["training"].setdefault("evaluation", {})["selection_aware"] = {
         "command": command,

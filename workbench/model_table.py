@@ -13,7 +13,7 @@ from typing import Any
 
 from models.card import ModelCard
 from models.registry import default_model, held_out_fold_key, list_shipped
-from workbench.explain.notes import EXPLANATION_COLUMNS_LEGEND, supervision_note
+from workbench.explain.notes import explanation_columns_legend, supervision_note
 
 __all__ = ["WEAK_QWK", "explanations_markdown", "grader_label", "held_out", "models_markdown"]
 
@@ -42,7 +42,8 @@ def _cell(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
         return "n/a"
     text = f"{value:.{digits}f}"
     interval = (metrics.get("ci95") or {}).get(key)
-    return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text
+    # no-break spaces inside the interval: a narrow column wraps between the figure and its interval only
+    return f"{text} [{interval[0]:.{digits}f},\u00a0{interval[1]:.{digits}f}]" if interval else text
 
 
 def _figure_cell(metrics: dict[str, Any], key: str, digits: int = 3) -> str:
@@ -130,10 +131,13 @@ def models_markdown(folder: Path | None = None) -> str:
             ece_cell += f" ({crossed:.3f} cross-fitted)"
         # how much ECE sampling alone gives on this many images (workbench.calibration.ece_if_calibrated)
         if floor := (m.get("ece") or {}).get("dr_after_if_calibrated"):
-            ece_cell += f"; a calibrated grader: {floor['median']:.3f} (p = {floor['p_value']:.2f})"
+            details.append(
+                f"ECE of a calibrated grader on these images: {floor['median']:.3f} (its ECE or more: "
+                f"p = {floor['p_value']:.2f})"
+            )
         # the short note (which profile's default, weak) beside the name, where it is seen
         out.append(
-            f"| {_stem(card)} | {note} | {card.encoder} | {card.input_size} | {source} | "
+            f"| {_stem(card)} | {note} | {card.encoder.replace('+', ' + ')} | {card.input_size} | {source} | "
             f"{_cell(m, 'dr_accuracy')} | {_cell(m, 'dr_qwk')} | {_cell(m, 'dme_accuracy')} | "
             f"{_cell(m, 'joint_accuracy')} | {_cell(m, 'referable_auc')} | "
             f"{_cell(m, 'referable_sensitivity', 2)} / {_cell(m, 'referable_specificity', 2)} | "
@@ -211,11 +215,12 @@ def _selection_notes(graders: list[ModelCard]) -> list[str]:
                 ("joint_accuracy", "joint"),
             )
         )
+        others = f"other {len(check['picks']) - 1} folds" if check.get("picks") else "other folds"
         lines.append(
             f"- {_stem(card)} was chosen by OOF score among {check['candidates']} combinations of "
             f"{len(check['members'])} members, so its own OOF figures are optimistic. The choice itself, "
             f"measured by nested cross-validation (each fold graded by the combination that scored best on "
-            f"the other four): {figures}; score {nested['score']:.3f} against its own "
+            f"the {others}): {figures}; score {nested['score']:.3f} against its own "
             f"{check['selected_on_all']['score']:.3f}."
         )
     return (
@@ -280,4 +285,5 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
             )
             cells = " | ".join(_mean_ci(stats, key) for key, _ in _EXPLAIN_COLUMNS)
             out.append(f"| {_stem(card)} | {bench['images']} | {label} | {cells} | {sanity} |")
-    return out + ["", EXPLANATION_COLUMNS_LEGEND] + (["", "No rows:", *unmeasured] if unmeasured else [])
+    legend = ["", explanation_columns_legend(tuple(t for _, t in _EXPLAIN_COLUMNS))] if len(out) > 4 else []
+    return out + legend + (["", "No rows:", *unmeasured] if unmeasured else [])

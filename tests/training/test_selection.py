@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models.classifier import NUM_DR
-from training.selection import candidates, nested_selection, record_selection
+from training.selection import candidates, held_out_choice, nested_selection, record_selection
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,9 +19,21 @@ REPO = Path(__file__).resolve().parents[2]
 def test_candidates_are_every_combination_within_the_cost() -> None:
     members = ["a", "b", "c"]
     assert len(candidates(members, None, mirror=False)) == 7
-    pool = candidates(members, 2, mirror=True)  # three alone, three alone mirrored, three pairs
-    assert len(pool) == 9 and (("a", "b"), True) not in pool and (("a",), True) in pool
+    pool = candidates(
+        members, 4, mirror=True
+    )  # three alone (one grader ships plain), pairs plain and mirrored
+    assert len(pool) == 10 and (("a", "b"), True) in pool and (("a",), True) not in pool
+    assert (("a", "b", "c"), True) not in pool  # six passes
     assert candidates(members, 3, mirror=False)[-1] == (("a", "b", "c"), False)
+
+
+def _random_truth(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Random DR and DME grades of ``n`` images in five folds."""
+    return {
+        "dr_true": rng.integers(0, NUM_DR, n),
+        "dme_true": rng.integers(0, 3, n),
+        "fold": np.arange(n) % 5,
+    }
 
 
 def _noise(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -42,7 +54,7 @@ def test_choosing_among_noise_is_optimistic_and_the_nested_figure_says_so() -> N
             "fold": np.arange(n) % 5,
         }
         raw = {f"m{i}": _noise(n, 100 * seed + i + 1) for i in range(12)}
-        result = nested_selection(raw, truth, candidates(list(raw), 1, mirror=True))  # mirrored: 2 passes
+        result = nested_selection(raw, truth, candidates(list(raw), 1, mirror=False))
         assert result["candidates"] == 12 and len(result["picks"]) == 5
         optimism.append(result["optimism"]["score"])
         nested.append(result["nested"]["score"])
@@ -53,11 +65,7 @@ def test_choosing_among_noise_is_optimistic_and_the_nested_figure_says_so() -> N
 def test_a_grader_that_knows_is_picked_in_every_fold_and_keeps_its_figures() -> None:
     n = 300
     rng = np.random.default_rng(1)
-    truth = {
-        "dr_true": rng.integers(0, NUM_DR, n),
-        "dme_true": rng.integers(0, 3, n),
-        "fold": np.arange(n) % 5,
-    }
+    truth = _random_truth(rng, n)
     good = _noise(n, 7)
     good["logits"][np.arange(n), truth["dr_true"]] += 3.0
     good["logits"][np.arange(n), NUM_DR + truth["dme_true"]] += 3.0
@@ -69,11 +77,45 @@ def test_a_grader_that_knows_is_picked_in_every_fold_and_keeps_its_figures() -> 
         nested_selection(raw, truth, [])
 
 
+def test_no_held_out_label_reaches_the_choice_or_the_temperatures_of_its_fold() -> None:
+    """Scrambling one fold's labels changes nothing that fold is graded with: its pick and its
+    probabilities (member and ensemble temperatures included) come from the other folds only."""
+    n = 250
+    rng = np.random.default_rng(3)
+    truth = _random_truth(rng, n)
+    raw = {}
+    for i in range(3):
+        member = _noise(n, 20 + i)
+        member["logits"][np.arange(n), truth["dr_true"]] += 1.0 + i  # members that know a little
+        raw[f"m{i}"] = member
+    pool = candidates(list(raw), 4, mirror=True)
+    p_dr, p_dme, picks = held_out_choice(raw, truth, pool)
+    held = truth["fold"] == 2
+    scrambled = {**truth, "dr_true": truth["dr_true"].copy(), "dme_true": truth["dme_true"].copy()}
+    scrambled["dr_true"][held] = rng.integers(0, NUM_DR, held.sum())
+    scrambled["dme_true"][held] = rng.integers(0, 3, held.sum())
+    q_dr, q_dme, again = held_out_choice(raw, scrambled, pool)
+    assert again[2] == picks[2]
+    np.testing.assert_array_equal(q_dr[held], p_dr[held])
+    np.testing.assert_array_equal(q_dme[held], p_dme[held])
+    assert not np.array_equal(q_dr[~held], p_dr[~held])  # the other folds did see the scrambled labels
+
+
 def test_the_result_is_stored_only_in_the_card_of_the_grader_the_rule_picks(tmp_path: Path) -> None:
-    card = {"training": {}, "extra": {"members": [{"model": "a"}, {"model": "members/b"}], "flip": False}}
+    members = [{"model": "members/b", "sha256": "b1"}, {"model": "a", "sha256": "a1"}]  # another order
+    card = {"training": {}, "extra": {"members": members, "flip": False}}
     (tmp_path / "pair.json").write_text(json.dumps(card))
     (tmp_path / "other.json").write_text(json.dumps({"training": {}, "extra": {}}))
-    result = {"selected_on_all": {"candidate": "a + members/b"}, "nested": {"score": 0.8}}
+    picked = {"candidate": "a + members/b", "members": ["a", "members/b"], "mirror_view": False}
+    result = {
+        "selected_on_all": picked,
+        "nested": {"score": 0.8},
+        "member_sha256": {"a": "a1", "members/b": "b1"},
+    }
+    with pytest.raises(ValueError, match="members/b: the weights measured differ"):
+        record_selection({**result, "member_sha256": {"a": "a1", "members/b": "b0"}}, "pair", tmp_path, "")
+    with pytest.raises(ValueError, match="not pair"):
+        record_selection({**result, "selected_on_all": {**picked, "mirror_view": True}}, "pair", tmp_path, "")
     record_selection(result, "pair", tmp_path, "drwb selection-check a members/b")
     stored = json.loads((tmp_path / "pair.json").read_text())["training"]["evaluation"]["selection_aware"]
     assert stored["command"] == "drwb selection-check a members/b" and stored["nested"] == {"score": 0.8}
@@ -93,10 +135,10 @@ def test_the_quality_defaults_nested_figures_are_what_its_card_records(real_idri
         capture_output=True, text=True, check=True, cwd=REPO,
     )  # fmt: skip
     again = json.loads(out.stdout)
-    assert (
-        again["selected_on_all"]["candidate"]
-        == "grader_lite0 + members/grader_lite2_frozen3 + members/grader_lite2_att"
-    )
-    for key in ("dr_accuracy", "dr_qwk", "dme_accuracy", "score"):
+    oof = card["training"]["evaluation"]["oof"]
+    # the rule's pick on every image is the shipped trio, combined as drwb ensemble combines it
+    assert again["selected_on_all"]["members"] == [m["model"] for m in card["extra"]["members"]]
+    for key in ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc", "score"):
+        assert again["selected_on_all"][key] == pytest.approx(oof[key], abs=1e-9)
         assert again["nested"][key] == pytest.approx(stored["nested"][key], abs=1e-9)
     assert stored["nested"]["score"] < card["training"]["evaluation"]["oof"]["score"]  # chosen on it

@@ -1,26 +1,53 @@
-"""What a reader must know about how a map came to be, read from the model's card (no explainer imports,
-so tables and reports can ask without loading captum or grad-cam)."""
+"""What a reader must know about how a map came to be (read from the model's card) and how it is scored
+(no explainer imports, so tables and reports can ask without loading captum or grad-cam)."""
 
 from __future__ import annotations
 
 from models.card import ModelCard
 
-__all__ = ["EXPLANATION_COLUMNS_LEGEND", "RANDOMISATION_RHO_LIMIT", "supervision_note"]
+__all__ = [
+    "POINTING_TOLERANCE_PX",
+    "RANDOMISATION_RHO_LIMIT",
+    "SCORE_COLUMNS",
+    "explanation_columns_legend",
+    "supervision_note",
+]
 
+# Radius of the pointing-game disc, in pixels of a 4288-px-wide original: about one small haemorrhage.
+POINTING_TOLERANCE_PX = 25.0
+# The score columns every face shows: title (with its direction) -> what it measures, in one line.
+SCORE_COLUMNS = {
+    "deletion AUC (lower is better)": "area under the target probability as the map's most relevant pixels "
+    "are removed first (replaced by a blurred copy): a faithful map makes it fall fast",
+    "insertion AUC (higher is better)": "area under the target probability as the most relevant pixels are "
+    "revealed first on the blurred copy: a faithful map makes it rise fast",
+    "pointing game (1 = hit)": "1 when the map's strongest pixel lies on a segmented lesion (or within "
+    f"{POINTING_TOLERANCE_PX:.0f} px of one in a 4288-px-wide photograph), 0 when not",
+    "relevance mass (0-1, higher is better)": "share of the map's positive evidence that falls on lesions",
+    "relevance rank (0-1, higher is better)": "share of the map's top pixels (as many as there are lesion "
+    "pixels) that are lesion pixels",
+}
 # Model randomisation (Adebayo et al., 2018): a method whose map keeps a Spearman correlation above this with
 # the map of a weight-randomised copy of the network is flagged: its map does not depend on what was learnt.
 RANDOMISATION_RHO_LIMIT = 0.5
 
-EXPLANATION_COLUMNS_LEGEND = (
-    "Columns: **pointing game**, the share of photographs where the map's maximum falls on a lesion "
-    "(higher is better); **relevance mass**, the share of the map's positive relevance on lesion pixels "
-    "(higher is better); **insertion AUC**, how fast the grade's probability rises as the most salient "
-    "pixels are revealed on a blurred copy (higher is better); **deletion AUC**, how fast it falls as they "
-    "are blurred away (lower is better); **randomisation rho**, the Spearman correlation between the map and "
-    "the map of the same network with random weights (Adebayo et al., 2018): above "
-    f"{RANDOMISATION_RHO_LIMIT} the map barely depends on what the network learnt and is marked *fails* "
-    "(lower is better)."
-)
+
+def explanation_columns_legend(columns: tuple[str, ...]) -> str:
+    """One paragraph that explains the explanation-quality table's ``columns`` (titles that open
+    ``SCORE_COLUMNS`` keys) and its randomisation column."""
+    parts = []
+    for title in columns:
+        key = next(k for k in SCORE_COLUMNS if k.startswith(title))
+        parts.append(f"**{title}** {key.removeprefix(title).strip()}: {SCORE_COLUMNS[key]}")
+    return (
+        "Columns, each a mean over the photographs (pointing game and relevance mass over those with a "
+        "lesion and some positive evidence in the map): "
+        + "; ".join(parts)
+        + "; **randomisation rho**: the Spearman correlation between the map and the map of the same "
+        "network with random weights (both as absolute values; Adebayo et al., 2018), near 0 is best: far "
+        "from 0 the map follows the network's structure more than what it learnt, and above "
+        f"{RANDOMISATION_RHO_LIMIT} it is marked *fails*."
+    )
 
 
 def supervision_note(card: ModelCard) -> str:

@@ -27,6 +27,7 @@ from workbench.explain.explanation_quality import (
     relevance_mass,
     relevance_rank,
 )
+from workbench.explain.notes import POINTING_TOLERANCE_PX
 from workbench.metrics import ChallengeFrame
 from workbench.targets import Target
 
@@ -40,20 +41,6 @@ __all__ = [
 ]
 
 LOCALISED_LESIONS = ("MA", "HE", "EX", "SE")
-# Radius of the pointing-game disc, in pixels of a 4288-px-wide original: about one small haemorrhage.
-POINTING_TOLERANCE_PX = 25.0
-# The score columns every face shows: title (with its direction) -> what it measures, in one line.
-SCORE_COLUMNS = {
-    "deletion AUC (lower is better)": "area under the target probability as the map's most relevant pixels "
-    "are removed first (replaced by a blurred copy): a faithful map makes it fall fast",
-    "insertion AUC (higher is better)": "area under the target probability as the most relevant pixels are "
-    "revealed first on the blurred copy: a faithful map makes it rise fast",
-    "pointing game (1 = hit)": "1 when the map's strongest pixel lies on a segmented lesion (or within "
-    f"{POINTING_TOLERANCE_PX:.0f} px of one in a 4288-px-wide photograph), 0 when not",
-    "relevance mass (0-1, higher is better)": "share of the map's positive evidence that falls on lesions",
-    "relevance rank (0-1, higher is better)": "share of the map's top pixels (as many as there are lesion "
-    "pixels) that are lesion pixels",
-}
 
 
 @dataclass(frozen=True)

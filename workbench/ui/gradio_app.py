@@ -18,7 +18,7 @@ from models.enhance import ENHANCEMENTS
 from models.registry import list_shipped
 from workbench.analysis import Workbench
 from workbench.explain.explainers import EXPLAINERS
-from workbench.explain.scoring import SCORE_COLUMNS
+from workbench.explain.notes import SCORE_COLUMNS
 from workbench.io.synthetic import make_fundus
 from workbench.model_table import grader_label
 from workbench.reports.render import LESION_COLOUR_MAP
@@ -45,7 +45,12 @@ DEFAULT_METHODS = ["attention", "gradcam", "integrated_gradients"]
 # of squeezing every column to one letter a line (the Models tab at 420 px).
 APP_CSS = (
     ".wide-tables table { display: block; overflow-x: auto; max-width: 100%; }"
-    " .wide-tables th, .wide-tables td { white-space: nowrap; }"
+    # titles stay on one line; cells wrap at spaces only (a figure and its interval are joined by no-break
+    # spaces, workbench.model_table), and the last column, where the sentences live, keeps a readable
+    # width: at 1400 px the grader table was 3456 px wide with every cell on one line
+    " .wide-tables th { white-space: nowrap; }"
+    " .wide-tables td { overflow-wrap: normal; word-break: normal; }"  # Gradio breaks inside words
+    " .wide-tables td:last-child { min-width: 16em; }"
     " #batch-table table { min-width: 640px; }"
     # gallery captions wrap over the thumbnail's foot instead of ending in "..."
     " #methods-gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%;"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.explain.scoring import SCORE_COLUMNS, ExplanationScore
+from workbench.explain.notes import SCORE_COLUMNS
+from workbench.explain.scoring import ExplanationScore
 
 __all__ = ["SCORE_TABLE_HEADERS", "score_caption", "score_row"]
 
