@@ -4,13 +4,16 @@ A default grader is the candidate with the best OOF score, so its OOF figures we
 and are optimistic (the winner's curse), the more so the more candidates there were. Nested
 cross-validation measures the choosing itself: for each fold, every candidate is scored on the other
 folds only (member temperatures, ensemble temperature and score all fitted there), the best is picked,
-and the pick grades the held-out fold. Each image is then graded by a candidate that was chosen without
-its label, by fold models that never trained on it; the pooled figures estimate what "take the best by OOF
-score" delivers on new images, where the chosen candidate's own OOF figures estimate the best of many.
+and the pick grades the held-out fold. Each image is then graded by fold models that never trained on it,
+through a choice and temperatures fitted without its label; the pooled figures estimate what "take the best
+by OOF score" delivers, where the chosen candidate's own OOF figures are the best of many. Still somewhat
+optimistic: the other folds' OOF logits that make the choice come from fold models that trained on the
+held-out fold's images (a full nested estimate would retrain every member inside each outer fold).
 
-The candidates are every combination of the given members (each on the photograph only, and with the
-mirror view when asked), within a cost in forward passes, combined as ``models.ensemble.GraderEnsemble``
-combines them (each member's logits divided by its own temperature, averaged, divided by the ensemble's).
+The candidates are every combination of the given members (on the photograph only and, for ensembles when
+asked, with the mirror view too), within a cost in forward passes, combined as
+``models.ensemble.GraderEnsemble`` combines them (each member's logits divided by its own temperature,
+averaged, divided by the ensemble's).
 """
 
 from __future__ import annotations
