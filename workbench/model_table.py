@@ -132,8 +132,10 @@ def models_markdown(folder: Path | None = None) -> str:
         # how much ECE sampling alone gives on this many images (workbench.calibration.ece_if_calibrated)
         if floor := (m.get("ece") or {}).get("dr_after_if_calibrated"):
             details.append(
-                f"ECE of a calibrated grader on these images: {floor['median']:.3f} (its ECE or more: "
-                f"p = {floor['p_value']:.2f})"
+                f"chance alone gives a perfectly calibrated grader an ECE of about {floor['median']:.3f} on "
+                f"these {m.get('n', 'same')} images, and this grader's ECE or more "
+                f"{floor['p_value']:.0%} of the time"
+                + (" (no clear sign of miscalibration)" if floor["p_value"] >= 0.05 else "")
             )
         # the short note (which profile's default, weak) beside the name, where it is seen
         out.append(
@@ -143,6 +145,13 @@ def models_markdown(folder: Path | None = None) -> str:
             f"{_cell(m, 'referable_sensitivity', 2)} / {_cell(m, 'referable_specificity', 2)} | "
             f"{ece_cell} | {'; '.join(details)} |"
         )
+    out += [
+        "",
+        "ECE (DR): expected calibration error of the DR probabilities after temperature scaling (0 = the "
+        "probabilities match how often the grade is right); cross-fitted: each fold's temperature fitted on "
+        "the other folds only. What chance alone gives a calibrated grader is shown for graders measured out "
+        "of fold.",
+    ]
     out += _selection_notes([c for c in cards if c.arch == "grader"])
     families = (
         ("segmenter", "**Lesion segmenters** (AUPR at the original resolution; Dice of the masks as drawn, "
@@ -215,16 +224,28 @@ def _selection_notes(graders: list[ModelCard]) -> list[str]:
                 ("joint_accuracy", "joint"),
             )
         )
-        others = f"other {len(check['picks']) - 1} folds" if check.get("picks") else "other folds"
+        picks = list((check.get("picks") or {}).values())
+        others = f"other {len(picks) - 1} folds" if picks else "other folds"
+        chosen = check["selected_on_all"]["candidate"]
+        held = f"; {_stem(card)} itself in {picks.count(chosen)} of {len(picks)} folds" if picks else ""
+        largest = min(len(check["members"]), check.get("max_passes") or len(check["members"]))
         lines.append(
-            f"- {_stem(card)} was chosen by OOF score among {check['candidates']} combinations of "
-            f"{len(check['members'])} members, so its own OOF figures are optimistic. The choice itself, "
-            f"measured by nested cross-validation (each fold graded by the combination that scored best on "
-            f"the {others}): {figures}; score {nested['score']:.3f} against its own "
-            f"{check['selected_on_all']['score']:.3f}."
+            f"- {_stem(card)} was chosen by out-of-fold (OOF) score among {check['candidates']} candidates "
+            f"(1-{largest} networks from a pool of {len(check['members'])}), so its own OOF figures include "
+            "the luck of being the best of them. Choosing that way, measured by nested cross-validation "
+            f"(each fold graded by the candidate that scored best on the {others}{held}): {figures}; score "
+            f"{nested['score']:.3f} against its own {check['selected_on_all']['score']:.3f}."
         )
     return (
-        ["", "**How much of a default's figures is the luck of being chosen**", "", *lines] if lines else []
+        [
+            "",
+            "**How much of a default's figures is the luck of being chosen** (score = (DR QWK + DME accuracy)"
+            " / 2, what the defaults are chosen by)",
+            "",
+            *lines,
+        ]
+        if lines
+        else []
     )
 
 
@@ -240,7 +261,7 @@ def _mean_ci(stats: dict[str, Any], key: str) -> str:
     cell = stats.get(key) or {}
     if cell.get("mean") is None:
         return "n/a"
-    return f"{cell['mean']:.2f} +- {cell['ci95']:.2f}"
+    return f"{cell['mean']:.2f} ± {cell['ci95']:.2f}"
 
 
 def explanations_markdown(graders: list[ModelCard]) -> list[str]:
@@ -249,7 +270,7 @@ def explanations_markdown(graders: list[ModelCard]) -> list[str]:
     out = [
         "**Explanation quality per grader** (`drwb explain-bench --split val --write-card`: IDRiD "
         "segmentation photographs the grader never trained on, its predicted grade as target; "
-        "mean +- 95% CI)",
+        "mean ± 95% CI; a handful of photographs, so the intervals are wide)",
         "",
         "| grader | images | method | "
         + " | ".join(t for _, t in _EXPLAIN_COLUMNS)

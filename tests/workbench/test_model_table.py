@@ -47,7 +47,8 @@ def test_models_table_columns_intervals_and_weak_marking(tmp_path: Path) -> None
     assert "0.030 (0.041 cross-fitted)" in row  # ECE after temperature scaling, in-sample and cross-fitted
     # the ECE sampling alone gives on 413 images, in the sentences column (the figures stay narrow)
     assert row.rstrip(" |").endswith(
-        "ECE of a calibrated grader on these images: 0.038 (its ECE or more: p = 0.71)"
+        "chance alone gives a perfectly calibrated grader an ECE of about 0.038 on these 413 images, and "
+        "this grader's ECE or more 71% of the time (no clear sign of miscalibration)"
     )
     weak_row = next(line for line in table.splitlines() if line.startswith("| weak"))
     assert "**weak**" in weak_row and "validation split, n=83" in weak_row
@@ -151,7 +152,7 @@ def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(
     (folder / "refit.safetensors").write_bytes((folder / "tiny_grader.safetensors").read_bytes())
     lines = models_markdown(folder).splitlines()
     attention = next(line for line in lines if line.startswith("| tiny_grader | 6 | attention"))
-    assert "(lesion-supervised)" in attention and "0.50 +- 0.20" in attention and "0.04 +- 0.01" in attention
+    assert "(lesion-supervised)" in attention and "0.50 ± 0.20" in attention and "0.04 ± 0.01" in attention
     gradcam = next(line for line in lines if line.startswith("| tiny_grader | 6 | gradcam"))
     assert "0.70 (fails)" in gradcam and "n/a" in gradcam  # no relevance mass recorded
     start = next(i for i, line in enumerate(lines) if line.startswith("**Explanation quality"))
@@ -162,7 +163,8 @@ def test_models_table_shows_each_graders_explanation_rows_or_why_there_are_none(
         section.append(line)
     assert len(section) == 4 and {row.count("|") for row in section} == {9}  # 8 cells in every row
     # every column, "(fails)" included, is explained under the table
-    legend = next(line for line in lines[start:] if line.startswith("Columns, "))
+    first = next(i for i, line in enumerate(lines) if i > start and line.startswith("Columns "))
+    legend = "\n".join(lines[first : first + 6])  # one column a line
     for column in ("pointing game", "relevance mass", "insertion AUC", "deletion AUC", "randomisation rho"):
         assert f"**{column}**" in legend
     assert "above 0.5" in legend and "*fails*" in legend and "within 25 px" in legend
@@ -231,12 +233,17 @@ def test_models_table_says_how_much_of_a_defaults_figures_is_the_luck_of_being_c
     card["training"]["evaluation"] = {
         "oof": {"n": 413, "folds": 5, "dr_accuracy": 0.705, "score": 0.882},
         "selection_aware": {"candidates": 25, "members": ["a", "b", "c", "d"], "nested": nested,
-                            "selected_on_all": {"score": 0.8817}, "picks": dict.fromkeys("01234", "a + b")},
+                            "selected_on_all": {"score": 0.8817, "candidate": "a + b"},
+                            "picks": dict.fromkeys("01234", "a + b"), "max_passes": 4},
     }  # fmt: skip
     card_path.write_text(json.dumps(card))
     lines = models_markdown(folder).splitlines()
-    note = next(line for line in lines if line.startswith("- tiny_grader was chosen by OOF score"))
-    assert "among 25 combinations of 4 members" in note and "DR accuracy 0.700 [0.654,\u00a00.743]" in note
+    note = next(line for line in lines if line.startswith("- tiny_grader was chosen by out-of-fold (OOF)"))
+    assert (
+        "among 25 candidates (1-4 networks from a pool of 4)" in note
+        and "itself in 5 of 5 folds" in note
+        and "DR accuracy 0.700 [0.654,\u00a00.743]" in note
+    )
     assert "scored best on the other 4 folds" in note and "score 0.873 against its own 0.882" in note
     plain = json.loads(card_path.read_text())
     del plain["training"]["evaluation"]["selection_aware"]

@@ -33,21 +33,22 @@ RANDOMISATION_RHO_LIMIT = 0.5
 
 
 def explanation_columns_legend(columns: tuple[str, ...]) -> str:
-    """One paragraph that explains the explanation-quality table's ``columns`` (titles that open
-    ``SCORE_COLUMNS`` keys) and its randomisation column."""
-    parts = []
+    """Markdown lines that explain the explanation-quality table's ``columns`` (titles that open
+    ``SCORE_COLUMNS`` keys) and its randomisation column, one column a line."""
+    lines = [
+        "Columns (each a mean over the photographs; pointing game and relevance mass over those with a "
+        "lesion and some positive evidence in the map):"
+    ]
     for title in columns:
         key = next(k for k in SCORE_COLUMNS if k.startswith(title))
-        parts.append(f"**{title}** {key.removeprefix(title).strip()}: {SCORE_COLUMNS[key]}")
-    return (
-        "Columns, each a mean over the photographs (pointing game and relevance mass over those with a "
-        "lesion and some positive evidence in the map): "
-        + "; ".join(parts)
-        + "; **randomisation rho**: the Spearman correlation between the map and the map of the same "
-        "network with random weights (both as absolute values; Adebayo et al., 2018), near 0 is best: far "
-        "from 0 the map follows the network's structure more than what it learnt, and above "
-        f"{RANDOMISATION_RHO_LIMIT} it is marked *fails*."
+        lines.append(f"- **{title}** {key.removeprefix(title).strip()}: {SCORE_COLUMNS[key]}")
+    lines.append(
+        "- **randomisation rho** (lower is better): the Spearman correlation between the map and the map of "
+        "the same network with random weights (both as absolute values; Adebayo et al., 2018). A map that "
+        f"barely changes (above {RANDOMISATION_RHO_LIMIT}) does not depend on what the network learnt and is "
+        "marked *fails*; near 0 or below, the map changed with the weights, as it should."
     )
+    return "\n".join(lines)
 
 
 def supervision_note(card: ModelCard) -> str:

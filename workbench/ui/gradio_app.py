@@ -44,13 +44,17 @@ DEFAULT_METHODS = ["attention", "gradcam", "integrated_gradients"]
 # Pass to ``launch(css=...)``: wide tables scroll sideways inside their panel on a narrow window instead
 # of squeezing every column to one letter a line (the Models tab at 420 px).
 APP_CSS = (
-    ".wide-tables table { display: block; overflow-x: auto; max-width: 100%; }"
+    ".wide-tables table { display: block; overflow-x: auto; max-width: 100%;"
+    " padding-left: 0; padding-right: 0; }"  # no gap left of the sticky first column
     # titles stay on one line; cells wrap at spaces only (a figure and its interval are joined by no-break
     # spaces, workbench.model_table), and the last column, where the sentences live, keeps a readable
     # width: at 1400 px the grader table was 3456 px wide with every cell on one line
     " .wide-tables th { white-space: nowrap; }"
     " .wide-tables td { overflow-wrap: normal; word-break: normal; }"  # Gradio breaks inside words
     " .wide-tables td:last-child { min-width: 16em; }"
+    # the model's name stays in view while the figures scroll sideways under it
+    " .wide-tables th:first-child, .wide-tables td:first-child { position: sticky; left: 0; z-index: 1;"
+    " background: var(--background-fill-primary); }"
     " #batch-table table { min-width: 640px; }"
     # gallery captions wrap over the thumbnail's foot instead of ending in "..."
     " #methods-gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%;"
