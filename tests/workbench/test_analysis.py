@@ -103,6 +103,12 @@ def test_a_grade_and_a_referral_that_disagree_are_explained(tiny_workbench) -> N
     assert "referred on that sum" in report_html(analysis_to_dict(flat), {})
     sure = dataclasses.replace(analysis, dr_probabilities=np.array([0.9, 0.05, 0.03, 0.01, 0.01]))
     assert "Grade and referral" not in summary_markdown(sure)
+    # a most likely grade below 0.6 is shown with the runner-up, in the summary and the report
+    assert "Uncertain grade" not in summary_markdown(sure)
+    torn = dataclasses.replace(analysis, dr_probabilities=np.array([0.02, 0.02, 0.37, 0.05, 0.54]))
+    line = next(x for x in summary_markdown(torn).split("\n\n") if x.startswith("**Uncertain grade:**"))
+    assert "grade 4 (0.54) or grade 2 (0.37)" in line and "no grade reaches 0.6" in line
+    assert "Uncertain grade: grade 4 (0.54) or grade 2 (0.37)" in report_html(analysis_to_dict(torn), {})
 
 
 def test_concurrent_analyses(tiny_workbench) -> None:

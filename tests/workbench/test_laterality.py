@@ -143,7 +143,8 @@ def test_every_face_says_a_mismatch(tiny_workbench, tmp_path: Path, monkeypatch:
     assert (analyses[right].laterality.agrees, analyses[wrong].laterality.agrees) == (True, False)
     # a mismatch comes right under the grades, in bold; an agreeing label on the landmarks' line
     summary = summary_markdown(analyses[wrong]).split("\n\n")
-    assert summary[3].startswith(f"**Eye: MISMATCH:** the landmarks show a {eye} eye (")
+    below = next(i for i, line in enumerate(summary) if line.startswith("**Quality:**")) + 1
+    assert summary[below].startswith(f"**Eye: MISMATCH:** the landmarks show a {eye} eye (")
     assert f"**Eye:** {eye} (the disc lies" in summary_markdown(analyses[right])
     assert "MISMATCH" not in summary_markdown(analyses[right])
     data = analysis_to_dict(analyses[wrong])

@@ -18,7 +18,7 @@ from workbench.explain.explainers import Heatmap
 from workbench.landmarks.laterality import Laterality
 from workbench.quality import QualityReport
 
-__all__ = ["Analysis", "LesionSummary"]
+__all__ = ["UNCERTAIN_BELOW", "Analysis", "LesionSummary", "grade_uncertainty_note", "referral_note"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,23 @@ class Analysis:
     def referable(self) -> bool | None:
         p = self.referable_probability
         return None if p is None else p >= 0.5
+
+
+# A grade whose probability is below this is shown with the runner-up: the headline alone would read as sure.
+UNCERTAIN_BELOW = 0.6
+
+
+def grade_uncertainty_note(dr_probabilities: np.ndarray) -> str | None:
+    """The two most likely grades ("grade 4 (0.54) or grade 2 (0.37) ...") when the most likely is below
+    ``UNCERTAIN_BELOW``, else None."""
+    p = np.asarray(dr_probabilities, float)
+    first, second = (int(i) for i in np.argsort(p)[::-1][:2])
+    if p[first] >= UNCERTAIN_BELOW:
+        return None
+    return (
+        f"grade {first} ({p[first]:.2f}) or grade {second} ({p[second]:.2f}), the two most likely; no grade "
+        f"reaches {UNCERTAIN_BELOW}"
+    )
 
 
 def referral_note(dr_grade: int, referable_probability: float) -> str | None:

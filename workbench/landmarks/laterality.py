@@ -36,7 +36,7 @@ __all__ = ["Laterality", "eye_from_landmarks", "laterality_from_name", "read_lat
 
 MIN_OFFSET = 0.2  # disc offset from the field's centre (fraction of its radius) that decides without a fovea
 EYES = ("right", "left")
-NO_LABEL = "the file names no eye (no DICOM laterality tag, no left / right in its name)"
+NO_LABEL = "the file names no eye: no DICOM laterality tag, no left / right in its name"
 _NAME_WORD = re.compile(r"(?<![a-z0-9])(left|right)(?![a-z0-9])")
 
 

@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES
-from workbench.analysis.result import referral_note
+from workbench.analysis.result import grade_uncertainty_note, referral_note
 from workbench.landmarks.laterality import Laterality
 from workbench.quality import forced_grade_warning
 
@@ -191,6 +191,8 @@ def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
         note = referral_note(int(data["dr_grade"]), float(data["referable_probability"]))
         if note:
             headline += "<br>" + html.escape(note)
+        if doubt := grade_uncertainty_note(data["dr_probabilities"]):
+            headline += "<br>Uncertain grade: " + html.escape(doubt)
         if not data.get("gradeable", True):  # graded although the check failed: said before the grade
             headline = html.escape(forced_grade_warning(data.get("quality_reasons", []))) + "<br>" + headline
     else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from models.constants import DME_NAMES, DR_GRADE_NAMES
 from workbench.analysis import Analysis
 from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
-from workbench.analysis.result import referral_note
+from workbench.analysis.result import grade_uncertainty_note, referral_note
 from workbench.quality import forced_grade_warning
 
 __all__ = ["FORCE_LABEL", "FOVEA_REFINED", "landmarks_caption", "summary_markdown"]
@@ -56,6 +56,11 @@ def summary_markdown(analysis: Analysis) -> str:
         f"{level} DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
         f"{grade_p:.2f}) · {referable} (referable probability {analysis.referable_probability:.2f})",
         *([f"**Grade and referral:** {note}"] if note else []),
+        *(
+            [f"**Uncertain grade:** {doubt}"]
+            if (doubt := grade_uncertainty_note(analysis.dr_probabilities))
+            else []
+        ),
         f"**DME risk {analysis.dme_grade}** ({_dme_meaning(analysis.dme_grade)}, probability {dme_p:.2f})",
         f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
     ]
@@ -78,7 +83,8 @@ def summary_markdown(analysis: Analysis) -> str:
             f"**DME rule check (IDRiD definition):** rule says {check.grade} ({where}); grader says "
             f"{check.grader_grade}: {verdict}"
         )
-    fovea_state = "doubtful" if analysis.fovea_doubt else "trusted"
+    # "trusted" beside a low detector confidence read as a contradiction: say what it is trusted on
+    fovea_state = "doubtful" if analysis.fovea_doubt else "trusted: it passes the anatomy checks"
     disc_doubt = f" (doubtful: {analysis.od_doubt})" if analysis.od_doubt else ""
     outline = ", outline refined around it" if analysis.disc_outline_refined else ""
     refined = f", {FOVEA_REFINED[analysis.fovea_refined]}" if analysis.fovea_refined is not None else ""
