@@ -16,7 +16,7 @@ from PIL import Image
 
 from models.enhance import ENHANCEMENTS
 from models.registry import list_shipped
-from workbench.analysis import Workbench
+from workbench.analysis import RELIABILITY_FLOOR, Workbench
 from workbench.explain.explainers import EXPLAINERS
 from workbench.explain.notes import SCORE_COLUMNS
 from workbench.io.synthetic import make_fundus
@@ -149,7 +149,11 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     # room for every heading's longest word ("lesion", "count" broke mid-word at 1500 px);
                     # the reason takes the rest
                     column_widths=["10%", "9%", "10%", "11%", "11%", "11%", "38%"],
-                    label="Lesions (types below the reliability floor are not findings: see 'reliability')",
+                    # the floor said in the label: "0 ... reliable" read as "none, confirmed" (a count of 0
+                    # from a detector that passed validation is still not proof that there are none)
+                    label=f"Lesions ('reliable': the type's validated AUPR is at least "
+                    f"{RELIABILITY_FLOOR:.2f}; below it a count is not a finding, and no detector's 0 proves "
+                    "there are none)",
                 )
                 report = gr.JSON(label="All numbers")
                 analysis_outputs = [summary, probabilities, lesions, landmarks, lesion_table, report]
