@@ -26,6 +26,7 @@ __all__ = [
     "WeightsError",
     "build_model",
     "default_model",
+    "ensemble_passes",
     "file_sha256",
     "held_out_fold_key",
     "list_shipped",
@@ -150,11 +151,16 @@ def held_out_fold_key(evaluation: dict) -> str | None:
     return next((k for k in sorted(evaluation) if k.startswith("held_out_fold_") and "_hflip" not in k), None)
 
 
+def ensemble_passes(members: int, flip: bool) -> int:
+    """Forward passes a photograph costs an ensemble: its members times its views (``models.ensemble``:
+    two with the mirror view)."""
+    return members * (2 if flip else 1)
+
+
 def forward_passes(card: ModelCard) -> int:
-    """Forward passes a photograph costs: an ensemble's members times its views (``models.ensemble``:
-    two with the mirror view), else 1."""
+    """Forward passes a photograph costs: ``ensemble_passes`` of an ensemble, else 1."""
     members = card.extra.get("members")
-    return len(members) * (2 if card.extra.get("flip") else 1) if members else 1
+    return ensemble_passes(len(members), bool(card.extra.get("flip"))) if members else 1
 
 
 def default_model(

@@ -34,7 +34,7 @@ from workbench.io.idrid import IDRiD
 from workbench.metrics import grading_metrics, json_safe
 from workbench.predictors import GRADING_CROP
 
-__all__ = ["build_ensemble", "member_oof", "oof_truth"]
+__all__ = ["build_ensemble", "combine_members", "member_oof", "oof_truth"]
 
 _HEADLINE = ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc")
 
@@ -83,7 +83,9 @@ def oof_truth(stems: list[str], arrays: list[dict[str, np.ndarray]], data: Path)
     }
 
 
-def _combined(members: list[dict[str, np.ndarray]], flip: bool) -> np.ndarray:
+def combine_members(members: list[dict[str, np.ndarray]], flip: bool) -> np.ndarray:
+    """The ensemble's logits: the mean of the members' (temperature-scaled) logits, over the image and its
+    mirror too with ``flip`` (as ``models.ensemble.GraderEnsemble`` combines them)."""
     views = [(m["logits"] + m["logits_flip"]) / 2 if flip else m["logits"] for m in members]
     return np.mean(views, axis=0)
 
@@ -138,9 +140,11 @@ def build_ensemble(
     plain = np.mean([a["logits"] for a in arrays], axis=0)
     mirrored = np.mean([a["logits_flip"] for a in arrays], axis=0)
     views = {"names": first["names"], "fold": first["fold"], "logits": plain, "logits_flip": mirrored}
-    combined = _combined(arrays, flip)
+    combined = combine_members(arrays, flip)
     measured = oof_metrics({**truth, "logits": combined, "logits_flip": combined}, tta=False)
-    other = oof_metrics({**truth, "logits": _combined(arrays, not flip), "logits_flip": plain}, tta=False)
+    other = oof_metrics(
+        {**truth, "logits": combine_members(arrays, not flip), "logits_flip": plain}, tta=False
+    )
     alone = {
         stem: {k: oof_metrics({**truth, **a}, tta=False)[k] for k in _HEADLINE}
         for stem, a in zip(members, arrays, strict=True)

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from models.classifier import NUM_DR
-from training.ensemble import member_oof, oof_truth
+from models.registry import ensemble_passes
+from training.ensemble import combine_members, member_oof, oof_truth
 from training.oof import with_intervals
 from workbench.calibration import expected_calibration_error, fit_temperature, softmax
 from workbench.metrics import grading_metrics, json_safe
@@ -58,8 +59,8 @@ def candidates(members: list[str], max_passes: int | None, mirror: bool) -> list
 
 
 def _passes(candidate: Candidate) -> int:
-    """Forward passes a photograph, as ``models.registry.forward_passes`` counts an ensemble's."""
-    return len(candidate[0]) * (2 if candidate[1] else 1)
+    """Forward passes a photograph (``models.registry.ensemble_passes``)."""
+    return ensemble_passes(len(candidate[0]), candidate[1])
 
 
 def _name(candidate: Candidate) -> str:
@@ -75,21 +76,16 @@ def _fit(logits: np.ndarray, t_dr: np.ndarray, t_dme: np.ndarray) -> tuple[float
     return fit_temperature(logits[:, :NUM_DR], t_dr), fit_temperature(logits[:, NUM_DR:], t_dme)
 
 
-def _combined(
-    raw: dict[str, dict[str, np.ndarray]],
-    candidate: Candidate,
-    fit_on: np.ndarray,
-    truth: dict[str, np.ndarray],
-) -> np.ndarray:
-    """The candidate's logits on every image, each member divided by its temperature fitted on ``fit_on``."""
-    views = []
-    for stem in candidate[0]:
-        member = raw[stem]
+def _scaled(
+    raw: dict[str, dict[str, np.ndarray]], fit_on: np.ndarray, truth: dict[str, np.ndarray]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each member's logits (both views) divided by its own temperature fitted on ``fit_on``, once."""
+    out = {}
+    for stem, member in raw.items():
         t_dr, t_dme = _fit(member["logits"][fit_on], truth["dr_true"][fit_on], truth["dme_true"][fit_on])
         scale = np.array([t_dr] * NUM_DR + [t_dme] * (member["logits"].shape[1] - NUM_DR))
-        plain = member["logits"] / scale
-        views.append((plain + member["logits_flip"] / scale) / 2 if candidate[1] else plain)
-    return np.mean(views, axis=0)
+        out[stem] = {"logits": member["logits"] / scale, "logits_flip": member["logits_flip"] / scale}
+    return out
 
 
 def _best(
@@ -101,9 +97,10 @@ def _best(
     """The candidate with the best score on the images ``fit_on`` (ties: the cheaper, then the earlier),
     its logits on every image and its temperatures, everything fitted on ``fit_on`` only."""
     t_dr, t_dme = np.asarray(truth["dr_true"], int), np.asarray(truth["dme_true"], int)
+    scaled = _scaled(raw, fit_on, truth)
     ranked = []
     for rank, candidate in enumerate(pool):
-        logits = _combined(raw, candidate, fit_on, truth)
+        logits = combine_members([scaled[stem] for stem in candidate[0]], candidate[1])
         temperature = _fit(logits[fit_on], t_dr[fit_on], t_dme[fit_on])
         a, b = _heads(logits[fit_on], temperature)
         score = grading_metrics(a, b, t_dr[fit_on], t_dme[fit_on])["score"]
