@@ -241,7 +241,7 @@ def test_batch_endpoint_keeps_going_past_a_bad_file(served, tmp_path: Path, fund
     )
     # the columns of before keep their places; the reasons came last
     assert table["headers"][3:7] == ["DR grade", "referable DR", "DME risk", "fovea"]
-    assert table["headers"][8:] == ["why not gradeable", "eye"]
+    assert table["headers"][8:] == ["why not gradeable", "eye", "P(grade)", "P(referable)", "uncertain grade"]
     good, broken, dicom = table["data"]
     assert dicom[1] == "ok"
     # the eye from the landmarks; the camera export's ImageLaterality (R) is set beside it
@@ -249,9 +249,16 @@ def test_batch_endpoint_keeps_going_past_a_bad_file(served, tmp_path: Path, fund
     assert dicom[9] in (f"{good[9]} (the file says right)", f"MISMATCH: {good[9]}, the file says right")
     assert good[1] == "ok" and (good[6] == "found" or good[6].startswith("doubtful"))
     assert bool(good[8]) is (good[2] is not True)  # the reasons exactly when it is not gradeable
-    assert broken[1] == "error" and "broken.jpg" in broken[7]
+    assert broken[1] == "error" and "broken.jpg" in broken[7] and broken[10:] == [None, None, None]
+    # the grade's own probability and the referable one; the runner-up named exactly when it is below 0.6
+    assert 0.2 <= good[10] <= 1 and 0 <= good[11] <= 1
+    assert bool(good[12]) is (good[10] < 0.6)
+    assert not good[12] or f"grade {good[3]} ({good[10]:.2f})" in good[12]
     header = Path(summary_csv).read_text().splitlines()[0]
-    assert header.endswith("dme_grade,fovea,error,quality_reasons,eye,eye_file_says,eye_agrees_with_file")
+    assert header.endswith(
+        "dme_grade,fovea,error,quality_reasons,eye,eye_file_says,eye_agrees_with_file,"
+        "dr_grade_probability,referable_probability,grade_uncertain"
+    )
     import csv
 
     with open(summary_csv, newline="") as handle:

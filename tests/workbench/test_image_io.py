@@ -103,6 +103,16 @@ def test_truncated_jpeg(rgb: np.ndarray) -> None:
         load_image(data[: len(data) // 2], name="cut.jpg")
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP"])
+def test_truncated_other_formats(rgb: np.ndarray, fmt: str) -> None:
+    """Cut in the middle of the pixels: a PNG's EXIF lookup decodes them, and used to escape as a bare
+    OSError (a traceback in the CLI that stopped a whole batch)."""
+    noisy = np.random.default_rng(1).integers(0, 256, (400, 600, 3), dtype=np.uint8)
+    data = _encode(Image.fromarray(noisy), fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    with pytest.raises(TruncatedImageError, match=f"cut: the ({fmt}|image) file is truncated or corrupt"):
+        load_image(data[: len(data) // 2], name="cut")
+
+
 def test_truncated_header() -> None:
     with pytest.raises(TruncatedImageError, match="cut.jpg: the image file is truncated or corrupt"):
         load_image(b"\xff\xd8\xff\xe0 truncated", name="cut.jpg")

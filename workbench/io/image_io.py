@@ -218,11 +218,10 @@ def load_image(
     image = _open(data, name)
     width, height = image.size
     check_size(name, width, height, max_pixels)
-    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
-    swapped = orientation in (5, 6, 7, 8)
-    original_size = (width, height) if swapped else (height, width)
     source_format, source_mode = image.format or "?", image.mode
     try:
+        # a PNG's EXIF may follow its pixels: reading it decodes them, so a cut-short file fails here
+        orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
         if min_side and image.format in ("JPEG", "MPO") and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
             scale = max(1, min(8, min(width, height) // min_side))
             if scale >= 2:
@@ -238,6 +237,7 @@ def load_image(
         ) from exc
     except Image.DecompressionBombWarning as exc:
         raise ImageTooLargeError(f"{name}: rejected as a possible decompression bomb ({exc})") from exc
+    original_size = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
     return LoadedImage(
         rgb=np.ascontiguousarray(rgb),
         original_size=(int(original_size[0]), int(original_size[1])),

@@ -14,9 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from workbench.analysis import Workbench
+from workbench.analysis.result import grade_uncertainty_note
 from workbench.explain.explainers import ExplainableModel
 from workbench.explain.explainers.budget import release_freed_memory
 from workbench.explain.scoring import (
@@ -37,6 +39,7 @@ __all__ = [
     "batch_tally",
     "content_sha256",
     "eye_columns",
+    "grade_columns",
     "expand_inputs",
     "report_folders",
     "score_analysis",
@@ -65,6 +68,8 @@ SUMMARY_FIELDS = (
     "eye",  # right / left / undetermined from the landmarks (workbench.landmarks.laterality)
     "eye_file_says",  # right / left from the file's DICOM tag or name; empty when it names no eye
     "eye_agrees_with_file",  # True / False; empty when either says nothing
+    "dr_grade_probability",  # the probability of dr_grade itself
+    "grade_uncertain",  # the two likeliest grades when neither reaches UNCERTAIN_BELOW (else empty)
 )
 
 
@@ -153,14 +158,29 @@ def _row(
     if data:
         row["gradeable"] = data["gradeable"]
         row["quality_reasons"] = "; ".join(data.get("quality_reasons", []))
-        for key in ("dr_grade", "referable", "referable_probability", "dme_grade"):
+        for key in ("dr_grade", "referable", "dme_grade"):
             row[key] = data.get(key, "")
         for code in ("MA", "HE", "EX", "SE"):
             row[code] = data.get("lesions", {}).get(code, {}).get("count", "")
         check = data.get("dme_rule_check", {})
         row["dme_rule_grade"], row["dme_rule_agrees"] = check.get("rule_grade", ""), check.get("agrees", "")
         row.update(eye_columns(data.get("laterality")))
+        row.update(grade_columns(data))
     return row
+
+
+def grade_columns(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The shown grade's probability, the referable probability (3 decimals) and, when the grade's is below
+    ``UNCERTAIN_BELOW``, the two likeliest grades (``grade_uncertainty_note``), from report.json's dict;
+    empty when nothing was graded."""
+    probabilities = data.get("dr_probabilities")
+    if not probabilities or data.get("dr_grade") is None:
+        return {"dr_grade_probability": "", "referable_probability": "", "grade_uncertain": ""}
+    return {
+        "dr_grade_probability": round(float(probabilities[int(data["dr_grade"])]), 3),
+        "referable_probability": round(float(data["referable_probability"]), 3),
+        "grade_uncertain": grade_uncertainty_note(np.asarray(probabilities)) or "",
+    }
 
 
 def eye_columns(laterality: dict | None) -> dict[str, Any]:
@@ -246,9 +266,11 @@ def analyze_one(
         where = out / (folder or Path(path).stem)
         data = write_report(analysis, where, scores)
         return _row(Path(path), data, report=str(where / "report.html"), sha256=digest, grader=grader)
-    except (ImageLoadError, FileNotFoundError) as exc:
+    except (ImageLoadError, OSError) as exc:  # OSError: a file that vanished or would not read; the
+        # batch goes on, and the row names the file even where the error does not
+        message = str(exc) if Path(path).name in str(exc) else f"{Path(path).name}: {exc}"
         log.warning("%s: %s", path, exc)
-        return _row(Path(path), None, error=str(exc), sha256=digest, grader=grader)
+        return _row(Path(path), None, error=message, sha256=digest, grader=grader)
 
 
 def analyze_files(

@@ -55,7 +55,7 @@ APP_CSS = (
     # the model's name stays in view while the figures scroll sideways under it
     " .wide-tables th:first-child, .wide-tables td:first-child { position: sticky; left: 0; z-index: 1;"
     " background: var(--background-fill-primary); }"
-    " #batch-table table { min-width: 640px; }"
+    " #batch-table table { min-width: 960px; } #batch-table th { white-space: nowrap; }"
     # gallery captions wrap over the thumbnail's foot instead of ending in "..."
     " #methods-gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%;"
     " left: var(--block-label-margin); }"
@@ -289,7 +289,10 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     wrap=True,
                     # the reasons and errors are sentences: they get the room, the short columns keep
                     # their titles readable (in BATCH_COLUMNS order)
-                    column_widths=["14%", "6%", "8%", "7%", "8%", "7%", "10%", "20%", "20%"],
+                    column_widths=[
+                        *["12%", "5%", "7%", "6%", "7%", "6%", "9%", "13%", "13%"],
+                        *["6%", "5%", "5%", "6%"],  # eye, P(grade), P(referable), uncertain grade
+                    ],
                     elem_id="batch-table",
                 )
                 csv_out = gr.File(label="summary.csv")

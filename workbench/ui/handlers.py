@@ -24,7 +24,13 @@ from workbench.analysis import Analysis, Workbench
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
 from workbench.landmarks.laterality import Laterality
 from workbench.model_table import models_markdown
-from workbench.reports.batch import batch_tally, eye_columns, report_folders, score_analysis
+from workbench.reports.batch import (
+    batch_tally,
+    eye_columns,
+    grade_columns,
+    report_folders,
+    score_analysis,
+)
 from workbench.reports.render import (
     curves_figure,
     heatmap_overlay,
@@ -64,6 +70,9 @@ BATCH_COLUMNS = [
     "error",
     "why not gradeable",  # columns added later go at the end, so API readers by position keep working
     "eye",  # from the landmarks, and whether the file's own label (DICOM tag, file name) agrees
+    "P(grade)",  # the probability of the DR grade shown
+    "P(referable)",  # grades 2-4 together, what the referral rests on
+    "uncertain grade",  # the two likeliest when no grade reaches UNCERTAIN_BELOW
 ]
 
 NO_UPLOAD = f"No image uploaded: choose a fundus photograph ({SUPPORTED_FORMATS_TEXT})."
@@ -254,7 +263,7 @@ class Handlers(BrowseHandlers):
             try:
                 analysis = self.workbench.analyze(path, name=name)
                 data = write_report(analysis, out / folder)
-                fovea, eye = data.get("fovea") or {}, data.get("laterality")
+                fovea, eye, grade = data.get("fovea") or {}, data.get("laterality"), grade_columns(data)
                 eyes.append(list(eye_columns(eye).values())[1:])
                 rows.append(
                     [
@@ -270,10 +279,14 @@ class Handlers(BrowseHandlers):
                         "",
                         "; ".join(data.get("quality_reasons", [])),
                         Laterality.from_dict(eye).cell if eye else None,
+                        grade["dr_grade_probability"],
+                        grade["referable_probability"],
+                        grade["grade_uncertain"],
                     ]
                 )
-            except (ImageLoadError, FileNotFoundError) as exc:
-                rows.append([name, "error", None, None, None, None, None, str(exc), None, None])
+            except (ImageLoadError, OSError) as exc:  # as `drwb analyze`: the batch goes on
+                message = str(exc) if name in str(exc) else f"{name}: {exc}"
+                rows.append([name, "error", *[None] * 5, message, *[None] * 5])
                 eyes.append(list(eye_columns(None).values())[1:])
         header = [
             "file",
@@ -288,9 +301,13 @@ class Handlers(BrowseHandlers):
             "eye",
             "eye_file_says",
             "eye_agrees_with_file",
+            "dr_grade_probability",  # columns added later go at the end, as in `drwb analyze`'s
+            "referable_probability",
+            "grade_uncertain",
         ]
         buffer = io.StringIO()
-        csv.writer(buffer).writerows([header] + [row + extra for row, extra in zip(rows, eyes, strict=True)])
+        lines = [row[:10] + eye + row[10:] for row, eye in zip(rows, eyes, strict=True)]
+        csv.writer(buffer).writerows([header, *lines])
         (out / "summary.csv").write_text(buffer.getvalue())
         archive = out / "reports.zip"
         with zipfile.ZipFile(archive, "w") as zf:
