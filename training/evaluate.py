@@ -73,6 +73,12 @@ def _grading(dataset: IDRiD, split: str, model_name: str, seed: int) -> dict[str
     bar = tqdm(total=len(labelled), desc="grading", leave=False)
     graded = grade_images(predictor, labelled, progress=lambda done, _: bar.update(done - bar.n))
     bar.close()
+    unread = [g.error for g in graded if g.p_dr is None]
+    if unread:  # figures over part of a split compare with nothing; `drwb evaluate --labels` audits a part
+        raise ValueError(
+            f"{len(unread)} of the {len(graded)} images of the {split} split could not be read, so its "
+            f"figures would not be the split's: {'; '.join(unread[:5])}{'; ...' if len(unread) > 5 else ''}"
+        )
     p_dr, p_dme = np.stack([g.p_dr for g in graded]), np.stack([g.p_dme for g in graded])
     metrics = grading_metrics(
         p_dr, p_dme, np.array([r.dr_grade for r in records]), np.array([r.dme_grade for r in records])

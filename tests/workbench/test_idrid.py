@@ -85,6 +85,27 @@ def test_label_row_without_image_is_named(synthetic_idrid: Path, tmp_path: Path)
         IDRiD(copy).grading()
 
 
+def test_bad_grades_are_listed_before_anything_uses_them(synthetic_idrid: Path, tmp_path: Path) -> None:
+    """A grade out of range or not a number, and a CSV that is not UTF-8, name the file, line and image
+    (a 9 used to be cached by `drwb prepare` and to crash `drwb evaluate`)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_idrid / "B. Disease Grading", copy / "B. Disease Grading")
+    (labels,) = (copy / "B. Disease Grading/2. Groundtruths").glob("*Training*.csv")
+    lines = labels.read_text().splitlines()
+    name, *_ = lines[3].split(",")
+    lines[3] = f"{name},9,0"
+    lines[5] = lines[5].split(",")[0] + ",x,2.5"
+    labels.write_text("\n".join(lines) + "\n")
+    with pytest.raises(IDRiDLayoutError, match="3 row\\(s\\) with bad labels") as raised:
+        IDRiD(copy).grading()
+    message = str(raised.value)
+    assert f"line 4 ({name}): Retinopathy grade '9' is not 0-4" in message
+    assert "Retinopathy grade 'x'" in message and "Risk of macular edema '2.5' is not 0-2" in message
+    labels.write_bytes(lines[0].encode() + b"\nIDRiD_001,1,0,caf\xe9\n")
+    with pytest.raises(IDRiDLayoutError, match="not a readable UTF-8 CSV"):
+        IDRiD(copy).grading()
+
+
 def test_unknown_split() -> None:
     dataset = IDRiD.__new__(IDRiD)
     dataset.root = Path(".")

@@ -117,17 +117,35 @@ def _find_csv(folder: Path, split: str, root: Path) -> Path:
     return matches[0]
 
 
-def _read_rows(path: Path) -> list[list[str]]:
-    """CSV rows with trailing empty cells and blank lines dropped (the official files have both)."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = [[cell.strip() for cell in row] for row in csv.reader(handle)]
+def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of a CSV's rows after the header, trailing empty cells and blank lines dropped
+    (the official files have both)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [[cell.strip() for cell in row] for row in csv.reader(handle)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise IDRiDLayoutError(f"{path}: not a readable UTF-8 CSV text file ({exc})") from exc
     cleaned = []
-    for row in rows:
+    for line, row in enumerate(rows, start=1):
         while row and not row[-1]:
             row.pop()
         if row:
-            cleaned.append(row)
+            cleaned.append((line, row))
     return cleaned[1:]  # drop the header
+
+
+def _label(value: str, top: int) -> int | None:
+    """``value`` as a grade 0..``top`` ("2" or "2.0"), else None."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and 0 <= number <= top else None
+
+
+def _bad_labels(labels: Path, problems: list[str]) -> IDRiDLayoutError:
+    shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+    return IDRiDLayoutError(f"{labels}: {len(problems)} row(s) with bad labels: {shown}")
 
 
 def _images_by_name(folder: Path) -> dict[str, Path]:
@@ -169,18 +187,26 @@ class IDRiD:
         """DR grade and DME risk per image, in file-name order."""
         images = _images_by_name(self._split_folder(_GRADE, _IMAGES, split=split))
         labels = _find_csv(self.root / _GRADE / _GT, split, self.root)
-        records = []
-        for row in _read_rows(labels):
+        records, problems = [], []
+        for line, row in _read_rows(labels):
             if len(row) < 3:
                 raise IDRiDLayoutError(
-                    f"{labels}: row {row} has fewer than 3 columns (name, DR grade, DME risk)"
+                    f"{labels}: line {line} {row} has fewer than 3 columns (name, DR grade, DME risk)"
                 )
             name = row[0]
             if name not in images:
                 raise IDRiDLayoutError(
                     f"{labels} lists {name}, but no image {name}.jpg is in {labels.parent.parent}"
                 )
-            records.append(GradingRecord(name, images[name], int(float(row[1])), int(float(row[2]))))
+            dr, dme = _label(row[1], 4), _label(row[2], 2)
+            if dr is None:
+                problems.append(f"line {line} ({name}): Retinopathy grade {row[1]!r} is not 0-4")
+            if dme is None:
+                problems.append(f"line {line} ({name}): Risk of macular edema {row[2]!r} is not 0-2")
+            if dr is not None and dme is not None:
+                records.append(GradingRecord(name, images[name], dr, dme))
+        if problems:  # every bad row at once, before anything trains or is scored on them
+            raise _bad_labels(labels, problems)
         return records
 
     def segmentation(self, split: str = "train") -> list[SegmentationRecord]:
@@ -203,9 +229,15 @@ class IDRiD:
         centres: dict[str, dict[str, tuple[float, float]]] = {}
         for key, folder in _CENTRE_FOLDERS.items():
             table = _find_csv(self.root / _LOC / _GT / folder, split, self.root)
-            for row in _read_rows(table):
+            problems = []
+            for line, row in _read_rows(table):
                 if len(row) >= 3:
-                    centres.setdefault(row[0], {})[key] = (float(row[1]), float(row[2]))
+                    try:
+                        centres.setdefault(row[0], {})[key] = (float(row[1]), float(row[2]))
+                    except ValueError:
+                        problems.append(f"line {line} ({row[0]}): centre {row[1]!r}, {row[2]!r} is not x, y")
+            if problems:
+                raise _bad_labels(table, problems)
         return [
             LocalizationRecord(
                 name, path, centres.get(name, {}).get("od"), centres.get(name, {}).get("fovea")
