@@ -32,20 +32,29 @@ from workbench.reports.render import (
 )
 from workbench.reports.report import lesion_rows, summary_row
 from workbench.targets import GradeTarget
-from workbench.ui.summary import landmarks_caption
+from workbench.ui.summary import headline_lines, landmarks_caption
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner="Loading the models (the first visit after a start takes about a minute)")
 def get_workbench() -> Workbench:
     return Workbench(profile=profile_from_env())
 
 
 def _ground_truth(folder: Path, labels: Path | None) -> tuple[list[Path], dict[str, tuple[int, int | None]]]:
-    """Images of a folder with their (DR, DME) labels: from a labels CSV, or from an IDRiD root."""
+    """Images of a folder with their (DR, DME) labels: from a labels CSV, or from an IDRiD root. A labels
+    CSV leaves no photograph out: those without a row come after the labelled ones, without truth (and
+    the sidebar says how many)."""
     labels = labels or (folder / "labels.csv" if (folder / "labels.csv").is_file() else None)
     if labels is not None:
         read = read_labels(labels, folder)  # LabelsError names the offending rows
-        return [i.path for i in read.images], {i.path.name: (i.dr_grade, i.dme_grade) for i in read.images}
+        if read.unlabelled:
+            st.sidebar.warning(
+                f"{len(read.unlabelled)} photograph(s) in {folder.name} have no row in {labels.name}: shown "
+                "without ground truth"
+            )
+        unlabelled = [folder / name for name in read.unlabelled]
+        truth = {i.path.name: (i.dr_grade, i.dme_grade) for i in read.images}
+        return [i.path for i in read.images] + unlabelled, truth
     try:
         records = IDRiD(folder).grading("train")
         return [r.image_path for r in records], {
@@ -63,8 +72,8 @@ def _analyze(name: str, data: bytes) -> None:
     if key not in cache:
         try:
             cache[key] = (get_workbench().analyze(data, name=name), "")
-        except ImageLoadError as exc:
-            cache[key] = (None, str(exc))
+        except (ImageLoadError, OSError) as exc:  # the other files go on, as in `drwb analyze`
+            cache[key] = (None, str(exc) if name in str(exc) else f"{name}: {exc}")
     st.session_state.setdefault("order", {})[name] = key
 
 
@@ -90,11 +99,15 @@ truth: dict[str, tuple[int, int]] = {}
 if folder_text.strip():
     folder = Path(folder_text.strip())
     if folder.is_dir():
+        paths: list[Path] = []
         try:
             paths, truth = _ground_truth(folder, Path(labels_text.strip()) if labels_text.strip() else None)
-        except (LabelsError, FileNotFoundError) as exc:
+        except (LabelsError, FileNotFoundError) as exc:  # bad labels: the photographs without truth
             st.sidebar.error(str(exc))
-            paths, truth = expand_inputs([str(folder)]), {}
+            try:
+                paths, truth = expand_inputs([str(folder)]), {}
+            except (FileNotFoundError, ValueError) as nothing:  # no photograph in it at all
+                st.sidebar.error(str(nothing) if str(nothing) != str(exc) else f"no images in {folder}")
         files += [(p.name, p.read_bytes()) for p in paths[: int(limit)]]
     else:
         st.sidebar.error(f"{folder} is not a folder")
@@ -130,7 +143,28 @@ if ungradeable_only:
     shown = shown[shown["quality"] != "gradeable"]
 graded = shown["dr_grade"].notna()
 shown = shown[~graded | shown["dr_grade"].between(*grade_range)]
-st.dataframe(shown, hide_index=True, use_container_width=True)
+# readable titles on screen; the CSV download keeps the field names (as summary.csv has them)
+TITLES = {
+    "quality_reasons": "why not gradeable",
+    "dr_grade": "DR grade",
+    "dr_probability": "P(grade)",
+    "dme_grade": "DME risk",
+    "referable": "referable DR",
+    "MA": "microaneurysms",
+    "HE": "haemorrhages",
+    "EX": "hard exudates",
+    "SE": "soft exudates",
+    "true_dr": "true DR grade",
+    "true_dme": "true DME risk",
+    "dr_agrees": "DR grade agrees",
+    "referable_agrees": "referral agrees",
+}
+st.dataframe(
+    shown,
+    hide_index=True,
+    use_container_width=True,
+    column_config={key: st.column_config.Column(title) for key, title in TITLES.items()},
+)
 st.download_button("Download CSV", shown.to_csv(index=False), "drwb_grades.csv", "text/csv")
 for _, row in shown[shown["error"].notna()].iterrows():
     message = str(row["error"])  # a load error already names the file
@@ -144,6 +178,8 @@ if choices:
         st.warning("Not gradeable: " + "; ".join(analysis.quality.reasons))
         st.image(analysis.crop, caption="field of view")
     else:
+        # the Gradio Analyze summary's headline: grade, referral, their disagreement, an uncertain grade
+        st.markdown("\n\n".join(headline_lines(analysis)))
         if analysis.laterality is not None:  # before the pictures: a mismatch is not to be scrolled past
             show = st.warning if analysis.laterality.agrees is False else st.caption
             show(f"Eye: {analysis.laterality.sentence}")

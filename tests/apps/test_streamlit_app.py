@@ -75,6 +75,9 @@ def test_upload_table_selection_and_bad_file(weights_env: Path) -> None:
         assert list(lesions.columns)[-2:] == ["validated AUPR", "reliability"]
         assert "OD" not in list(lesions["lesion"])
         assert all(w.startswith("Fovea doubtful (") for w in warnings)
+        # the Analyze summary's headline above the pictures: grade and referral with their probabilities
+        headline = [m.value for m in at.markdown if m.value.startswith("## DR grade ")]
+        assert headline and "referable probability" in headline[0]
 
 
 def test_folder_with_labels_csv_adds_truth_and_agreement(
@@ -84,13 +87,16 @@ def test_folder_with_labels_csv_adds_truth_and_agreement(
 
     for i in range(3):
         (tmp_path / f"eye{i}.png").write_bytes(_png(30 + i, i))
+    (tmp_path / "eye3.png").write_bytes(_png(33, 3))  # no row: shown without truth, not dropped
     (tmp_path / "labels.csv").write_text("image,level\neye0,0\neye1.png,1\neye2,2\n")  # EyePACS style
     monkeypatch.setenv("DRWB_DATA", str(tmp_path))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table["true_dr"]) == [0, 1, 2]
+    assert list(table["file"]) == ["eye0.png", "eye1.png", "eye2.png", "eye3.png"]
+    assert list(table["true_dr"])[:3] == [0, 1, 2] and table["true_dr"].isna().tolist()[3]
+    assert any("1 photograph(s)" in w.value and "no row in labels.csv" in w.value for w in at.warning)
     graded = table[table["dr_grade"].notna()]
     assert {"dr_agrees", "referable_agrees"} <= set(table.columns) or graded.empty
     (tmp_path / "labels.csv").write_text("image,level\neye0,9\n")
@@ -98,6 +104,21 @@ def test_folder_with_labels_csv_adds_truth_and_agreement(
     at.run()
     assert not at.exception
     assert any("not 0-4" in error.value for error in at.error)  # a bad CSV is named, the app goes on
+    (tmp_path / "labels.csv").write_bytes(b"image,level\neye0,0\ncaf\xe9,1\n")  # Latin-1, not UTF-8
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert any("is not a UTF-8 CSV text file" in error.value for error in at.error)
+
+
+def test_empty_folder_is_said_not_raised(weights_env: Path, tmp_path: Path, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DRWB_DATA", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert any(str(tmp_path) in error.value for error in at.error)
 
 
 def _free_port() -> int:

@@ -10,7 +10,7 @@ from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
 from workbench.analysis.result import grade_uncertainty_note, referral_note
 from workbench.quality import forced_grade_warning
 
-__all__ = ["FORCE_LABEL", "FOVEA_REFINED", "landmarks_caption", "summary_markdown"]
+__all__ = ["FORCE_LABEL", "FOVEA_REFINED", "headline_lines", "landmarks_caption", "summary_markdown"]
 
 FORCE_LABEL = "Grade even if the quality check fails"  # the Analyze tab's checkbox
 
@@ -35,14 +35,10 @@ def _dme_meaning(grade: int) -> str:
     return name[name.index("(") + 1 : -1] if "(" in name else "no exudates"
 
 
-def summary_markdown(analysis: Analysis) -> str:
-    if not analysis.graded:
-        return (
-            "## Not gradeable\n"
-            + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
-            + f"\n\nTo grade it anyway, tick **{FORCE_LABEL}** (the grade is then headed by the "
-            "failed check)."
-        )
+def headline_lines(analysis: Analysis) -> list[str]:
+    """The summary's head for a graded photograph (markdown lines): a forced grade's warning, the DR grade
+    and referral with their probabilities, where they disagree, an uncertain grade's runner-up, DME risk and
+    quality. The Streamlit viewer shows the same lines above its pictures."""
     referable = "**REFERABLE**" if analysis.referable else "not referable"
     grade_p = float(analysis.dr_probabilities[analysis.dr_grade])
     dme_p = float(analysis.dme_probabilities[analysis.dme_grade])
@@ -51,7 +47,7 @@ def summary_markdown(analysis: Analysis) -> str:
     level = "###" if forced else "##"
     # where the grade and the referral disagree (a flat distribution), said right under them
     note = referral_note(analysis.dr_grade, analysis.referable_probability)
-    lines = [
+    return [
         *forced,
         f"{level} DR grade {analysis.dr_grade}: {DR_GRADE_NAMES[analysis.dr_grade]} (grade probability "
         f"{grade_p:.2f}) · {referable} (referable probability {analysis.referable_probability:.2f})",
@@ -64,6 +60,17 @@ def summary_markdown(analysis: Analysis) -> str:
         f"**DME risk {analysis.dme_grade}** ({_dme_meaning(analysis.dme_grade)}, probability {dme_p:.2f})",
         f"**Quality:** {'gradeable' if analysis.quality.gradeable else 'NOT gradeable (forced)'}",
     ]
+
+
+def summary_markdown(analysis: Analysis) -> str:
+    if not analysis.graded:
+        return (
+            "## Not gradeable\n"
+            + "\n".join(f"- {reason}" for reason in analysis.quality.reasons)
+            + f"\n\nTo grade it anyway, tick **{FORCE_LABEL}** (the grade is then headed by the "
+            "failed check)."
+        )
+    lines = headline_lines(analysis)
     if analysis.laterality is not None and analysis.laterality.agrees is False:  # up top: not to be missed
         lines.append(f"**Eye: MISMATCH:** {analysis.laterality.sentence.removeprefix('MISMATCH: ')}")
     if analysis.fovea_doubt is not None:

@@ -106,8 +106,13 @@ def _index_folder(folder: Path) -> dict[str, Path]:
 def labels_format(csv_path: Path) -> str:
     """The format of the labels CSV from its header alone ("drwb", "idrid", "aptos", "eyepacs"): a quick check
     before any image is unpacked. Raises ``LabelsError`` (empty file, unknown header) or OSError."""
-    with Path(csv_path).open(newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), None)
+    try:
+        with Path(csv_path).open(newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(
+            f"{Path(csv_path).name} is not a UTF-8 CSV text file ({exc}); save it as CSV UTF-8 and try again"
+        ) from exc
     if not header:
         raise LabelsError(f"{Path(csv_path).name} is empty")
     return _detect([c.strip() for c in header], Path(csv_path))
@@ -120,12 +125,19 @@ def read_labels(csv_path: Path, folder: Path) -> Labels:
         LabelsError: unusable labels (see module docstring); FileNotFoundError for a missing CSV/folder.
     """
     csv_path, folder = Path(csv_path), Path(folder)
+    if csv_path.is_dir():
+        raise LabelsError(f"labels file {csv_path} is a folder; give the CSV file inside it")
     if not csv_path.is_file():
         raise FileNotFoundError(f"labels file {csv_path} does not exist")
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(
+            f"{csv_path.name} is not a UTF-8 CSV text file ({exc}); save it as CSV UTF-8 and try again"
+        ) from exc
     if not rows:
         raise LabelsError(f"{csv_path.name} is empty")
     header = [c.strip() for c in rows[0]]
