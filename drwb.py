@@ -105,10 +105,15 @@ def _audit(args: argparse.Namespace) -> int:
         print(json.dumps(figures))
         return 0
     g = figures.get("grading", {})
-    print(
+    counts = [
         f"{figures['n']} images: {figures['n_graded']} graded, {figures['n_ungradeable']} ungradeable, "
         f"{figures['n_unreadable']} unreadable"
-    )
+    ]
+    if labels.unlabelled:
+        counts.append(f"{len(labels.unlabelled)} image(s) without a label row")
+    if labels.without_image:
+        counts.append(f"{len(labels.without_image)} label row(s) without an image, ignored")
+    print("; ".join(counts))
     for key in ("dr_accuracy", "dr_qwk", "dme_accuracy", "joint_accuracy", "referable_auc"):
         value, ci = g.get(key), g.get("ci95", {}).get(key)
         shown = "n/a" if value is None else f"{value:.4f}" + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")

@@ -58,11 +58,22 @@ def test_four_label_formats(folder: Path) -> None:
         ("image,dr_grade,dme_grade\nimg0,1,3\n", "DME grade '3' is not 0-2"),
         ("image,dr_grade\nimg0,1\nimg0.jpg,2\n", "duplicate row"),
         ("image,dr_grade\n" + "".join(f"gone{i},1\n" for i in range(8)), "8 row(s) name files not in"),
+        ("image,dr_grade\nimg0,1\ngone,2\nimg0.jpg,2\n", "duplicate row"),  # the duplicate, not the gone
     ],
 )
 def test_bad_labels_name_the_rows(folder: Path, text: str, message: str) -> None:
     with pytest.raises(LabelsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_labels(_csv(folder, text, "bad.csv"), folder)
+
+
+def test_rows_without_a_photograph_are_ignored_and_counted(folder: Path) -> None:
+    """A master labels file against a sample of its photographs: the rows naming no file are reported,
+    not an error (the Audit tab refused IDRiD's own 413-row CSV with 8 photographs)."""
+    labels = read_labels(_csv(folder, "image,dr_grade\nimg0,1\ngone3,2\nimg1,0\n", "master.csv"), folder)
+    assert [i.name for i in labels.images] == ["img0", "img1"]
+    assert labels.without_image == ("line 3: gone3",)
+    with pytest.raises(LabelsError, match="not in the zip, and no row names a photograph there"):
+        read_labels(_csv(folder, "image,dr_grade\ngone3,2\n", "none.csv"), folder, where="the zip")
 
 
 def test_many_offending_rows_are_summarised(folder: Path) -> None:

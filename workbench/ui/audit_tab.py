@@ -26,6 +26,8 @@ __all__ = ["MAX_ZIP_MEMBERS", "audit", "audit_input_problems", "build_audit_tab"
 
 MAX_ZIP_MEMBERS = 5000
 MAX_UNPACKED_BYTES = 4 * 1024**3
+# below this many graded images an audit's intervals say little (said under its figures)
+SMALL_AUDIT = 30
 
 
 def _is_image_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> bool:
@@ -109,7 +111,7 @@ def audit(
         if Path(data_dir).resolve() not in images.parents and images != Path(data_dir).resolve():
             raise gr.Error("The folder must lie under the data root.")
     try:
-        labels = read_labels(Path(labels_csv), images)
+        labels = read_labels(Path(labels_csv), images, where="the zip" if archive else folder)
     except (LabelsError, FileNotFoundError) as exc:
         raise gr.Error(str(exc)) from exc
     total = len(labels.images)
@@ -127,14 +129,28 @@ def audit(
         value, ci = g.get(key), (g.get("ci95") or {}).get(key)
         return "n/a" if value is None else f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
+    ignored = (
+        f", {len(labels.without_image)} label row(s) without an image (ignored)"
+        if labels.without_image
+        else ""
+    )
     summary = (
         f"**{figures['n']} labelled images** ({labels.format} format): {figures['n_graded']} graded, "
         f"{figures['n_ungradeable']} ungradeable, {figures['n_unreadable']} unreadable; "
-        f"{len(labels.unlabelled)} image(s) without a label row.\n\n"
+        f"{len(labels.unlabelled)} image(s) without a label row{ignored}.\n\n"
         f"| DR accuracy | DR QWK | DME accuracy | referable AUC |\n|---|---|---|---|\n"
         f"| {_v('dr_accuracy')} | {_v('dr_qwk')} | {_v('dme_accuracy')} | {_v('referable_auc')} |\n\n"
         "[95% bootstrap intervals]"
     )
+    if g and g.get("referable_auc") is None:
+        summary += (
+            "\n\nReferable AUC n/a: it needs both referable (grade 2-4) and non-referable labelled images."
+        )
+    if 0 < figures["n_graded"] < SMALL_AUDIT:
+        summary += (
+            f"\n\n**Only {figures['n_graded']} graded images:** the intervals are wide, and where every "
+            "image agrees they collapse to one value ([1.000, 1.000]): the sample's size, not certainty."
+        )
     if note := training_overlap_note(figures):
         summary += f"\n\n**{note}**"
     return (

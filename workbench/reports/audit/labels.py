@@ -8,9 +8,11 @@ Four formats are recognised by their header:
     EyePACS   image, level
 
 ``image`` names a file in the folder, with or without its suffix. Problems that make the labels
-unusable (missing columns, a grade out of range or not a number, duplicate rows, rows naming files that
-do not exist) raise ``LabelsError`` listing the offending rows (a few, then a count). Images in the
-folder without a row are not an error: they are returned as ``unlabelled`` so the report can say so.
+unusable (missing columns, a grade out of range or not a number, duplicate rows, no row naming a file in
+the folder) raise ``LabelsError`` listing the offending rows (a few, then a count). Images in the folder
+without a row, and rows naming files that are not in it (a master labels file audited against a sample of
+its photographs), are not errors: they are returned as ``unlabelled`` and ``without_image`` so the report
+can say so.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class Labels:
     images: tuple[LabelledImage, ...]
     format: str
     unlabelled: tuple[str, ...]  # image files in the folder without a row
+    # rows naming no file in the folder ("line 12: IDRiD_012"): a master labels file audited against a
+    # sample of its photographs; ignored and reported, an error only when no row names a photograph
+    without_image: tuple[str, ...] = ()
 
 
 def _listing(problems: list[str]) -> str:
@@ -118,8 +123,9 @@ def labels_format(csv_path: Path) -> str:
     return _detect([c.strip() for c in header], Path(csv_path))
 
 
-def read_labels(csv_path: Path, folder: Path) -> Labels:
-    """Read and check ``csv_path`` against the images in ``folder``.
+def read_labels(csv_path: Path, folder: Path, where: str | None = None) -> Labels:
+    """Read and check ``csv_path`` against the images in ``folder`` (``where``: how messages name it, for
+    a folder the user never saw, such as an upload unpacked on the server).
 
     Raises:
         LabelsError: unusable labels (see module docstring); FileNotFoundError for a missing CSV/folder.
@@ -180,12 +186,15 @@ def read_labels(csv_path: Path, folder: Path) -> Labels:
         problems.append(f"{len(bad)} row(s) with invalid grades: {_listing(bad)}")
     if duplicates:
         problems.append(f"{len(duplicates)} duplicate row(s): {_listing(duplicates)}")
-    if missing:
-        problems.append(f"{len(missing)} row(s) name files not in {folder}: {_listing(missing)}")
+    if missing and not images and not problems:
+        problems.append(
+            f"{len(missing)} row(s) name files not in {where or folder}, and no row names a photograph "
+            f"there: {_listing(missing)}"
+        )
     if problems:
         raise LabelsError(f"{csv_path.name}: " + " | ".join(problems))
     if not images:
         raise LabelsError(f"{csv_path.name}: no labelled rows")
     labelled = {im.path for im in images}
     unlabelled = tuple(sorted({p.name for p in files.values() if p not in labelled}))
-    return Labels(tuple(images), kind, unlabelled)
+    return Labels(tuple(images), kind, unlabelled, tuple(missing))

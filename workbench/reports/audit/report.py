@@ -255,6 +255,12 @@ def _html(figures: dict[str, Any], overlays: dict[str, np.ndarray], title: str) 
             f"<p>{len(figures['unlabelled_images'])} image(s) in the folder have no label row and were "
             f"not audited: {shown}</p>"
         )
+    if figures.get("label_rows_without_image"):
+        rows = figures["label_rows_without_image"]
+        shown = "; ".join(html.escape(r) for r in rows[:20]) + ("; ..." if len(rows) > 20 else "")
+        parts.append(
+            f"<p>{len(rows)} label row(s) name no photograph in the folder and were ignored: {shown}</p>"
+        )
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.plot{display:inline-block;width:560px}"

@@ -127,6 +127,7 @@ def run_audit(
             figures["grading_not_trained_on"] = audit_figures(unseen, worst=0).get("grading")
     figures["labels_format"] = labels.format
     figures["unlabelled_images"] = list(labels.unlabelled)
+    figures["label_rows_without_image"] = list(labels.without_image)
     figures["grader"] = predictor.card.weights.removesuffix(".safetensors")
     overlays: dict[str, np.ndarray] = {}
     by_name = {g.name: g for g in graded}
