@@ -123,6 +123,26 @@ def test_compare_says_when_it_explains_a_photograph_that_is_not_gradeable(served
     assert "NOT GRADEABLE" in target
 
 
+def test_compare_refuses_attention_for_a_lesion_at_once(served, fundus_file: str) -> None:
+    """The grader's own maps explain grades: asked for a lesion, the validator says so before any map
+    runs (its words, not the explainer's, which used to fail after the other maps' seconds), naming the
+    lesion in words."""
+    client, _ = served
+    said = r"attention: the grader's own maps explain grades, not lesion MA \(microaneurysms\)"
+    with pytest.raises(Exception, match=said):
+        client.predict(
+            handle_file(fundus_file),
+            "lesion:MA",
+            ["gradcam", "attention"],
+            "tiny_grader",
+            api_name="/compare",
+        )
+    gallery, *_ = client.predict(
+        handle_file(fundus_file), "lesion:MA", ["gradcam"], "tiny_grader", api_name="/compare"
+    )
+    assert len(gallery) == 1  # the app goes on serving
+
+
 def test_corrupt_upload_errors_and_app_keeps_serving(served, tmp_path: Path, fundus_file: str) -> None:
     client, _ = served
     bad = tmp_path / "broken.png"

@@ -221,7 +221,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     handlers.compare,
                     [compare_upload, target, methods, grader],
                     [gallery, slider, curves, scores, overlays, target_label, left, right],
-                    validator=handlers.validate_upload,
+                    validator=handlers.validate_compare,
                     api_name="compare",
                     **MODEL_WORK,
                 ).then(

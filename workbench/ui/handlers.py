@@ -58,6 +58,9 @@ __all__ = [
     "thumbnail",
 ]
 
+# explanation methods that read the grader itself and so explain grade targets only
+GRADER_ONLY_METHODS = ("attention",)
+
 # the Batch table's column titles (summary.csv keeps the machine names of ``Handlers.batch``)
 BATCH_COLUMNS = [
     "file",
@@ -152,6 +155,28 @@ class Handlers(BrowseHandlers):
         panels keep no stale error badges (one message per failure)."""
         problem = self.upload_problem(path)
         return [gr.validate(problem is None, problem or "")] + [gr.validate(True, "") for _ in _rest]
+
+    def validate_compare(self, path: str | None, target_key: str, methods: list[str] | None, *_: Any) -> list:
+        """Compare's validator: the upload (as ``validate_upload``), then the methods against the target,
+        at once (attention for a lesion target used to fail after the other maps' seconds, and wiped
+        every panel)."""
+        problem = self.upload_problem(path)
+        grader_only = [m for m in methods or [] if m in GRADER_ONLY_METHODS]
+        lesion = str(target_key).startswith("lesion:")
+        target_problem = None
+        if not methods or not 1 <= len(methods) <= 6:
+            target_problem = "Pick one to six explanation methods."
+        elif lesion and grader_only:
+            target_problem = (
+                f"{', '.join(grader_only)}: the grader's own maps explain grades, not "
+                f"{parse_target(target_key).label}; untick it or pick a grade target."
+            )
+        return [
+            gr.validate(problem is None, problem or ""),
+            gr.validate(True, ""),
+            gr.validate(target_problem is None, target_problem or ""),
+            *(gr.validate(True, "") for _ in _),
+        ]
 
     @classmethod
     def cleared(cls, path: str | None = None) -> tuple[Any, ...]:
