@@ -229,6 +229,25 @@ def test_audit_tab_through_the_client(served, tmp_path: Path) -> None:
         client.predict(handle_file(str(archive)), handle_file(str(bad)), "", api_name="/audit")
 
 
+def test_analyze_offers_its_report_without_analysing_again(tiny_workbench, fundus_file: str) -> None:
+    from workbench.ui.handlers import Handlers
+
+    handlers = Handlers(tiny_workbench, None)
+    assert handlers.analysis_report(fundus_file, False) is None  # nothing analysed yet: nothing to offer
+    summary, *_ = handlers.analyze(fundus_file, False)
+    calls = []
+    original = tiny_workbench.analyze
+    tiny_workbench.analyze = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        page = Path(handlers.analysis_report(fundus_file, False)).read_text()
+    finally:
+        tiny_workbench.analyze = original
+    assert not calls  # the analysis /analyze made, not a second one
+    assert page.startswith("<!DOCTYPE html>") or "<html" in page[:200]
+    assert "data:image/png;base64," in page and "DR grade" in page  # one file, its pictures inside
+    assert handlers.analysis_report(fundus_file, True) is None  # a forced analysis is another analysis
+
+
 def test_uploads_are_checked_and_previewed_at_upload(tiny_workbench, tmp_path: Path, fundus_file) -> None:
     from workbench.ui.handlers import NO_UPLOAD, PREVIEW_SIDE, Handlers
 

@@ -215,6 +215,19 @@ def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, m
 
     assert "Profile: fast. Models:" in summary_markdown(analysis)
     assert analysis_to_dict(analysis)["profile"] == "fast"
+    # the HTML report says what produced it (software, when, profile, each model and its runtime), and its
+    # landmarks and areas as the apps give them: two-decimal confidences, whole pixels
+    from workbench.reports.html_page import report_html
+
+    data = analysis_to_dict(analysis)
+    page = report_html(data, {})
+    provenance = page.split("id='provenance'>")[1]
+    assert data["software"].startswith("dr-workbench ") and data["software"] in provenance
+    assert "profile fast" in provenance and f"grader {analysis.models['grader']}" in provenance
+    assert f"<td>{data['fovea']['confidence']:.2f} (detector)</td>" in page
+    assert f"<td>{round(data['optic_disc']['xy'][0])}</td>" in page
+    area = round(data["lesions"]["EX"]["area_px"])
+    assert f"<td>EX</td><td>{data['lesions']['EX']['count']}</td><td>{area}</td>" in page
     quality = Workbench(weights_dir=tiny_weights)
     assert quality.segmenter.input_size == quality.segmenter.card.input_size
     with pytest.raises(ValueError, match="quality, fast"):

@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from models.constants import DME_NAMES, DR_GRADE_NAMES
+from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
 from workbench.analysis.result import grade_uncertainty_note, referral_note
 from workbench.landmarks.laterality import Laterality
 from workbench.quality import forced_grade_warning
@@ -76,17 +77,18 @@ def _tables(data: dict[str, Any]) -> str:
         parts.append(
             _table(
                 "Lesions (segmenter; the optic disc is listed with the landmarks). Types whose validated "
-                "AUPR is below the reliability floor (greyed) are not findings.",
+                f"AUPR is below the reliability floor of {RELIABILITY_FLOOR:.2f} (greyed) are not findings, "
+                "and no detector's 0 proves there are none.",
                 LESION_COLUMNS,
                 [
                     [
                         code,
                         v["count"],
-                        v["area_px"],
+                        round(v["area_px"]),  # whole pixels, as the apps show them (report.lesion_rows)
                         v.get("area_percent_of_field"),
                         v.get("area_disc_areas"),
                         v.get("validated_aupr"),
-                        v.get("reliability", "n/a"),
+                        "reliable" if v.get("reliable") else v.get("reliability", "n/a"),
                     ]
                     for code, v in data["lesions"].items()
                     if code != "OD"
@@ -100,17 +102,24 @@ def _tables(data: dict[str, Any]) -> str:
             _table(
                 "Landmarks (original pixels)",
                 ["landmark", "x", "y", "confidence", "state"],
-                [
-                    ["optic disc", od["xy"][0], od["xy"][1], od["confidence"], od.get("doubt") or "trusted"],
+                [  # whole pixels and two-decimal confidences, as the Analyze summary gives them
+                    [
+                        "optic disc",
+                        round(od["xy"][0]),
+                        round(od["xy"][1]),
+                        f"{od['confidence']:.2f}",
+                        f"doubtful: {od['doubt']}" if od.get("doubt") else "trusted",
+                    ],
                     [
                         "fovea",
-                        fovea["xy"][0],
-                        fovea["xy"][1],
-                        fovea["confidence"],
-                        f"doubtful: {fovea['doubt']}" if fovea.get("doubt") else "trusted",
+                        round(fovea["xy"][0]),
+                        round(fovea["xy"][1]),
+                        f"{fovea['confidence']:.2f} (detector)",
+                        f"doubtful: {fovea['doubt']}"
+                        if fovea.get("doubt")
+                        else "trusted: it passes the anatomy checks",
                     ],
                 ],
-                digits=1,
             )
         )
         laterality = data.get("laterality")
@@ -204,13 +213,32 @@ def report_html(data: dict[str, Any], images: dict[str, str]) -> str:
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>DR Workbench: {title}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px}"
-        "img{max-width:384px}table{border-collapse:collapse;margin:1em 0}caption{text-align:left;"
-        "font-weight:bold;padding:4px 0}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>"
-        f"<h1>{title}</h1><p id='source'>{_source_line(data)}</p><h2 id='headline'>{headline}</h2>"
-        f"{figures}{_tables(data)}"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px;max-width:100%}"
+        "img{width:384px;max-width:100%}table{border-collapse:collapse;margin:1em 0;display:block;"
+        "overflow-x:auto;max-width:100%}caption{text-align:left;font-weight:bold;padding:4px 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}@media(max-width:600px){body{margin:0.5em}}</style>"
+        f"</head><body><h1>{title}</h1><p id='source'>{_source_line(data)}</p>"
+        f"<h2 id='headline'>{headline}</h2>{figures}{_tables(data)}{_provenance(data)}"
         "<p>All numbers are in report.json beside this file. DR Workbench: research and audit tool, not a "
         "medical device.</p></body></html>"
+    )
+
+
+def _provenance(data: dict[str, Any]) -> str:
+    """What produced the report: software version, profile, each model and what ran it, and when (an audit
+    trail must say which grader gave a grade)."""
+    runtimes = data.get("runtimes") or {}
+    models = "; ".join(
+        f"{html.escape(role)} {html.escape(str(name))}"
+        + (f" ({html.escape(str(runtimes[role]))})" if role in runtimes else "")
+        for role, name in (data.get("models") or {}).items()
+    )
+    when = html.escape(str(data.get("created_utc") or "n/a"))
+    return (
+        f"<p id='provenance'><small>Produced by {html.escape(str(data.get('software') or 'DR Workbench'))}"
+        f" on {when} UTC, profile {html.escape(str(data.get('profile') or 'n/a'))}; models: {models or 'n/a'}"
+        "</small></p>"
     )
 
 

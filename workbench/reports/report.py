@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,15 @@ def lesion_rows(analysis: Analysis) -> list[list[Any]]:
     return rows
 
 
+@cache
+def _software() -> str:
+    """ "dr-workbench 0.1.0" (the installed package's version), or the name alone when it is not installed."""
+    try:
+        return f"dr-workbench {metadata.version('dr-workbench')}"
+    except metadata.PackageNotFoundError:
+        return "dr-workbench (not installed)"
+
+
 def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | None = None) -> dict[str, Any]:
     """Every number of the analysis (and explanation scores) as plain JSON types."""
     out: dict[str, Any] = {
@@ -98,6 +110,9 @@ def analysis_to_dict(analysis: Analysis, scores: dict[str, ExplanationScore] | N
         "models": analysis.models,
         "runtimes": analysis.runtimes,
         "timings_ms": {k: _num(v) for k, v in analysis.timings_ms.items()},
+        # what produced it and when (the report's audit trail, with profile, models and runtimes above)
+        "software": _software(),
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
     }
     if analysis.graded:
         out.update(

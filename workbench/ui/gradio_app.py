@@ -155,6 +155,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     f"{RELIABILITY_FLOOR:.2f}; below it a count is not a finding, and no detector's 0 proves "
                     "there are none)",
                 )
+                report_file = gr.File(label="Report (HTML, one file with its pictures)")
                 report = gr.JSON(label="All numbers")
                 analysis_outputs = [summary, probabilities, lesions, landmarks, lesion_table, report]
                 # a new (or removed, or bad) upload clears the last photograph's results: nothing on screen
@@ -165,7 +166,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     analysis_outputs,
                     show_progress="hidden",
                     api_visibility="private",
-                )
+                ).then(lambda: None, None, report_file, show_progress="hidden", api_visibility="private")
                 run.click(
                     handlers.analyze,
                     [upload, force],
@@ -173,7 +174,7 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     validator=handlers.validate_upload,
                     api_name="analyze",
                     **MODEL_WORK,
-                )
+                ).success(handlers.analysis_report, [upload, force], report_file, api_name="analysis_report")
             with gr.Tab("Compare explanations"):
                 overlays = gr.State()
                 with gr.Row():

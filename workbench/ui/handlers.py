@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
+import threading
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +59,9 @@ __all__ = [
     "TARGET_CHOICES",
     "thumbnail",
 ]
+
+# analyses kept for the report download that follows each (a few analysts' worth; each holds its maps)
+RECENT_ANALYSES = 8
 
 # explanation methods that read the grader itself and so explain grade targets only
 GRADER_ONLY_METHODS = ("attention",)
@@ -111,6 +116,10 @@ class Handlers(BrowseHandlers):
     def __init__(self, workbench: Workbench, data_dir: Path | None = None) -> None:
         self.workbench = workbench
         self.data_dir = data_dir
+        # the latest analyses (upload path, forced) -> Analysis, for the report download that follows
+        # each one (``analysis_report``) without analysing the photograph again
+        self._recent: OrderedDict[tuple[str, bool], Analysis] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def _load(
         self, path: str | None, force: bool = False, explain: list[str] | None = None, target=None
@@ -189,6 +198,10 @@ class Handlers(BrowseHandlers):
     # /analyze ---------------------------------------------------------------------------------------
     def analyze(self, path: str | None, force: bool) -> tuple[Any, ...]:
         analysis = self._load(path, force)
+        with self._recent_lock:
+            self._recent[(str(path), bool(force))] = analysis
+            while len(self._recent) > RECENT_ANALYSES:
+                self._recent.popitem(last=False)
         data = analysis_to_dict(analysis)
         if not analysis.graded:
             return summary_markdown(analysis), None, None, None, [], data
@@ -196,6 +209,17 @@ class Handlers(BrowseHandlers):
         annotated = lesion_annotations(analysis)
         grid = landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"], legend=False))
         return summary_markdown(analysis), probability_figure(analysis), annotated, grid, rows, data
+
+    def analysis_report(self, path: str | None, force: bool) -> str | None:
+        """The HTML report (``write_report``: the pictures inside the one file) of the analysis /analyze
+        has just made of this upload, for download; None when there is none (a new upload since)."""
+        with self._recent_lock:
+            analysis = self._recent.get((str(path), bool(force)))
+        if analysis is None:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="drwb-report-")) / Path(analysis.name).stem
+        write_report(analysis, folder)
+        return str(folder / "report.html")
 
     # /compare ---------------------------------------------------------------------------------------
     def compare(
