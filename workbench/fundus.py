@@ -53,5 +53,7 @@ def prepare_fundus(
 ) -> PreparedFundus:
     """Crop ``image`` to its field of view at ``size`` px and judge its quality."""
     crop, transform, fov = crop_to_fov(image.rgb, size, image.original_size)
-    quality = assess_quality(crop, fov, fov_in_crop(fov, transform), thresholds)  # fov: original pixels
+    quality = assess_quality(  # fov: original pixels
+        crop, fov, fov_in_crop(fov, transform), thresholds, original_size=image.original_size
+    )
     return PreparedFundus(crop=crop, transform=transform, fov=fov, quality=quality)

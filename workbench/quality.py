@@ -17,7 +17,14 @@ import numpy as np
 
 from models.fov import FieldOfView, fov_mask
 
-__all__ = ["NOT_A_FUNDUS", "QualityReport", "QualityThresholds", "assess_quality", "forced_grade_warning"]
+__all__ = [
+    "ELONGATED",
+    "NOT_A_FUNDUS",
+    "QualityReport",
+    "QualityThresholds",
+    "assess_quality",
+    "forced_grade_warning",
+]
 
 _MEASURE_SIDE = 512
 
@@ -27,7 +34,12 @@ GRAYSCALE = (
     "a grayscale picture (its three channels are equal): the grader reads colour fundus photographs; "
     "a red-free or monochrome photograph is not graded"
 )
-NOT_A_FUNDUS = (NO_FIELD, NOT_FUNDUS_COLOURS)  # reasons that say the picture is not a fundus photograph
+ELONGATED = (
+    "not shaped like a fundus photograph: one side is more than 2.5 times the other (fundus cameras give "
+    "about 1:1 to 16:9)"
+)
+# reasons that say the picture is not a fundus photograph
+NOT_A_FUNDUS = (NO_FIELD, NOT_FUNDUS_COLOURS, ELONGATED)
 
 
 def forced_grade_warning(reasons: Sequence[str]) -> str:
@@ -60,6 +72,8 @@ class QualityThresholds:
     min_red_dominance: float = 1.05
     # mean spread between the brightest and darkest channel of a pixel (0-255); a grayscale file has 0
     min_colour_spread: float = 2.0
+    # longer side over shorter side: a strip or a banner is no fundus photograph (IDRiD's are 1.5)
+    max_aspect_ratio: float = 2.5
     # across the field of view, in the original image's pixels: below this a photograph is a thumbnail
     # (the grader reads 448 px; a microaneurysm is 10-25 px across in a 4288-px IDRiD photograph)
     min_fov_diameter_px: float = 256.0
@@ -101,8 +115,8 @@ def _measures(crop: np.ndarray, fov_in_crop: FieldOfView) -> dict[str, float]:
     # Fields cut at top and bottom (IDRiD's camera) have straight edges inside the circle: keep away.
     lit = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) > 15
     inside &= cv2.erode(lit.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
-    if not inside.any():
-        inside = np.ones(small.shape[:2], dtype=bool)
+    if not inside.any():  # a field too thin to erode (a strip): its lit pixels, not the black padding
+        inside = lit if lit.any() else np.ones(small.shape[:2], dtype=bool)
     luminance = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
     green = small[..., 1].astype(np.float32)
     lum_in = luminance[inside]
@@ -119,7 +133,11 @@ def _measures(crop: np.ndarray, fov_in_crop: FieldOfView) -> dict[str, float]:
 
 
 def assess_quality(
-    crop: np.ndarray, fov: FieldOfView, fov_in_crop: FieldOfView, thresholds: QualityThresholds | None = None
+    crop: np.ndarray,
+    fov: FieldOfView,
+    fov_in_crop: FieldOfView,
+    thresholds: QualityThresholds | None = None,
+    original_size: tuple[int, int] | None = None,
 ) -> QualityReport:
     """Judge whether an image is a gradeable colour fundus photograph.
 
@@ -130,11 +148,16 @@ def assess_quality(
             diameter, a thumbnail from a photograph).
         fov_in_crop: the same circle in the crop's frame.
         thresholds: limits; the calibrated defaults when omitted.
+        original_size: (height, width) of the whole image, for its proportions (not checked when omitted).
     """
     limits = thresholds or QualityThresholds()
     diameter = 2 * fov.radius
     values = {"fov_area": fov.area_fraction, "fill_ratio": fov.fill_ratio, "fov_diameter_px": diameter}
     reasons: list[str] = []
+    if original_size is not None:
+        values["aspect_ratio"] = max(original_size) / max(1, min(original_size))
+        if values["aspect_ratio"] > limits.max_aspect_ratio:
+            reasons.append(ELONGATED)
     if diameter < limits.min_fov_diameter_px:  # before "out of focus", which a thumbnail also fails
         reasons.append(
             f"too small to grade: the field of view is {diameter:.0f} px across "

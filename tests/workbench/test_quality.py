@@ -52,6 +52,22 @@ def test_a_grayscale_fundus_is_named_grayscale(synthetic_fundus) -> None:
     assert _verdict(synthetic_fundus.image).measures["colour_spread"] > 2.0
 
 
+def test_a_strip_is_not_shaped_like_a_fundus_and_not_called_grayscale(synthetic_fundus) -> None:
+    """A 4000 x 50 red strip was called 'a grayscale picture ... too dark': the erosion that keeps the
+    measures off a field's straight edges left nothing of it, and the black padding was measured."""
+    from workbench.quality import ELONGATED, NOT_A_FUNDUS, forced_grade_warning
+
+    strip = np.zeros((50, 4000, 3), np.uint8)
+    strip[:] = (160, 70, 40)  # fundus red
+    report = _verdict(strip)
+    assert not report.gradeable and ELONGATED in report.reasons and ELONGATED in NOT_A_FUNDUS
+    assert report.measures["aspect_ratio"] == 80.0
+    assert not any("grayscale" in r or "too dark" in r for r in report.reasons), report.reasons
+    assert forced_grade_warning(report.reasons).startswith("NOT A FUNDUS PHOTOGRAPH?")
+    # a widescreen camera's frame (16:9) keeps its shape check passed
+    assert _verdict(cv2.resize(synthetic_fundus.image, (640, 360))).measures["aspect_ratio"] < 2.5
+
+
 def test_blurred_fundus_is_out_of_focus(synthetic_fundus) -> None:
     blurred = cv2.GaussianBlur(synthetic_fundus.image, (0, 0), 6)
     report = _verdict(blurred)

@@ -24,6 +24,7 @@ ENHANCEMENT_NOTES = {
 }
 # measure -> (limit field of QualityThresholds, "min" or "max", what it is)
 _MEASURE_LIMITS = {
+    "aspect_ratio": ("max_aspect_ratio", "max", "longer side over shorter side of the whole image"),
     "fov_area": ("min_fov_area", "min", "share of the image inside the field of view"),
     "fill_ratio": ("min_fill_ratio", "min", "how round and filled the field of view is"),
     "fov_diameter_px": ("min_fov_diameter_px", "min", "field of view across, in the photograph's pixels"),
