@@ -184,6 +184,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             known = ", ".join(graders)
             print(f"error: unknown grader {args.grader!r}; shipped graders: {known}", file=sys.stderr)
             return 2
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"error: --out {args.out} is a file; give a folder for the reports", file=sys.stderr)
+        return 2
     if args.engine == "ray":
         from workbench.engines.ray_engine import analyze_with_ray
 

@@ -38,6 +38,22 @@ def test_prepare_on_wrong_folder_fails_clearly(tmp_path: Path) -> None:
     assert "is it the IDRiD root" in out.stderr
 
 
+def test_analyze_refuses_a_file_as_its_out_folder_and_makes_none_for_nothing(tmp_path: Path) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+
+    def analyze(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "drwb.py", "analyze", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    out = analyze(str(taken), "--out", str(taken))
+    assert out.returncode == 2 and f"--out {taken} is a file" in out.stderr and "Traceback" not in out.stderr
+    assert taken.read_text() == "mine"  # nothing the user supplied is altered
+    out = analyze(str(tmp_path / "none*.jpg"), "--out", str(tmp_path / "reports"))
+    assert out.returncode == 2 and "no images found" in out.stderr
+    assert not (tmp_path / "reports").exists()  # no empty folder left behind
+
+
 def test_analyze_end_to_end_with_a_bad_file(tmp_path: Path, tiny_weights: Path) -> None:
     import os
 

@@ -130,7 +130,7 @@ def fovea_doubts(
         if abs(fy - od_xy[1]) > disc_diameter:
             reasons.append("more than one disc diameter above or below the disc")
     if confidence is not None and confidence < LOW_CONFIDENCE:
-        reasons.append(f"low detector confidence ({confidence:.2f})")
+        reasons.append(f"low detector confidence, {confidence:.2f} against at least {LOW_CONFIDENCE:.2f}")
     return reasons
 
 

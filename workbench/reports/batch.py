@@ -283,8 +283,8 @@ def analyze_files(
 ) -> list[dict[str, Any]]:
     """Analyze every input into ``out/<folder>/`` (``report_folders``) and write ``out/summary.csv``;
     returns the summary rows."""
+    paths = expand_inputs(inputs)  # nothing to analyse: said before any folder is made
     out.mkdir(parents=True, exist_ok=True)
-    paths = expand_inputs(inputs)
     rows = [
         analyze_one(workbench, path, out, explain, target, score, folder=folder)
         for path, folder in tqdm(
