@@ -74,11 +74,14 @@ def _family_default_note(arch: str, stem: str, default: str | None) -> str:
     return "default (fast profile)" if stem == fast else ""
 
 
-def grader_label(card: ModelCard) -> str:
-    """A grader's name for menus: "(default)" or "(weak: QWK 0.34)" appended where it applies."""
+def grader_label(card: ModelCard, default: bool = False) -> str:
+    """A grader's name for menus, with "(default)" for the one the analyses use, or "(weak: agrees with the
+    graders little, QWK 0.34)" for one below ``WEAK_QWK``."""
     _, metrics = held_out(card)
     qwk = metrics.get("dr_qwk")
-    return f"{_stem(card)} (weak: QWK {qwk:.2f})" if qwk is not None and qwk < WEAK_QWK else _stem(card)
+    if qwk is not None and qwk < WEAK_QWK:
+        return f"{_stem(card)} (weak: agrees with the graders little, QWK {qwk:.2f})"
+    return f"{_stem(card)} (default)" if default else _stem(card)
 
 
 def models_markdown(folder: Path | None = None) -> str:

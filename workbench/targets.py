@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.constants import DME_NAMES, DR_GRADE_NAMES, LESION_CODES, LESIONS, REFERABLE_MIN_GRADE
+from models.constants import DME_NAMES, DR_GRADE_NAMES, LESION_CODES, REFERABLE_MIN_GRADE, lesion_by_code
 
 __all__ = [
     "DMETarget",
@@ -106,8 +106,7 @@ class LesionTarget:
 
     @property
     def label(self) -> str:
-        name = next(lesion.name for lesion in LESIONS if lesion.code == self.code)
-        return f"lesion {self.code} ({name.lower()})"
+        return f"lesion {self.code} ({lesion_by_code(self.code).name.lower()})"
 
 
 Target = GradeTarget | ReferableTarget | DMETarget | LesionTarget

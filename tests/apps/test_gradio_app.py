@@ -54,7 +54,13 @@ def test_analyze_endpoint_structure(served, fundus_file: str) -> None:
     assert len(report["dr_probabilities"]) == 5
     assert Path(landmarks).is_file()
     # the disc is anatomy (with the landmarks), not a lesion row; quantities in comparable units
-    assert [row[0] for row in table["data"]] == ["MA", "HE", "EX", "SE"]
+    # the legend's names, with the codes the CSVs use
+    assert [row[0] for row in table["data"]] == [
+        "Microaneurysms (MA)",
+        "Haemorrhages (HE)",
+        "Hard exudates (EX)",
+        "Soft exudates (SE)",
+    ]
     assert table["headers"][3:5] == ["area (% of field)", "area (disc areas)"]
     ex = report["lesions"]["EX"]
     assert {"area_percent_of_field", "area_disc_areas", "validated_aupr", "reliable", "reliability"} <= set(
@@ -82,7 +88,7 @@ def test_lesion_layers_are_drawn_in_the_product_colours(served, fundus_file: str
     assert lesions["annotations"]
     colours = {lesion.name: lesion.colour for lesion in LESIONS}
     colours |= {unreliable_label(lesion.name): UNRELIABLE_COLOUR for lesion in LESIONS}  # greyed types
-    unreliable = {row[0] for row in table["data"] if row[-1] not in ("reliable", "n/a")}
+    unreliable = {row[0][-3:-1] for row in table["data"] if row[-1] not in ("reliable", "n/a")}  # codes
     by_code = {lesion.name: lesion.code for lesion in LESIONS}
     for layer in lesions["annotations"]:
         code = by_code[layer["label"].removesuffix(" (unreliable)")]

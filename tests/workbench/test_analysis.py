@@ -227,7 +227,7 @@ def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, m
     assert f"<td>{data['fovea']['confidence']:.2f} (detector)</td>" in page
     assert f"<td>{round(data['optic_disc']['xy'][0])}</td>" in page
     area = round(data["lesions"]["EX"]["area_px"])
-    assert f"<td>EX</td><td>{data['lesions']['EX']['count']}</td><td>{area}</td>" in page
+    assert f"<td>Hard exudates (EX)</td><td>{data['lesions']['EX']['count']}</td><td>{area}</td>" in page
     quality = Workbench(weights_dir=tiny_weights)
     assert quality.segmenter.input_size == quality.segmenter.card.input_size
     with pytest.raises(ValueError, match="quality, fast"):
@@ -478,7 +478,7 @@ def test_unreliable_lesion_types_are_greyed_wherever_they_are_shown(tiny_workben
         row[0]: all("italic" in css for css in styles)
         for row, styles in zip(sent.data, sent.metadata["styling"], strict=True)
     }
-    assert greyed["MA"] and not greyed["EX"]
+    assert greyed["Microaneurysms (MA)"] and not greyed["Hard exudates (EX)"]  # the legend's names
     assert sent.metadata["display_value"][0][5] == "0.01"  # AUPR to 2 decimals, not pandas' 6
     page = report_html(analysis_to_dict(analysis), {})
     assert page.count('<tr style="color: #9e9e9e; font-style: italic">') == 1

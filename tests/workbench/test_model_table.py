@@ -54,7 +54,9 @@ def test_models_table_columns_intervals_and_weak_marking(tmp_path: Path) -> None
     assert "**weak**" in weak_row and "validation split, n=83" in weak_row
     from models.card import ModelCard
 
-    assert grader_label(ModelCard.read(folder / "weak.json")) == "weak (weak: QWK 0.34)"
+    weak = ModelCard.read(folder / "weak.json")
+    assert grader_label(weak) == grader_label(weak, default=True)  # weak says so even as the default
+    assert grader_label(weak) == "weak (weak: agrees with the graders little, QWK 0.34)"
 
 
 def test_models_table_names_the_channels_a_segmenter_takes_from_another(tmp_path: Path) -> None:

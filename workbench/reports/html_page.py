@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from models.constants import DME_NAMES, DR_GRADE_NAMES
+from models.constants import DME_NAMES, DR_GRADE_NAMES, lesion_by_code
 from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
 from workbench.analysis.result import grade_uncertainty_note, referral_note
 from workbench.landmarks.laterality import Laterality
@@ -82,7 +82,7 @@ def _tables(data: dict[str, Any]) -> str:
                 LESION_COLUMNS,
                 [
                     [
-                        code,
+                        f"{lesion_by_code(code).name} ({code})",
                         v["count"],
                         round(v["area_px"]),  # whole pixels, as the apps show them (report.lesion_rows)
                         v.get("area_percent_of_field"),

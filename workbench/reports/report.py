@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from models.constants import DME_NAMES, DR_GRADE_NAMES
+from models.constants import DME_NAMES, DR_GRADE_NAMES, lesion_by_code
 from workbench.analysis import Analysis
 from workbench.explain.scoring import ExplanationScore
 from workbench.reports.html_page import LESION_COLUMNS, report_html
@@ -70,7 +70,7 @@ def lesion_rows(analysis: Analysis) -> list[list[Any]]:
         rel = analysis.lesion_reliability.get(code)
         rows.append(
             [
-                code,
+                f"{lesion_by_code(code).name} ({code})",  # the legend's name; the code the CSVs use
                 summary.count,
                 round(q["area_px"]),
                 None if q["area_percent_of_field"] is None else round(q["area_percent_of_field"], 3),

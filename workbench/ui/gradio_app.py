@@ -107,9 +107,14 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
     """The whole workbench UI; ``workbench`` is shared by every session (read-only)."""
     handlers = Handlers(workbench, data_dir)
     examples = write_examples(example_dir)
-    # (label, value): a weak grader is marked as such where it can be chosen
+    # (label, value): the default and a weak grader are marked as such where they can be chosen
     graders = [
-        (grader_label(p), p.weights.removesuffix(".safetensors"))
+        (
+            grader_label(
+                p, default=p.weights.removesuffix(".safetensors") == workbench.model_names["grader"]
+            ),
+            p.weights.removesuffix(".safetensors"),
+        )
         for p in list_shipped(workbench.weights_dir)
         if p.arch == "grader"
     ]
