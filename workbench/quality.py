@@ -19,11 +19,13 @@ from models.fov import FieldOfView, fov_mask
 
 __all__ = [
     "ELONGATED",
+    "MEASURE_LIMITS",
     "NOT_A_FUNDUS",
     "QualityReport",
     "QualityThresholds",
     "assess_quality",
     "forced_grade_warning",
+    "measure_rows",
 ]
 
 _MEASURE_SIDE = 512
@@ -187,3 +189,30 @@ def assess_quality(
     if values["focus"] < limits.min_focus:
         reasons.append(f"out of focus (sharpness {values['focus']:.1f} < {limits.min_focus:.1f})")
     return QualityReport(gradeable=not reasons, reasons=tuple(reasons), measures=values)
+
+
+# measure -> (limit field of QualityThresholds, "min" or "max", what it is)
+MEASURE_LIMITS = {
+    "aspect_ratio": ("max_aspect_ratio", "max", "longer side over shorter side of the whole image"),
+    "fov_area": ("min_fov_area", "min", "share of the image inside the field of view"),
+    "fill_ratio": ("min_fill_ratio", "min", "how round and filled the field of view is"),
+    "fov_diameter_px": ("min_fov_diameter_px", "min", "field of view across, in the photograph's pixels"),
+    "mean_luminance": ("min_mean_luminance", "min", "mean brightness inside the field (0-255)"),
+    "overexposed_fraction": ("max_overexposed_fraction", "max", "share of saturated pixels"),
+    "contrast": ("min_contrast", "min", "green-channel standard deviation"),
+    "focus": ("min_focus", "min", "variance of the Laplacian of the green channel (sharpness)"),
+    "red_dominance": ("min_red_dominance", "min", "red over the other channels: a fundus is red"),
+    "colour_spread": ("min_colour_spread", "min", "mean spread between a pixel's channels: 0 is grayscale"),
+}
+
+
+def measure_rows(report: QualityReport) -> list[tuple[str, float, str, str]]:
+    """(measure, value, its limit as ">= 5" or "<= 0.2", what it is) for each of ``report``'s measures, in
+    their order: what Inspect and the HTML report show a QA analyst."""
+    limits = QualityThresholds()
+    rows = []
+    for key, value in report.measures.items():
+        field_name, kind, meaning = MEASURE_LIMITS.get(key, (None, "", key))
+        limit = f"{'>=' if kind == 'min' else '<='} {getattr(limits, field_name):g}" if field_name else ""
+        rows.append((key, value, limit, meaning))
+    return rows

@@ -227,6 +227,7 @@ def test_profiles_choose_the_segmentation_crop(tiny_weights, synthetic_fundus, m
     assert f"<td>{data['fovea']['confidence']:.2f} (detector)</td>" in page
     assert f"<td>{round(data['optic_disc']['xy'][0])}</td>" in page
     area = round(data["lesions"]["EX"]["area_px"])
+    assert "<td>focus</td>" in page and "<td>&gt;= 5</td>" in page  # each quality measure with its limit
     assert f"<td>Hard exudates (EX)</td><td>{data['lesions']['EX']['count']}</td><td>{area}</td>" in page
     quality = Workbench(weights_dir=tiny_weights)
     assert quality.segmenter.input_size == quality.segmenter.card.input_size

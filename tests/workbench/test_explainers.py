@@ -178,3 +178,13 @@ def test_lesion_supervised_attention_says_so_in_captions_reports_and_the_models_
     # a fine attention map says its stride, so nobody takes it for the 32-px grid
     fine_card = replace(card, extra={**card.extra, "fine_attention": {"stride": 8}})
     assert supervision_note(fine_card) == "lesion-supervised, stride 8"
+
+
+def test_every_registered_method_has_words_for_the_menus() -> None:
+    """Compare's menu shows these instead of registry names such as scorecam_full; a method registered
+    without them would appear as its bare name."""
+    from workbench.explain.explainers import EXPLAINERS
+    from workbench.explain.notes import METHOD_LABELS
+
+    assert set(METHOD_LABELS) == set(EXPLAINERS)
+    assert "minutes" in METHOD_LABELS["scorecam_full"] and "grade targets only" in METHOD_LABELS["attention"]

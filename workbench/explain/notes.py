@@ -6,6 +6,7 @@ from __future__ import annotations
 from models.card import ModelCard
 
 __all__ = [
+    "METHOD_LABELS",
     "POINTING_TOLERANCE_PX",
     "RANDOMISATION_RHO_LIMIT",
     "SCORE_COLUMNS",
@@ -26,6 +27,25 @@ SCORE_COLUMNS = {
     "relevance mass (0-1, higher is better)": "share of the map's positive evidence that falls on lesions",
     "relevance rank (0-1, higher is better)": "share of the map's top pixels (as many as there are lesion "
     "pixels) that are lesion pixels",
+}
+# What each registered method is, for menus: name -> a few words (family, what it reads, and a cost where it
+# is slow on a CPU); a method missing here is shown by its name alone.
+METHOD_LABELS = {
+    "attention": "grader's own attention (instant; grade targets only)",
+    "integrated_gradients": "Integrated Gradients (blurred baseline; seconds)",
+    "integrated_gradients_black": "Integrated Gradients (black baseline; seconds)",
+    "saliency": "saliency (input gradient)",
+    "smoothgrad": "SmoothGrad (averaged noisy gradients; seconds)",
+    "gradient_shap": "GradientSHAP (seconds)",
+    "occlusion": "occlusion (patches hidden in turn; seconds)",
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "eigencam": "Eigen-CAM (no gradients)",
+    "scorecam": "Score-CAM (32 strongest channels; seconds)",
+    "scorecam_full": "Score-CAM, every channel (minutes)",
 }
 # Model randomisation (Adebayo et al., 2018): a method whose map keeps a Spearman correlation above this with
 # the map of a weight-randomised copy of the network is flagged: its map does not depend on what was learnt.

@@ -18,7 +18,7 @@ from models.enhance import ENHANCEMENTS
 from models.registry import list_shipped
 from workbench.analysis import RELIABILITY_FLOOR, Workbench
 from workbench.explain.explainers import EXPLAINERS
-from workbench.explain.notes import SCORE_COLUMNS
+from workbench.explain.notes import METHOD_LABELS, SCORE_COLUMNS
 from workbench.io.synthetic import make_fundus
 from workbench.model_table import grader_label
 from workbench.reports.render import LESION_COLOUR_MAP
@@ -186,8 +186,10 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     with gr.Column(scale=1):
                         compare_upload = _upload_with_preview(handlers)
                         target = gr.Dropdown(TARGET_CHOICES, value="predicted", label="Explain")
-                        methods = gr.CheckboxGroup(
-                            list(EXPLAINERS), value=DEFAULT_METHODS, label="Methods (1-6)"
+                        methods = gr.CheckboxGroup(  # words on screen, the registry's names to the API
+                            [(METHOD_LABELS.get(name, name), name) for name in EXPLAINERS],
+                            value=DEFAULT_METHODS,
+                            label="Methods (1-6)",
                         )
                         grader = gr.Dropdown(
                             graders, value=workbench.model_names["grader"], label="Grader backbone"

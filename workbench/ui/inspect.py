@@ -10,7 +10,7 @@ import numpy as np
 from models.enhance import ENHANCEMENTS
 from workbench.fundus import prepare_fundus
 from workbench.io.image_io import ImageLoadError, load_image
-from workbench.quality import QualityThresholds
+from workbench.quality import measure_rows
 from workbench.ui.handlers import NO_UPLOAD
 
 __all__ = ["ENHANCEMENT_NOTES", "inspect_fundus"]
@@ -21,19 +21,6 @@ ENHANCEMENT_NOTES = {
     "makes small dark and bright lesions stand out; for looking only, the models never see it",
     "clahe": "contrast-limited adaptive histogram equalisation of lightness only (hues kept): brings out "
     "detail in dark or flat regions; for looking only, the models never see it",
-}
-# measure -> (limit field of QualityThresholds, "min" or "max", what it is)
-_MEASURE_LIMITS = {
-    "aspect_ratio": ("max_aspect_ratio", "max", "longer side over shorter side of the whole image"),
-    "fov_area": ("min_fov_area", "min", "share of the image inside the field of view"),
-    "fill_ratio": ("min_fill_ratio", "min", "how round and filled the field of view is"),
-    "fov_diameter_px": ("min_fov_diameter_px", "min", "field of view across, in the photograph's pixels"),
-    "mean_luminance": ("min_mean_luminance", "min", "mean brightness inside the field (0-255)"),
-    "overexposed_fraction": ("max_overexposed_fraction", "max", "share of saturated pixels"),
-    "contrast": ("min_contrast", "min", "green-channel standard deviation"),
-    "focus": ("min_focus", "min", "variance of the Laplacian of the green channel (sharpness)"),
-    "red_dominance": ("min_red_dominance", "min", "red over the other channels: a fundus is red"),
-    "colour_spread": ("min_colour_spread", "min", "mean spread between a pixel's channels: 0 is grayscale"),
 }
 
 
@@ -54,12 +41,11 @@ def inspect_fundus(path: str | None, enhancement: str, min_side: int = 512) -> t
     prepared = prepare_fundus(image, 512)
     quality = prepared.quality
     verdict = "Gradeable" if quality.gradeable else "NOT gradeable: " + "; ".join(quality.reasons)
-    limits = QualityThresholds()
     rows = ["| measure | value | limit | what it is |", "| --- | --- | --- | --- |"]
-    for key, value in quality.measures.items():
-        field, kind, meaning = _MEASURE_LIMITS.get(key, (None, "", key))
-        limit = f"{'>=' if kind == 'min' else '<='} {getattr(limits, field):g}" if field else ""
-        rows.append(f"| {key} | {value:.2f} | {limit} | {meaning} |")
+    rows += [
+        f"| {key} | {value:.2f} | {limit} | {meaning} |"
+        for key, value, limit, meaning in measure_rows(quality)
+    ]
     lines = [
         f"**Quality:** {verdict}",
         f"**Original size:** {image.original_size[1]} x {image.original_size[0]} px ({image.source_format}, "
