@@ -60,10 +60,10 @@ def test_ray_and_local_engines_agree_and_ray_resumes(
         [str(archive / "eye0.png"), str(archive / "eye1.png")], tmp_path / "ray", ["attention"], num_cpus=2
     )
     assert len(first) == 2
-    # as if that first run were an older version's, whose summary.csv lacked the last five columns
+    # as if that first run were an older version's, whose summary.csv lacked the last seven columns
     summary = tmp_path / "ray" / "summary.csv"
     with summary.open(newline="") as handle:
-        old = [row[:-5] for row in csv.reader(handle)]
+        old = [row[:-7] for row in csv.reader(handle)]
     assert old[0][-1] == "report"
     with summary.open("w", newline="") as handle:
         csv.writer(handle).writerows(old)
@@ -73,7 +73,10 @@ def test_ray_and_local_engines_agree_and_ray_resumes(
     assert (tmp_path / "ray" / "eye0" / "report.json").stat().st_mtime_ns == kept  # not rewritten
     local, ray_rows = _rows(tmp_path / "local" / "summary.csv"), _rows(tmp_path / "ray" / "summary.csv")
     # the resumed file kept its own columns: every row under them, none shifted
-    newer = ("quality_reasons", "grader", "eye", "eye_file_says", "eye_agrees_with_file")
+    newer = (
+        *("quality_reasons", "grader", "eye", "eye_file_says", "eye_agrees_with_file"),
+        *("dr_grade_probability", "grade_uncertain"),
+    )
     assert ray_rows == [{k: v for k, v in row.items() if k not in newer} for row in local]
     assert {row["grader"] for row in _rows(tmp_path / "local" / "summary.csv")} == {"tiny_grader"}
     assert [r["status"] for r in ray_rows].count("error") == 1
