@@ -353,6 +353,11 @@ def test_an_analysis_at_420_px_reads_whole(browser, app_url: str, tmp_path: Path
         )
         summary = browser.find_element(By.ID, "analysis-summary").text
         assert "Fovea doubtful" in summary and "not available" in summary, summary[:400]
+        # the lesion table keeps its columns and scrolls sideways: in percentages of the phone's column
+        # "lesion" got 33 px and every title broke mid-word into a 184-px-tall column of letters
+        titles = browser.find_elements(By.CSS_SELECTOR, "#lesion-table th")
+        assert [t.text for t in titles][:2] == ["lesion", "count"]
+        assert min(t.rect["width"] for t in titles) >= 60 and max(t.rect["height"] for t in titles) < 100
         assert summary.count("Optic disc") <= 1
         chips = browser.find_elements(By.CSS_SELECTOR, "#lesions-panel .legend-item")
         colours = {lesion.name: lesion.colour for lesion in LESIONS}

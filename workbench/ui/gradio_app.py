@@ -55,7 +55,7 @@ APP_CSS = (
     # the model's name stays in view while the figures scroll sideways under it
     " .wide-tables th:first-child, .wide-tables td:first-child { position: sticky; left: 0; z-index: 1;"
     " background: var(--background-fill-primary); }"
-    " #batch-table table { min-width: 960px; } #batch-table th { white-space: nowrap; }"
+    " #batch-table th { white-space: nowrap; }"
     # gallery captions wrap over the thumbnail's foot instead of ending in "..."
     " #methods-gallery .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: 100%;"
     " left: var(--block-label-margin); }"
@@ -150,10 +150,13 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     )
                 lesion_table = gr.Dataframe(
                     headers=LESION_COLUMNS,
+                    elem_id="lesion-table",
                     wrap=True,  # the reliability reason is read whole, not cut at the column edge
                     # room for every heading's longest word ("lesion", "count" broke mid-word at 1500 px);
                     # the reason takes the rest
-                    column_widths=["10%", "9%", "10%", "11%", "11%", "11%", "38%"],
+                    # in pixels: percentages of a 380-px phone column squeezed "lesion" to 33 px and broke
+                    # every title mid-word; in pixels the table keeps its shape and scrolls sideways
+                    column_widths=["170px", "70px", "90px", "100px", "100px", "90px", "300px"],
                     # the floor said in the label: "0 ... reliable" read as "none, confirmed" (a count of 0
                     # from a detector that passed validation is still not proof that there are none)
                     label=f"Lesions ('reliable': the type's validated AUPR is at least "
@@ -297,9 +300,9 @@ def build_demo(workbench: Workbench, example_dir: str, data_dir: Path | None = N
                     wrap=True,
                     # the reasons and errors are sentences: they get the room, the short columns keep
                     # their titles readable (in BATCH_COLUMNS order)
-                    column_widths=[
-                        *["12%", "5%", "7%", "6%", "7%", "6%", "9%", "13%", "13%"],
-                        *["6%", "5%", "5%", "6%"],  # eye, P(grade), P(referable), uncertain grade
+                    column_widths=[  # in pixels, as the lesion table's: it scrolls sideways
+                        *["200px", "70px", "90px", "80px", "90px", "80px", "160px", "260px", "260px"],
+                        *["140px", "80px", "100px", "260px"],  # eye, P(grade), P(referable), uncertain
                     ],
                     elem_id="batch-table",
                 )
