@@ -48,6 +48,9 @@ def test_analyze_endpoint_structure(served, fundus_file: str) -> None:
         handle_file(fundus_file), False, api_name="/analyze"
     )
     assert "DR grade" in summary
+    # the HTML report of that analysis, for an API caller too (the same upload finds it)
+    page = client.predict(handle_file(fundus_file), False, api_name="/analysis_report")
+    assert page and Path(page).name == "report.html" and "DR grade" in Path(page).read_text()
     assert summary.count("DME risk") == 1  # "DME risk 2 (macular, ...)", not "DME risk 2 (DME risk 2, ...)"
     assert report["graded"]
     assert set(report) >= {"dr_probabilities", "dme_grade", "lesions", "fovea", "optic_disc"}
