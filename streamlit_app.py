@@ -19,10 +19,10 @@ import streamlit as st
 
 import workbench  # noqa: F401  (offline environment first)
 from workbench.analysis import Workbench, profile_from_env
-from workbench.io.idrid import IDRiD, IDRiDLayoutError
+from workbench.io.idrid import IDRiD, IDRiDLabelsError, IDRiDLayoutError
 from workbench.io.image_io import IMAGE_SUFFIXES, ImageLoadError
 from workbench.reports.audit import LabelsError, read_labels
-from workbench.reports.batch import expand_inputs
+from workbench.reports.batch import expand_inputs, unread_message
 from workbench.reports.render import (
     heatmap_overlay,
     landmarks_overlay,
@@ -60,7 +60,8 @@ def _ground_truth(folder: Path, labels: Path | None) -> tuple[list[Path], dict[s
         return [r.image_path for r in records], {
             r.image_path.name: (r.dr_grade, r.dme_grade) for r in records
         }
-    except (IDRiDLayoutError, FileNotFoundError):
+    except IDRiDLayoutError:  # not an IDRiD root: its photographs without truth (bad IDRiD labels are
+        # IDRiDLabelsError, said by the caller)
         return expand_inputs([str(folder)]), {}
 
 
@@ -73,7 +74,7 @@ def _analyze(name: str, data: bytes) -> None:
         try:
             cache[key] = (get_workbench().analyze(data, name=name), "")
         except (ImageLoadError, OSError) as exc:  # the other files go on, as in `drwb analyze`
-            cache[key] = (None, str(exc) if name in str(exc) else f"{name}: {exc}")
+            cache[key] = (None, unread_message(name, exc))
     st.session_state.setdefault("order", {})[name] = key
 
 
@@ -102,12 +103,13 @@ if folder_text.strip():
         paths: list[Path] = []
         try:
             paths, truth = _ground_truth(folder, Path(labels_text.strip()) if labels_text.strip() else None)
-        except (LabelsError, FileNotFoundError) as exc:  # bad labels: the photographs without truth
+        except (LabelsError, IDRiDLabelsError, FileNotFoundError) as exc:  # bad labels, or no photograph
             st.sidebar.error(str(exc))
-            try:
+            try:  # the photographs, without truth
                 paths, truth = expand_inputs([str(folder)]), {}
-            except (FileNotFoundError, ValueError) as nothing:  # no photograph in it at all
-                st.sidebar.error(str(nothing) if str(nothing) != str(exc) else f"no images in {folder}")
+            except (FileNotFoundError, ValueError) as nothing:  # none at its top level: said once
+                if str(nothing) != str(exc):
+                    st.sidebar.error(str(nothing))
         files += [(p.name, p.read_bytes()) for p in paths[: int(limit)]]
     else:
         st.sidebar.error(f"{folder} is not a folder")

@@ -79,9 +79,10 @@ def grader_label(card: ModelCard, default: bool = False) -> str:
     graders little, QWK 0.34)" for one below ``WEAK_QWK``."""
     _, metrics = held_out(card)
     qwk = metrics.get("dr_qwk")
+    marks = ["default"] if default else []
     if qwk is not None and qwk < WEAK_QWK:
-        return f"{_stem(card)} (weak: agrees with the graders little, QWK {qwk:.2f})"
-    return f"{_stem(card)} (default)" if default else _stem(card)
+        marks.append(f"weak: agrees with the graders little, QWK {qwk:.2f}")
+    return f"{_stem(card)} ({'; '.join(marks)})" if marks else _stem(card)
 
 
 def models_markdown(folder: Path | None = None) -> str:

@@ -206,12 +206,12 @@ MEASURE_LIMITS = {
 }
 
 
-def measure_rows(report: QualityReport) -> list[tuple[str, float, str, str]]:
-    """(measure, value, its limit as ">= 5" or "<= 0.2", what it is) for each of ``report``'s measures, in
-    their order: what Inspect and the HTML report show a QA analyst."""
+def measure_rows(measures: dict[str, float]) -> list[tuple[str, float, str, str]]:
+    """(measure, value, its limit as ">= 5" or "<= 0.2", what it is) for each of a ``QualityReport``'s
+    ``measures``, in their order: what Inspect and the HTML report show a QA analyst."""
     limits = QualityThresholds()
     rows = []
-    for key, value in report.measures.items():
+    for key, value in measures.items():
         field_name, kind, meaning = MEASURE_LIMITS.get(key, (None, "", key))
         limit = f"{'>=' if kind == 'min' else '<='} {getattr(limits, field_name):g}" if field_name else ""
         rows.append((key, value, limit, meaning))

@@ -238,23 +238,32 @@ def test_audit_tab_through_the_client(served, tmp_path: Path) -> None:
         client.predict(handle_file(str(archive)), handle_file(str(bad)), "", api_name="/audit")
 
 
-def test_analyze_offers_its_report_without_analysing_again(tiny_workbench, fundus_file: str) -> None:
+def test_analyze_offers_its_report_without_analysing_again(
+    tiny_workbench, fundus_file: str, monkeypatch
+) -> None:
+    import gradio as gr
+
+    from workbench.ui import handlers as module
     from workbench.ui.handlers import Handlers
 
     handlers = Handlers(tiny_workbench, None)
-    assert handlers.analysis_report(fundus_file, False) is None  # nothing analysed yet: nothing to offer
+    with pytest.raises(gr.Error, match="run Analyze"):  # nothing analysed yet: said, not an empty box
+        handlers.analysis_report(fundus_file, False)
     summary, *_ = handlers.analyze(fundus_file, False)
     calls = []
     original = tiny_workbench.analyze
-    tiny_workbench.analyze = lambda *a, **k: calls.append(a) or original(*a, **k)
-    try:
-        page = Path(handlers.analysis_report(fundus_file, False)).read_text()
-    finally:
-        tiny_workbench.analyze = original
+    monkeypatch.setattr(tiny_workbench, "analyze", lambda *a, **k: calls.append(a) or original(*a, **k))
+    page = Path(handlers.analysis_report(fundus_file, False))
     assert not calls  # the analysis /analyze made, not a second one
-    assert page.startswith("<!DOCTYPE html>") or "<html" in page[:200]
-    assert "data:image/png;base64," in page and "DR grade" in page  # one file, its pictures inside
-    assert handlers.analysis_report(fundus_file, True) is None  # a forced analysis is another analysis
+    text = page.read_text()
+    assert text.startswith("<!doctype html>") and "data:image/png;base64," in text and "DR grade" in text
+    with pytest.raises(gr.Error):  # a forced analysis is another analysis
+        handlers.analysis_report(fundus_file, True)
+    # only the latest RECENT_REPORTS are kept; an older one's folder is deleted
+    monkeypatch.setattr(module, "RECENT_REPORTS", 1)
+    monkeypatch.setattr(tiny_workbench, "analyze", original)
+    handlers.analyze(fundus_file, True)
+    assert not page.exists() and Path(handlers.analysis_report(fundus_file, True)).is_file()
 
 
 def test_uploads_are_checked_and_previewed_at_upload(tiny_workbench, tmp_path: Path, fundus_file) -> None:
@@ -353,6 +362,14 @@ def test_audit_inputs_are_checked_before_anything_runs(tmp_path: Path) -> None:
         "(ours, IDRiD, APTOS or EyePACS)."
     )
     assert "is empty" in audit_input_problems(str(archive), str(empty), None, None)[1]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"image,dr_grade\ncaf\xe9,1\n")  # one line for the box; the codec's words for the API
+    assert audit_input_problems(str(archive), str(latin), None, None)[1] == (
+        "latin.csv is not UTF-8 text: save it as CSV UTF-8"
+    )
+    assert (
+        "can't decode byte 0xe9" in audit_input_problems(str(archive), str(latin), None, None, brief=False)[1]
+    )
     assert "not a readable zip" in audit_input_problems(str(text), str(good), None, None)[0]
     assert "Upload a zip" in audit_input_problems(None, str(good), "", None)[0]
     assert audit_input_problems(None, str(good), "sub", tmp_path) == (None, None)  # a folder under the root

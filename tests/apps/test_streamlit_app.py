@@ -118,7 +118,28 @@ def test_empty_folder_is_said_not_raised(weights_env: Path, tmp_path: Path, monk
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.run()
     assert not at.exception
-    assert any(str(tmp_path) in error.value for error in at.error)
+    assert [str(tmp_path) in error.value for error in at.error] == [True]  # said once
+
+
+def test_bad_idrid_labels_are_said_not_taken_for_another_layout(
+    weights_env: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A grade 9 in an IDRiD root's CSV is named in the sidebar (IDRiDLabelsError); it used to pass for
+    "not an IDRiD folder" and the photographs showed without truth, silently."""
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.io.synthetic import write_idrid_folder
+
+    root = write_idrid_folder(tmp_path / "idrid", n_segmentation=1, n_grading=2)
+    (labels,) = (root / "B. Disease Grading/2. Groundtruths").glob("*Training*.csv")
+    lines = labels.read_text().splitlines()
+    lines[1] = lines[1].split(",")[0] + ",9,0"
+    labels.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("DRWB_DATA", str(root))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert any("Retinopathy grade '9' is not 0-4" in error.value for error in at.error)
 
 
 def _free_port() -> int:

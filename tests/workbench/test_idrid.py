@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from models.constants import LESION_CODES
-from workbench.io.idrid import IDRiD, IDRiDLayoutError, load_mask
+from workbench.io.idrid import IDRiD, IDRiDLabelsError, IDRiDLayoutError, load_mask
 
 
 def test_grading_reads_labels_and_skips_trailing_columns(synthetic_idrid: Path) -> None:
@@ -96,13 +96,14 @@ def test_bad_grades_are_listed_before_anything_uses_them(synthetic_idrid: Path, 
     lines[3] = f"{name},9,0"
     lines[5] = lines[5].split(",")[0] + ",x,2.5"
     labels.write_text("\n".join(lines) + "\n")
-    with pytest.raises(IDRiDLayoutError, match="3 row\\(s\\) with bad labels") as raised:
+    with pytest.raises(IDRiDLabelsError, match="2 row\\(s\\) with bad labels") as raised:
         IDRiD(copy).grading()
     message = str(raised.value)
     assert f"line 4 ({name}): Retinopathy grade '9' is not 0-4" in message
-    assert "Retinopathy grade 'x'" in message and "Risk of macular edema '2.5' is not 0-2" in message
+    assert "Retinopathy grade 'x' is not 0-4, Risk of macular edema '2.5' is not 0-2" in message  # one row
+    assert not isinstance(raised.value, IDRiDLayoutError)  # bad labels, not "not an IDRiD folder"
     labels.write_bytes(lines[0].encode() + b"\nIDRiD_001,1,0,caf\xe9\n")
-    with pytest.raises(IDRiDLayoutError, match="not a readable UTF-8 CSV"):
+    with pytest.raises(IDRiDLabelsError, match="not a readable UTF-8 CSV"):
         IDRiD(copy).grading()
 
 

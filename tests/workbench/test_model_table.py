@@ -55,8 +55,9 @@ def test_models_table_columns_intervals_and_weak_marking(tmp_path: Path) -> None
     from models.card import ModelCard
 
     weak = ModelCard.read(folder / "weak.json")
-    assert grader_label(weak) == grader_label(weak, default=True)  # weak says so even as the default
     assert grader_label(weak) == "weak (weak: agrees with the graders little, QWK 0.34)"
+    marked = "weak (default; weak: agrees with the graders little, QWK 0.34)"
+    assert grader_label(weak, default=True) == marked  # weak says so even as the default
 
 
 def test_models_table_names_the_channels_a_segmenter_takes_from_another(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "seg_to_grading",
     "GradingRecord",
     "IDRiD",
+    "IDRiDLabelsError",
     "IDRiDLayoutError",
     "LocalizationRecord",
     "SPLIT_FOLDERS",
@@ -47,6 +48,12 @@ EXPECTED_LAYOUT = __doc__.split("\n\n")[1]
 
 class IDRiDLayoutError(FileNotFoundError):
     """The folder does not have the IDRiD layout; the message names what is missing and what is expected."""
+
+
+class IDRiDLabelsError(ValueError):
+    """The folder has the IDRiD layout but a labels CSV is unusable (not UTF-8 text, a grade outside its
+    range or not a number); the message names the file, the lines and the images. Not a layout error: a
+    caller that falls back to "not an IDRiD folder" on ``IDRiDLayoutError`` must not swallow this one."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,7 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = [[cell.strip() for cell in row] for row in csv.reader(handle)]
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise IDRiDLayoutError(f"{path}: not a readable UTF-8 CSV text file ({exc})") from exc
+        raise IDRiDLabelsError(f"{path}: not a readable UTF-8 CSV text file ({exc})") from exc
     cleaned = []
     for line, row in enumerate(rows, start=1):
         while row and not row[-1]:
@@ -143,9 +150,10 @@ def _label(value: str, top: int) -> int | None:
     return int(number) if number.is_integer() and 0 <= number <= top else None
 
 
-def _bad_labels(labels: Path, problems: list[str]) -> IDRiDLayoutError:
+def _bad_labels(labels: Path, problems: list[str]) -> IDRiDLabelsError:
+    """``problems``: one per bad row."""
     shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
-    return IDRiDLayoutError(f"{labels}: {len(problems)} row(s) with bad labels: {shown}")
+    return IDRiDLabelsError(f"{labels}: {len(problems)} row(s) with bad labels: {shown}")
 
 
 def _images_by_name(folder: Path) -> dict[str, Path]:
@@ -199,11 +207,14 @@ class IDRiD:
                     f"{labels} lists {name}, but no image {name}.jpg is in {labels.parent.parent}"
                 )
             dr, dme = _label(row[1], 4), _label(row[2], 2)
+            bad = []
             if dr is None:
-                problems.append(f"line {line} ({name}): Retinopathy grade {row[1]!r} is not 0-4")
+                bad.append(f"Retinopathy grade {row[1]!r} is not 0-4")
             if dme is None:
-                problems.append(f"line {line} ({name}): Risk of macular edema {row[2]!r} is not 0-2")
-            if dr is not None and dme is not None:
+                bad.append(f"Risk of macular edema {row[2]!r} is not 0-2")
+            if bad:
+                problems.append(f"line {line} ({name}): {', '.join(bad)}")
+            else:
                 records.append(GradingRecord(name, images[name], dr, dme))
         if problems:  # every bad row at once, before anything trains or is scored on them
             raise _bad_labels(labels, problems)

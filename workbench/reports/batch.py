@@ -43,6 +43,7 @@ __all__ = [
     "expand_inputs",
     "report_folders",
     "score_analysis",
+    "unread_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,15 +171,15 @@ def _row(
 
 
 def grade_columns(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The shown grade's probability, the referable probability (3 decimals) and, when the grade's is below
-    ``UNCERTAIN_BELOW``, the two likeliest grades (``grade_uncertainty_note``), from report.json's dict;
-    empty when nothing was graded."""
+    """The shown grade's probability, the referable probability (as report.json has them: an AUC computed
+    from summary.csv gets no ties from rounding) and, when the grade's is below ``UNCERTAIN_BELOW``, the two
+    likeliest grades (``grade_uncertainty_note``), from report.json's dict; empty when nothing was graded."""
     probabilities = data.get("dr_probabilities")
     if not probabilities or data.get("dr_grade") is None:
         return {"dr_grade_probability": "", "referable_probability": "", "grade_uncertain": ""}
     return {
-        "dr_grade_probability": round(float(probabilities[int(data["dr_grade"])]), 3),
-        "referable_probability": round(float(data["referable_probability"]), 3),
+        "dr_grade_probability": float(probabilities[int(data["dr_grade"])]),
+        "referable_probability": float(data["referable_probability"]),
         "grade_uncertain": grade_uncertainty_note(np.asarray(probabilities)) or "",
     }
 
@@ -261,16 +262,25 @@ def analyze_one(
     grader = workbench.model_names["grader"]
     try:
         analysis = workbench.analyze(path, explain=explain, target=target)
-        chosen = target or (GradeTarget(analysis.dr_grade) if analysis.graded else None)
-        scores = score_analysis(workbench, analysis, chosen) if score and analysis.heatmaps else None
-        where = out / (folder or Path(path).stem)
-        data = write_report(analysis, where, scores)
-        return _row(Path(path), data, report=str(where / "report.html"), sha256=digest, grader=grader)
-    except (ImageLoadError, OSError) as exc:  # OSError: a file that vanished or would not read; the
-        # batch goes on, and the row names the file even where the error does not
-        message = str(exc) if Path(path).name in str(exc) else f"{Path(path).name}: {exc}"
+    except (ImageLoadError, OSError) as exc:  # the file would not read: the batch goes on (a report that
+        # cannot be written below is the run's problem, not this file's, and stops it)
         log.warning("%s: %s", path, exc)
+        message = unread_message(Path(path).name, exc)
         return _row(Path(path), None, error=message, sha256=digest, grader=grader)
+    chosen = target or (GradeTarget(analysis.dr_grade) if analysis.graded else None)
+    scores = score_analysis(workbench, analysis, chosen) if score and analysis.heatmaps else None
+    where = out / (folder or Path(path).stem)
+    data = write_report(analysis, where, scores)
+    return _row(Path(path), data, report=str(where / "report.html"), sha256=digest, grader=grader)
+
+
+def unread_message(name: str, exc: Exception) -> str:
+    """A file's error row: a load error names the file already; an OSError (a file gone or unreadable)
+    gets the name and its reason only, not the path it had on a server."""
+    if isinstance(exc, ImageLoadError):
+        return str(exc)
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"{name}: {reason}"
 
 
 def analyze_files(

@@ -10,7 +10,7 @@ from models.constants import DME_NAMES, DR_GRADE_NAMES, lesion_by_code
 from workbench.analysis.lesion_trust import RELIABILITY_FLOOR
 from workbench.analysis.result import grade_uncertainty_note, referral_note
 from workbench.landmarks.laterality import Laterality
-from workbench.quality import QualityReport, forced_grade_warning, measure_rows
+from workbench.quality import forced_grade_warning, measure_rows
 
 __all__ = ["LESION_COLUMNS", "report_html"]
 
@@ -172,12 +172,11 @@ def _tables(data: dict[str, Any]) -> str:
                 rows,
             )
         )
-    measures = QualityReport(True, (), data.get("quality_measures", {}))
     parts.append(
         _table(
             "Image quality measures, with the limits of a gradeable photograph (as Inspect shows them)",
             ["measure", "value", "limit", "what it is"],
-            [list(row) for row in measure_rows(measures)],
+            [list(row) for row in measure_rows(data.get("quality_measures", {}))],
             digits=2,
         )
     )

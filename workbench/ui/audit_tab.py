@@ -85,7 +85,7 @@ def audit_input_problems(
         labels_format(Path(labels_csv))
     except LabelsError as exc:
         return images, exc.brief if brief else str(exc)
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         return images, f"{Path(labels_csv).name} cannot be read as a CSV text file ({type(exc).__name__})."
     return images, None
 

@@ -6,12 +6,10 @@ User errors become ``gr.Error`` with the loader's message, so the app answers an
 
 from __future__ import annotations
 
-import csv
-import io
+import shutil
 import tempfile
 import threading
 import time
-import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,13 +22,8 @@ import numpy as np
 from models.constants import DME_NAMES, DR_GRADE_NAMES, LESIONS
 from workbench.analysis import Analysis, Workbench
 from workbench.io.image_io import SUPPORTED_FORMATS_TEXT, ImageLoadError, LoadedImage, load_image
-from workbench.landmarks.laterality import Laterality
 from workbench.model_table import models_markdown
 from workbench.reports.batch import (
-    batch_tally,
-    eye_columns,
-    grade_columns,
-    report_folders,
     score_analysis,
 )
 from workbench.reports.render import (
@@ -44,6 +37,7 @@ from workbench.reports.render import (
 )
 from workbench.reports.report import analysis_to_dict, lesion_rows, write_report
 from workbench.targets import GradeTarget, parse_target
+from workbench.ui.batch_tab import BATCH_COLUMNS, BatchHandlers
 from workbench.ui.browse import BrowseHandlers
 from workbench.ui.scores_table import score_caption, score_row
 from workbench.ui.summary import summary_markdown
@@ -60,28 +54,12 @@ __all__ = [
     "thumbnail",
 ]
 
-# analyses kept for the report download that follows each (a few analysts' worth; each holds its maps)
-RECENT_ANALYSES = 8
+# HTML reports kept for the download that follows each analysis (a few analysts' worth, ~0.5 MB each)
+RECENT_REPORTS = 32
 
 # explanation methods that read the grader itself and so explain grade targets only
 GRADER_ONLY_METHODS = ("attention",)
 
-# the Batch table's column titles (summary.csv keeps the machine names of ``Handlers.batch``)
-BATCH_COLUMNS = [
-    "file",
-    "status",
-    "gradeable",
-    "DR grade",
-    "referable DR",
-    "DME risk",
-    "fovea",
-    "error",
-    "why not gradeable",  # columns added later go at the end, so API readers by position keep working
-    "eye",  # from the landmarks, and whether the file's own label (DICOM tag, file name) agrees
-    "P(grade)",  # the probability of the DR grade shown
-    "P(referable)",  # grades 2-4 together, what the referral rests on
-    "uncertain grade",  # the two likeliest when no grade reaches UNCERTAIN_BELOW
-]
 
 NO_UPLOAD = f"No image uploaded: choose a fundus photograph ({SUPPORTED_FORMATS_TEXT})."
 PREVIEW_SIDE = 320
@@ -110,16 +88,17 @@ TARGET_CHOICES: list[tuple[str, str]] = (
 )
 
 
-class Handlers(BrowseHandlers):
+class Handlers(BrowseHandlers, BatchHandlers):
     """Bound to one shared ``Workbench`` (module scope in ``app.py``) and an optional IDRiD folder."""
 
     def __init__(self, workbench: Workbench, data_dir: Path | None = None) -> None:
         self.workbench = workbench
         self.data_dir = data_dir
-        # the latest analyses (upload path, forced) -> Analysis, for the report download that follows
-        # each one (``analysis_report``) without analysing the photograph again
-        self._recent: OrderedDict[tuple[str, bool], Analysis] = OrderedDict()
-        self._recent_lock = threading.Lock()
+        # the latest analyses' HTML reports, (upload path, forced) -> report.html, for the download that
+        # follows each /analyze (``analysis_report``): written at once (~40 ms), so only a path is kept
+        # (an Analysis holds its lesion maps, up to ~100 MB with the 2048-px segmenter)
+        self._reports: OrderedDict[tuple[str, bool], Path] = OrderedDict()
+        self._reports_lock = threading.Lock()
 
     def _load(
         self, path: str | None, force: bool = False, explain: list[str] | None = None, target=None
@@ -198,10 +177,7 @@ class Handlers(BrowseHandlers):
     # /analyze ---------------------------------------------------------------------------------------
     def analyze(self, path: str | None, force: bool) -> tuple[Any, ...]:
         analysis = self._load(path, force)
-        with self._recent_lock:
-            self._recent[(str(path), bool(force))] = analysis
-            while len(self._recent) > RECENT_ANALYSES:
-                self._recent.popitem(last=False)
+        self._keep_report(analysis, (str(path), bool(force)))
         data = analysis_to_dict(analysis)
         if not analysis.graded:
             return summary_markdown(analysis), None, None, None, [], data
@@ -210,16 +186,29 @@ class Handlers(BrowseHandlers):
         grid = landmarks_overlay(analysis, lesion_overlay(analysis, codes=["OD"], legend=False))
         return summary_markdown(analysis), probability_figure(analysis), annotated, grid, rows, data
 
-    def analysis_report(self, path: str | None, force: bool) -> str | None:
+    def _keep_report(self, analysis: Analysis, key: tuple[str, bool]) -> None:
+        """Write ``analysis``'s HTML report for ``analysis_report``; the oldest beyond ``RECENT_REPORTS``
+        are deleted (Gradio has copied any it served into its own cache)."""
+        folder = Path(tempfile.mkdtemp(prefix="drwb-report-"))
+        write_report(analysis, folder / Path(analysis.name).stem)
+        with self._reports_lock:
+            self._reports[key] = folder / Path(analysis.name).stem / "report.html"
+            self._reports.move_to_end(key)
+            old = [self._reports.popitem(last=False)[1] for _ in range(len(self._reports) - RECENT_REPORTS)]
+        for page in old:
+            shutil.rmtree(page.parent.parent, ignore_errors=True)
+
+    def analysis_report(self, path: str | None, force: bool) -> str:
         """The HTML report (``write_report``: the pictures inside the one file) of the analysis /analyze
-        has just made of this upload, for download; None when there is none (a new upload since)."""
-        with self._recent_lock:
-            analysis = self._recent.get((str(path), bool(force)))
-        if analysis is None:
-            return None
-        folder = Path(tempfile.mkdtemp(prefix="drwb-report-")) / Path(analysis.name).stem
-        write_report(analysis, folder)
-        return str(folder / "report.html")
+        made of this upload with this ``force``, for download."""
+        with self._reports_lock:
+            page = self._reports.get((str(path), bool(force)))
+        if page is None or not page.is_file():
+            raise gr.Error(
+                "No analysis of this photograph to report on (or it was one of many since): run Analyze "
+                "(/analyze) on it first, with the same 'grade even if the quality check fails' setting."
+            )
+        return str(page)
 
     # /compare ---------------------------------------------------------------------------------------
     def compare(
@@ -295,83 +284,6 @@ class Handlers(BrowseHandlers):
             gr.Warning("Run a comparison first, then pick two of its images.")
             return gr.skip()
         return overlays[left], overlays[right]
-
-    # /batch -----------------------------------------------------------------------------------------
-    def batch(
-        self,
-        paths: list[str] | None,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom for a progress bar)
-    ) -> tuple[Any, ...]:
-        if not paths:
-            raise gr.Error("Upload one or more fundus photographs.")
-        rows, out = [], Path(tempfile.mkdtemp(prefix="drwb-batch-"))
-        eyes = []  # summary.csv's file-says and agrees columns, as `drwb analyze` writes them
-        folders = report_folders([Path(p) for p in paths])  # eye.dcm and eye.png: two reports, not one
-        for path, folder in progress.tqdm(list(zip(paths, folders, strict=True)), desc="analyzing"):
-            name = Path(path).name
-            try:
-                analysis = self.workbench.analyze(path, name=name)
-                data = write_report(analysis, out / folder)
-                fovea, eye, grade = data.get("fovea") or {}, data.get("laterality"), grade_columns(data)
-                eyes.append(list(eye_columns(eye).values())[1:])
-                rows.append(
-                    [
-                        name,
-                        "ok",
-                        data["gradeable"],
-                        data.get("dr_grade"),
-                        data.get("referable"),
-                        data.get("dme_grade"),
-                        ("doubtful: " + fovea["doubt"])
-                        if fovea.get("doubt")
-                        else ("found" if fovea else None),
-                        "",
-                        "; ".join(data.get("quality_reasons", [])),
-                        Laterality.from_dict(eye).cell if eye else None,
-                        grade["dr_grade_probability"],
-                        grade["referable_probability"],
-                        grade["grade_uncertain"],
-                    ]
-                )
-            except (ImageLoadError, OSError) as exc:  # as `drwb analyze`: the batch goes on
-                message = str(exc) if name in str(exc) else f"{name}: {exc}"
-                rows.append([name, "error", *[None] * 5, message, *[None] * 5])
-                eyes.append(list(eye_columns(None).values())[1:])
-        header = [
-            "file",
-            "status",
-            "gradeable",
-            "dr_grade",
-            "referable",
-            "dme_grade",
-            "fovea",
-            "error",
-            "quality_reasons",
-            "eye",
-            "eye_file_says",
-            "eye_agrees_with_file",
-            "dr_grade_probability",  # columns added later go at the end, as in `drwb analyze`'s
-            "referable_probability",
-            "grade_uncertain",
-        ]
-        buffer = io.StringIO()
-        lines = [row[:10] + eye + row[10:] for row, eye in zip(rows, eyes, strict=True)]
-        csv.writer(buffer).writerows([header, *lines])
-        (out / "summary.csv").write_text(buffer.getvalue())
-        archive = out / "reports.zip"
-        with zipfile.ZipFile(archive, "w") as zf:
-            for file in out.rglob("*"):
-                if file.is_file() and file != archive:
-                    zf.write(file, file.relative_to(out))
-        return rows, str(out / "summary.csv"), str(archive)
-
-    @staticmethod
-    def batch_tally(summary_csv: str | None) -> str:
-        """The line above the Batch table (a follow-up event, so /batch's outputs stay as they were)."""
-        if not summary_csv:
-            return ""
-        with open(summary_csv, newline="") as handle:
-            return f"**Batch:** {batch_tally(csv.DictReader(handle))}"
 
     # models -----------------------------------------------------------------------------------------
     @staticmethod

@@ -44,7 +44,7 @@ def inspect_fundus(path: str | None, enhancement: str, min_side: int = 512) -> t
     rows = ["| measure | value | limit | what it is |", "| --- | --- | --- | --- |"]
     rows += [
         f"| {key} | {value:.2f} | {limit} | {meaning} |"
-        for key, value, limit, meaning in measure_rows(quality)
+        for key, value, limit, meaning in measure_rows(quality.measures)
     ]
     lines = [
         f"**Quality:** {verdict}",

@@ -108,6 +108,13 @@ def _index_folder(folder: Path) -> dict[str, Path]:
     return index
 
 
+def _not_utf8(csv_path: Path, exc: Exception) -> LabelsError:
+    return LabelsError(
+        f"{csv_path.name} is not a UTF-8 CSV text file ({exc}); save it as CSV UTF-8 and try again",
+        brief=f"{csv_path.name} is not UTF-8 text: save it as CSV UTF-8",  # the upload box's one line
+    )
+
+
 def labels_format(csv_path: Path) -> str:
     """The format of the labels CSV from its header alone ("drwb", "idrid", "aptos", "eyepacs"): a quick check
     before any image is unpacked. Raises ``LabelsError`` (empty file, unknown header) or OSError."""
@@ -115,9 +122,7 @@ def labels_format(csv_path: Path) -> str:
         with Path(csv_path).open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), None)
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise LabelsError(
-            f"{Path(csv_path).name} is not a UTF-8 CSV text file ({exc}); save it as CSV UTF-8 and try again"
-        ) from exc
+        raise _not_utf8(Path(csv_path), exc) from exc
     if not header:
         raise LabelsError(f"{Path(csv_path).name} is empty")
     return _detect([c.strip() for c in header], Path(csv_path))
@@ -141,9 +146,7 @@ def read_labels(csv_path: Path, folder: Path, where: str | None = None) -> Label
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise LabelsError(
-            f"{csv_path.name} is not a UTF-8 CSV text file ({exc}); save it as CSV UTF-8 and try again"
-        ) from exc
+        raise _not_utf8(csv_path, exc) from exc
     if not rows:
         raise LabelsError(f"{csv_path.name} is empty")
     header = [c.strip() for c in rows[0]]
